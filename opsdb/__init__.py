@@ -1,0 +1,3 @@
+"""opsdb: provable PostgreSQL backups."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,104 @@
+"""Output rules: with --json exactly one JSON object on stdout; human text, progress and logs on stderr.
+
+Human results (tables, summaries) go to stdout when --json is not given, so `| grep` works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from opsdb.errors import OpsdbError
+
+if TYPE_CHECKING:
+    from opsdb.cli.state import AppState
+
+log = logging.getLogger("opsdb")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        return json.dumps(doc)
+
+
+def setup_logging(state: AppState) -> None:
+    fmt = state.log_format
+    level = logging.DEBUG if state.debug else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("opsdb: %(message)s"))
+    root = logging.getLogger("opsdb")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def emit(state: AppState, data: dict[str, Any], human: str | Callable[[], str] | None = None) -> None:
+    """Print a command's result: JSON on stdout with --json, else the human text on stdout."""
+    if state.json:
+        sys.stdout.write(json.dumps(data, default=str, sort_keys=False) + "\n")
+        sys.stdout.flush()
+        return
+    text = human() if callable(human) else human
+    if text:
+        sys.stdout.write(text.rstrip("\n") + "\n")
+        sys.stdout.flush()
+
+
+def info(message: str) -> None:
+    """A human progress/status line on stderr (never on stdout)."""
+    sys.stderr.write(message.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+def error(exc: OpsdbError, *, quiet: bool = False) -> None:
+    if quiet:
+        return
+    error_text(str(exc))
+    if exc.hint:
+        sys.stderr.write(f"hint: {exc.hint}\n")
+
+
+def error_text(message: str) -> None:
+    sys.stderr.write(f"opsdb: error: {message}\n")
+    sys.stderr.flush()
+
+
+def is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+@contextmanager
+def progress(description: str, total: int | None = None, *, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A rich byte-progress bar on stderr when it is a terminal; a no-op callback otherwise (cron)."""
+    if not (enabled and is_terminal()):
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
+
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)

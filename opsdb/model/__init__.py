@@ -1,0 +1,1 @@
+"""Pure domain: dataclasses and arithmetic, no I/O."""

@@ -1,0 +1,79 @@
+"""Every key and prefix of the repository, and the format version, in one place.
+
+docs/repository-format.md describes this layout; tests/docs checks the two agree.
+Keys are relative to the repository root (the storage URL's path/prefix).
+"""
+
+from __future__ import annotations
+
+FORMAT_VERSION = 1
+
+REPO_MARKER = "opsdb-repository.json"  # {"format": 1, "created": ...}; written once by the first writer
+
+
+def cluster_prefix(cluster: str) -> str:
+    return f"clusters/{cluster}/"
+
+
+# --- physical backups and logical dumps -------------------------------------------------------
+# A backup's objects live under backups/<id>/; it is committed only when catalog/<id>.json exists.
+
+
+def backup_prefix(cluster: str, backup_id: str) -> str:
+    return f"clusters/{cluster}/backups/{backup_id}/"
+
+
+def backup_object(cluster: str, backup_id: str, name: str) -> str:
+    """A data object of a backup, e.g. 'base.tar', 'pg_tblspc-16385.tar', 'backup_manifest', or 'pg_dump/app.dump'."""
+    return f"clusters/{cluster}/backups/{backup_id}/{name}"
+
+
+def catalog_prefix(cluster: str) -> str:
+    return f"clusters/{cluster}/catalog/"
+
+
+def catalog_entry(cluster: str, backup_id: str) -> str:
+    """The commit marker: the backup's full metadata, written last with create-only semantics."""
+    return f"clusters/{cluster}/catalog/{backup_id}.json"
+
+
+def deleting_marker(cluster: str, backup_id: str) -> str:
+    """Written by retention before a backup's objects are deleted, so a crash mid-delete is finished next run."""
+    return f"clusters/{cluster}/deleting/{backup_id}.json"
+
+
+def deleting_prefix(cluster: str) -> str:
+    return f"clusters/{cluster}/deleting/"
+
+
+# --- WAL archive ------------------------------------------------------------------------------
+# Segments are grouped by timeline and log number (the first 16 hex digits) so listings stay small.
+
+
+def wal_prefix(cluster: str) -> str:
+    return f"clusters/{cluster}/wal/"
+
+
+def wal_object(cluster: str, wal_name: str) -> str:
+    """'000000010000000A000000FF' -> clusters/c/wal/000000010000000A/000000010000000A000000FF.
+    History files ('00000002.history') go under wal/history/."""
+    if wal_name.endswith(".history"):
+        return f"clusters/{cluster}/wal/history/{wal_name}"
+    return f"clusters/{cluster}/wal/{wal_name[:16]}/{wal_name}"
+
+
+# --- locks, reports, scheduler state ------------------------------------------------------------
+
+
+def lock_object(cluster: str, kind: str) -> str:
+    """kind: 'backup', 'dump', 'retention'."""
+    return f"clusters/{cluster}/locks/{kind}.lock"
+
+
+def report_prefix(cluster: str) -> str:
+    return f"clusters/{cluster}/reports/"
+
+
+def report_object(cluster: str, report_id: str, ext: str) -> str:
+    """ext: 'json' (the source of truth), 'md', 'html'."""
+    return f"clusters/{cluster}/reports/{report_id}.{ext}"

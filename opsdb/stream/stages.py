@@ -1,0 +1,106 @@
+"""Composable byte-stream stages: pull-based iterators of bytes between any reader and any writer.
+
+A Stage transforms an iterator of chunks into another iterator of chunks. A Pipeline applies its
+stages in order on encode (compress, then encrypt) and in reverse on decode. Nothing here holds
+more than a bounded number of chunks in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
+
+CHUNK_SIZE = 1024 * 1024  # 1 MiB: the unit every stage reads and emits (approximately)
+
+
+class Stage(Protocol):
+    name: str  # recorded in object envelopes, e.g. "zstd", "gzip", "aes256gcm"
+
+    def encode(self, chunks: Iterable[bytes]) -> Iterator[bytes]: ...
+
+    def decode(self, chunks: Iterable[bytes]) -> Iterator[bytes]: ...
+
+
+class Meter:
+    """Counts bytes and SHA-256 of what flows through, without changing it."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._sha = hashlib.sha256()
+
+    def wrap(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.size += len(chunk)
+            self._sha.update(chunk)
+            yield chunk
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+
+class Pipeline:
+    """Stages applied in order on encode and in reverse order on decode."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self.stages = list(stages)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def encode(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        out: Iterable[bytes] = chunks
+        for stage in self.stages:
+            out = stage.encode(out)
+        return iter(out)
+
+    def decode(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        out: Iterable[bytes] = chunks
+        for stage in reversed(self.stages):
+            out = stage.decode(out)
+        return iter(out)
+
+
+def read_chunks(fileobj: object, size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """Iterate a binary file object in chunks of at most `size` bytes."""
+    read = fileobj.read  # type: ignore[attr-defined]
+    while True:
+        chunk = read(size)
+        if not chunk:
+            return
+        yield chunk
+
+
+class IterReader:
+    """A read()-able file-like view of a chunk iterator (for consumers like boto3 and tarfile)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._it = iter(chunks)
+        self._buf = bytearray()
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            parts = [bytes(self._buf)]
+            self._buf.clear()
+            parts.extend(self._it)
+            self._eof = True
+            return b"".join(parts)
+        while len(self._buf) < n and not self._eof:
+            try:
+                self._buf += next(self._it)
+            except StopIteration:
+                self._eof = True
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def close(self) -> None:
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
