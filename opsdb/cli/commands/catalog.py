@@ -1,4 +1,4 @@
-"""opsdb backups list|show, opsdb info, opsdb verify."""
+"""opsdb backups list|show."""
 
 from __future__ import annotations
 
@@ -23,16 +23,3 @@ def register(app: typer.Typer) -> None:
         raise not_built("backups show")
 
     app.add_typer(backups, name="backups")
-
-    @app.command("info")
-    def info(ctx: typer.Context) -> None:
-        """Backups, WAL archived range, gaps and the recoverable window."""
-        raise not_built("info")
-
-    @app.command("verify")
-    def verify(
-        ctx: typer.Context,
-        backup_id: Annotated[str | None, typer.Option("--backup", help="Verify one backup and the WAL it needs.")] = None,
-    ) -> None:
-        """Re-read stored objects: checksums, authentication tags, WAL continuity."""
-        raise not_built("verify")

@@ -1,4 +1,4 @@
-"""opsdb heartbeat, opsdb drill, opsdb report list|show."""
+"""opsdb verify, opsdb heartbeat, opsdb drill, opsdb report list|show."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ from opsdb.cli.commands import not_built
 
 
 def register(app: typer.Typer) -> None:
+    @app.command("verify")
+    def verify(
+        ctx: typer.Context,
+        backup_id: Annotated[str | None, typer.Option("--backup", help="Verify one backup and the WAL it needs.")] = None,
+    ) -> None:
+        """Re-read stored objects: checksums, authentication tags, WAL continuity."""
+        raise not_built("verify")
+
     @app.command("heartbeat")
     def heartbeat(ctx: typer.Context) -> None:
         """Insert a heartbeat row (time, LSN, txid) on the primary."""

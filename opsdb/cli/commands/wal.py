@@ -1,4 +1,4 @@
-"""opsdb wal-push, opsdb wal-fetch."""
+"""opsdb wal-push, opsdb wal-fetch, opsdb info."""
 
 from __future__ import annotations
 
@@ -23,3 +23,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """restore_command: 0 fetched, 1 not archived, >125 repository unreadable."""
         raise not_built("wal-fetch")
+
+    @app.command("info")
+    def info(ctx: typer.Context) -> None:
+        """Backups, WAL archived range, gaps and the recoverable window per timeline."""
+        raise not_built("info")
