@@ -29,6 +29,10 @@ WAL_FETCH_UNREADABLE_EXIT = 128
 WAL_FETCH_MISSING_EXIT = 1
 
 
+# commands that must work without (or before) a configuration file
+COMMANDS_WITHOUT_CONFIG = {"key", "demo"}
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"opsdb {__version__}")
@@ -47,6 +51,9 @@ def root(
 ) -> None:
     ctx.obj = AppState(config_path=config, cluster_name=cluster, json=json_output, debug=debug, log_format=log_format)
     output.setup_logging(ctx.obj)
+    if ctx.invoked_subcommand not in COMMANDS_WITHOUT_CONFIG:
+        # parse and validate the configuration once, before any work: a bad file changes nothing
+        ctx.obj.settings  # noqa: B018
 
 
 def _register_commands() -> None:
