@@ -50,10 +50,12 @@ def root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
 ) -> None:
     ctx.obj = AppState(config_path=config, cluster_name=cluster, json=json_output, debug=debug, log_format=log_format)
-    output.setup_logging(ctx.obj)
     if ctx.invoked_subcommand not in COMMANDS_WITHOUT_CONFIG:
         # parse and validate the configuration once, before any work: a bad file changes nothing
-        ctx.obj.settings  # noqa: B018
+        settings = ctx.obj.settings
+        ctx.obj.log_format = log_format or settings.log.format
+        ctx.obj.log_level = settings.log.level
+    output.setup_logging(ctx.obj)
 
 
 def _register_commands() -> None:

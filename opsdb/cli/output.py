@@ -34,7 +34,7 @@ class _JsonFormatter(logging.Formatter):
 
 def setup_logging(state: AppState) -> None:
     fmt = state.log_format
-    level = logging.DEBUG if state.debug else logging.INFO
+    level = logging.DEBUG if state.debug else getattr(logging, state.log_level.upper(), logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())

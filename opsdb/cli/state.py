@@ -15,6 +15,7 @@ class AppState:
     json: bool
     debug: bool
     log_format: str | None = None
+    log_level: str = "info"
 
     @functools.cached_property
     def settings(self) -> Settings:
