@@ -1,1 +1,92 @@
-"""opsdb.storage"""
+"""Repository storage: one small streaming object-store interface (base.Storage) and its drivers.
+
+open_storage(url) picks the driver from the URL scheme. The S3 driver is imported only when an
+s3:// URL is opened, so commands that never touch S3 do not pay for importing boto3.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+from opsdb.errors import UsageError
+from opsdb.storage.base import DryRunStorage, ObjectInfo, ReadOnlyStorage, Storage
+from opsdb.storage.local import LocalStorage
+from opsdb.storage.memory import MemoryStorage
+
+if TYPE_CHECKING:
+    from opsdb.storage.s3 import S3Storage
+
+__all__ = [
+    "DryRunStorage",
+    "LocalStorage",
+    "MemoryStorage",
+    "ObjectInfo",
+    "ReadOnlyStorage",
+    "S3Storage",
+    "Storage",
+    "open_storage",
+]
+
+# S3's bucket naming rules (lowercase, 3-63 chars); S3-compatible stores accept a superset of these.
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_EXPECTED = "expected file:///absolute/path, s3://bucket/prefix or memory://"
+
+
+def open_storage(
+    url: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    checksum_mode: str = "when_required",
+    part_size: int = 16 * 2**20,
+    max_attempts: int = 5,
+    object_lock_days: int = 0,
+    upload_concurrency: int = 2,
+) -> Storage:
+    """The Storage for a repository URL. The S3 options are ignored by the other drivers.
+    A malformed or unsupported URL raises UsageError with one line naming it."""
+    if not isinstance(url, str) or not url.strip():
+        raise UsageError(f"invalid repository URL {url!r}: {_EXPECTED}")
+    parts = urlsplit(url.strip())
+    if parts.query or parts.fragment:
+        raise UsageError(f"invalid repository URL {url!r}: query strings and fragments are not allowed")
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise UsageError(
+                f"invalid repository URL {url!r}: file URLs take three slashes (file:///var/lib/opsdb/repo)"
+            )
+        path = unquote(parts.path)
+        if not path.startswith("/") or path.rstrip("/") == "":
+            raise UsageError(f"invalid repository URL {url!r}: the path must be absolute and not '/'")
+        return LocalStorage(os.path.normpath(path))
+    if parts.scheme == "s3":
+        if not _BUCKET_RE.match(parts.netloc):
+            raise UsageError(f"invalid repository URL {url!r}: {parts.netloc!r} is not a valid bucket name")
+        from opsdb.storage.s3 import S3Storage  # lazy: boto3 is only imported for s3:// repositories
+
+        return S3Storage(
+            parts.netloc,
+            unquote(parts.path),
+            endpoint_url=endpoint_url,
+            region=region,
+            checksum_mode=checksum_mode,
+            part_size=part_size,
+            max_attempts=max_attempts,
+            object_lock_days=object_lock_days,
+            upload_concurrency=upload_concurrency,
+        )
+    if parts.scheme == "memory":
+        return MemoryStorage(url if url.endswith("/") else url + "/")
+    raise UsageError(f"unsupported repository URL {url!r}: {_EXPECTED}")
+
+
+def __getattr__(name: str) -> object:
+    # `from opsdb.storage import S3Storage` works without importing boto3 for everyone else.
+    if name == "S3Storage":
+        from opsdb.storage.s3 import S3Storage
+
+        return S3Storage
+    raise AttributeError(name)
