@@ -1,0 +1,221 @@
+"""Inline SVG pictures for drill reports: the recovery timeline and the restore-phase bar.
+
+Pure string building, no scripts, no external fonts: the SVG is pasted into the HTML as is.
+The timeline has two lanes (backups, archived WAL) on a UTC time axis, the recoverable window as
+a bracket, the drill's target as a dashed line and the point reached as a solid line; the shaded
+band between them is the RPO.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from html import escape
+
+from opsdb.model.report import PHASE_LABELS, DrillReport
+
+WIDTH = 1000
+LEFT = 110  # room for the lane labels
+RIGHT = 20
+INNER = WIDTH - LEFT - RIGHT
+
+PHASE_COLORS = {"plan": "#8250df", "fetch_extract": "#0969da", "wal_replay": "#bf8700", "checks": "#1a7f37"}
+_FALLBACK_COLORS = ("#57606a", "#cf222e", "#116329", "#953800")
+
+_TICK_STEPS = [
+    1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600,
+    86400, 2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400,
+]  # fmt: skip
+
+
+def _span(report: DrillReport) -> tuple[datetime, datetime] | None:
+    times: list[datetime] = []
+    pic = report.picture
+    for b in pic.backups:
+        times += [t for t in (b.start_time, b.stop_time) if t]
+    for i in pic.wal:
+        times += [i.start, i.end]
+    times += [t for t in (pic.window_start, pic.window_end, report.target_time, report.recovered_time) if t]
+    if not times:
+        return None
+    lo, hi = min(times), max(times)
+    if hi - lo < timedelta(seconds=2):
+        lo, hi = lo - timedelta(seconds=1), hi + timedelta(seconds=1)
+    pad = (hi - lo) * 0.04
+    return lo - pad, hi + pad
+
+
+def _ticks(lo: datetime, hi: datetime) -> tuple[list[datetime], str]:
+    seconds = (hi - lo).total_seconds()
+    step = next((s for s in _TICK_STEPS if seconds / s <= 8), _TICK_STEPS[-1])
+    epoch = lo.timestamp()
+    first = (int(epoch // step) + 1) * step
+    ticks = []
+    t = first
+    while t < hi.timestamp() and len(ticks) < 20:
+        ticks.append(datetime.fromtimestamp(t, UTC))
+        t += step
+    if seconds > 2 * 86400:
+        fmt = "%m-%d %H:%M"
+    elif step >= 60:
+        fmt = "%H:%M"
+    else:
+        fmt = "%H:%M:%S"
+    return ticks, fmt
+
+
+def timeline_svg(report: DrillReport) -> str:
+    span = _span(report)
+    if span is None:
+        return '<p class="sub">No timeline data (the drill stopped before the repository was read).</p>'
+    lo, hi = span
+    total = (hi - lo).total_seconds()
+
+    def x(t: datetime) -> float:
+        return round(LEFT + INNER * (t - lo).total_seconds() / total, 1)
+
+    top, backup_y, wal_y, axis_y, height = 34, 58, 112, 150, 214
+    parts = [
+        f'<svg viewBox="0 0 {WIDTH} {height}" role="img" '
+        f'aria-label="Timeline of backups, archived WAL, the drill target and the point reached">',
+        '<defs><pattern id="gap" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
+        '<rect width="6" height="6" fill="#ffebe9"/><line x1="0" y1="0" x2="0" y2="6" stroke="#cf222e" stroke-width="3"/>'
+        "</pattern></defs>",
+        f'<text x="8" y="{backup_y + 5}" font-size="13" fill="#59636e">Backups</text>',
+        f'<text x="8" y="{wal_y + 5}" font-size="13" fill="#59636e">WAL archive</text>',
+        f'<line x1="{LEFT}" y1="{axis_y}" x2="{WIDTH - RIGHT}" y2="{axis_y}" stroke="#8c959f"/>',
+    ]
+    ticks, fmt = _ticks(lo, hi)
+    for t in ticks:
+        tx = x(t)
+        parts.append(f'<line x1="{tx}" y1="{top}" x2="{tx}" y2="{axis_y + 4}" stroke="#eaeef2"/>')
+        parts.append(
+            f'<text x="{tx}" y="{axis_y + 18}" font-size="11" text-anchor="middle" fill="#59636e">{t.strftime(fmt)}</text>'
+        )
+    day = lo.strftime("%Y-%m-%d")
+    parts.append(f'<text x="{LEFT}" y="{axis_y + 36}" font-size="11" fill="#59636e">UTC, {day}</text>')
+
+    pic = report.picture
+    # recoverable window: a light band behind both lanes
+    if pic.window_start and pic.window_end:
+        wx0, wx1 = x(pic.window_start), x(pic.window_end)
+        parts.append(
+            f'<rect x="{wx0}" y="{top + 6}" width="{max(wx1 - wx0, 1):.1f}" height="{wal_y - top + 10}" fill="#ddf4ff" opacity="0.6"/>'
+        )
+        parts.append(f'<text x="{wx0 + 4}" y="{wal_y + 24}" font-size="11" fill="#0969da">recoverable window</text>')
+    # WAL coverage lane
+    for i in pic.wal:
+        ix0, ix1 = x(i.start), x(i.end)
+        fill = "url(#gap)" if i.kind == "gap" else "#4ac26b"
+        title = escape(i.label or ("missing WAL" if i.kind == "gap" else "archived WAL"))
+        parts.append(
+            f'<rect x="{ix0}" y="{wal_y - 9}" width="{max(ix1 - ix0, 2):.1f}" height="18" rx="3" fill="{fill}">'
+            f"<title>{title}</title></rect>"
+        )
+        if i.kind == "gap":
+            parts.append(
+                f'<text x="{(ix0 + ix1) / 2:.1f}" y="{wal_y + 24}" font-size="11" text-anchor="middle" fill="#cf222e">gap</text>'
+            )
+    # backups lane: a bar from start to stop, the restored one darker and labelled
+    used = report.backup.id if report.backup else None
+    last_label = -1e9
+    for b in sorted(pic.backups, key=lambda b: b.start_time or b.stop_time or lo):
+        start, stop = b.start_time or b.stop_time, b.stop_time or b.start_time
+        if start is None or stop is None:
+            continue
+        bx0, bx1 = x(start), x(stop)
+        color = "#0550ae" if b.id == used else "#8c959f"
+        parts.append(
+            f'<rect x="{bx0}" y="{backup_y - 9}" width="{max(bx1 - bx0, 4):.1f}" height="18" rx="3" fill="{color}">'
+            f"<title>backup {escape(b.id)}</title></rect>"
+        )
+        if b.id == used or bx0 - last_label > 150:
+            label = escape(b.id + (" (restored)" if b.id == used else ""))
+            parts.append(f'<text x="{bx0}" y="{backup_y - 14}" font-size="11" fill="{color}">{label}</text>')
+            last_label = bx0
+    # target and point reached, with the RPO band between them
+    target, reached = report.target_time, report.recovered_time
+    if target and reached:
+        rx0, rx1 = sorted((x(reached), x(target)))
+        parts.append(
+            f'<rect x="{rx0}" y="{top}" width="{max(rx1 - rx0, 1):.1f}" height="{axis_y - top}" fill="#fff8c5" opacity="0.8"/>'
+        )
+    if reached:
+        rx = x(reached)
+        parts.append(f'<line x1="{rx}" y1="{top}" x2="{rx}" y2="{axis_y}" stroke="#0969da" stroke-width="2.5"/>')
+        parts.append(
+            _flag(
+                rx,
+                axis_y + 30 if not target else top - 6,
+                f"reached {reached.strftime('%H:%M:%S.%f')[:-3]}",
+                "#0969da",
+                below=False,
+            )
+        )
+    if target:
+        tx = x(target)
+        parts.append(
+            f'<line x1="{tx}" y1="{top}" x2="{tx}" y2="{axis_y}" stroke="#bc4c00" stroke-width="2" stroke-dasharray="6 4"/>'
+        )
+        parts.append(_flag(tx, top - 20, f"target {target.strftime('%H:%M:%S.%f')[:-3]}", "#bc4c00", below=False))
+    parts.append(_legend(axis_y + 58))
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _legend(y: float) -> str:
+    """Key to the marks, on the axis caption line, right-aligned."""
+    items = [
+        ('<rect x="{x}" y="{y0}" width="14" height="10" rx="2" fill="#0550ae"/>', "backup restored"),
+        ('<rect x="{x}" y="{y0}" width="14" height="10" rx="2" fill="#8c959f"/>', "other backup"),
+        ('<rect x="{x}" y="{y0}" width="14" height="10" rx="2" fill="#4ac26b"/>', "archived WAL"),
+        ('<rect x="{x}" y="{y0}" width="14" height="10" rx="2" fill="url(#gap)"/>', "missing WAL"),
+        (
+            '<line x1="{xm}" y1="{y0}" x2="{xm}" y2="{y1}" stroke="#bc4c00" stroke-width="2" stroke-dasharray="3 2"/>',
+            "target",
+        ),
+        ('<line x1="{xm}" y1="{y0}" x2="{xm}" y2="{y1}" stroke="#0969da" stroke-width="2.5"/>', "point reached"),
+        ('<rect x="{x}" y="{y0}" width="14" height="10" fill="#fff8c5" stroke="#d4a72c"/>', "RPO"),
+    ]
+    out = []
+    x: float = LEFT
+    for mark, label in items:
+        out.append(mark.format(x=x, xm=x + 7, y0=y - 9, y1=y + 1))
+        out.append(f'<text x="{x + 18}" y="{y}" font-size="11" fill="#59636e">{label}</text>')
+        x += 24 + 6.2 * len(label) + 10
+    return "".join(out)
+
+
+def _flag(x: float, y: float, text: str, color: str, *, below: bool) -> str:
+    """A label anchored so it stays inside the picture."""
+    anchor = "end" if x > WIDTH - 160 else ("start" if x < LEFT + 40 else "middle")
+    return f'<text x="{x}" y="{y}" font-size="12" font-weight="600" text-anchor="{anchor}" fill="{color}">{escape(text)}</text>'
+
+
+def phases_svg(phases: dict[str, float]) -> str:
+    total = sum(phases.values())
+    if total <= 0:
+        return '<p class="sub">No phase timings (the drill stopped before restoring).</p>'
+    height = 86
+    parts = [f'<svg viewBox="0 0 {WIDTH} {height}" role="img" aria-label="Restore phases">']
+    x = 0.0
+    for n, (name, secs) in enumerate(phases.items()):
+        w = WIDTH * secs / total
+        color = PHASE_COLORS.get(name, _FALLBACK_COLORS[n % len(_FALLBACK_COLORS)])
+        label = PHASE_LABELS.get(name, name)
+        parts.append(
+            f'<rect x="{x:.1f}" y="4" width="{max(w, 0.5):.1f}" height="34" fill="{color}">'
+            f"<title>{escape(label)}: {secs:.3f} s</title></rect>"
+        )
+        if w > 70:
+            parts.append(
+                f'<text x="{x + w / 2:.1f}" y="26" font-size="12" text-anchor="middle" fill="#fff">{secs:.1f} s</text>'
+            )
+        lx = 8 + n * (WIDTH / max(len(phases), 1))
+        parts.append(f'<rect x="{lx:.1f}" y="54" width="12" height="12" fill="{color}"/>')
+        parts.append(
+            f'<text x="{lx + 18:.1f}" y="65" font-size="12" fill="#1f2328">{escape(label)}: {secs:.2f} s '
+            f"({100 * secs / total:.0f}%)</text>"
+        )
+        x += w
+    parts.append("</svg>")
+    return "\n".join(parts)
