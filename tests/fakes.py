@@ -1,0 +1,111 @@
+"""Small real doubles for the interfaces in opsdb.proc (no mock.patch of opsdb internals).
+
+FakeRunner records every Cmd it is given and replays scripted results, matched by program name
+(the argv[0] base name) or by a predicate, in order. Unscripted commands succeed with empty output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from opsdb.errors import ToolError
+from opsdb.proc import CHUNK_SIZE, Cmd, Completed
+
+
+@dataclasses.dataclass
+class Script:
+    match: Callable[[Cmd], bool]
+    returncode: int = 0
+    stdout: bytes = b""
+    stderr: bytes = b""
+    times: int | None = None  # None: every matching call
+
+
+class _FakeStream:
+    def __init__(self, data: bytes) -> None:
+        self.pid = 4242
+        self._data = data
+
+    def chunks(self, size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        for i in range(0, len(self._data), size):
+            yield self._data[i : i + size]
+
+
+class _FakeSpawned:
+    def __init__(self, returncode: int) -> None:
+        self.pid = 4343
+        self._rc = returncode
+        self.terminated = False
+
+    def poll(self) -> int | None:
+        return self._rc if self.terminated else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self._rc
+
+    def terminate(self, timeout: float = 10) -> int:
+        self.terminated = True
+        return self._rc
+
+
+class FakeRunner:
+    """Records commands (`.calls`), feeds (`.fed`: the bytes written to stdin per call), replays scripts."""
+
+    def __init__(self) -> None:
+        self.calls: list[Cmd] = []
+        self.fed: list[bytes] = []
+        self._scripts: list[Script] = []
+
+    def script(
+        self,
+        program: str | Callable[[Cmd], bool],
+        *,
+        returncode: int = 0,
+        stdout: bytes = b"",
+        stderr: bytes = b"",
+        times: int | None = None,
+    ) -> FakeRunner:
+        match = program if callable(program) else (lambda cmd, p=program: cmd.name == p)
+        self._scripts.append(Script(match, returncode, stdout, stderr, times))
+        return self
+
+    @property
+    def argvs(self) -> list[tuple[str, ...]]:
+        return [c.argv for c in self.calls]
+
+    def _result(self, cmd: Cmd) -> Completed:
+        self.calls.append(cmd)
+        for s in self._scripts:
+            if s.match(cmd) and (s.times is None or s.times > 0):
+                if s.times is not None:
+                    s.times -= 1
+                return Completed(s.returncode, s.stdout, s.stderr)
+        return Completed(0, b"", b"")
+
+    def _check(self, cmd: Cmd, result: Completed, doing: str) -> None:
+        if result.returncode != 0:
+            raise ToolError(cmd.name, result.returncode, result.stderr.decode("utf-8", "replace"), doing=doing)
+
+    def run(self, cmd: Cmd, *, check: bool = True, doing: str = "") -> Completed:
+        result = self._result(cmd)
+        if check:
+            self._check(cmd, result, doing)
+        return result
+
+    @contextmanager
+    def stream(self, cmd: Cmd, *, doing: str = "") -> Iterator[_FakeStream]:
+        result = self._result(cmd)
+        yield _FakeStream(result.stdout)
+        self._check(cmd, result, doing)
+
+    def feed(self, cmd: Cmd, chunks: Iterable[bytes], *, doing: str = "") -> Completed:
+        result = self._result(cmd)
+        self.fed.append(b"".join(chunks))
+        self._check(cmd, result, doing)
+        return result
+
+    def spawn(self, cmd: Cmd, *, log_path: Path | None = None) -> _FakeSpawned:
+        return _FakeSpawned(self._result(cmd).returncode)
