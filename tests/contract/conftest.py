@@ -16,7 +16,7 @@ from opsdb.storage.local import LocalStorage
 from opsdb.storage.memory import MemoryStorage
 
 PART_SIZE = 5 * 2**20  # S3's minimum part size; the s3 driver under test uses it
-DRIVERS = ["memory", "local"]  # s3 added with the s3 driver
+DRIVERS = ["memory", "local", "s3"]
 
 
 def make_storage(driver: str, request: pytest.FixtureRequest) -> Storage:
