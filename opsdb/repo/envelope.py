@@ -1,0 +1,343 @@
+"""The self-describing object envelope: every stored object says how to read it back.
+
+    object  = header | body
+    header  = magic "OPSDBOBJ" (8) | envelope version (1) | n (2) | JSON (n bytes) | CRC-32 of all before (4)
+    body    = encrypt?( compress( plaintext ) | trailer )
+    trailer = "OPSDBEND" (8) | plaintext size (8) | plaintext SHA-256 (32) | CRC-32 of the compressed bytes (4)
+
+The JSON names the stages, the compression, the key id and the opsdb version that wrote it, so a
+fetch never guesses from the file name. The trailer sits inside the encryption (when there is
+one), so every object, encrypted or not, is checked end to end against its plaintext digest; the
+CRC-32 also catches flips in compressed bytes that do not change the output (a zstd window size,
+gzip's timestamp). An encrypted object authenticates its envelope header too (the cipher's AAD).
+docs/encryption.md describes the format for operators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from opsdb import __version__
+from opsdb.errors import IntegrityError, UsageError
+from opsdb.storage.base import Storage
+from opsdb.stream.compress import ALGORITHMS, compression_stage
+from opsdb.stream.crypto import EncryptionKey, cipher_stage
+from opsdb.stream.stages import CHUNK_SIZE, Meter, read_chunks
+
+MAGIC = b"OPSDBOBJ"
+ENVELOPE_VERSION = 1
+_PREFIX = struct.Struct(">8sBH")
+_CRC = struct.Struct(">I")
+TRAILER_MAGIC = b"OPSDBEND"
+_TRAILER = struct.Struct(">8sQ32sI")
+TRAILER_SIZE = _TRAILER.size  # 52
+CIPHER = "aes256gcm"
+# Objects whose whole plaintext arrives within this many bytes also get their size and digest in
+# the storage metadata (a put must send metadata before the data, so only small ones can).
+METADATA_DIGEST_LIMIT = CHUNK_SIZE
+
+
+@dataclasses.dataclass(frozen=True)
+class Codec:
+    """How to write objects: compression, and encryption when `key` is given."""
+
+    compression: str = "zstd"
+    level: int = 3
+    threads: int = 0
+    key: EncryptionKey | None = None
+    require_encryption: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredObject:
+    """What put_object stored (size and sha256 are of the plaintext) or get/verify read back."""
+
+    key: str
+    size: int
+    stored_size: int
+    sha256: str
+    stages: tuple[str, ...]
+    key_id: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvelopeHeader:
+    stages: tuple[str, ...]
+    compression: str
+    key_id: str | None
+    created_by: str
+    raw: bytes  # the exact header bytes (authenticated by the cipher as its context)
+
+    @property
+    def encrypted(self) -> bool:
+        return CIPHER in self.stages
+
+
+# ------------------------------------------------------------------------------------------- write
+
+
+def put_object(
+    storage: Storage,
+    key: str,
+    chunks: Iterable[bytes],
+    codec: Codec,
+    *,
+    if_absent: bool = False,
+    on_bytes: Callable[[int], None] | None = None,
+) -> StoredObject:
+    """Compress, encrypt (when codec.key) and store `chunks` under `key` in bounded memory."""
+    if codec.key is None and codec.require_encryption:
+        raise UsageError(
+            f"unable to store {key}: encryption.required is set but no key is configured",
+            hint="set encryption.key_file (made by `opsdb key generate PATH`) or encryption.key_env",
+        )
+    compressor = compression_stage(codec.compression, codec.level, codec.threads)
+    stages = tuple(s for s in (compressor.name, CIPHER if codec.key else None) if s and s != "none")
+    header = encode_header(stages, codec.compression, codec.key.id if codec.key else None)
+
+    head, rest = _lookahead(chunks, METADATA_DIGEST_LIMIT)
+    metadata = {"opsdb-envelope": str(ENVELOPE_VERSION), "opsdb-stages": ",".join(stages) or "none"}
+    if codec.key is not None:
+        metadata["opsdb-key-id"] = codec.key.id
+    elif rest is None:
+        # small and unencrypted: record size and digest for a cheap comparison without reading.
+        # (Encrypted objects never publish a plaintext digest: it would confirm guesses of content.)
+        sha = hashlib.sha256()
+        for piece in head:
+            sha.update(piece)
+        metadata["opsdb-size"] = str(sum(len(p) for p in head))
+        metadata["opsdb-sha256"] = sha.hexdigest()
+
+    meter = Meter()
+    finished: list[bool] = []
+
+    def plaintext() -> Iterator[bytes]:
+        for source in (head, rest or ()):
+            for chunk in source:
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+                yield chunk
+
+    def inner() -> Iterator[bytes]:
+        crc = 0
+        for piece in compressor.encode(meter.wrap(plaintext())):
+            crc = zlib.crc32(piece, crc)
+            yield piece
+        yield _TRAILER.pack(TRAILER_MAGIC, meter.size, bytes.fromhex(meter.sha256), crc)
+        finished.append(True)
+
+    body: Iterable[bytes] = inner()
+    if codec.key is not None:
+        body = cipher_stage(codec.key, context=header).encode(body)
+    stored = _Counter()
+    storage.put(key, stored.wrap(_chain_one(header, body)), if_absent=if_absent, metadata=metadata)
+    if not finished:  # a driver that stops reading early must not pass for a stored object
+        raise IntegrityError(f"unable to store {key}: the storage driver did not consume the whole stream")
+    return StoredObject(key, meter.size, stored.size, meter.sha256, stages, codec.key.id if codec.key else None)
+
+
+def put_json(storage: Storage, key: str, doc: Any, codec: Codec, *, if_absent: bool = False) -> StoredObject:
+    data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return put_object(storage, key, [data], codec, if_absent=if_absent)
+
+
+def encode_header(stages: tuple[str, ...], compression: str, key_id: str | None) -> bytes:
+    doc = {
+        "compression": compression,
+        "created_by": f"opsdb {__version__}",
+        "key_id": key_id,
+        "stages": list(stages),
+    }
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    prefix = _PREFIX.pack(MAGIC, ENVELOPE_VERSION, len(text)) + text
+    return prefix + _CRC.pack(zlib.crc32(prefix))
+
+
+# -------------------------------------------------------------------------------------------- read
+
+
+def get_object(storage: Storage, key: str, keys: Mapping[str, EncryptionKey]) -> Iterator[bytes]:
+    """The plaintext of `key`, decrypted and checked. Raises NotFound at once; IntegrityError
+    (naming the object) as soon as a problem is seen. Encrypted chunks are authenticated before
+    they are yielded; truncation and the final digest are only known at the end, so a consumer
+    must read to the end before it trusts what it wrote."""
+    fh = storage.open(key)
+    try:
+        raw = read_chunks(fh, CHUNK_SIZE)
+        header, body = _read_header(key, raw)
+    except BaseException:
+        fh.close()
+        raise
+    return _decode(key, fh, header, body, keys, Meter())
+
+
+def get_json(storage: Storage, key: str, keys: Mapping[str, EncryptionKey]) -> Any:
+    data = b"".join(get_object(storage, key, keys))
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise IntegrityError(f"object {key} is not valid JSON: {exc}") from None
+
+
+def verify_object(storage: Storage, key: str, keys: Mapping[str, EncryptionKey]) -> StoredObject:
+    """Read `key` to the end, checking everything; return its plaintext size and digest."""
+    fh = storage.open(key)
+    stored = _Counter()
+    try:
+        header, body = _read_header(key, stored.wrap(read_chunks(fh, CHUNK_SIZE)))
+    except BaseException:
+        fh.close()
+        raise
+    meter = Meter()
+    for _ in _decode(key, fh, header, body, keys, meter):
+        pass
+    return StoredObject(key, meter.size, stored.size, meter.sha256, header.stages, header.key_id)
+
+
+def read_header(storage: Storage, key: str) -> EnvelopeHeader:
+    """Just the envelope header of `key` (stages, key id), without reading the body."""
+    with storage.open(key) as fh:
+        header, _ = _read_header(key, read_chunks(fh, 4096))
+    return header
+
+
+def _decode(
+    key: str,
+    fh: Any,
+    header: EnvelopeHeader,
+    body: Iterator[bytes],
+    keys: Mapping[str, EncryptionKey],
+    meter: Meter,
+) -> Iterator[bytes]:
+    trailer = bytearray()
+    try:
+        inner: Iterable[bytes] = body
+        if header.encrypted:
+            inner = cipher_stage(keys=keys, context=header.raw).decode(inner)
+        payload = _Crc32(_hold_back(inner, TRAILER_SIZE, trailer))
+        compressor = compression_stage(header.compression, 3)
+        yield from meter.wrap(compressor.decode(payload))
+        if len(trailer) != TRAILER_SIZE:
+            raise IntegrityError("stream is truncated: shorter than its trailer")
+        magic, size, digest, crc = _TRAILER.unpack(trailer)
+        if magic != TRAILER_MAGIC:
+            raise IntegrityError("stream is corrupt: bad trailer (truncated or damaged)")
+        if crc != payload.crc:
+            raise IntegrityError("stream is corrupt: stored bytes do not match their CRC-32")
+        if size != meter.size or digest.hex() != meter.sha256:
+            raise IntegrityError(
+                f"stream is corrupt: content does not match its checksum "
+                f"(stored {size} bytes sha256 {digest.hex()[:16]}..., read {meter.size} bytes sha256 {meter.sha256[:16]}...)"
+            )
+    except IntegrityError as exc:
+        raise IntegrityError(f"object {key} {exc.message.removeprefix('stream ')}", hint=exc.hint) from None
+    finally:
+        fh.close()
+
+
+def _read_header(key: str, raw: Iterator[bytes]) -> tuple[EnvelopeHeader, Iterator[bytes]]:
+    buf = b""
+    need = _PREFIX.size
+    for chunk in raw:
+        buf += chunk
+        if len(buf) >= _PREFIX.size:
+            magic, version, n = _PREFIX.unpack_from(buf)
+            if magic != MAGIC:
+                raise IntegrityError(f"object {key} is not an opsdb object (bad magic; written by another tool?)")
+            if version != ENVELOPE_VERSION:
+                raise IntegrityError(
+                    f"object {key} has envelope version {version}; this opsdb reads version {ENVELOPE_VERSION}",
+                    hint="upgrade opsdb to read objects written by a newer version",
+                )
+            need = _PREFIX.size + n + _CRC.size
+        if len(buf) >= need:
+            break
+    if len(buf) < need or len(buf) < _PREFIX.size:
+        raise IntegrityError(f"object {key} is truncated inside its envelope header")
+    raw_header = buf[:need]
+    (crc,) = _CRC.unpack_from(raw_header, need - _CRC.size)
+    if crc != zlib.crc32(raw_header[: -_CRC.size]):
+        raise IntegrityError(f"object {key} is corrupt: envelope header checksum mismatch")
+    header = _parse_header(key, raw_header)
+    rest = buf[need:]
+    return header, _chain_one(rest, raw) if rest else raw
+
+
+def _parse_header(key: str, raw: bytes) -> EnvelopeHeader:
+    try:
+        doc = json.loads(raw[_PREFIX.size : -_CRC.size])
+        stages = tuple(str(s) for s in doc["stages"])
+        compression = str(doc["compression"])
+        key_id = doc["key_id"]
+        created_by = str(doc.get("created_by", "?"))
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError(f"object {key} is corrupt: unreadable envelope header") from None
+    expected = tuple(s for s in (compression, CIPHER if key_id else None) if s and s != "none")
+    if compression not in ALGORITHMS or stages != expected:
+        raise IntegrityError(
+            f"object {key} uses stages {list(stages)} that this opsdb does not know (written by {created_by})"
+        )
+    return EnvelopeHeader(stages, compression, key_id, created_by, raw)
+
+
+def _hold_back(chunks: Iterable[bytes], n: int, tail: bytearray) -> Iterator[bytes]:
+    """Yield all but the last n bytes of the stream; leave those in `tail`."""
+    for chunk in chunks:
+        if len(chunk) >= n:
+            if tail:
+                yield bytes(tail)
+            if len(chunk) > n:
+                yield chunk[:-n]
+            tail[:] = chunk[-n:]
+        else:
+            tail += chunk
+            if len(tail) > n:
+                yield bytes(tail[:-n])
+                del tail[:-n]
+
+
+def _lookahead(chunks: Iterable[bytes], limit: int) -> tuple[list[bytes], Iterator[bytes] | None]:
+    """Read up to `limit` bytes ahead. Returns (head, None) when that was the whole stream."""
+    it = iter(chunks)
+    head: list[bytes] = []
+    size = 0
+    for chunk in it:
+        head.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return head, it
+    return head, None
+
+
+def _chain_one(first: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
+
+
+class _Crc32:
+    """Iterates `chunks` unchanged, keeping a running CRC-32 of them."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = chunks
+        self.crc = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self.crc = zlib.crc32(chunk, self.crc)
+            yield chunk
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.size = 0
+
+    def wrap(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.size += len(chunk)
+            yield chunk

@@ -1,0 +1,241 @@
+"""The object envelope over MemoryStorage: every compression x encryption combination, and damage
+anywhere in a stored object is reported as IntegrityError naming the object."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from opsdb.errors import Conflict, IntegrityError, NotFound, UsageError
+from opsdb.repo.envelope import (
+    Codec,
+    StoredObject,
+    get_json,
+    get_object,
+    put_json,
+    put_object,
+    read_header,
+    verify_object,
+)
+from opsdb.storage.memory import MemoryStorage
+from opsdb.stream.crypto import EncryptionKey
+from opsdb.stream.stages import CHUNK_SIZE
+
+KEY = EncryptionKey.from_secret(bytes(range(32)))
+OTHER = EncryptionKey.from_secret(bytes(range(1, 33)))
+KEYS = {KEY.id: KEY}
+NAME = "clusters/main/backups/20240101T000000Z/base.tar"
+SIZES = [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 2 * CHUNK_SIZE]
+COMBOS = [(c, k) for c in ("zstd", "gzip", "none") for k in (None, KEY)]
+
+
+def _data(n: int) -> bytes:
+    return (os.urandom(n // 2) + b"pg page " * (n // 16 + 1))[:n]
+
+
+def _store(
+    storage: MemoryStorage, data: bytes, compression: str = "zstd", key: EncryptionKey | None = KEY
+) -> StoredObject:
+    pieces = [data[i : i + 300_000] for i in range(0, len(data), 300_000)]
+    return put_object(storage, NAME, pieces, Codec(compression=compression, level=3, key=key))
+
+
+def _raw(storage: MemoryStorage) -> bytes:
+    with storage.open(NAME) as fh:
+        return fh.read()
+
+
+def _replace(storage: MemoryStorage, blob: bytes) -> None:
+    storage.delete([NAME])
+    storage.put(NAME, [blob])
+
+
+def _read(storage: MemoryStorage, keys: dict[str, EncryptionKey] = KEYS) -> bytes:
+    return b"".join(get_object(storage, NAME, keys))
+
+
+@pytest.mark.parametrize(
+    "compression,key", COMBOS, ids=lambda v: getattr(v, "id", v) and ("enc" if isinstance(v, EncryptionKey) else v)
+)
+@pytest.mark.parametrize("size", SIZES)
+def test_roundtrip(compression: str, key: EncryptionKey | None, size: int) -> None:
+    storage = MemoryStorage()
+    data = _data(size)
+    stored = _store(storage, data, compression, key)
+    assert stored.size == size and stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert stored.stored_size == storage.stat(NAME).size
+    assert stored.key_id == (key.id if key else None)
+    assert _read(storage) == data
+    assert verify_object(storage, NAME, KEYS) == stored
+    header = read_header(storage, NAME)
+    assert header.stages == stored.stages and header.compression == compression and header.key_id == stored.key_id
+
+
+def test_stages_recorded_in_order() -> None:
+    storage = MemoryStorage()
+    assert _store(storage, b"x", "zstd", KEY).stages == ("zstd", "aes256gcm")
+    assert _store(storage, b"x", "gzip", None).stages == ("gzip",)
+    assert _store(storage, b"x", "none", KEY).stages == ("aes256gcm",)
+    assert _store(storage, b"x", "none", None).stages == ()
+
+
+def test_a_fetch_reads_the_header_not_the_name() -> None:
+    storage = MemoryStorage()
+    data = _data(5000)
+    _store(storage, data, "gzip", None)
+    assert read_header(storage, NAME).created_by.startswith("opsdb ")
+    assert _read(storage) == data  # no ".gz" anywhere: the envelope said gzip
+
+
+@pytest.mark.parametrize("compression,key", COMBOS)
+def test_every_flipped_byte_of_a_small_object_is_detected(compression: str, key: EncryptionKey | None) -> None:
+    storage = MemoryStorage()
+    _store(storage, b"a small catalog document " * 4, compression, key)
+    blob = _raw(storage)
+    for pos in range(len(blob)):
+        bad = bytearray(blob)
+        bad[pos] ^= 0x04
+        _replace(storage, bytes(bad))
+        with pytest.raises(IntegrityError, match=f"^object {NAME} "):
+            _read(storage)
+
+
+@pytest.mark.parametrize("compression,key", COMBOS)
+def test_flipped_byte_in_a_large_object_is_detected(compression: str, key: EncryptionKey | None) -> None:
+    storage = MemoryStorage()
+    _store(storage, _data(3 * CHUNK_SIZE), compression, key)
+    blob = _raw(storage)
+    for pos in (200, len(blob) // 2, len(blob) - 60, len(blob) - 1):
+        bad = bytearray(blob)
+        bad[pos] ^= 0x01
+        _replace(storage, bytes(bad))
+        with pytest.raises(IntegrityError, match=f"^object {NAME} "):
+            _read(storage)
+
+
+@pytest.mark.parametrize("compression,key", COMBOS)
+def test_truncation_anywhere_is_detected(compression: str, key: EncryptionKey | None) -> None:
+    storage = MemoryStorage()
+    _store(storage, _data(2 * CHUNK_SIZE + 7), compression, key)
+    blob = _raw(storage)
+    for cut in (1, 20, 48, 49, 1000, len(blob) // 2, len(blob) - 10):
+        _replace(storage, blob[: len(blob) - cut])
+        with pytest.raises(IntegrityError, match=f"^object {NAME} .*(truncated|corrupt|authentication)"):
+            _read(storage)
+
+
+@pytest.mark.parametrize("compression,key", COMBOS)
+def test_appended_bytes_are_detected(compression: str, key: EncryptionKey | None) -> None:
+    storage = MemoryStorage()
+    _store(storage, _data(1000), compression, key)
+    _replace(storage, _raw(storage) + b"\x00" * 49)
+    with pytest.raises(IntegrityError, match=f"^object {NAME} "):
+        _read(storage)
+
+
+def test_objects_swapped_under_another_name_still_read_but_bodies_cannot_be_spliced() -> None:
+    a, b = MemoryStorage(), MemoryStorage()
+    _store(a, _data(2 * CHUNK_SIZE + 1))
+    _store(b, _data(2 * CHUNK_SIZE + 1))
+    blob_a, blob_b = _raw(a), _raw(b)
+    half = len(blob_a) // 2
+    _replace(a, blob_a[:half] + blob_b[half:])
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        _read(a)
+
+
+def test_wrong_key_and_unknown_key_id() -> None:
+    storage = MemoryStorage()
+    _store(storage, b"secret")
+    with pytest.raises(IntegrityError, match=f"object {NAME} failed authentication: chunk 0 tag mismatch"):
+        _read(storage, {KEY.id: EncryptionKey(KEY.id, OTHER.secret)})
+    with pytest.raises(
+        IntegrityError, match=f"object {NAME} is encrypted with key {KEY.id}, which is not loaded"
+    ) as info:
+        _read(storage, {OTHER.id: OTHER})
+    assert KEY.id in (info.value.hint or "")
+    with pytest.raises(IntegrityError, match=r"not loaded \(loaded: none\)"):
+        _read(storage, {})
+
+
+def test_corrupt_compression_inside_the_envelope() -> None:
+    storage = MemoryStorage()
+    _store(storage, _data(100_000), "zstd", None)
+    blob = bytearray(_raw(storage))
+    header_len = blob.index(b"}") + 5
+    blob[header_len] ^= 0xFF  # the zstd magic number
+    _replace(storage, bytes(blob))
+    with pytest.raises(IntegrityError, match=f"object {NAME} is corrupt: not a zstd frame"):
+        _read(storage)
+
+
+def test_not_an_opsdb_object() -> None:
+    storage = MemoryStorage()
+    storage.put(NAME, [b"PGDMP plain file written by something else"])
+    with pytest.raises(IntegrityError, match="not an opsdb object"):
+        _read(storage)
+    storage.delete([NAME])
+    storage.put(NAME, [b"OPSDB"])
+    with pytest.raises(IntegrityError, match="truncated inside its envelope header"):
+        _read(storage)
+
+
+def test_missing_object_raises_not_found_immediately() -> None:
+    with pytest.raises(NotFound):
+        get_object(MemoryStorage(), NAME, KEYS)
+
+
+def test_require_encryption_without_a_key_stores_nothing() -> None:
+    storage = MemoryStorage()
+    with pytest.raises(UsageError, match="encryption.required is set but no key"):
+        put_object(storage, NAME, [b"x"], Codec(require_encryption=True))
+    assert storage.stat(NAME) is None
+    put_object(storage, NAME, [b"x"], Codec(require_encryption=True, key=KEY))
+    assert _read(storage) == b"x"
+
+
+def test_if_absent_refuses_to_replace() -> None:
+    storage = MemoryStorage()
+    _store(storage, b"first")
+    with pytest.raises(Conflict):
+        put_object(storage, NAME, [b"second"], Codec(key=KEY), if_absent=True)
+    assert _read(storage) == b"first"
+
+
+def test_metadata() -> None:
+    storage = MemoryStorage()
+    data = b'{"small": "doc"}'
+    _store(storage, data, "zstd", None)
+    meta = storage.stat(NAME).metadata
+    assert meta["opsdb-stages"] == "zstd" and meta["opsdb-envelope"] == "1"
+    assert meta["opsdb-size"] == str(len(data)) and meta["opsdb-sha256"] == hashlib.sha256(data).hexdigest()
+    _store(storage, data, "zstd", KEY)
+    meta = storage.stat(NAME).metadata
+    assert meta["opsdb-key-id"] == KEY.id and "opsdb-sha256" not in meta  # no plaintext digest in the clear
+    assert not any(KEY.secret.hex() in v for v in meta.values())
+    _store(storage, _data(2 * CHUNK_SIZE), "zstd", None)  # too large to know the digest before sending
+    assert "opsdb-sha256" not in storage.stat(NAME).metadata
+
+
+def test_on_bytes_reports_plaintext_progress() -> None:
+    seen: list[int] = []
+    data = _data(CHUNK_SIZE * 2 + 3)
+    put_object(MemoryStorage(), NAME, [data[:CHUNK_SIZE], data[CHUNK_SIZE:]], Codec(), on_bytes=seen.append)
+    assert sum(seen) == len(data)
+
+
+def test_json_helpers() -> None:
+    storage = MemoryStorage()
+    doc = {"backup_id": "20240101T000000Z", "lsn": "0/3000028", "files": [1, 2, 3]}
+    stored = put_json(storage, NAME, doc, Codec(key=KEY))
+    assert get_json(storage, NAME, KEYS) == doc and stored.key_id == KEY.id
+    put_object(storage, "x/not-json", [b"{nope"], Codec())
+    with pytest.raises(IntegrityError, match="x/not-json is not valid JSON"):
+        get_json(storage, "x/not-json", KEYS)
+
+
+def test_bad_codec_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="unknown compression"):
+        put_object(MemoryStorage(), NAME, [b"x"], Codec(compression="brotli"))
