@@ -1,0 +1,179 @@
+"""opsdb verify over an in-memory repository: every bad object is named with what is wrong."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import tarfile
+from typing import Any
+
+import pytest
+
+from opsdb.errors import NotFound
+from opsdb.model.lsn import segment_name
+from opsdb.ops.verify import verify_repository
+from opsdb.repo import layout
+from opsdb.repo.envelope import Codec, put_object
+from opsdb.storage.memory import MemoryStorage
+from opsdb.stream.crypto import EncryptionKey, key_id_of
+
+SECRET = os.urandom(32)
+KEY = EncryptionKey(key_id_of(SECRET), SECRET)
+KEYS = {KEY.id: KEY}
+CODEC = Codec(key=KEY)
+SEG = 16 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class Record:
+    id: str
+    start_lsn: str
+    stop_lsn: str
+    timeline: int = 1
+    kind: str = "physical"
+    status: str = "complete"
+    objects: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def make_manifest(files: dict[str, bytes], algorithm: str = "SHA256") -> bytes:
+    entries = []
+    for path, data in files.items():
+        entry = {"Path": path, "Size": len(data), "Last-Modified": "2026-11-21 09:00:00 GMT"}
+        if algorithm == "SHA256":
+            entry |= {"Checksum-Algorithm": "SHA256", "Checksum": hashlib.sha256(data).hexdigest()}
+        else:
+            entry |= {"Checksum-Algorithm": "CRC32C", "Checksum": "00000000"}
+        entries.append(json.dumps(entry))
+    body = '{ "PostgreSQL-Backup-Manifest-Version": 1,\n"Files": [\n' + ",\n".join(entries) + " ],\n"
+    body += '"WAL-Ranges": [\n{ "Timeline": 1, "Start-LSN": "0/2000028", "End-LSN": "0/2000100" }\n],\n'
+    checksum = hashlib.sha256(body.encode()).hexdigest()
+    return (body + f'"Manifest-Checksum": "{checksum}"}}\n').encode()
+
+
+def make_tar(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+FILES = {
+    "backup_label": b"START WAL LOCATION: 0/2000028\n",
+    "global/1262": os.urandom(20000),
+    "base/1/1259": b"x" * 9000,
+}
+
+
+def build_repo(
+    *, manifest_files: dict[str, bytes] | None = None, algorithm: str = "SHA256"
+) -> tuple[MemoryStorage, Record]:
+    storage = MemoryStorage()
+    record = Record("20261121T090000Z", "0/2000028", "0/3000100")
+    objects = {"base.tar": make_tar(FILES), "backup_manifest": make_manifest(manifest_files or FILES, algorithm)}
+    for name, data in objects.items():
+        stored = put_object(storage, layout.backup_object("main", record.id, name), [data], CODEC)
+        record.objects.append({"name": name, "size": stored.size, "sha256": stored.sha256})
+    put_object(storage, layout.catalog_entry("main", record.id), [b"{}"], CODEC)
+    for segno in range(2, 6):  # 000000010000000000000002 .. 05
+        name = segment_name(1, segno)
+        put_object(storage, layout.wal_object("main", name), [os.urandom(4096)], CODEC)
+    return storage, record
+
+
+def flip_byte(storage: MemoryStorage, key: str, offset: int = -100) -> None:
+    data = bytearray(storage.open(key).read())
+    data[offset] ^= 0x01
+    storage.put(key, [bytes(data)])
+
+
+def test_clean_repository_passes_with_a_summary() -> None:
+    storage, record = build_repo()
+    result = verify_repository(storage, "main", KEYS, [record])
+    assert result.ok, result.problems
+    assert result.objects == 7 and result.backups == 1 and result.wal_segments == 4
+    assert result.manifest_files == 3
+    assert result.to_dict()["result"] == "pass"
+
+
+def test_flipped_byte_in_backup_object_and_in_wal_object_are_each_named() -> None:
+    storage, record = build_repo()
+    tar_key = layout.backup_object("main", record.id, "base.tar")
+    wal_key = layout.wal_object("main", segment_name(1, 4))
+    flip_byte(storage, tar_key)
+    flip_byte(storage, wal_key)
+    result = verify_repository(storage, "main", KEYS, [record])
+    assert not result.ok
+    named = {p.key: p.what for p in result.problems}
+    assert tar_key in named and wal_key in named, named
+    assert "authentication" in named[wal_key] or "corrupt" in named[wal_key]
+
+
+def test_flipped_byte_in_unencrypted_object_is_caught_by_the_digest() -> None:
+    storage = MemoryStorage()
+    key = layout.wal_object("main", segment_name(1, 2))
+    put_object(storage, key, [os.urandom(50000)], Codec(compression="none"))
+    flip_byte(storage, key, offset=200)
+    result = verify_repository(storage, "main", {}, [])
+    assert [p.key for p in result.problems] == [key]
+
+
+def test_missing_wal_segment_breaks_continuity() -> None:
+    storage, record = build_repo()
+    gone = layout.wal_object("main", segment_name(1, 4))
+    storage.delete([gone])
+    result = verify_repository(storage, "main", KEYS, [record])
+    assert [p.key for p in result.problems] == [gone]
+    assert "missing WAL segment" in result.problems[0].what and "000000010000000000000005" in result.problems[0].what
+
+
+def test_one_backup_checks_the_wal_it_needs() -> None:
+    storage, record = build_repo()
+    storage.delete([layout.wal_object("main", segment_name(1, 3))])  # needed up to the stop LSN 0/3000100
+    result = verify_repository(storage, "main", KEYS, [record], backup_id=record.id)
+    assert any("cannot reach consistency" in p.what for p in result.problems)
+    with pytest.raises(NotFound):
+        verify_repository(storage, "main", KEYS, [record], backup_id="nope")
+
+
+def test_catalog_object_missing_is_named() -> None:
+    storage, record = build_repo()
+    key = layout.backup_object("main", record.id, "backup_manifest")
+    storage.delete([key])
+    result = verify_repository(storage, "main", KEYS, [record])
+    assert [(p.key, p.what.split(":")[0]) for p in result.problems] == [(key, "missing")]
+
+
+def test_manifest_disagreeing_with_the_tar_is_named() -> None:
+    files = dict(FILES)
+    files["base/1/1259"] = b"y" * 9000  # same size, other content
+    files["base/1/2619"] = b"z"  # listed but not in the tar
+    storage, record = build_repo(manifest_files=files)
+    result = verify_repository(storage, "main", KEYS, [record])
+    whats = {p.key.rsplit("/", 1)[-1]: p.what for p in result.problems}
+    assert "checksum differs" in whats["1259"]
+    assert whats["2619"].startswith("missing: listed in backup_manifest")
+
+
+def test_crc32c_manifest_checks_names_and_sizes() -> None:
+    storage, record = build_repo(algorithm="CRC32C")
+    assert verify_repository(storage, "main", KEYS, [record]).ok
+
+
+def test_tampered_manifest_checksum_is_named() -> None:
+    storage, record = build_repo()
+    key = layout.backup_object("main", record.id, "backup_manifest")
+    data = bytearray(make_manifest(FILES))
+    data[data.index(b'"Size": ') + 8] = ord("7")
+    put = put_object(storage, key + ".new", [bytes(data)], CODEC)
+    storage.put(key, [storage.open(put.key).read()])
+    record.objects = [
+        o | {"size": put.size, "sha256": put.sha256} if o["name"] == "backup_manifest" else o for o in record.objects
+    ]
+    result = verify_repository(storage, "main", KEYS, [record])
+    assert any(p.key == key and "checksum does not match" in p.what for p in result.problems)
