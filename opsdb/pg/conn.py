@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
+from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 
 from opsdb.errors import DatabaseError
@@ -86,6 +87,23 @@ class PgConnection:
         """The first column of the first row, or None when there is no row."""
         row = self.fetchone(sql, params)
         return None if row is None else next(iter(row.values()))
+
+    def alter_system(self, name: str, value: str | int | float | bool | None) -> None:
+        """ALTER SYSTEM SET name = value (RESET when value is None); utility statements take no bind
+        parameters, so the value is quoted client-side as a literal. Follow with reload() or a restart."""
+        if value is None:
+            stmt = pgsql.SQL("ALTER SYSTEM RESET {}").format(pgsql.Identifier(name))
+        else:
+            text = ("on" if value else "off") if isinstance(value, bool) else str(value)
+            stmt = pgsql.SQL("ALTER SYSTEM SET {} = {}").format(pgsql.Identifier(name), pgsql.Literal(text))
+        try:
+            self._conn.execute(stmt)
+        except psycopg.Error as exc:
+            raise _db_error("query failed", exc, self._secrets) from None
+
+    def reload(self) -> None:
+        """pg_reload_conf(): reloadable settings take effect (asynchronously, within moments)."""
+        self.fetchval("SELECT pg_reload_conf()")
 
     def close(self) -> None:
         self._conn.close()
@@ -177,7 +195,29 @@ def connect(
             application_name=application_name,
         )
     except psycopg.Error as exc:
-        raise _db_error(f"unable to connect to {target}", exc, secrets) from None
+        err = _db_error(f"unable to connect to {target}", exc, secrets)
+        err.message = err.message.replace(": connection failed: ", ": ", 1)
+        err.args = (err.message,)
+        raise err from None
     except ValueError as exc:  # e.g. a malformed conninfo rejected before libpq
+        raise _db_error(f"unable to connect to {target}", exc, secrets) from None
+    return PgConnection(raw, secrets, target)
+
+
+def connect_simple(conninfo: str, *, timeout: float = 10, application_name: str = "opsdb") -> PgConnection:
+    """A connection that sends every query with the simple query protocol (psycopg ClientCursor,
+    autocommit), for PgBouncer's admin console, which rejects the extended protocol (psycopg#817)."""
+    secrets = _secrets(conninfo)
+    target = redact(conninfo)
+    try:
+        raw = psycopg.connect(
+            conninfo,
+            autocommit=True,
+            row_factory=dict_row,
+            cursor_factory=psycopg.ClientCursor,
+            connect_timeout=max(1, int(round(timeout))),
+            application_name=application_name,
+        )
+    except (psycopg.Error, ValueError) as exc:
         raise _db_error(f"unable to connect to {target}", exc, secrets) from None
     return PgConnection(raw, secrets, target)

@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import typer
 
-from opsdb.cli.commands import not_built
+from opsdb.cli import output
+from opsdb.model.results import CheckReport, Status
+from opsdb.ops import health
+
+
+def render(report: CheckReport) -> str:
+    """One line per check ("OK       repository  s3://b/p writable (12 ms)"), then the overall status."""
+    width = max((len(c.name) for c in report.checks), default=0)
+    lines = [f"{c.status.value:<8} {c.name:<{width}}  {c.detail}" for c in report.checks]
+    counts = {s: sum(1 for c in report.checks if c.status is s) for s in Status}
+    summary = ", ".join(f"{n} {s.value.lower()}" for s, n in counts.items() if n)
+    lines.append(f"{report.status.value}: {summary}")
+    return "\n".join(lines)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("check")
     def check(ctx: typer.Context) -> None:
         """Config, repository, server and archiving sanity (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
-        raise not_built("check")
+        state = ctx.obj
+        report = health.check(lambda: state.settings, state.cluster_name)
+        output.emit(state, report.to_dict(), lambda: render(report))
+        # SystemExit, not typer.Exit: with standalone_mode=False click turns Exit into a return value
+        raise SystemExit(report.exit_code)

@@ -1,0 +1,243 @@
+"""Health use cases. `check`: is this machine set up so that backups and WAL archiving can work?
+
+Each check yields OK / WARNING / CRITICAL / UNKNOWN with a one-line detail; a check never raises
+(a monitoring command must always answer). Checks that depend on an earlier failure report UNKNOWN
+("not checked: ...") so the list of checks is stable for scripts.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from opsdb.config import ClusterConfig, Settings
+from opsdb.errors import OpsdbError
+from opsdb.model.results import CheckReport, Status
+from opsdb.pg import conn as pg_conn
+from opsdb.pg.conninfo import redact
+from opsdb.repo import layout
+from opsdb.storage import Storage
+from opsdb.storage import open_storage as _open_storage
+
+OK, WARNING, CRITICAL, UNKNOWN = Status.OK, Status.WARNING, Status.CRITICAL, Status.UNKNOWN
+SERVER_CHECKS = ("wal_level", "archive_mode", "archive_command", "archiver")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OpsdbError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def check(
+    load_settings: Callable[[], Settings],
+    cluster_name: str | None,
+    *,
+    open_storage: Callable[..., Storage] = _open_storage,
+    connect: Callable[..., pg_conn.PgConnection] = pg_conn.connect,
+    clock: Callable[[], float] = time.monotonic,
+    connect_timeout: float = 5,
+) -> CheckReport:
+    """Run every check in order: config, repository, encryption, server, archiving, replicas."""
+    report = CheckReport()
+    try:
+        settings = load_settings()
+    except OpsdbError as exc:
+        report.add("config", CRITICAL, str(exc))
+        return report
+    source = str(settings.config_path) if settings.config_path else "no config file: embedded defaults"
+
+    name: str | None = None
+    cluster: ClusterConfig | None = None
+    cluster_problem: str | None = None
+    try:
+        name, cluster = settings.cluster(cluster_name)
+    except OpsdbError as exc:
+        cluster_problem = str(exc)
+    if cluster_problem is not None and settings.clusters:
+        report.add("config", CRITICAL, f"{source}: {cluster_problem}")
+    else:
+        report.add("config", OK, source + (f", cluster {name}" if name else ""))
+
+    _check_repository(report, settings, name, open_storage, clock)
+    _check_encryption(report, settings)
+    if cluster is None:
+        report.add("server", UNKNOWN, f"not checked: {cluster_problem}")
+        return report
+    _check_server(report, cluster, connect, connect_timeout)
+    for replica in cluster.replicas:
+        _check_replica(report, replica.name, replica.conninfo, connect, connect_timeout)
+    return report
+
+
+def _check_repository(
+    report: CheckReport,
+    settings: Settings,
+    cluster: str | None,
+    open_storage: Callable[..., Storage],
+    clock: Callable[[], float],
+) -> None:
+    repo = settings.repository
+    prefix = layout.cluster_prefix(cluster) if cluster else ""
+    key = f"{prefix}check/probe-{secrets.token_hex(8)}"
+    payload = secrets.token_bytes(64)
+    started = clock()
+    stage = "open"
+    try:
+        storage = open_storage(
+            repo.url,
+            endpoint_url=repo.endpoint_url,
+            region=repo.region,
+            checksum_mode=repo.checksum_mode,
+            part_size=repo.part_size,
+            max_attempts=repo.max_attempts,
+            object_lock_days=repo.object_lock_days,
+            upload_concurrency=repo.upload_concurrency,
+        )
+        stage = "write"
+        storage.put(key, [payload], if_absent=True)
+        stage = "read back"
+        fh = storage.open(key)
+        try:
+            data = fh.read()
+        finally:
+            fh.close()
+        if data != payload:
+            report.add("repository", CRITICAL, f"{repo.url}: probe object {key} read back different bytes")
+            return
+    except Exception as exc:
+        report.add("repository", CRITICAL, f"{repo.url}: unable to {stage} probe object: {_describe(exc)}")
+        return
+    try:
+        storage.delete([key])
+    except Exception as exc:  # written and read fine: the repository works, clean-up did not
+        report.add("repository", WARNING, f"{repo.url} writable, but the probe {key} was not deleted: {_describe(exc)}")
+        return
+    elapsed_ms = (clock() - started) * 1000
+    report.add("repository", OK, f"{repo.url} writable ({elapsed_ms:.0f} ms)")
+
+
+def _check_encryption(report: CheckReport, settings: Settings) -> None:
+    enc = settings.encryption
+    if not (enc.key_file or enc.key_env):
+        report.add("encryption", OK, "not configured: repository objects are stored unencrypted")
+        return
+    where = f"key file {enc.key_file}" if enc.key_file else f"environment variable {enc.key_env}"
+    try:
+        from opsdb.stream.crypto import load_key
+
+        key = load_key(key_file=enc.key_file, key_env=enc.key_env)
+    except Exception as exc:
+        report.add("encryption", CRITICAL, _describe(exc))
+        return
+    required = ", required" if enc.required else ""
+    report.add("encryption", OK, f"key {key.id} loaded from {where}{required}")
+
+
+def _check_server(
+    report: CheckReport, cluster: ClusterConfig, connect: Callable[..., pg_conn.PgConnection], timeout: float
+) -> None:
+    try:
+        with connect(cluster.conninfo, timeout=timeout, application_name="opsdb check") as c:
+            version = c.server_version()
+            standby = c.in_recovery()
+            values = c.settings(["wal_level", "archive_mode", "archive_command", "archive_library"])
+            archiver = c.archiver_stats()
+    except Exception as exc:
+        report.add("server", CRITICAL, _describe(exc))
+        for name in SERVER_CHECKS:
+            report.add(name, UNKNOWN, "not checked: server unreachable")
+        return
+    role = "standby" if standby else "primary"
+    report.add("server", OK, f"PostgreSQL {version}, {role}, at {redact(cluster.conninfo)}")
+    _check_wal_level(report, values.get("wal_level"))
+    mode = values.get("archive_mode")
+    _check_archive_mode(report, mode, standby)
+    _check_archive_command(report, mode, values.get("archive_command"), values.get("archive_library"))
+    _check_archiver(report, mode, standby, archiver)
+
+
+def _check_wal_level(report: CheckReport, wal_level: str | None) -> None:
+    if wal_level is None:
+        report.add("wal_level", UNKNOWN, "cannot read wal_level")
+    elif wal_level in ("replica", "logical"):
+        report.add("wal_level", OK, wal_level)
+    else:
+        report.add(
+            "wal_level",
+            CRITICAL,
+            f"{wal_level}: base backups and archiving need 'replica' or 'logical' (restart needed)",
+        )
+
+
+def _check_archive_mode(report: CheckReport, mode: str | None, standby: bool) -> None:
+    if mode is None:
+        report.add("archive_mode", UNKNOWN, "cannot read archive_mode")
+    elif mode == "off":
+        report.add(
+            "archive_mode",
+            CRITICAL,
+            "off: no WAL is archived, so point-in-time recovery is impossible (set archive_mode = on and restart)",
+        )
+    elif mode == "on" and standby:
+        report.add("archive_mode", OK, "on (a standby archives only after promotion; 'always' archives here too)")
+    else:
+        report.add("archive_mode", OK, mode)
+
+
+def _check_archive_command(report: CheckReport, mode: str | None, command: str | None, library: str | None) -> None:
+    name = "archive_command"
+    if mode == "off":
+        report.add(name, CRITICAL, "not used: archive_mode is off")
+    elif library:
+        report.add(name, WARNING, f"archive_library {library!r} is set, so WAL goes there, not to opsdb")
+    elif command is None:
+        report.add(name, UNKNOWN, "cannot read archive_command (needs superuser or pg_read_all_settings)")
+    elif not command.strip() or command.strip() == "(disabled)":
+        # With archive_mode on, an empty command pauses archiving: WAL piles up in pg_wal until the disk is full.
+        report.add(name, CRITICAL, "empty: archiving is paused and WAL accumulates in pg_wal")
+    elif "opsdb" not in command or "wal-push" not in command:
+        report.add(name, WARNING, f"{command!r} does not call 'opsdb ... wal-push %p'")
+    elif "%p" not in command:
+        report.add(name, WARNING, f"{command!r} does not pass the WAL file path (%p) to wal-push")
+    else:
+        report.add(name, OK, command)
+
+
+def _check_archiver(report: CheckReport, mode: str | None, standby: bool, stats: dict[str, Any]) -> None:
+    if mode not in ("on", "always") or (standby and mode != "always"):
+        report.add("archiver", OK, "not archiving on this server")
+        return
+    last_ok, last_fail = stats.get("last_archived_time"), stats.get("last_failed_time")
+    ok_wal, failed_wal = stats.get("last_archived_wal"), stats.get("last_failed_wal")
+    if last_fail is not None and (last_ok is None or last_fail > last_ok):
+        since = f"last success {ok_wal} at {last_ok.isoformat()}" if last_ok else "nothing archived yet"
+        report.add(
+            "archiver",
+            WARNING,
+            f"archiving is failing: {failed_wal} failed at {last_fail.isoformat()} "
+            f"({stats.get('failed_count', '?')} failures; {since}); see the server log",
+        )
+    elif last_ok is not None:
+        report.add("archiver", OK, f"last archived {ok_wal} at {last_ok.isoformat()}")
+    else:
+        report.add("archiver", OK, "nothing archived yet")
+
+
+def _check_replica(
+    report: CheckReport, name: str, conninfo: str, connect: Callable[..., pg_conn.PgConnection], timeout: float
+) -> None:
+    label = f"replica {name}"
+    try:
+        with connect(conninfo, timeout=timeout, application_name="opsdb check") as c:
+            standby = c.in_recovery()
+            lsn = c.current_wal_lsn()
+    except Exception as exc:
+        report.add(label, CRITICAL, _describe(exc))
+        return
+    if standby:
+        report.add(label, OK, f"standby at {redact(conninfo)}, replayed up to {lsn}")
+    else:
+        report.add(label, WARNING, f"reachable at {redact(conninfo)} but not in recovery (promoted?)")
