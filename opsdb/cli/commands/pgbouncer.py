@@ -1,12 +1,39 @@
-"""opsdb pgbouncer generate|check, opsdb replicas check, opsdb replica create, opsdb metrics."""
+"""opsdb pgbouncer generate|check|status, opsdb replicas check, opsdb replica create, opsdb metrics."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from opsdb.cli import output
 from opsdb.cli.commands import not_built
+from opsdb.errors import OperationFailed, UsageError
+
+
+def _runner():  # type: ignore[no-untyped-def]
+    from opsdb.proc import LocalRunner
+
+    return LocalRunner()
+
+
+def _run_as(state) -> str | None:  # type: ignore[no-untyped-def]
+    """pgbouncer and pg_basebackup refuse root: run them as the cluster's os_user (postgres by default)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return state.cluster()[1].os_user
+    except UsageError:
+        return "postgres"
+
+
+def _exit(code: int) -> None:
+    """Exit with a monitoring/check status. SystemExit, not typer.Exit: with standalone_mode=False
+    click turns typer.Exit into a return value, which cli.app.main does not pass on (yet)."""
+    if code:
+        raise SystemExit(code)
 
 
 def register(app: typer.Typer) -> None:
@@ -16,15 +43,64 @@ def register(app: typer.Typer) -> None:
     def generate(
         ctx: typer.Context,
         out_dir: Annotated[str, typer.Option("--out-dir", help="Where to write pgbouncer.ini and userlist.txt.")] = ".",
-        discover: Annotated[bool, typer.Option("--discover", help="Read databases and SCRAM verifiers from the cluster.")] = False,
+        discover: Annotated[
+            bool, typer.Option("--discover", help="Read databases and SCRAM verifiers from the cluster.")
+        ] = False,
     ) -> None:
-        """Write pgbouncer.ini and userlist.txt (0600)."""
-        raise not_built("pgbouncer generate")
+        """Write pgbouncer.ini and userlist.txt (0600), pools sized against the server."""
+        from opsdb.ops import pgbouncer as ops
+        from opsdb.render.pgbouncer_text import render_generate
+
+        state = ctx.obj
+        _, cluster = state.cluster()
+        result = ops.generate(
+            state.settings.pgbouncer, cluster.conninfo, Path(out_dir), discover_catalog=discover, runner=_runner()
+        )
+        output.emit(state, result.to_dict(), lambda: render_generate(result.to_dict()))
 
     @pgb.command("check")
     def check(ctx: typer.Context, ini: Annotated[str, typer.Argument(help="pgbouncer.ini to check.")]) -> None:
-        """Validate a pgbouncer.ini (and load it in a real pgbouncer when present)."""
-        raise not_built("pgbouncer check")
+        """Validate a pgbouncer.ini and load it in a real pgbouncer when present (exit 1 on problems)."""
+        from opsdb.ops import pgbouncer as gen
+        from opsdb.ops import pgbouncer_check as ops
+        from opsdb.render.pgbouncer_text import render_check
+
+        state = ctx.obj
+        cfg = state.settings.pgbouncer
+        limits = None
+        if state.settings.clusters:
+            _, cluster = state.cluster()
+            limits = ops.server_limits_reader(cluster.conninfo)
+        result = ops.check_ini_file(
+            Path(ini),
+            runner=_runner(),
+            pgbouncer_bin=gen.find_pgbouncer(),
+            run_as=_run_as(state),
+            server_limits=limits,
+            instances=cfg.instances,
+            server_reserve=cfg.server_reserve,
+        )
+        output.emit(state, result.to_dict(), lambda: render_check(result.to_dict()))
+        _exit(0 if result.ok else 1)
+
+    @pgb.command("status")
+    def status(
+        ctx: typer.Context,
+        conninfo: Annotated[
+            str | None, typer.Option("--conninfo", help="Admin console connection (default: from [pgbouncer]).")
+        ] = None,
+        user: Annotated[
+            str | None, typer.Option("--user", help="Admin/stats user (default: the first of admin_users/stats_users).")
+        ] = None,
+    ) -> None:
+        """SHOW POOLS / SHOW STATS summary from the admin console."""
+        from opsdb.ops import pgbouncer_check as ops
+        from opsdb.render.pgbouncer_text import render_status
+
+        state = ctx.obj
+        target = conninfo or ops.admin_conninfo(state.settings.pgbouncer, user)
+        result = ops.pgbouncer_status(target)
+        output.emit(state, result.to_dict(), lambda: render_status(result.to_dict()))
 
     app.add_typer(pgb, name="pgbouncer")
 
@@ -33,13 +109,71 @@ def register(app: typer.Typer) -> None:
     @replicas.command("check")
     def replicas_check(
         ctx: typer.Context,
-        max_lag_bytes: Annotated[int | None, typer.Option("--max-lag-bytes")] = None,
-        max_lag_seconds: Annotated[float | None, typer.Option("--max-lag-seconds")] = None,
+        max_lag_bytes: Annotated[
+            int | None, typer.Option("--max-lag-bytes", help="Critical replay lag in bytes.")
+        ] = None,
+        max_lag_seconds: Annotated[
+            float | None, typer.Option("--max-lag-seconds", help="Critical replay lag in seconds.")
+        ] = None,
     ) -> None:
         """Lag, slots and standby state (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
-        raise not_built("replicas check")
+        from opsdb.ops import replicas as ops
+        from opsdb.render.replicas import render_replicas
+
+        state = ctx.obj
+        _, cluster = state.cluster()
+        report = ops.check_replicas(cluster, max_lag_bytes=max_lag_bytes, max_lag_seconds=max_lag_seconds)
+        output.emit(state, report.to_dict(), lambda: render_replicas(report))
+        _exit(report.exit_code)
 
     app.add_typer(replicas, name="replicas")
+
+    replica = typer.Typer(help="Build a standby.", no_args_is_help=True)
+
+    @replica.command("create")
+    def replica_create(
+        ctx: typer.Context,
+        target_dir: Annotated[str, typer.Option("--target-dir", help="Empty directory for the standby's data.")],
+        from_primary: Annotated[
+            bool, typer.Option("--from-primary", help="pg_basebackup -R from the primary.")
+        ] = False,
+        from_backup: Annotated[
+            str | None, typer.Option("--from-backup", help="Backup ID or 'latest' from the repository.")
+        ] = None,
+        slot: Annotated[
+            str | None, typer.Option("--slot", help="Create and use this physical replication slot.")
+        ] = None,
+        name: Annotated[
+            str | None, typer.Option("--name", help="application_name the primary will list it under.")
+        ] = None,
+    ) -> None:
+        """Build a standby from the primary (or, later, from a backup)."""
+        if from_primary == (from_backup is not None):
+            raise UsageError("give exactly one of --from-primary or --from-backup ID|latest")
+        if from_backup is not None:
+            raise not_built("replica create --from-backup")
+        from opsdb.ops import replicas as ops
+        from opsdb.pg.tools import PgTools, find_bin_dir
+
+        state = ctx.obj
+        _, cluster = state.cluster()
+        result = ops.create_replica_from_primary(
+            cluster.conninfo,
+            Path(target_dir),
+            runner=_runner(),
+            tools=PgTools(find_bin_dir(cluster.pg_bin_dir)),
+            os_user=cluster.os_user,
+            slot=slot,
+            application_name=name,
+        )
+        if not result.primary_conninfo_written:
+            raise OperationFailed(f"pg_basebackup finished but {target_dir} has no standby.signal")
+        human = f"standby data directory ready in {result.target_dir}" + (
+            f" (slot {result.slot})" if result.slot else ""
+        )
+        output.emit(state, result.to_dict(), human + "; start it with pg_ctl -D DIR -o '-p PORT' start")
+
+    app.add_typer(replica, name="replica")
 
     @app.command("metrics")
     def metrics(

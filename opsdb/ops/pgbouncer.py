@@ -1,0 +1,332 @@
+"""`opsdb pgbouncer generate`: pgbouncer.ini + userlist.txt from [pgbouncer], sized against the server.
+
+build_files() is deterministic: the same config, server figures and discovered verifiers give the
+same bytes (sorted keys and databases, no timestamps), so a config-management run changes nothing
+when nothing changed. Settings newer than the target PgBouncer are written commented out, with why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from opsdb import __version__
+from opsdb.config import PgbouncerConfig
+from opsdb.errors import UsageError
+from opsdb.model.pgbouncer import DatabasePools, ServerLimits, SizingPlan, SizingRequest, fd_estimate, plan_pools
+from opsdb.model.pgbouncer_ini import NEWEST_KNOWN, PGBOUNCER_KEYS, UserEntry, Version, parse_version, version_str
+from opsdb.pg import pooler
+from opsdb.pg.conn import PgConnection, connect
+from opsdb.pg.conninfo import parse_conninfo
+from opsdb.proc import Cmd, Runner
+from opsdb.render.pgbouncer import IniEntry, connstr, quote_db_name, render_ini, render_userlist
+
+Connect = Callable[..., PgConnection]
+PGBOUNCER_CANDIDATES = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer")
+
+# bounded by pg_authid.rolvaliduntil like PgBouncer's own default since 1.24.1, and schema-qualified
+# so a client-set search_path cannot redirect it (CVE-2025-12819)
+DEFAULT_AUTH_QUERY = (
+    "SELECT rolname, CASE WHEN rolvaliduntil < pg_catalog.now() THEN NULL ELSE rolpassword END "
+    "FROM pg_catalog.pg_authid WHERE rolname = $1 AND rolcanlogin"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerFacts:
+    """What generate learned from the cluster (or was given in tests)."""
+
+    limits: ServerLimits
+    databases: tuple[str, ...] = ()  # discovered; empty without --discover
+    users: tuple[str, ...] | None = None  # pooled users; None = not known
+    verifiers: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    discovered: bool = False  # databases, users and verifiers were read (--discover)
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratedFiles:
+    ini: str
+    userlist: str | None  # None: nothing to write (no --discover)
+    plan: SizingPlan
+    databases: tuple[str, ...]
+    users: tuple[str, ...] | None
+    target_version: Version
+    notes: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateResult:
+    ini_path: str
+    userlist_path: str | None
+    files: GeneratedFiles
+
+    def to_dict(self) -> dict[str, object]:
+        plan = self.files.plan
+        return {
+            "ini_path": self.ini_path,
+            "userlist_path": self.userlist_path,
+            "pgbouncer_version": version_str(self.files.target_version),
+            "databases": list(self.files.databases),
+            "users": None if self.files.users is None else list(self.files.users),
+            "sizing": {
+                "usable": plan.usable,
+                "per_instance": plan.per_instance,
+                "default_pool_size": plan.default_pool_size,
+                "max_db_connections": plan.max_db_connections,
+                "worst_case_total": plan.worst_case_total,
+                "explanation": list(plan.explanation),
+            },
+            "notes": list(self.files.notes),
+        }
+
+
+def find_pgbouncer() -> str | None:
+    found = shutil.which("pgbouncer")
+    if found:
+        return found
+    return next((c for c in PGBOUNCER_CANDIDATES if os.access(c, os.X_OK)), None)
+
+
+def pgbouncer_version(runner: Runner, binary: str | None) -> Version | None:
+    """`pgbouncer -V` of the local binary, or None when there is none."""
+    if binary is None:
+        return None
+    done = runner.run(Cmd((binary, "-V"), timeout=10), check=False, doing="asking pgbouncer for its version")
+    return parse_version(done.text) if done.returncode == 0 else None
+
+
+def _pools_for(cfg: PgbouncerConfig, discovered: tuple[str, ...]) -> dict[str, tuple[str, DatabasePools]]:
+    """pgbouncer name -> (server dbname, overrides): config entries win over discovered names."""
+    out: dict[str, tuple[str, DatabasePools]] = {name: (name, DatabasePools(name)) for name in discovered}
+    for name, db in cfg.databases.items():
+        out[name] = (
+            db.dbname or name,
+            DatabasePools(name, db.pool_size, db.reserve_pool_size, db.max_db_connections),
+        )
+    if "pgbouncer" in out:
+        raise UsageError("the database name 'pgbouncer' is reserved for PgBouncer's admin console")
+    return out
+
+
+def _check_verifiers(cfg: PgbouncerConfig, users: tuple[str, ...], verifiers: dict[str, str | None]) -> None:
+    missing = [u for u in users if u not in verifiers]
+    if missing:
+        raise UsageError(f"unable to generate userlist.txt: no such role(s) on the server: {', '.join(missing)}")
+    no_password = [u for u, v in sorted(verifiers.items()) if not v]
+    if no_password:
+        raise UsageError(f"unable to generate userlist.txt: no password set for {', '.join(no_password)}")
+    if cfg.auth_type == "scram-sha-256":
+        md5 = [u for u, v in sorted(verifiers.items()) if v and not v.startswith("SCRAM-SHA-256$")]
+        if md5:
+            raise UsageError(
+                f"unable to generate userlist.txt: {', '.join(md5)} have MD5 passwords, which "
+                "auth_type scram-sha-256 cannot use",
+                hint="set password_encryption = 'scram-sha-256' and set the password again (\\password in psql)",
+            )
+
+
+def _main_entries(cfg: PgbouncerConfig, plan: SizingPlan, auth_file: str) -> list[IniEntry]:
+    cfg_note = "from [pgbouncer]"
+    entries = [
+        IniEntry("listen_addr", cfg.listen_addr),
+        IniEntry("listen_port", str(cfg.listen_port)),
+        IniEntry("pool_mode", cfg.pool_mode),
+        IniEntry(
+            "max_client_conn",
+            str(cfg.max_client_conn),
+            f"fd need per process ~ {fd_estimate(cfg.max_client_conn, plan)}",
+        ),
+        IniEntry(
+            "default_pool_size",
+            str(plan.default_pool_size),
+            "computed (see sizing above)" if plan.default_pool_size_computed else cfg_note,
+        ),
+        IniEntry("min_pool_size", str(cfg.min_pool_size)),
+        IniEntry("reserve_pool_size", str(cfg.reserve_pool_size)),
+        IniEntry("reserve_pool_timeout", f"{cfg.reserve_pool_timeout:g}"),
+        IniEntry(
+            "max_db_connections",
+            str(plan.max_db_connections),
+            "computed (see sizing above)" if plan.max_db_connections_computed else cfg_note,
+        ),
+        IniEntry("server_lifetime", str(cfg.server_lifetime)),
+        IniEntry("server_idle_timeout", str(cfg.server_idle_timeout)),
+        IniEntry("query_wait_timeout", str(cfg.query_wait_timeout)),
+        IniEntry("auth_type", cfg.auth_type),
+        IniEntry("auth_file", auth_file),
+        IniEntry("client_tls_sslmode", cfg.client_tls_sslmode),
+        IniEntry("server_tls_sslmode", cfg.server_tls_sslmode),
+        IniEntry("ignore_startup_parameters", ",".join(cfg.ignore_startup_parameters)),
+        IniEntry("max_prepared_statements", str(cfg.max_prepared_statements)),
+    ]
+    optional = {
+        "unix_socket_dir": cfg.unix_socket_dir,
+        "admin_users": ", ".join(cfg.admin_users) or None,
+        "stats_users": ", ".join(cfg.stats_users) or None,
+        "client_tls_cert_file": cfg.client_tls_cert_file,
+        "client_tls_key_file": cfg.client_tls_key_file,
+        "client_tls_ca_file": cfg.client_tls_ca_file,
+        "server_tls_ca_file": cfg.server_tls_ca_file,
+        "logfile": cfg.logfile,
+        "pidfile": cfg.pidfile,
+    }
+    entries += [IniEntry(k, v) for k, v in optional.items() if v is not None]
+    if cfg.auth_user:
+        entries.append(IniEntry("auth_user", cfg.auth_user))
+        query_note = None if cfg.auth_query else "schema-qualified default; honours VALID UNTIL"
+        entries.append(IniEntry("auth_query", cfg.auth_query or DEFAULT_AUTH_QUERY, query_note))
+    return entries
+
+
+def _gate(entries: list[IniEntry], version: Version) -> list[IniEntry]:
+    out = []
+    for entry in entries:
+        since = PGBOUNCER_KEYS[entry.key].since
+        if since > version:
+            reason = f"needs PgBouncer >= {version_str(since)}, target is {version_str(version)}"
+            entry = dataclasses.replace(entry, skipped=reason)
+        out.append(entry)
+    return out
+
+
+def build_files(
+    cfg: PgbouncerConfig,
+    server_conninfo: str,
+    facts: ServerFacts,
+    *,
+    auth_file: str,
+    version: Version | None,
+) -> GeneratedFiles:
+    """The two files as text (pure apart from nothing: no I/O). Raises ConfigError when pools do not fit."""
+    notes: list[str] = []
+    target = version or NEWEST_KNOWN
+    if version is None:
+        notes.append(f"no pgbouncer binary found: assumed PgBouncer {version_str(target)}")
+    if cfg.auth_type == "hba":
+        raise UsageError("auth_type = hba needs an auth_hba_file, which opsdb does not generate yet")
+    if cfg.client_tls_sslmode != "disable" and not (cfg.client_tls_cert_file and cfg.client_tls_key_file):
+        raise UsageError(
+            f"client_tls_sslmode = {cfg.client_tls_sslmode} needs client_tls_cert_file and client_tls_key_file"
+        )
+    pools = _pools_for(cfg, facts.databases)
+    users = tuple(cfg.users) if cfg.users is not None else facts.users
+    plan = plan_pools(
+        SizingRequest(
+            limits=facts.limits,
+            databases=tuple(p for _, p in pools.values()),
+            users=len(users) if users is not None else None,
+            instances=cfg.instances,
+            server_reserve=cfg.server_reserve,
+            default_pool_size=cfg.default_pool_size,
+            min_pool_size=cfg.min_pool_size,
+            reserve_pool_size=cfg.reserve_pool_size,
+            max_db_connections=cfg.max_db_connections,
+        )
+    )
+    server = parse_conninfo(server_conninfo)
+    target_params = {k: server[k] for k in ("host", "port") if k in server}
+    db_entries = []
+    for name in sorted(pools):
+        dbname, overrides = pools[name]
+        params: dict[str, str | int] = {**target_params, "dbname": dbname}
+        source = cfg.databases.get(name)
+        if source is not None:
+            extra = {
+                "pool_size": source.pool_size,
+                "pool_mode": source.pool_mode,
+                "max_db_connections": source.max_db_connections,
+                "reserve_pool": source.reserve_pool_size,  # the name every version accepts
+            }
+            params.update({k: v for k, v in extra.items() if v is not None})
+        db_entries.append(IniEntry(quote_db_name(name), connstr(params)))
+
+    header = [
+        f"pgbouncer.ini generated by opsdb {__version__}; edit [pgbouncer] in opsdb.toml and regenerate.",
+        f"Target: PgBouncer {version_str(target)}.",
+        f"Server: max_connections={facts.limits.max_connections}, superuser_reserved_connections="
+        f"{facts.limits.superuser_reserved_connections}, reserved_connections={facts.limits.reserved_connections}.",
+        f"Pools: {len(pools)} databases x "
+        + (f"{len(users)} users" if users is not None else "users not known (max_db_connections bounds them)")
+        + f", {cfg.instances} pgbouncer instance(s).",
+        "Sizing:",
+        *(f"  {line}" for line in plan.explanation),
+        "Values not marked otherwise come from [pgbouncer] (or its defaults).",
+    ]
+    main = _gate(_main_entries(cfg, plan, auth_file), target)
+    ini = render_ini(header, [("pgbouncer", main), ("databases", db_entries)])
+
+    userlist = None
+    if facts.discovered:
+        wanted = tuple(sorted(set(users or ()) | ({cfg.auth_user} if cfg.auth_user else set())))
+        verifiers = {u: facts.verifiers[u] for u in wanted if u in facts.verifiers}
+        _check_verifiers(cfg, wanted, verifiers)
+        userlist = render_userlist(UserEntry(u, s or "") for u, s in verifiers.items())
+        if not wanted:
+            notes.append("no login roles to pool: userlist.txt is empty")
+    else:
+        notes.append("userlist.txt not written: pass --discover to read the users' SCRAM verifiers")
+    skipped = [e.key for e in main if e.skipped]
+    if skipped:
+        notes.append(f"not written for PgBouncer {version_str(target)}: {', '.join(skipped)}")
+    return GeneratedFiles(ini, userlist, plan, tuple(sorted(pools)), users, target, tuple(notes))
+
+
+def discover(conn: PgConnection, cfg: PgbouncerConfig, *, with_catalog: bool) -> ServerFacts:
+    """Server limits always; databases, pooled users and their verifiers with --discover."""
+    limits = pooler.server_limits(conn)
+    if not with_catalog:
+        return ServerFacts(limits)
+    users = tuple(cfg.users) if cfg.users is not None else tuple(pooler.login_roles(conn))
+    wanted = sorted(set(users) | ({cfg.auth_user} if cfg.auth_user else set()))
+    verifiers = pooler.password_verifiers(conn, wanted) if wanted else {}
+    return ServerFacts(limits, tuple(pooler.databases(conn)), users, verifiers, discovered=True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Atomically replace path with text, mode 0600 from the start (never briefly world-readable)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def generate(
+    cfg: PgbouncerConfig,
+    server_conninfo: str,
+    out_dir: Path,
+    *,
+    discover_catalog: bool,
+    runner: Runner,
+    connect_fn: Connect = connect,
+    pgbouncer_bin: str | None = None,
+) -> GenerateResult:
+    """Read the server, size the pools, write pgbouncer.ini (and userlist.txt with --discover), 0600."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"unable to write to {out_dir}: not a directory")
+    version = pgbouncer_version(runner, pgbouncer_bin or find_pgbouncer())
+    with connect_fn(server_conninfo) as conn:
+        facts = discover(conn, cfg, with_catalog=discover_catalog)
+    out_dir = out_dir.resolve()
+    auth_file = Path(cfg.auth_file)
+    auth_path = auth_file if auth_file.is_absolute() else out_dir / auth_file
+    files = build_files(cfg, server_conninfo, facts, auth_file=str(auth_path), version=version)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ini_path = out_dir / "pgbouncer.ini"
+    _write_private(ini_path, files.ini)
+    userlist_path = None
+    if files.userlist is not None:
+        auth_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(auth_path, files.userlist)
+        userlist_path = str(auth_path)
+    return GenerateResult(str(ini_path), userlist_path, files)

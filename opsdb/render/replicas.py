@@ -1,0 +1,70 @@
+"""Human tables for `replicas check`, `pgbouncer generate|check|status` (pure: results -> text)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from opsdb.model.replication import ReplicasReport
+from opsdb.model.units import human_bytes
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*headers).rstrip()] + [fmt.format(*r).rstrip() for r in cells]
+
+
+def _bytes(n: int | None) -> str | None:
+    return None if n is None else human_bytes(n)
+
+
+def _secs(s: float | None) -> str | None:
+    return None if s is None else f"{s:.1f}s"
+
+
+def render_replicas(report: ReplicasReport) -> str:
+    """The status line first (what a monitoring system shows), then replicas, senders and slots."""
+    lines = [f"REPLICAS {report.status.value}: {report.summary}"]
+    if report.replicas:
+        lines.append("")
+        rows = [
+            (
+                r.name,
+                r.status.value,
+                r.state,
+                r.replay_lsn,
+                _bytes(r.lag_bytes),
+                _secs(r.lag_seconds),
+                "; ".join(r.reasons),
+            )
+            for r in report.replicas
+        ]
+        lines += table(("replica", "status", "state", "replay_lsn", "lag", "lag_time", "why"), rows)
+    if report.senders:
+        lines.append("")
+        rows = [
+            (s.application_name or "-", s.client_addr, s.status.value, s.state, s.sync_state,
+             _bytes(s.replay_lag_bytes), _secs(s.replay_lag_seconds))
+            for s in report.senders
+        ]  # fmt: skip
+        lines += table(
+            ("standby (primary's view)", "client", "status", "state", "sync", "replay_lag", "lag_time"), rows
+        )
+    if report.slots:
+        lines.append("")
+        rows = [
+            (s.slot_name, s.slot_type, s.status.value, "yes" if s.active else "no", s.wal_status,
+             _bytes(s.retained_bytes), "; ".join(s.reasons))
+            for s in report.slots
+        ]  # fmt: skip
+        lines += table(("slot", "type", "status", "active", "wal_status", "retained", "why"), rows)
+    if report.primary_lsn:
+        lines += ["", f"primary LSN {report.primary_lsn}"]
+    return "\n".join(lines)
+
+
+def render_pools(pools: list[dict[str, Any]]) -> list[str]:
+    keys = ("database", "user", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used", "maxwait", "pool_mode")
+    return table(keys, [tuple(p.get(k) for k in keys) for p in pools])
