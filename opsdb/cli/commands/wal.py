@@ -1,4 +1,8 @@
-"""opsdb wal-push, opsdb wal-fetch, opsdb info."""
+"""opsdb wal-push, opsdb wal-fetch, opsdb info.
+
+wal-push / wal-fetch normally run through cli/fastpath.py (no Typer start-up); these Typer commands call
+the same functions, so both paths behave identically.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,16 @@ from typing import Annotated
 
 import typer
 
-from opsdb.cli.commands import not_built
+from opsdb.cli import fastpath, output
 
 
 def register(app: typer.Typer) -> None:
     @app.command("wal-push")
     def wal_push(ctx: typer.Context, path: Annotated[str, typer.Argument(help="%p: path of the WAL file.")]) -> None:
         """archive_command: store one WAL file; exit 0 only once it is durably stored."""
-        raise not_built("wal-push")
+        state = ctx.obj
+        result = fastpath.wal_push(state.config_path, state.cluster_name, path)
+        output.emit(state, result, None)
 
     @app.command("wal-fetch")
     def wal_fetch(
@@ -22,9 +28,18 @@ def register(app: typer.Typer) -> None:
         dest: Annotated[str, typer.Argument(help="%p: destination path.")],
     ) -> None:
         """restore_command: 0 fetched, 1 not archived, >125 repository unreadable."""
-        raise not_built("wal-fetch")
+        state = ctx.obj
+        result = fastpath.wal_fetch(state.config_path, state.cluster_name, name, dest)
+        output.emit(state, result, None)
 
     @app.command("info")
     def info(ctx: typer.Context) -> None:
         """Backups, WAL archived range, gaps and the recoverable window per timeline."""
-        raise not_built("info")
+        from opsdb.ops.info import cluster_info
+        from opsdb.ops.wal import wal_repo_from_settings
+        from opsdb.render.info import info_json, info_text
+
+        state = ctx.obj
+        name, _ = state.cluster()
+        result = cluster_info(wal_repo_from_settings(state.settings, name))
+        output.emit(state, info_json(result), lambda: info_text(result))

@@ -1,0 +1,295 @@
+"""The lean path for wal-push and wal-fetch: PostgreSQL runs them once per WAL file, serially.
+
+Start-up cost is archiving throughput here, so this module avoids typer/rich (and, in async/prefetch mode,
+pydantic and boto3 too): it parses the few global options itself and hands anything unusual (--help,
+unknown options, other commands) to the Typer app. Validation is never duplicated: the only raw config
+reads are the routing keys ([wal] async/prefetch/spool_dir, repository.url, the cluster name); the real
+work always runs with the fully validated settings (in-process, or in the background helper, which
+reports a bad config back through the spool).
+
+Entry point: `main()` (the console script should point here; see docs/wal.md). The background helpers
+run as `python -m opsdb.cli.fastpath [global options] wal-pusher | wal-prefetcher --data-dir D`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from opsdb.errors import IntegrityError, NotFound, OpsdbError, RepositoryUnavailable
+
+# exit codes of wal-fetch (SPEC; cli/app.py has the same mapping for the Typer path)
+WAL_FETCH_MISSING_EXIT = 1
+WAL_FETCH_UNREADABLE_EXIT = 128
+PUSH_WAIT_SECONDS = 600.0  # how long one wal-push waits for the pusher before failing (PostgreSQL retries)
+FETCH_WAIT_SECONDS = 120.0  # how long one wal-fetch waits for the prefetcher before fetching itself
+COMMANDS = ("wal-push", "wal-fetch", "wal-pusher", "wal-prefetcher")
+_VALUE_OPTIONS = {"--config", "-c", "--cluster", "--log-format"}
+_FLAG_OPTIONS = {"--json", "--debug"}
+DEFAULT_SPOOL = "/var/spool/opsdb"
+
+
+class _NotLean(Exception):
+    """Let the Typer app handle this command line."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    code = dispatch(args)
+    if code is None:
+        from opsdb.cli.app import main as full_main
+
+        full_main(args)
+        return
+    sys.exit(code)
+
+
+def _parse(args: list[str]) -> tuple[dict[str, Any], str, list[str]]:
+    opts: dict[str, Any] = {"--json": False, "--debug": False}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _VALUE_OPTIONS and i + 1 < len(args):
+            opts["--config" if arg == "-c" else arg] = args[i + 1]
+            i += 2
+        elif arg in _FLAG_OPTIONS:
+            opts[arg] = True
+            i += 1
+        elif arg.startswith("-"):
+            raise _NotLean
+        else:
+            break
+    if i >= len(args) or args[i] not in COMMANDS:
+        raise _NotLean
+    command, rest = args[i], args[i + 1 :]
+    if any(a.startswith("-") and a not in ("--data-dir",) for a in rest):
+        raise _NotLean  # --help and friends: Typer explains
+    return opts, command, rest
+
+
+def dispatch(args: list[str]) -> int | None:
+    """Run wal-push / wal-fetch (and the background helpers) without Typer; None: not handled here."""
+    try:
+        opts, command, rest = _parse(args)
+    except _NotLean:
+        return None
+    if command in ("wal-push", "wal-fetch") and len(rest) != (1 if command == "wal-push" else 2):
+        return None
+    _setup_logging(opts)
+    try:
+        if command == "wal-push":
+            result = wal_push(opts.get("--config"), opts.get("--cluster"), rest[0])
+        elif command == "wal-fetch":
+            result = wal_fetch(opts.get("--config"), opts.get("--cluster"), rest[0], rest[1])
+        elif command == "wal-pusher":
+            return run_daemon("pusher", opts, None)
+        else:
+            data_dir = rest[1] if len(rest) == 2 and rest[0] == "--data-dir" else os.getcwd()
+            return run_daemon("prefetcher", opts, data_dir)
+    except OpsdbError as exc:
+        code = exit_code_for(exc, command)
+        if not (command == "wal-fetch" and code == WAL_FETCH_MISSING_EXIT):
+            _print_error(str(exc), exc.hint)
+        return code
+    except KeyboardInterrupt:
+        _print_error("interrupted", None)
+        return 130
+    except Exception as exc:  # a bug: one line; wal-fetch must still make recovery stop, not end early
+        if opts["--debug"]:
+            raise
+        _print_error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", None)
+        return WAL_FETCH_UNREADABLE_EXIT if command == "wal-fetch" else 1
+    if opts["--json"]:
+        import json
+
+        sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+def exit_code_for(exc: OpsdbError, command: str) -> int:
+    if command == "wal-fetch":
+        if isinstance(exc, NotFound):
+            return WAL_FETCH_MISSING_EXIT
+        if isinstance(exc, RepositoryUnavailable | IntegrityError):
+            return WAL_FETCH_UNREADABLE_EXIT
+    return exc.exit_code
+
+
+def _print_error(message: str, hint: str | None) -> None:
+    sys.stderr.write(f"opsdb: error: {message}\n")
+    if hint:
+        sys.stderr.write(f"hint: {hint}\n")
+    sys.stderr.flush()
+
+
+def _setup_logging(opts: dict[str, Any]) -> None:
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("opsdb: %(message)s"))
+    root = logging.getLogger("opsdb")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if opts["--debug"] else logging.INFO)
+    root.propagate = False
+
+
+# --- routing: the few raw keys read before deciding where the work runs -------------------------------
+
+
+class Routing:
+    """[wal] async / prefetch / spool_dir, repository.url and the cluster name, read without pydantic.
+
+    Anything this cannot read plainly makes _routing() return None, and the validated path runs."""
+
+    def __init__(self, config: str | None, cluster: str | None) -> None:
+        path = _find_config(config)
+        data: dict[str, Any] = {}
+        if path is not None:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        self.config_path = str(path.resolve()) if path is not None else None
+        wal = data.get("wal", {}) if isinstance(data.get("wal", {}), dict) else {}
+        repo = data.get("repository", {}) if isinstance(data.get("repository", {}), dict) else {}
+        self.async_ = _boolean(os.environ.get("OPSDB_WAL__ASYNC", wal.get("async", False)))
+        self.prefetch = int(os.environ.get("OPSDB_WAL__PREFETCH", wal.get("prefetch", 0)))
+        self.spool_dir = str(os.environ.get("OPSDB_WAL__SPOOL_DIR", wal.get("spool_dir", DEFAULT_SPOOL)))
+        self.repository = str(os.environ.get("OPSDB_REPOSITORY__URL", repo.get("url", "")))
+        self.cluster = cluster or _only_cluster(data)
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _only_cluster(data: dict[str, Any]) -> str | None:
+    if any(k.startswith("OPSDB_CLUSTERS__") for k in os.environ):
+        return None  # clusters from the environment: let the validated settings decide
+    clusters = data.get("clusters", {})
+    if isinstance(clusters, dict) and len(clusters) == 1:
+        return str(next(iter(clusters)))
+    return None
+
+
+def _find_config(explicit: str | None) -> Path | None:
+    # the SPEC's discovery order (config.find_config_file does the same with full error messages)
+    for candidate in (explicit, os.environ.get("OPSDB_CONFIG") or None):
+        if candidate:
+            return Path(candidate)
+    for candidate in (Path("opsdb.toml"), Path("/etc/opsdb/opsdb.toml")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _routing(config: str | None, cluster: str | None) -> Routing | None:
+    try:
+        routing = Routing(config, cluster)
+    except (OSError, ValueError, TypeError, tomllib.TOMLDecodeError):
+        return None  # the validated path reports the problem properly
+    return routing if routing.cluster else None
+
+
+# --- the commands -------------------------------------------------------------------------------
+
+
+def wal_push(config: str | None, cluster: str | None, path: str) -> dict[str, Any]:
+    routing = _routing(config, cluster)
+    name = os.path.basename(path)
+    if routing is not None and routing.async_:
+        from opsdb.ops.walspool import PushSpool, push_via_spool
+
+        spool = PushSpool(routing.spool_dir, routing.cluster or "")
+        ahead = push_via_spool(spool, path, _starter(routing, "wal-pusher", spool.log_path), timeout=PUSH_WAIT_SECONDS)
+        return {"name": name, "stored": True, "mode": "async", "pushed_ahead": ahead}
+    from opsdb.ops import wal as ops_wal
+
+    result = ops_wal.push_file(_wal_repo(config, cluster), path)
+    return {"name": name, "stored": True, "mode": "sync", "already_stored": result.already_stored}
+
+
+def wal_fetch(config: str | None, cluster: str | None, name: str, dest: str) -> dict[str, Any]:
+    routing = _routing(config, cluster)
+    if routing is not None and routing.prefetch > 0:
+        from opsdb.ops.walspool import FetchSpool, fetch_via_spool
+
+        spool = FetchSpool(routing.spool_dir, routing.cluster or "", os.getcwd(), routing.repository)
+        start = _starter(routing, "wal-prefetcher", spool.log_path, ["--data-dir", os.getcwd()])
+        if fetch_via_spool(spool, name, dest, start, timeout=FETCH_WAIT_SECONDS):
+            return {"name": name, "fetched": True, "source": "prefetch"}
+    from opsdb.ops import wal as ops_wal
+
+    result = ops_wal.fetch_file(_wal_repo(config, cluster), name, dest)
+    return {"name": name, "fetched": True, "source": result.source, "size": result.size}
+
+
+def _starter(routing: Routing, command: str, log_path: Path, extra: list[str] | None = None) -> Any:
+    """A function that starts a background helper detached from this call and says whether it lives."""
+
+    def start() -> Any:
+        from opsdb.proc import Cmd, LocalRunner
+
+        argv = [sys.executable, "-m", "opsdb.cli.fastpath"]
+        if routing.config_path:
+            argv += ["--config", routing.config_path]
+        argv += ["--cluster", routing.cluster or "", command, *(extra or [])]
+        log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle = LocalRunner().spawn(Cmd(tuple(argv)), log_path=log_path)
+        return lambda: handle.poll() is None
+
+    return start
+
+
+def _wal_repo(config: str | None, cluster: str | None) -> Any:
+    from opsdb.config import load_settings
+    from opsdb.ops.wal import wal_repo_from_settings
+
+    settings = load_settings(config)
+    name, _ = settings.cluster(cluster)
+    return wal_repo_from_settings(settings, name)
+
+
+def run_daemon(kind: str, opts: dict[str, Any], data_dir: str | None) -> int:
+    """The background pusher / prefetcher: validated settings, then the loop in ops/wal.py.
+    A start-up failure (bad config, unreadable key) is written where the waiting wal-push/fetch reads it."""
+    from opsdb.config import load_settings
+    from opsdb.ops import wal as ops_wal
+    from opsdb.ops.walspool import FetchSpool, PushSpool, atomic_write
+
+    routing = _routing(opts.get("--config"), opts.get("--cluster"))
+    if routing is None:
+        return 2
+    spool: Any
+    if kind == "pusher":
+        spool = PushSpool(routing.spool_dir, routing.cluster or "").ensure()
+    else:
+        spool = FetchSpool(routing.spool_dir, routing.cluster or "", data_dir or os.getcwd(), routing.repository)
+        spool.ensure()
+    try:
+        settings = load_settings(opts.get("--config"))
+        name, _ = settings.cluster(opts.get("--cluster"))
+        repo = ops_wal.wal_repo_from_settings(settings, name)
+    except OpsdbError as exc:
+        atomic_write(spool.fail_path, str(exc).encode())
+        _print_error(str(exc), exc.hint)
+        return exc.exit_code
+    workers = settings.wal.push_workers
+    if kind == "pusher":
+        ops_wal.run_pusher(spool, ops_wal.pusher_push_one(repo), workers=workers)
+    else:
+        depth = max(1, settings.wal.prefetch)
+        ops_wal.run_prefetcher(spool, ops_wal.prefetch_fetch_one(repo), depth=depth, workers=min(workers, depth))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""wal-push and wal-fetch: the use cases, and the background pusher and prefetcher of async mode.
+
+Errors are distinct on purpose (cli/app.py maps them for wal-fetch): NotFound -> 1 (not archived, quiet),
+RepositoryUnavailable / IntegrityError -> above 125 (recovery must abort rather than end early).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from opsdb.errors import IntegrityError, NotFound, OpsdbError, RepositoryUnavailable, UsageError
+from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, parse_wal_name, segment_name
+from opsdb.ops.walspool import FetchSpool, PushSpool, fsync_dir, ready_files
+from opsdb.repo import wal as repo_wal
+from opsdb.storage.base import Storage
+
+log = logging.getLogger("opsdb.wal")
+
+FETCH_ATTEMPTS = 3
+PUSHER_IDLE_EXIT = 30.0  # seconds without work before the background pusher exits
+PREFETCH_IDLE_EXIT = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WalRepo:
+    """What every WAL operation needs: where, as which cluster, and how objects are written/read."""
+
+    storage: Storage
+    cluster: str
+    codec: Any  # repo.envelope.Codec
+    keys: Mapping[str, Any]  # key id -> EncryptionKey, for reading
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchResult:
+    name: str
+    dest: str
+    size: int
+    sha256: str
+    source: str  # "repository" or "prefetch"
+
+
+def push_file(repo: WalRepo, path: str) -> repo_wal.PushResult:
+    """Store the WAL file at path (as archive_command's %p); returns once it is durably stored."""
+    name = os.path.basename(path)
+    repo_wal.check_name(name)
+    if not os.path.isfile(path):
+        raise UsageError(f"unable to archive {path}: no such file", hint="archive_command must pass %p")
+    return repo_wal.push(repo.storage, repo.cluster, name, repo_wal.read_file(path), repo.codec, repo.keys)
+
+
+def fetch_to(repo: WalRepo, name: str, dest: str | Path, *, durable: bool = True) -> tuple[str, int]:
+    """Fetch NAME into dest atomically (temp + fsync + rename + dir fsync); (sha256, size) of the plaintext.
+
+    The temp file is renamed only after the whole object was read and authenticated, so dest never
+    holds a partial or unauthenticated file."""
+    dest = str(dest)
+    tmp = f"{dest}.opsdb.{os.getpid()}.{id(dest)}.tmp"
+    sha = hashlib.sha256()
+    size = 0
+    try:
+        with open(tmp, "wb") as fh:
+            for chunk in repo_wal.fetch(repo.storage, repo.cluster, name, repo.keys):
+                fh.write(chunk)
+                sha.update(chunk)
+                size += len(chunk)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(Path(os.path.abspath(dest)).parent)
+    return sha.hexdigest(), size
+
+
+def fetch_file(
+    repo: WalRepo,
+    name: str,
+    dest: str,
+    *,
+    attempts: int = FETCH_ATTEMPTS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> FetchResult:
+    """restore_command: NotFound at once (not retried); transport and integrity failures retried, then raised."""
+    repo_wal.check_name(name)
+    last: OpsdbError | None = None
+    for attempt in range(attempts):
+        try:
+            sha, size = fetch_to(repo, name, dest)
+            return FetchResult(name, dest, size, sha, "repository")
+        except NotFound:
+            raise
+        except (RepositoryUnavailable, IntegrityError) as exc:
+            last = exc
+            log.warning("fetching %s failed (attempt %d of %d): %s", name, attempt + 1, attempts, exc)
+            if attempt + 1 < attempts:
+                sleep(0.5 * 2**attempt)
+        except OSError as exc:  # the destination cannot be written: recovery cannot go on either
+            raise RepositoryUnavailable(f"unable to write {dest}: {exc.strerror}") from None
+    assert last is not None
+    raise last
+
+
+def wal_repo_from_settings(settings: Any, cluster: str) -> WalRepo:
+    """Storage, codec and read keys from validated settings (config.Settings)."""
+    from opsdb.repo.envelope import Codec
+    from opsdb.storage import open_storage
+    from opsdb.stream.crypto import load_key
+
+    r, enc, comp = settings.repository, settings.encryption, settings.compression
+    storage = open_storage(
+        r.url,
+        endpoint_url=r.endpoint_url,
+        region=r.region,
+        checksum_mode=r.checksum_mode,
+        part_size=r.part_size,
+        max_attempts=r.max_attempts,
+        object_lock_days=r.object_lock_days,
+        upload_concurrency=r.upload_concurrency,
+    )
+    key = load_key(key_file=enc.key_file, key_env=enc.key_env) if (enc.key_file or enc.key_env) else None
+    codec = Codec(comp.algorithm, comp.level, comp.threads, key, enc.required)
+    return WalRepo(storage, cluster, codec, {key.id: key} if key else {})
+
+
+# --- async push: the background pusher -----------------------------------------------------------
+
+
+def run_pusher(
+    spool: PushSpool,
+    push_one: Callable[[str, str], repo_wal.PushResult],
+    *,
+    workers: int,
+    idle_exit: float = PUSHER_IDLE_EXIT,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """Store queued WAL files, and files PostgreSQL has marked .ready, in parallel; write an ok marker
+    (fsynced) after each store returns. Exits after idle_exit seconds without work. Returns files stored."""
+    spool.ensure()
+    stored = 0
+    with spool.lock.hold() as mine:
+        if not mine:
+            return 0  # another pusher runs
+        with contextlib.suppress(FileNotFoundError):
+            spool.fail_path.unlink()
+        spool.drop_old_markers()
+        wal_dirs: set[str] = set()
+        in_flight: dict[str, Future[repo_wal.PushResult]] = {}
+        requested: set[str] = set()
+        # stored by this run: a .ready scan must not push them again (PostgreSQL may be recycling them)
+        stored_names: set[str] = set()
+        last_work = clock()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wal-push") as pool:
+            while True:
+                queued = spool.queued()
+                requested |= set(queued)
+                candidates = list(queued.items())
+                for path in queued.values():
+                    wal_dirs.add(os.path.dirname(path))
+                for wal_dir in sorted(wal_dirs):
+                    for name in ready_files(wal_dir):
+                        if name not in stored_names:
+                            candidates.append((name, os.path.join(wal_dir, name)))
+                for name, path in candidates:
+                    if len(in_flight) >= workers * 2:
+                        break
+                    if name in in_flight or (name not in queued and spool.has_ok(name)):
+                        continue
+                    in_flight[name] = pool.submit(push_one, name, path)
+                if not in_flight:
+                    if clock() - last_work > idle_exit:
+                        return stored
+                    time.sleep(0.02)
+                    continue
+                done, _ = wait(list(in_flight.values()), timeout=0.05, return_when=FIRST_COMPLETED)
+                for name in [n for n, f in in_flight.items() if f in done]:
+                    future = in_flight.pop(name)
+                    last_work = clock()
+                    try:
+                        result = future.result()
+                    except FileNotFoundError:
+                        if name in requested:
+                            spool.write_error(name, f"unable to archive {name}: the file disappeared")
+                        continue
+                    except Exception as exc:  # one file's failure must not stop the others
+                        message = str(exc) if isinstance(exc, OpsdbError) else f"{type(exc).__name__}: {exc}"
+                        log.warning("storing %s failed: %s", name, message)
+                        if name in requested:
+                            spool.write_error(name, message)
+                        continue
+                    spool.write_ok(name, result.sha256, result.size)
+                    requested.discard(name)
+                    stored_names.add(name)
+                    stored += 1
+
+
+def pusher_push_one(repo: WalRepo) -> Callable[[str, str], repo_wal.PushResult]:
+    def push_one(name: str, path: str) -> repo_wal.PushResult:
+        return repo_wal.push(repo.storage, repo.cluster, name, repo_wal.read_file(path), repo.codec, repo.keys)
+
+    return push_one
+
+
+# --- prefetch: the background fetcher ------------------------------------------------------------
+
+
+def next_names(name: str, depth: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> list[str]:
+    """The segments recovery will most likely ask for after NAME (same timeline, in order)."""
+    wal = parse_wal_name(name, segment_size)
+    if wal.kind != "segment" or wal.segno is None:
+        return []
+    return [segment_name(wal.timeline, wal.segno + i, segment_size) for i in range(1, depth + 1)]
+
+
+def run_prefetcher(
+    spool: FetchSpool,
+    fetch_one: Callable[[str, Path], tuple[str, int]],
+    *,
+    depth: int,
+    workers: int,
+    idle_exit: float = PREFETCH_IDLE_EXIT,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """Answer wal-fetch requests and keep the next `depth` segments ready in the spool, each fetched
+    through authentication into a temp file and published atomically with its digest."""
+    spool.ensure()
+    fetched = 0
+    with spool.lock.hold() as mine:
+        if not mine:
+            return 0
+        with contextlib.suppress(FileNotFoundError):
+            spool.fail_path.unlink()
+        in_flight: dict[str, Future[tuple[str, int]]] = {}
+        tokens: dict[str, str] = {}  # name -> token of the request waiting for it
+        missing: set[str] = set()  # ahead names not archived (yet), for the current request
+        current: tuple[str, str] | None = None
+        window: list[str] = []
+        last_work = clock()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wal-fetch") as pool:
+            while True:
+                want = spool.read_want()
+                if want is not None and want[:2] != current:
+                    name, token, served = want
+                    current = (name, token)
+                    missing.clear()
+                    last_work = clock()
+                    window = next_names(name, depth)
+                    if not served:
+                        tokens[name] = token
+                        window.insert(0, name)
+                    for stale in spool.present() - set(window):
+                        spool.discard(stale)  # consumed, skipped, or from another timeline
+                present = spool.present()
+                for name in window:
+                    if name in in_flight or name in present or name in missing:
+                        continue
+                    if len(in_flight) >= workers:
+                        break
+                    tmp = spool.data / f".{name}.{os.getpid()}.tmp"
+                    in_flight[name] = pool.submit(fetch_one, name, tmp)
+                if not in_flight:
+                    if clock() - last_work > idle_exit:
+                        return fetched
+                    time.sleep(0.01)
+                    continue
+                done, _ = wait(list(in_flight.values()), timeout=0.05, return_when=FIRST_COMPLETED)
+                for name in [n for n, f in in_flight.items() if f in done]:
+                    future = in_flight.pop(name)
+                    last_work = clock()
+                    tmp = spool.data / f".{name}.{os.getpid()}.tmp"
+                    token = tokens.pop(name, None)
+                    try:
+                        sha, size = future.result()
+                    except NotFound as exc:
+                        missing.add(name)
+                        if token:
+                            spool.write_result(name, token, "missing", str(exc))
+                        continue
+                    except Exception as exc:
+                        missing.add(name)  # not retried for this request; the next request retries
+                        if token:
+                            status = "integrity" if isinstance(exc, IntegrityError) else "error"
+                            spool.write_result(name, token, status, str(exc) or type(exc).__name__)
+                        continue
+                    spool.publish(name, tmp, sha, size)
+                    fetched += 1
+
+
+def prefetch_fetch_one(repo: WalRepo) -> Callable[[str, Path], tuple[str, int]]:
+    def fetch_one(name: str, tmp: Path) -> tuple[str, int]:
+        last: Exception | None = None
+        for attempt in range(FETCH_ATTEMPTS):
+            try:
+                # the spool copy needs no fsync: wal-fetch re-checks its digest and fsyncs the copy it serves
+                return fetch_to(repo, name, tmp, durable=False)
+            except NotFound:
+                raise
+            except (RepositoryUnavailable, IntegrityError) as exc:
+                last = exc
+                time.sleep(0.5 * 2**attempt)
+        assert last is not None
+        raise last
+
+    return fetch_one

@@ -1,0 +1,451 @@
+"""The local spool shared by the lean wal-push / wal-fetch calls and their long-lived background helpers.
+
+Standard library only: this module runs on the per-WAL-file path, where every import is paid once per
+segment. The background pusher and prefetcher (ops/wal.py) do the repository work.
+
+Layout under `[wal] spool_dir`/<cluster>/ (mode 0700):
+    push/queue/NAME         a request: the absolute path of the WAL file (written by wal-push)
+    push/ok/NAME            {"sha256", "size"}: NAME is durably stored (written by the pusher, fsynced)
+    push/error/NAME         why storing NAME failed (the next wal-push of NAME reports it and retries)
+    push/pusher.lock        flock held by the running pusher; .pid and .log beside it
+    fetch/<dir>/want        "NAME TOKEN": the file recovery asked for last (written by wal-fetch)
+    fetch/<dir>/data/NAME   a prefetched file, with NAME.json {"sha256", "size", "repository", "cluster"}
+    fetch/<dir>/result/NAME.json  {"token", "status": "missing"|"error", "message"} for a request
+where <dir> is derived from the data directory being recovered and the repository URL, so two
+restores never share prefetched files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from opsdb.errors import IntegrityError, NotFound, OperationFailed, RepositoryUnavailable, UsageError
+
+NAME_RE = re.compile(r"^[0-9A-F]{8}(?:[0-9A-F]{16}(?:\.partial|\.[0-9A-F]{8}\.backup)?|\.history)$")
+SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
+READ_CHUNK = 1024 * 1024
+MARKER_MAX_AGE = 24 * 3600  # ok markers nobody collected (archive_command changed) are dropped after a day
+
+
+def valid_name(name: str) -> bool:
+    return bool(NAME_RE.match(name))
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Write data under path so readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
+
+
+def sha256_file(path: str | Path) -> tuple[str, int]:
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(READ_CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return sha.hexdigest(), size
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+class DaemonLock:
+    """The flock a background helper holds while it runs; others only test it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def held_by_other(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops our lock if we got it
+        return False
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[bool]:
+        """Yield True while holding the lock, False when another process holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield True
+        finally:
+            os.close(fd)
+
+
+class PushSpool:
+    def __init__(self, spool_dir: str | Path, cluster: str) -> None:
+        self.root = Path(spool_dir) / cluster / "push"
+        self.queue = self.root / "queue"
+        self.ok = self.root / "ok"
+        self.error = self.root / "error"
+        self.lock = DaemonLock(self.root / "pusher.lock")
+        self.log_path = self.root / "pusher.log"
+        self.fail_path = self.root / "pusher.fail"
+
+    def ensure(self) -> PushSpool:
+        for d in (self.queue, self.ok, self.error):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self
+
+    # --- client side (wal-push) ---------------------------------------------------------------
+
+    def request(self, name: str, source: str) -> None:
+        atomic_write(self.queue / name, os.path.abspath(source).encode())
+
+    def take_ok(self, name: str, sha256: str) -> bool:
+        """True (and the marker consumed) when NAME is stored with exactly this content."""
+        marker = self.ok / name
+        doc = _read_json(marker)
+        if doc is None:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
+        return doc.get("sha256") == sha256
+
+    def take_error(self, name: str) -> str | None:
+        marker = self.error / name
+        try:
+            text = marker.read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
+        return text.strip() or f"unable to archive {name}"
+
+    def start_failure(self) -> str | None:
+        try:
+            return self.fail_path.read_text("utf-8", "replace").strip() or None
+        except FileNotFoundError:
+            return None
+
+    # --- pusher side ----------------------------------------------------------------------------
+
+    def queued(self) -> dict[str, str]:
+        found = {}
+        for entry in os.scandir(self.queue):
+            if valid_name(entry.name):
+                try:
+                    found[entry.name] = Path(entry.path).read_text()
+                except FileNotFoundError:
+                    continue
+        return found
+
+    def has_ok(self, name: str) -> bool:
+        return (self.ok / name).exists()
+
+    def write_ok(self, name: str, sha256: str, size: int) -> None:
+        atomic_write(self.ok / name, json.dumps({"sha256": sha256, "size": size}).encode(), durable=True)
+        self._done(name)
+
+    def write_error(self, name: str, message: str) -> None:
+        atomic_write(self.error / name, message.encode())
+        self._done(name)
+
+    def _done(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.queue / name).unlink()
+
+    def drop_old_markers(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        for entry in os.scandir(self.ok):
+            with contextlib.suppress(FileNotFoundError):
+                if now - entry.stat().st_mtime > MARKER_MAX_AGE:
+                    os.unlink(entry.path)
+
+
+def ready_files(wal_dir: str) -> list[str]:
+    """Names PostgreSQL has marked ready for archiving in wal_dir, history files first (as PostgreSQL does)."""
+    try:
+        names = [e.name[:-6] for e in os.scandir(os.path.join(wal_dir, "archive_status")) if e.name.endswith(".ready")]
+    except OSError:
+        return []
+    names = [n for n in names if valid_name(n)]
+    return sorted(names, key=lambda n: (not n.endswith(".history"), n))
+
+
+# --- prefetch spool (wal-fetch) -----------------------------------------------------------------
+
+
+def fetch_spool_key(data_dir: str, repository: str) -> str:
+    return hashlib.sha256(f"{os.path.realpath(data_dir)}\0{repository}".encode()).hexdigest()[:16]
+
+
+def system_identifier(data_dir: str) -> int | None:
+    """pg_control starts with the 8-byte system identifier (native byte order)."""
+    try:
+        with open(os.path.join(data_dir, "global", "pg_control"), "rb") as fh:
+            raw = fh.read(8)
+    except OSError:
+        return None
+    return int.from_bytes(raw, "little") if len(raw) == 8 else None
+
+
+def segment_system_identifier(path: str | Path) -> int | None:
+    """A segment's first page has the long header: xlp_sysid at byte 24."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(32)
+    except OSError:
+        return None
+    return int.from_bytes(raw[24:32], "little") if len(raw) == 32 else None
+
+
+class FetchSpool:
+    def __init__(self, spool_dir: str | Path, cluster: str, data_dir: str, repository: str) -> None:
+        self.cluster = cluster
+        self.repository = repository
+        self.data_dir = data_dir
+        self.root = Path(spool_dir) / cluster / "fetch" / fetch_spool_key(data_dir, repository)
+        self.data = self.root / "data"
+        self.result = self.root / "result"
+        self.want_path = self.root / "want"
+        self.lock = DaemonLock(self.root / "prefetch.lock")
+        self.log_path = self.root / "prefetch.log"
+        self.fail_path = self.root / "prefetch.fail"
+
+    def ensure(self) -> FetchSpool:
+        for d in (self.data, self.result):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self
+
+    def clear(self) -> None:
+        """Forget every prefetched file (a new restore into the same directory starts clean)."""
+        for d in (self.data, self.result):
+            if d.is_dir():
+                for entry in os.scandir(d):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+        with contextlib.suppress(FileNotFoundError):
+            self.want_path.unlink()
+
+    # --- client side (wal-fetch) --------------------------------------------------------------
+
+    def want(self, name: str, token: str, *, served: bool = False) -> None:
+        """Tell the prefetcher what recovery asked for; served=True: only the files after it are needed."""
+        atomic_write(self.want_path, f"{name} {token} {'served' if served else 'need'}".encode())
+
+    def serve(self, name: str, dest: str) -> bool:
+        """Copy a prefetched NAME to dest atomically, only if it is exactly what was authenticated."""
+        src = self.data / name
+        doc = _read_json(self.data / f"{name}.json")
+        if doc is None or not src.exists():
+            return False
+        if doc.get("name") != name or doc.get("repository") != self.repository or doc.get("cluster") != self.cluster:
+            self.discard(name)
+            return False
+        if SEGMENT_RE.match(name):
+            expected = system_identifier(self.data_dir)
+            found = segment_system_identifier(src)
+            if expected is not None and found is not None and expected != found:
+                self.discard(name)  # prefetched for another cluster: never served
+                return False
+        ok = copy_verified(src, dest, doc.get("sha256"), doc.get("size"))
+        self.discard(name)
+        return ok
+
+    def discard(self, name: str) -> None:
+        for p in (self.data / name, self.data / f"{name}.json"):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+    def take_result(self, name: str, token: str) -> dict[str, Any] | None:
+        path = self.result / f"{name}.json"
+        doc = _read_json(path)
+        if doc is None or doc.get("token") != token:
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return doc
+
+    # --- prefetcher side ----------------------------------------------------------------------
+
+    def read_want(self) -> tuple[str, str, bool] | None:
+        """(name, token, served) of the latest request, or None."""
+        try:
+            name, token, state = self.want_path.read_text().split()
+        except (OSError, ValueError):
+            return None
+        return (name, token, state == "served") if valid_name(name) else None
+
+    def present(self) -> set[str]:
+        return {e.name[:-5] for e in os.scandir(self.data) if e.name.endswith(".json")}
+
+    def write_result(self, name: str, token: str, status: str, message: str) -> None:
+        doc = {"token": token, "status": status, "message": message}
+        atomic_write(self.result / f"{name}.json", json.dumps(doc).encode())
+
+    def publish(self, name: str, tmp: Path, sha256: str, size: int) -> None:
+        """Make a fully fetched and authenticated file visible: data first, then its description."""
+        os.replace(tmp, self.data / name)
+        doc = {"name": name, "sha256": sha256, "size": size, "repository": self.repository, "cluster": self.cluster}
+        atomic_write(self.data / f"{name}.json", json.dumps(doc).encode())
+
+
+def copy_verified(src: Path, dest: str, sha256: Any, size: Any) -> bool:
+    """Copy src to dest (temp + fsync + rename) only when its content has the expected digest and size."""
+    tmp = f"{dest}.opsdb.{os.getpid()}.tmp"
+    sha = hashlib.sha256()
+    n = 0
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            while chunk := fin.read(READ_CHUNK):
+                sha.update(chunk)
+                n += len(chunk)
+                fout.write(chunk)
+            if sha.hexdigest() != sha256 or n != size:
+                raise ValueError("digest mismatch")
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dest)
+    except (OSError, ValueError):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        return False
+    fsync_dir(Path(os.path.abspath(dest)).parent)
+    return True
+
+
+def wait_until(predicate: Any, timeout: float, poll: float = 0.005) -> Any:
+    """Poll predicate() until it returns something truthy or timeout passes (bounded)."""
+    deadline = time.monotonic() + timeout
+    delay = poll
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.05)
+
+
+# --- the client side of async mode: what one wal-push / wal-fetch call does --------------------------
+
+StartDaemon = Any  # Callable[[], Callable[[], bool]]: starts the helper, returns "is it still alive?"
+
+
+def push_via_spool(spool: PushSpool, path: str, start_pusher: StartDaemon, *, timeout: float) -> bool:
+    """Hand PATH to the background pusher and wait until it is durably stored (or failed).
+
+    Returns True when the pusher had already stored it ahead of this call. Raises OperationFailed on
+    failure or timeout (PostgreSQL retries the file later)."""
+    name = os.path.basename(path)
+    if not valid_name(name):
+        raise UsageError(f"invalid WAL file name {name!r}: expected a segment, .partial, .backup or .history file")
+    try:
+        sha, _ = sha256_file(path)
+    except OSError as exc:
+        raise UsageError(f"unable to archive {path}: {exc.strerror}", hint="archive_command must pass %p") from None
+    spool.ensure()
+    if spool.take_ok(name, sha):
+        return True
+    spool.take_error(name)  # an earlier attempt's failure: this attempt retries
+    spool.request(name, path)
+    deadline = time.monotonic() + timeout
+    alive: Any = None
+    starts = 0
+    delay = 0.002
+    while time.monotonic() < deadline:
+        if spool.take_ok(name, sha):
+            return False
+        error = spool.take_error(name)
+        if error:
+            raise OperationFailed(error)
+        if (alive is None or not alive()) and not spool.lock.held_by_other():
+            if spool.take_ok(name, sha):
+                return False
+            failure = spool.start_failure()
+            if starts and failure:
+                raise OperationFailed(f"the background WAL pusher cannot run: {failure}")
+            if starts >= 3:
+                raise OperationFailed(f"the background WAL pusher keeps stopping; see {spool.log_path}")
+            alive = start_pusher()
+            starts += 1
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.02)
+    raise OperationFailed(f"timed out after {timeout:.0f}s waiting for the background pusher to store {name}")
+
+
+def fetch_via_spool(spool: FetchSpool, name: str, dest: str, start_prefetcher: StartDaemon, *, timeout: float) -> bool:
+    """Serve NAME from the prefetch spool, asking the prefetcher for it if needed.
+
+    True: dest written. False: no answer in time (the caller fetches in-process). Raises NotFound when
+    the prefetcher found NAME is not archived, RepositoryUnavailable / IntegrityError when it could not
+    be read."""
+    if not valid_name(name):
+        raise UsageError(f"invalid WAL file name {name!r}")
+    spool.ensure()
+    token = os.urandom(8).hex()
+    served = False
+    if (spool.data / f"{name}.json").exists():
+        spool.want(name, token, served=True)  # first, so the prefetcher does not fetch it again meanwhile
+        served = spool.serve(name, dest)
+    if not served:
+        spool.want(name, token)
+    alive: Any = None
+    if not spool.lock.held_by_other():
+        alive = start_prefetcher()
+    if served:
+        return True
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while time.monotonic() < deadline:
+        if spool.serve(name, dest):
+            return True
+        result = spool.take_result(name, token)
+        if result is not None:
+            message = str(result.get("message") or f"unable to fetch {name}")
+            if result.get("status") == "missing":
+                raise NotFound(message)
+            if result.get("status") == "integrity":
+                raise IntegrityError(message)
+            raise RepositoryUnavailable(message)
+        if alive is not None and not alive() and not spool.lock.held_by_other():
+            return False  # the prefetcher stopped: fetch in-process instead
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.02)
+    return False

@@ -1,0 +1,224 @@
+"""The WAL archive in the repository: push, fetch, list, continuity scan and timeline history files.
+
+Push never overwrites: the object is written create-only (if_absent). When the name already exists the
+stored object is read back (authenticated) and its plaintext SHA-256 compared with the local file:
+equal means PostgreSQL is re-archiving after a crash (success), different means two histories claim
+the same WAL name (Conflict, nothing replaced).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from opsdb.errors import Conflict, IntegrityError, NotFound, UsageError
+from opsdb.model.lsn import (
+    DEFAULT_SEGMENT_SIZE,
+    HistoryEntry,
+    SegmentRange,
+    WalName,
+    contiguous_ranges,
+    gaps,
+    parse_history,
+    parse_wal_name,
+    segment_name,
+)
+from opsdb.repo import envelope, layout
+from opsdb.storage.base import ObjectInfo, Storage
+
+READ_CHUNK = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class PushResult:
+    name: str
+    key: str
+    size: int
+    stored_size: int
+    sha256: str
+    already_stored: bool  # True: the same content was archived before (a retry after a crash)
+
+
+class _Hashing:
+    """Pass chunks through while hashing and counting them."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)  # one pass: draining after a conflict continues where put stopped
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self.sha.update(chunk)
+            self.size += len(chunk)
+            yield chunk
+
+
+def read_file(path: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            yield chunk
+
+
+def file_sha256(path: str) -> tuple[str, int]:
+    sha = hashlib.sha256()
+    size = 0
+    for chunk in read_file(path):
+        sha.update(chunk)
+        size += len(chunk)
+    return sha.hexdigest(), size
+
+
+def check_name(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> WalName:
+    """Only names PostgreSQL archives may enter the repository (no paths, no stray files)."""
+    if "/" in name or name != name.strip():
+        raise UsageError(f"invalid WAL file name {name!r}: expected a bare file name")
+    return parse_wal_name(name, segment_size)
+
+
+def push(
+    storage: Storage,
+    cluster: str,
+    name: str,
+    chunks: Iterable[bytes],
+    codec: Any,
+    keys: Mapping[str, Any],
+    *,
+    stored_sha256: Callable[[str], str] | None = None,
+) -> PushResult:
+    """Store one WAL file create-only. Same content already stored -> success; different -> Conflict."""
+    check_name(name)
+    key = layout.wal_object(cluster, name)
+    hashing = _Hashing(chunks)
+    try:
+        stored = envelope.put_object(storage, key, hashing, codec, if_absent=True)
+    except Conflict:
+        # finish hashing the local file: put may have stopped reading at the conflict
+        for _ in hashing:
+            pass
+        local = hashing.sha.hexdigest()
+        existing = (stored_sha256 or (lambda k: stored_plain_sha256(storage, k, keys)))(key)
+        if existing != local:
+            raise Conflict(
+                f"unable to archive {name}: {storage.url.rstrip('/')}/{key} already exists with different content "
+                f"(stored sha256 {existing[:16]}..., local {local[:16]}...); nothing was overwritten",
+                hint="two clusters or timelines archive into the same place, or the stored file is damaged: "
+                "check [clusters] names and the archive before touching it",
+            ) from None
+        info = storage.stat(key)
+        return PushResult(name, key, hashing.size, info.size if info else 0, local, True)
+    return PushResult(name, key, stored.size, stored.stored_size, stored.sha256, False)
+
+
+def stored_plain_sha256(storage: Storage, key: str, keys: Mapping[str, Any]) -> str:
+    """SHA-256 of an archived object's plaintext, read back through authentication."""
+    try:
+        return envelope.verify_object(storage, key, keys).sha256
+    except IntegrityError as exc:
+        # an unreadable object with this name still must not be replaced: report it as a conflict
+        return f"unreadable ({exc})"
+
+
+def fetch(storage: Storage, cluster: str, name: str, keys: Mapping[str, Any]) -> Iterator[bytes]:
+    """The plaintext of an archived WAL file, authenticated. NotFound when it is not archived."""
+    check_name(name)
+    return envelope.get_object(storage, layout.wal_object(cluster, name), keys)
+
+
+def exists(storage: Storage, cluster: str, name: str) -> ObjectInfo | None:
+    check_name(name)
+    return storage.stat(layout.wal_object(cluster, name))
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchivedFile:
+    wal: WalName
+    info: ObjectInfo
+
+
+def list_archive(storage: Storage, cluster: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> list[ArchivedFile]:
+    """Every WAL object of the cluster (segments, partials, backup labels, histories), sorted by key."""
+    files = []
+    for info in storage.list(layout.wal_prefix(cluster)):
+        name = info.key.rsplit("/", 1)[-1]
+        try:
+            wal = parse_wal_name(name, segment_size)
+        except UsageError:
+            continue  # not ours to judge (a temp file of a driver, a stray upload): ignored, never deleted here
+        files.append(ArchivedFile(wal, info))
+    return files
+
+
+def read_history(storage: Storage, cluster: str, timeline: int, keys: Mapping[str, Any]) -> list[HistoryEntry]:
+    """The parsed history of a timeline (its ancestors); [] for timeline 1. NotFound when not archived."""
+    if timeline == 1:
+        return []
+    name = f"{timeline:08X}.history"
+    text = b"".join(fetch(storage, cluster, name, keys)).decode("utf-8", "replace")
+    return parse_history(text)
+
+
+@dataclasses.dataclass
+class ArchiveScan:
+    """What the archive holds, per timeline: segment ranges, gaps, histories."""
+
+    segments: dict[tuple[int, int], float]  # (timeline, segno) -> upload time
+    ranges: dict[int, list[SegmentRange]]
+    histories: dict[int, list[HistoryEntry]]
+    partials: list[str]
+    backup_labels: list[str]
+    stored_bytes: int
+    segment_size: int = DEFAULT_SEGMENT_SIZE
+
+    @property
+    def timelines(self) -> list[int]:
+        return sorted(set(self.ranges) | set(self.histories))
+
+    def gaps(self, timeline: int) -> list[tuple[str, str, int]]:
+        """Missing segments between archived ranges of a timeline: (first missing, last missing, count)."""
+        found = []
+        for first, last in gaps(self.ranges.get(timeline, [])):
+            found.append(
+                (
+                    segment_name(timeline, first, self.segment_size),
+                    segment_name(timeline, last, self.segment_size),
+                    last - first + 1,
+                )
+            )
+        return found
+
+    def latest_timeline(self) -> int:
+        return max([1, *self.ranges, *self.histories])
+
+    def history(self, timeline: int) -> list[HistoryEntry]:
+        return self.histories.get(timeline, [])
+
+
+def scan(
+    storage: Storage, cluster: str, keys: Mapping[str, Any], segment_size: int = DEFAULT_SEGMENT_SIZE
+) -> ArchiveScan:
+    """One listing of the archive, plus the (small) history files read back and parsed."""
+    files = list_archive(storage, cluster, segment_size)
+    segments = {
+        (f.wal.timeline, f.wal.segno): f.info.mtime
+        for f in files
+        if f.wal.kind == "segment" and f.wal.segno is not None
+    }
+    histories: dict[int, list[HistoryEntry]] = {}
+    for f in files:
+        if f.wal.kind == "history":
+            try:
+                histories[f.wal.timeline] = read_history(storage, cluster, f.wal.timeline, keys)
+            except NotFound:
+                continue  # deleted between list and read
+    return ArchiveScan(
+        segments=segments,
+        ranges=contiguous_ranges(f.wal for f in files),
+        histories=histories,
+        partials=[f.wal.name for f in files if f.wal.kind == "partial"],
+        backup_labels=[f.wal.name for f in files if f.wal.kind == "backup"],
+        stored_bytes=sum(f.info.size for f in files),
+        segment_size=segment_size,
+    )

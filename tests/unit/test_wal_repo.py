@@ -1,0 +1,125 @@
+"""repo/wal.py and ops/wal.py against real doubles: MemoryStorage / LocalStorage and the real envelope."""
+
+import os
+
+import pytest
+
+from opsdb.errors import Conflict, IntegrityError, NotFound, RepositoryUnavailable, UsageError
+from opsdb.ops import wal as ops_wal
+from opsdb.repo import layout
+from opsdb.repo import wal as repo_wal
+from opsdb.repo.envelope import Codec
+from opsdb.storage.local import LocalStorage
+from opsdb.storage.memory import MemoryStorage
+from opsdb.stream.crypto import EncryptionKey
+
+SEG = "000000010000000000000003"
+
+
+@pytest.fixture
+def key():
+    return EncryptionKey.from_secret(bytes(range(32)))
+
+
+@pytest.fixture
+def repo(key):
+    return ops_wal.WalRepo(MemoryStorage(), "main", Codec("zstd", 1, key=key), {key.id: key})
+
+
+def wal_file(tmp_path, name=SEG, content=None):
+    path = tmp_path / "pg_wal" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(content if content is not None else os.urandom(1024) * 64)
+    return path
+
+
+def test_push_then_fetch_roundtrip(repo, tmp_path):
+    src = wal_file(tmp_path)
+    result = ops_wal.push_file(repo, str(src))
+    assert not result.already_stored and result.size == src.stat().st_size
+    stored = repo.storage.open(layout.wal_object("main", SEG)).read()
+    assert src.read_bytes()[:4096] not in stored  # encrypted, not plaintext
+    dest = tmp_path / "RECOVERYXLOG"
+    fetched = ops_wal.fetch_file(repo, SEG, str(dest))
+    assert dest.read_bytes() == src.read_bytes() and fetched.sha256 == result.sha256
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_push_same_content_twice_succeeds(repo, tmp_path):
+    src = wal_file(tmp_path)
+    ops_wal.push_file(repo, str(src))
+    again = ops_wal.push_file(repo, str(src))
+    assert again.already_stored
+
+
+def test_push_different_content_conflicts_and_keeps_the_original(repo, tmp_path):
+    src = wal_file(tmp_path, content=b"a" * 70000)
+    ops_wal.push_file(repo, str(src))
+    before = repo.storage.open(layout.wal_object("main", SEG)).read()
+    src.write_bytes(b"b" * 70000)
+    with pytest.raises(Conflict, match="different content"):
+        ops_wal.push_file(repo, str(src))
+    assert repo.storage.open(layout.wal_object("main", SEG)).read() == before
+
+
+@pytest.mark.parametrize("name", ["00000002.history", SEG + ".partial", "000000010000000000000002.00000028.backup"])
+def test_push_side_files(repo, tmp_path, name):
+    src = wal_file(tmp_path, name, b"1\t0/3000000\tno recovery target specified\n")
+    ops_wal.push_file(repo, str(src))
+    dest = tmp_path / "out"
+    ops_wal.fetch_file(repo, name, str(dest))
+    assert dest.read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "RECOVERYXLOG", "0000000100000000000000", "x.history"])
+def test_bad_names_refused(repo, tmp_path, name):
+    with pytest.raises(UsageError):
+        ops_wal.fetch_file(repo, name, str(tmp_path / "x"))
+
+
+def test_fetch_missing_is_not_found_and_leaves_nothing(repo, tmp_path):
+    with pytest.raises(NotFound):
+        ops_wal.fetch_file(repo, SEG, str(tmp_path / "dest"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_tampered_is_integrity_error_and_writes_nothing(tmp_path, key):
+    storage = LocalStorage(str(tmp_path / "repo"))
+    repo = ops_wal.WalRepo(storage, "main", Codec("zstd", 1, key=key), {key.id: key})
+    src = wal_file(tmp_path)
+    ops_wal.push_file(repo, str(src))
+    obj = tmp_path / "repo" / layout.wal_object("main", SEG)
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    os.chmod(obj, 0o600)
+    obj.write_bytes(bytes(data))
+    sleeps = []
+    with pytest.raises(IntegrityError):
+        ops_wal.fetch_file(repo, SEG, str(tmp_path / "dest"), sleep=sleeps.append)
+    assert not (tmp_path / "dest").exists() and len(sleeps) == ops_wal.FETCH_ATTEMPTS - 1
+
+
+class _Unreachable(MemoryStorage):
+    def open(self, key):
+        raise RepositoryUnavailable("unable to read s3://b/x: connection refused")
+
+
+def test_fetch_unreachable_retries_then_raises(tmp_path, key):
+    repo = ops_wal.WalRepo(_Unreachable(), "main", Codec("zstd", 1, key=key), {})
+    sleeps = []
+    with pytest.raises(RepositoryUnavailable):
+        ops_wal.fetch_file(repo, SEG, str(tmp_path / "dest"), sleep=sleeps.append)
+    assert sleeps == [0.5, 1.0]
+
+
+def test_scan_ranges_gaps_and_histories(repo, tmp_path):
+    for segno in (1, 2, 3, 6, 7):
+        ops_wal.push_file(repo, str(wal_file(tmp_path, f"0000000100000000000000{segno:02X}", b"x")))
+    ops_wal.push_file(repo, str(wal_file(tmp_path, "000000020000000000000007", b"y")))
+    ops_wal.push_file(repo, str(wal_file(tmp_path, "00000002.history", b"1\t0/7000100\tno recovery target\n")))
+    scan = repo_wal.scan(repo.storage, "main", repo.keys)
+    assert scan.timelines == [1, 2]
+    assert scan.gaps(1) == [("000000010000000000000004", "000000010000000000000005", 2)]
+    assert scan.gaps(2) == []
+    assert scan.histories[2][0].parent_timeline == 1
+    assert scan.latest_timeline() == 2
