@@ -6,11 +6,12 @@ the same functions, so both paths behave identically.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from opsdb.cli import fastpath, output
+from opsdb.cli.commands import not_built
 
 
 def register(app: typer.Typer) -> None:
@@ -41,5 +42,15 @@ def register(app: typer.Typer) -> None:
 
         state = ctx.obj
         name, _ = state.cluster()
-        result = cluster_info(wal_repo_from_settings(state.settings, name))
+        repo = wal_repo_from_settings(state.settings, name)
+        result = cluster_info(repo, catalog_backups(repo))
         output.emit(state, info_json(result), lambda: info_text(result))
+
+
+def catalog_backups(repo: Any) -> list[Any]:
+    """The committed backups of the cluster (repo/catalog.py, written by the backups work)."""
+    try:
+        from opsdb.repo import catalog
+    except ImportError:
+        raise not_built("info (the backup catalog)") from None
+    return list(catalog.list_backups(repo.storage, repo.cluster, repo.keys))

@@ -1,0 +1,77 @@
+"""opsdb info: per cluster and timeline, the backups, the WAL archived, its gaps and the recoverable window."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn, segment_name
+from opsdb.model.target import physical_complete
+from opsdb.model.window import TimelineWindow, timeline_window
+from opsdb.ops.wal import WalRepo
+from opsdb.repo import wal as repo_wal
+
+
+@dataclasses.dataclass(frozen=True)
+class TimelineInfo:
+    timeline: int
+    parent: int | None  # the timeline this one branched from
+    switch_lsn: Lsn | None  # where it branched
+    first_segment: str | None
+    last_segment: str | None
+    segments: int
+    gaps: list[tuple[str, str, int]]  # (first missing, last missing, count)
+    backups: int  # complete physical backups taken on this timeline
+    window: TimelineWindow
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterInfo:
+    cluster: str
+    timeline: int  # the newest timeline in the archive (what --timeline latest follows)
+    backups: list[Any]  # complete physical backups, oldest first
+    timelines: list[TimelineInfo]
+    partials: list[str]
+    stored_bytes: int
+
+    @property
+    def current(self) -> TimelineInfo | None:
+        return next((t for t in self.timelines if t.timeline == self.timeline), None)
+
+    @property
+    def recoverable_from(self) -> tuple[datetime | None, Lsn | None]:
+        cur = self.current
+        return (cur.window.from_time, cur.window.from_lsn) if cur else (None, None)
+
+    @property
+    def recoverable_to(self) -> tuple[datetime | None, Lsn | None]:
+        cur = self.current
+        return (cur.window.to_time, cur.window.to_lsn) if cur else (None, None)
+
+
+def cluster_info(repo: WalRepo, backups: Sequence[Any], segment_size: int = DEFAULT_SEGMENT_SIZE) -> ClusterInfo:
+    """One listing of the WAL archive plus the catalog -> everything `opsdb info` shows."""
+    scan = repo_wal.scan(repo.storage, repo.cluster, repo.keys, segment_size)
+    complete = physical_complete(backups)
+    timelines = sorted(set(scan.timelines) | {int(getattr(b, "timeline", 1) or 1) for b in complete})
+    infos = []
+    for tli in timelines:
+        history = scan.history(tli)
+        ranges = scan.ranges.get(tli, [])
+        infos.append(
+            TimelineInfo(
+                timeline=tli,
+                parent=history[-1].parent_timeline if history else None,
+                switch_lsn=history[-1].switch_lsn if history else None,
+                first_segment=segment_name(tli, ranges[0].first, segment_size) if ranges else None,
+                last_segment=segment_name(tli, ranges[-1].last, segment_size) if ranges else None,
+                segments=sum(r.last - r.first + 1 for r in ranges),
+                gaps=scan.gaps(tli),
+                backups=sum(1 for b in complete if int(getattr(b, "timeline", 1) or 1) == tli),
+                window=timeline_window(tli, complete, history, scan.segments, segment_size),
+            )
+        )
+    latest = max(timelines, default=1)
+    return ClusterInfo(repo.cluster, latest, complete, infos, scan.partials, scan.stored_bytes)
