@@ -118,11 +118,11 @@ def put_object(
     finished: list[bool] = []
 
     def plaintext() -> Iterator[bytes]:
-        for source in (head, rest or ()):
-            for chunk in source:
-                if on_bytes is not None:
-                    on_bytes(len(chunk))
-                yield chunk
+        head.reverse()
+        while head:  # pop, so the lookahead is not kept alive for the whole stream
+            yield _progress(head.pop(), on_bytes)
+        for chunk in rest or ():
+            yield _progress(chunk, on_bytes)
 
     def inner() -> Iterator[bytes]:
         crc = 0
@@ -313,6 +313,12 @@ def _lookahead(chunks: Iterable[bytes], limit: int) -> tuple[list[bytes], Iterat
         if size > limit:
             return head, it
     return head, None
+
+
+def _progress(chunk: bytes, on_bytes: Callable[[int], None] | None) -> bytes:
+    if on_bytes is not None:
+        on_bytes(len(chunk))
+    return chunk
 
 
 def _chain_one(first: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:

@@ -200,18 +200,15 @@ class CipherStage:
         header = _HEADER.pack(MAGIC, FORMAT_VERSION, bytes.fromhex(self.key.id), salt, prefix)
         sealer = _Sealer(_subkey(self.key, salt), prefix, self.context + header)
         yield header
-        buf = bytearray()
-        for chunk in chunks:
-            if not buf and len(chunk) == CHUNK_SIZE:
-                # the common case (zstd's chunker emits exactly CHUNK_SIZE): hold one chunk back,
-                # because only the last frame may carry the final flag
-                buf = bytearray(chunk)
-                continue
-            buf += chunk
-            while len(buf) > CHUNK_SIZE:
-                yield from sealer.seal(memoryview(buf)[:CHUNK_SIZE], final=False)
-                del buf[:CHUNK_SIZE]  # the view above is gone: seal() returned and kept no reference
-        yield from sealer.seal(memoryview(buf), final=True)
+        # Only the last frame may carry the final flag, so each frame waits in `pending` until the
+        # next one exists (or the input ends).
+        pending: bytes | bytearray | memoryview = b""
+        first = True
+        for piece in _frame_bodies(chunks):
+            if not first:
+                yield from sealer.seal(pending, final=False)
+            pending, first = piece, False
+        yield from sealer.seal(pending, final=True)
 
     def decode(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         buf = bytearray()
@@ -270,6 +267,27 @@ class CipherStage:
         return _Opener(_subkey(key, salt), prefix, self.context + header)
 
 
+def _frame_bodies(chunks: Iterable[bytes]) -> Iterator[bytes | bytearray | memoryview]:
+    """Plaintext frame bodies of at most CHUNK_SIZE: large chunks are sliced without copying,
+    small ones (gzip's output, a caller's odd reads) are gathered so frames stay near CHUNK_SIZE."""
+    gathered = bytearray()
+    for chunk in chunks:
+        if len(chunk) < CHUNK_SIZE // 4:
+            gathered += chunk
+            if len(gathered) >= CHUNK_SIZE:
+                yield gathered
+                gathered = bytearray()
+            continue
+        if gathered:
+            yield gathered
+            gathered = bytearray()
+        view = memoryview(chunk)
+        for start in range(0, len(view), CHUNK_SIZE):
+            yield view[start : start + CHUNK_SIZE]
+    if gathered:
+        yield gathered
+
+
 def _subkey(key: EncryptionKey, salt: bytes) -> AESGCM:
     info = b"opsdb aes-256-gcm v1" + bytes.fromhex(key.id)
     derived = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt, info=info).derive(key.secret)
@@ -280,7 +298,7 @@ class _Sealer:
     def __init__(self, aead: AESGCM, prefix: bytes, aad: bytes) -> None:
         self.aead, self.prefix, self.aad, self.index = aead, prefix, aad, 0
 
-    def seal(self, plain: memoryview, final: bool) -> tuple[bytes, bytes]:
+    def seal(self, plain: bytes | bytearray | memoryview, final: bool) -> tuple[bytes, bytes]:
         if self.index >= 2**32:
             raise IntegrityError("stream is too long for one encrypted object (2^32 chunks)")
         nonce, aad = _nonce_aad(self.prefix, self.aad, self.index, final)

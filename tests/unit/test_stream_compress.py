@@ -49,14 +49,14 @@ def test_zstd_threads_roundtrip() -> None:
 @pytest.mark.parametrize("algorithm,level", [("zstd", 3), ("gzip", 6)])
 def test_decode_output_is_bounded_for_highly_compressible_input(algorithm: str, level: int) -> None:
     stage = compression_stage(algorithm, level)
-    zeros = (bytes(CHUNK_SIZE) for _ in range(256))  # 256 MiB of zero pages compress to almost nothing
+    zeros = (bytes(CHUNK_SIZE) for _ in range(64))  # 64 MiB of zero pages compress to almost nothing
     encoded = b"".join(stage.encode(zeros))
     assert len(encoded) < CHUNK_SIZE
     total = 0
     for piece in stage.decode([encoded]):  # one input chunk must not become one huge output chunk
         assert len(piece) <= CHUNK_SIZE
         total += len(piece)
-    assert total == 256 * CHUNK_SIZE
+    assert total == 64 * CHUNK_SIZE
 
 
 @pytest.mark.parametrize("algorithm,level", [("zstd", 3), ("gzip", 6)])
