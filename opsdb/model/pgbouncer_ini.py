@@ -232,10 +232,10 @@ def parse_ini(text: str) -> IniDocument:
 
 
 def parse_connstr(text: str) -> dict[str, str]:
-    """A [databases] value: key=value pairs, values optionally in single quotes."""
+    """A [databases] value: key=value pairs, values optionally in '...' with '' for a quote (PgBouncer's rules)."""
     out: dict[str, str] = {}
     pos = 0
-    pattern = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.|'')*'|[^\s]*)")
+    pattern = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^']|'')*'|[^\s']+)")
     while pos < len(text):
         if not text[pos:].strip():
             break
@@ -244,7 +244,7 @@ def parse_connstr(text: str) -> dict[str, str]:
             raise ValueError(f"cannot parse {text[pos:]!r}")
         value = match.group(2)
         if value.startswith("'"):
-            value = value[1:-1].replace("''", "'").replace("\\'", "'")
+            value = value[1:-1].replace("''", "'")
         out[match.group(1).lower()] = value
         pos = match.end()
     return out

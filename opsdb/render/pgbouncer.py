@@ -14,7 +14,7 @@ from opsdb.errors import UsageError
 from opsdb.model.pgbouncer_ini import UserEntry
 
 _PLAIN_DB_NAME = re.compile(r"^[_0-9A-Za-z]+$")
-_PLAIN_CONN_VALUE = re.compile(r"^[^\s'\\]+$")
+_PLAIN_CONN_VALUE = re.compile(r"^[^\s']+$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +40,13 @@ def quote_db_name(name: str) -> str:
 
 
 def connstr(params: Mapping[str, str | int]) -> str:
-    """A [databases] value from key=value pairs in the given order; quotes values with spaces."""
+    """A [databases] value from key=value pairs in the given order. PgBouncer's parser (util.c
+    cstr_get_value) ends a bare value at a space and reads '...' with '' for a quote, no backslashes."""
     parts = []
     for key, raw in params.items():
         value = clean_value(str(raw), what=f"{key}")
         if not _PLAIN_CONN_VALUE.match(value):
-            value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+            value = "'" + value.replace("'", "''") + "'"
         parts.append(f"{key}={value}")
     return " ".join(parts)
 

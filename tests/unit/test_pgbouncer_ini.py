@@ -135,4 +135,5 @@ def test_quoting():
     assert quote_db_name("app_1") == "app_1"
     assert quote_db_name('a "b"') == '"a ""b"""'
     assert connstr({"host": "/var/run/postgresql", "dbname": "my db"}) == "host=/var/run/postgresql dbname='my db'"
-    assert parse_connstr(connstr({"dbname": "it's"})) == {"dbname": "it's"}
+    assert connstr({"dbname": "it's here"}) == "dbname='it''s here'"  # PgBouncer doubles quotes, no backslashes
+    assert parse_connstr(connstr({"dbname": "it's here", "host": "a\\b"})) == {"dbname": "it's here", "host": "a\\b"}
