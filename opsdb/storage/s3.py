@@ -16,6 +16,7 @@ import concurrent.futures
 import datetime
 import io
 import random
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
@@ -42,6 +43,7 @@ MAX_PARTS = 10_000
 PARTS_PER_SIZE_STEP = 1000  # the part size doubles after every this many parts
 PART_ATTEMPTS = 3  # whole-part retries on top of botocore's own per-request retries
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
+SPOOL_IN_MEMORY = 2**20  # a part is kept in RAM up to this size, then spooled to a temp file
 CHECKSUM_MODES = ("when_required", "when_supported")
 _RETRYABLE_CODES = {
     "SlowDown",
@@ -136,57 +138,64 @@ class S3Storage:
         check_key(key)
         meta = check_metadata(metadata)
         reader = _PartReader(chunks)
-        first = reader.read(self.part_size)
-        second = (
-            reader.read(part_size_for(2, self.part_size, self.parts_per_step))
-            if len(first) == self.part_size
-            else bytearray()
-        )
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._name(key), "Metadata": meta, **self._lock_args()}
-        if not second:
-            if if_absent:
-                args["IfNoneMatch"] = "*"
-            self._call("put", key, self.client.put_object, Body=first, **args)
-            size = len(first)
-        else:
-            if if_absent and self.stat(key) is not None:  # fail before uploading gigabytes; Complete decides
-                raise Conflict(f"unable to put {object_url(self.url, key)}: object already exists")
-            pending = [first, second]
-            del first, second  # no reference may outlive its upload, or memory grows with the stream
-            size = self._multipart(key, args, reader, pending, if_absent)
+        pending: list[_Spool] = []
+        try:
+            pending.append(reader.read(self.part_size))
+            if pending[0].size == self.part_size:
+                pending.append(reader.read(part_size_for(2, self.part_size, self.parts_per_step)))
+            if pending[-1].size == 0 and len(pending) == 2:
+                pending.pop().close()
+            if len(pending) == 1:  # it fits one request
+                if if_absent:
+                    args["IfNoneMatch"] = "*"
+                self._call("put", key, self.client.put_object, Body=pending[0].file, **args)
+                size = pending[0].size
+            else:
+                if if_absent and self.stat(key) is not None:  # fail before uploading gigabytes; Complete decides
+                    raise Conflict(f"unable to put {object_url(self.url, key)}: object already exists")
+                size = self._multipart(key, args, reader, pending, if_absent)
+        finally:
+            for spool in pending:
+                spool.close()
         return ObjectInfo(key=key, size=size, mtime=time.time(), metadata=meta)
 
     def _multipart(
-        self, key: str, args: dict[str, Any], reader: _PartReader, pending: list[bytearray], if_absent: bool
+        self, key: str, args: dict[str, Any], reader: _PartReader, pending: list[_Spool], if_absent: bool
     ) -> int:
-        """Upload parts as they are read; `pending` holds the parts already read (taken, not kept)."""
+        """Upload parts as they are read. `pending` holds parts already read; every part is closed
+        (its temp file freed) by the worker that uploaded it, or by the caller on failure."""
         upload_id = self._call("put", key, self.client.create_multipart_upload, **args)["UploadId"]
         where = {"Bucket": self.bucket, "Key": args["Key"], "UploadId": upload_id}
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.upload_concurrency, thread_name_prefix="s3-part")
         in_flight: collections.deque[concurrent.futures.Future[dict[str, Any]]] = collections.deque()
         parts: list[dict[str, Any]] = []
         size = 0
+        number = 0
+        unsent = collections.deque(pending)  # read but not yet handed to a worker
+        owned = list(pending)  # every spool not yet closed, so a failure frees them all
         try:
-            number, data = 1, pending.pop(0)
-            while data:
-                size += len(data)
-                if len(in_flight) >= self.upload_concurrency:  # bounded queue: wait for a free slot
-                    parts.append(in_flight.popleft().result())
-                in_flight.append(pool.submit(self._upload_part, key, where, number, data))
-                del data  # the future owns the buffer now
-                if number == MAX_PARTS:
-                    if reader.read(1):
-                        raise OperationFailed(
-                            f"unable to put {object_url(self.url, key)}: the stream exceeds the largest object "
-                            f"S3 allows with part_size {self.part_size} ({max_object_size(self.part_size, self.parts_per_step)} bytes)"
-                        )
+            while True:
+                spool = unsent.popleft() if unsent else reader.read(self._part_size(number + 1))
+                owned = [s for s in owned if not s.closed] + ([] if spool in owned else [spool])
+                if spool.size == 0:
+                    spool.close()
                     break
                 number += 1
-                data = (
-                    pending.pop(0)
-                    if pending
-                    else reader.read(part_size_for(number, self.part_size, self.parts_per_step))
-                )
+                size += spool.size
+                if len(in_flight) >= self.upload_concurrency:  # bounded queue: wait for a free slot
+                    parts.append(in_flight.popleft().result())
+                in_flight.append(pool.submit(self._upload_part, key, where, number, spool))
+                if number == MAX_PARTS:
+                    extra = reader.read(1)
+                    extra.close()
+                    if extra.size:
+                        raise OperationFailed(
+                            f"unable to put {object_url(self.url, key)}: the stream exceeds the largest object S3 "
+                            f"allows with part_size {self.part_size} "
+                            f"({max_object_size(self.part_size, self.parts_per_step)} bytes)"
+                        )
+                    break
             parts.extend(f.result() for f in in_flight)
             complete: dict[str, Any] = {"MultipartUpload": {"Parts": parts}, **where}
             if if_absent:
@@ -194,6 +203,8 @@ class S3Storage:
             self._call("put", key, self.client.complete_multipart_upload, **complete)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
+            for spool in owned:
+                spool.close()
             try:
                 self.client.abort_multipart_upload(**where)
             except (ClientError, BotoCoreError):
@@ -202,21 +213,28 @@ class S3Storage:
         pool.shutdown(wait=True)
         return size
 
-    def _upload_part(self, key: str, where: dict[str, Any], number: int, data: bytearray) -> dict[str, Any]:
+    def _part_size(self, number: int) -> int:
+        return part_size_for(number, self.part_size, self.parts_per_step)
+
+    def _upload_part(self, key: str, where: dict[str, Any], number: int, spool: _Spool) -> dict[str, Any]:
         extra = {"ChecksumAlgorithm": "SHA256"} if self.object_lock_days else {}
-        for attempt in range(PART_ATTEMPTS):
-            try:
-                r = self.client.upload_part(PartNumber=number, Body=data, **where, **extra)
-            except (ClientError, BotoCoreError) as e:
-                if attempt + 1 < PART_ATTEMPTS and _retryable(e):
-                    time.sleep(min(8.0, 0.5 * 2**attempt) * (0.5 + random.random()))
-                    continue
-                raise self._error(f"put (part {number})", key, e) from e
-            part = {"PartNumber": number, "ETag": r["ETag"]}
-            if "ChecksumSHA256" in r:
-                part["ChecksumSHA256"] = r["ChecksumSHA256"]
-            return part
-        raise AssertionError("unreachable")
+        try:
+            for attempt in range(PART_ATTEMPTS):
+                spool.file.seek(0)
+                try:
+                    r = self.client.upload_part(PartNumber=number, Body=spool.file, **where, **extra)
+                except (ClientError, BotoCoreError) as e:
+                    if attempt + 1 < PART_ATTEMPTS and _retryable(e):
+                        time.sleep(min(8.0, 0.5 * 2**attempt) * (0.5 + random.random()))
+                        continue
+                    raise self._error(f"put (part {number})", key, e) from e
+                part = {"PartNumber": number, "ETag": r["ETag"]}
+                if "ChecksumSHA256" in r:
+                    part["ChecksumSHA256"] = r["ChecksumSHA256"]
+                return part
+            raise AssertionError("unreachable")
+        finally:
+            spool.close()
 
     def _lock_args(self) -> dict[str, Any]:
         if not self.object_lock_days:
@@ -317,26 +335,54 @@ def _retryable(e: Exception) -> bool:
     return isinstance(e, BotoCoreError)  # connection reset, timeouts, endpoint unreachable
 
 
+class _Spool:
+    """One part's bytes: in memory up to SPOOL_IN_MEMORY, then in an unlinked temp file, so memory
+    stays flat whatever the part size (parts grow to 5 GiB on very long streams)."""
+
+    def __init__(self) -> None:
+        self.file: Any = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - closed by owner
+        self.size = 0
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.file.closed)
+
+    def close(self) -> None:
+        self.file.close()
+
+
 class _PartReader:
-    """Cuts a chunk iterator into buffers of an exact size (the last may be shorter)."""
+    """Cuts a chunk iterator into spools of an exact size (the last may be shorter, or empty at the end)."""
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._it = iter(chunks)
         self._rest = b""
 
-    def read(self, n: int) -> bytearray:
-        buf = bytearray(self._rest)
-        self._rest = b""
-        while len(buf) < n:
-            try:
-                chunk = next(self._it)
-            except StopIteration:
-                break
-            buf += chunk
-        if len(buf) > n:
-            self._rest = bytes(buf[n:])
-            del buf[n:]
-        return buf
+    def read(self, n: int) -> _Spool:
+        spool = _Spool()
+        try:
+            while spool.size < n:
+                if self._rest:
+                    chunk, self._rest = self._rest, b""
+                else:
+                    try:
+                        chunk = next(self._it)
+                    except StopIteration:
+                        break
+                room = n - spool.size
+                if len(chunk) > room:
+                    with memoryview(chunk) as view:
+                        spool.file.write(view[:room])
+                        self._rest = bytes(view[room:])
+                    spool.size += room
+                else:
+                    spool.file.write(chunk)
+                    spool.size += len(chunk)
+            spool.file.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return spool
 
 
 class _BodyReader(io.RawIOBase):

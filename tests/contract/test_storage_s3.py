@@ -188,3 +188,33 @@ def test_root_of_bucket_and_folder_placeholders(moto_endpoint: str, s3_bucket: s
     s3_client.put_object(Bucket=s3_bucket, Key="zz-folder/", Body=b"")
     s3.put("zz-folder/a", [b"1"])
     assert [i.key for i in s3.list("zz-folder")] == ["zz-folder/a"]
+
+
+RSS_PROBE = """
+import os, resource, sys
+from opsdb.storage import open_storage
+s = open_storage(sys.argv[1], endpoint_url=sys.argv[2], part_size=32 * 2**20, upload_concurrency=2)
+block = os.urandom(2**20)
+s.list("")  # warm up the client before the baseline
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+s.put("rss.bin", (block for _ in range(128)))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_put_memory_does_not_scale_with_part_size(moto_endpoint: str, s3_url: str) -> None:
+    """128 MiB in 32 MiB parts, two in flight: buffering parts in RAM would cost >= 64 MiB;
+    spooled parts keep the growth of peak RSS small. Measured in a fresh process (ru_maxrss is a peak)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", RSS_PROBE, f"{s3_url}/rss-{uuid.uuid4().hex[:6]}", moto_endpoint],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    grew_mib = int(out.stdout.strip())
+    print(f"peak RSS growth: {grew_mib} MiB")
+    assert grew_mib < 24, f"peak RSS grew by {grew_mib} MiB during a 128 MiB put"
