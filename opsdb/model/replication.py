@@ -10,31 +10,11 @@ When the receiver is down we keep the raw age, so a broken stream is never maske
 from __future__ import annotations
 
 import dataclasses
-import enum
 from typing import Any
 
 from opsdb.model.lsn import Lsn
+from opsdb.model.results import Status, worst
 from opsdb.model.units import human_bytes
-
-
-class Status(enum.Enum):
-    OK = "OK"
-    WARNING = "WARNING"
-    CRITICAL = "CRITICAL"
-    UNKNOWN = "UNKNOWN"
-
-    @property
-    def exit_code(self) -> int:
-        return {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}[self.value]
-
-    @property
-    def severity(self) -> int:
-        # CRITICAL outranks UNKNOWN: a replica known to be broken matters more than one we could not measure
-        return {"OK": 0, "WARNING": 1, "UNKNOWN": 2, "CRITICAL": 3}[self.value]
-
-
-def worst(statuses: list[Status] | tuple[Status, ...], default: Status = Status.OK) -> Status:
-    return max(statuses, key=lambda s: s.severity, default=default)
 
 
 @dataclasses.dataclass(frozen=True)
