@@ -55,7 +55,8 @@ def _codec(level: int) -> object:
     from opsdb.stream.crypto import EncryptionKey
 
     key = EncryptionKey.from_secret(bytes.fromhex(os.environ["BENCH_KEY"]))
-    return Codec(compression="zstd", level=level, key=key), {key.id: key}
+    threads = int(os.environ["BENCH_THREADS"])
+    return Codec(compression="zstd", level=level, threads=threads, key=key), {key.id: key}
 
 
 def _report(**fields: object) -> None:
@@ -159,6 +160,7 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--levels", default="1,3")
     ap.add_argument("--concurrency", type=int, default=2, help="S3 parts in flight")
+    ap.add_argument("--threads", type=int, default=0, help="zstd worker threads (Codec.threads)")
     ap.add_argument("--endpoint")
     ap.add_argument("--workdir", default=tempfile.gettempdir())
     opts = ap.parse_args()
@@ -170,6 +172,7 @@ def main() -> None:
     env["BENCH_KEY"] = secrets.token_hex(32)  # in the children's environment, never in argv
     env["BENCH_PASS"] = secrets.token_hex(32)
     env["BENCH_CONCURRENCY"] = str(opts.concurrency)
+    env["BENCH_THREADS"] = str(opts.threads)
     moto = None
     endpoint = opts.endpoint
     if endpoint is None:
@@ -221,7 +224,10 @@ def main() -> None:
             moto.terminate()
             moto.wait(timeout=10)
 
-    print(f"\n{opts.size_mib} MiB, generated data (zstd ratio ~0.27), 2 cores; MB/s = plaintext bytes / wall\n")
+    print(
+        f"\n{opts.size_mib} MiB, generated data (zstd ratio ~0.27), {os.cpu_count()} cores, zstd threads {opts.threads}, "
+        f"S3 parts in flight {opts.concurrency}; MB/s = plaintext bytes / wall\n"
+    )
     print(f"| {'row':<46} | {'MB/s':>6} | {'peak RSS MB':>11} |")
     print(f"|{'-' * 48}|{'-' * 8}|{'-' * 13}|")
     for name, _, mbps, rss in rows:

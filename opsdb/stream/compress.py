@@ -21,6 +21,7 @@ _GZIP_WBITS = 31  # zlib's gzip container: header, deflate data, CRC-32 and leng
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _ZSTD_MAX_BLOCK = 128 * 1024
+_ZSTD_JOB_SIZE = CHUNK_SIZE
 
 
 def compression_stage(algorithm: str, level: int, threads: int = 0) -> Stage:
@@ -105,7 +106,15 @@ class ZstdStage:
         self.threads = threads
 
     def encode(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        cctx = zstandard.ZstdCompressor(level=self.level, threads=self.threads, write_checksum=True)
+        if self.threads:
+            # zstd's default job for multithreading is several windows long and costs ~45 MB more
+            # RSS at level 3; 1 MiB jobs keep it near +10 MB for most of the speed-up.
+            params = zstandard.ZstdCompressionParameters.from_level(
+                self.level, threads=self.threads, job_size=_ZSTD_JOB_SIZE, write_checksum=True
+            )
+            cctx = zstandard.ZstdCompressor(compression_params=params)
+        else:
+            cctx = zstandard.ZstdCompressor(level=self.level, write_checksum=True)
         chunker = cctx.chunker(chunk_size=CHUNK_SIZE)
         for chunk in chunks:
             yield from chunker.compress(chunk)
