@@ -24,9 +24,25 @@ def _secs(s: float | None) -> str | None:
     return None if s is None else f"{s:.1f}s"
 
 
+def perfdata(report: ReplicasReport) -> str:
+    """Monitoring-plugin performance data: 'label'=value[UOM];warn;crit per replica and slot."""
+    t = report.thresholds
+    parts = []
+    for r in report.replicas:
+        if r.lag_bytes is not None:
+            parts.append(f"'{r.name}_lag_bytes'={r.lag_bytes}B;{t.warning_bytes};{t.critical_bytes};0")
+        if r.lag_seconds is not None:
+            parts.append(f"'{r.name}_lag_seconds'={r.lag_seconds:.3f}s;{t.warning_seconds:g};{t.critical_seconds:g};0")
+    for s in report.slots:
+        if s.retained_bytes is not None:
+            parts.append(f"'slot_{s.slot_name}_retained_bytes'={s.retained_bytes}B;{t.slot_retained_warning_bytes};;0")
+    return " ".join(parts)
+
+
 def render_replicas(report: ReplicasReport) -> str:
-    """The status line first (what a monitoring system shows), then replicas, senders and slots."""
-    lines = [f"REPLICAS {report.status.value}: {report.summary}"]
+    """The status line first (what a monitoring system shows, with perfdata), then replicas, senders, slots."""
+    perf = perfdata(report)
+    lines = [f"REPLICAS {report.status.value}: {report.summary}" + (f" | {perf}" if perf else "")]
     if report.replicas:
         lines.append("")
         rows = [

@@ -214,4 +214,5 @@ def test_human_output_lists_the_replica(pair: Pair) -> None:
     assert done.returncode == 0, done.stderr
     first, *rest = done.stdout.splitlines()
     assert first.startswith("REPLICAS OK:")
+    assert "| 'replica1_lag_bytes'=0B;16777216;268435456;0 'replica1_lag_seconds'=0.000s;60;300;0" in first
     assert any(line.startswith("replica1") and "streaming" in line for line in rest)
