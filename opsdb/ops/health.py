@@ -7,9 +7,11 @@ Each check yields OK / WARNING / CRITICAL / UNKNOWN with a one-line detail; a ch
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from opsdb.config import ClusterConfig, Settings
@@ -17,6 +19,8 @@ from opsdb.errors import OpsdbError
 from opsdb.model.results import CheckReport, Status
 from opsdb.pg import conn as pg_conn
 from opsdb.pg.conninfo import redact
+from opsdb.pg.tools import PgTools, find_bin_dir
+from opsdb.proc import LocalRunner, Runner
 from opsdb.repo import layout
 from opsdb.storage import Storage
 from opsdb.storage import open_storage as _open_storage
@@ -39,8 +43,9 @@ def check(
     connect: Callable[..., pg_conn.PgConnection] = pg_conn.connect,
     clock: Callable[[], float] = time.monotonic,
     connect_timeout: float = 5,
+    runner: Runner | None = None,
 ) -> CheckReport:
-    """Run every check in order: config, repository, encryption, server, archiving, replicas."""
+    """Run every check in order: config, repository, encryption, server, binaries, archiving, replicas."""
     report = CheckReport()
     try:
         settings = load_settings()
@@ -66,7 +71,7 @@ def check(
     if cluster is None:
         report.add("server", UNKNOWN, f"not checked: {cluster_problem}")
         return report
-    _check_server(report, cluster, connect, connect_timeout)
+    _check_server(report, cluster, connect, connect_timeout, runner or LocalRunner())
     for replica in cluster.replicas:
         _check_replica(report, replica.name, replica.conninfo, connect, connect_timeout)
     return report
@@ -137,26 +142,64 @@ def _check_encryption(report: CheckReport, settings: Settings) -> None:
 
 
 def _check_server(
-    report: CheckReport, cluster: ClusterConfig, connect: Callable[..., pg_conn.PgConnection], timeout: float
+    report: CheckReport,
+    cluster: ClusterConfig,
+    connect: Callable[..., pg_conn.PgConnection],
+    timeout: float,
+    runner: Runner,
 ) -> None:
     try:
         with connect(cluster.conninfo, timeout=timeout, application_name="opsdb check") as c:
             version = c.server_version()
+            major = c.server_major()
             standby = c.in_recovery()
             values = c.settings(["wal_level", "archive_mode", "archive_command", "archive_library"])
             archiver = c.archiver_stats()
     except Exception as exc:
         report.add("server", CRITICAL, _describe(exc))
+        _check_binaries(report, cluster.pg_bin_dir, None, runner)
         for name in SERVER_CHECKS:
             report.add(name, UNKNOWN, "not checked: server unreachable")
         return
     role = "standby" if standby else "primary"
     report.add("server", OK, f"PostgreSQL {version}, {role}, at {redact(cluster.conninfo)}")
+    _check_binaries(report, cluster.pg_bin_dir, major, runner)
     _check_wal_level(report, values.get("wal_level"))
     mode = values.get("archive_mode")
     _check_archive_mode(report, mode, standby)
     _check_archive_command(report, mode, values.get("archive_command"), values.get("archive_library"))
     _check_archiver(report, mode, standby, archiver)
+
+
+def _check_binaries(report: CheckReport, pg_bin_dir: Path | None, server_major: int | None, runner: Runner) -> None:
+    """pg_basebackup and pg_dump refuse servers of a newer major version: the client tools must be
+    at least the server's major."""
+    try:
+        bin_dir = find_bin_dir(pg_bin_dir, server_major)
+        tools = PgTools(bin_dir)
+        majors = {}
+        for program in ("pg_basebackup", "pg_dump"):
+            out = runner.run(tools.version(program), doing=f"asking {program} for its version").text
+            majors[program] = _major_of(out)
+    except Exception as exc:
+        report.add("binaries", CRITICAL, _describe(exc))
+        return
+    older = [p for p, m in majors.items() if server_major is not None and m is not None and m < server_major]
+    found = ", ".join(f"{p} {m if m is not None else '?'}" for p, m in majors.items())
+    if older:
+        report.add(
+            "binaries",
+            CRITICAL,
+            f"{', '.join(older)} in {bin_dir} older than the server ({server_major}): set pg_bin_dir to a newer bin directory",
+        )
+    else:
+        report.add("binaries", OK, f"{found} in {bin_dir}")
+
+
+def _major_of(version_output: str) -> int | None:
+    """'pg_dump (PostgreSQL) 15.7 (Debian 15.7-1)' -> 15; '9.6.24' -> 9."""
+    match = re.search(r"\)\s+(\d+)(?:\.(\d+))?", version_output)
+    return int(match.group(1)) if match else None
 
 
 def _check_wal_level(report: CheckReport, wal_level: str | None) -> None:

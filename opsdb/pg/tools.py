@@ -90,6 +90,10 @@ class PgTools:
         # -d takes a full connection string for every tool used here (not a bare database name)
         return Cmd((self.path(program), *args, "-d", bare), env=env or None, run_as=run_as, timeout=timeout)
 
+    def version(self, program: str) -> Cmd:
+        """`<program> --version`, e.g. "pg_dump (PostgreSQL) 15.7"."""
+        return Cmd((self.path(program), "--version"), timeout=30)
+
     # --- backups ---------------------------------------------------------------------------------
 
     def pg_basebackup(

@@ -68,6 +68,7 @@ def test_all_ok_exits_0(archiving_cluster: Instance, tmp_path: Path) -> None:
         "repository",
         "encryption",
         "server",
+        "binaries",
         "wal_level",
         "archive_mode",
         "archive_command",
@@ -82,7 +83,7 @@ def test_human_output_one_line_per_check(archiving_cluster: Instance, tmp_path: 
     assert code == 0
     lines = str(text).splitlines()
     assert lines[1].startswith("OK       repository") and "writable (" in lines[1] and lines[1].endswith(" ms)")
-    assert lines[-1].startswith("OK: 8 ok")
+    assert lines[-1].startswith("OK: 9 ok")
 
 
 def test_archive_mode_off_is_critical(pg_cluster: Instance, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from opsdb.errors import ConfigError, DatabaseError, RepositoryUnavailable
 from opsdb.model.results import CheckReport, Status, worst
 from opsdb.ops import health
 from opsdb.storage.memory import MemoryStorage
+from tests.fakes import FakeRunner
 
 T1 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 T2 = datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
@@ -40,6 +42,9 @@ class FakeConn:
     def server_version(self) -> str:
         return "15.7"
 
+    def server_major(self) -> int:
+        return 15
+
     def in_recovery(self) -> bool:
         return self.standby
 
@@ -53,13 +58,36 @@ class FakeConn:
         return "0/3000060"
 
 
+@pytest.fixture(autouse=True)
+def _fake_bin_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bin directory with (empty) pg_basebackup and pg_dump files: the FakeRunner answers --version."""
+    path = tmp_path_factory.mktemp("bin")
+    for name in ("pg_basebackup", "pg_dump"):
+        (path / name).write_text("")
+    monkeypatch.setattr(sys.modules[__name__], "BIN_DIR", str(path))
+
+
+BIN_DIR = ""
+
+
 def _settings(**cluster: Any) -> Settings:
-    return Settings(
-        repository={"url": "file:///unused"}, clusters={"main": {"conninfo": "host=db password=pw", **cluster}}
-    )
+    section = {"conninfo": "host=db password=pw", "pg_bin_dir": BIN_DIR, **cluster}
+    return Settings(repository={"url": "file:///unused"}, clusters={"main": section})
 
 
-def _run(conns: dict[str, FakeConn | Exception], settings: Settings | None = None, storage: Any = None) -> CheckReport:
+def _runner(major: int = 15) -> FakeRunner:
+    runner = FakeRunner()
+    runner.script("pg_basebackup", stdout=f"pg_basebackup (PostgreSQL) {major}.7\n".encode())
+    runner.script("pg_dump", stdout=f"pg_dump (PostgreSQL) {major}.7 (Debian {major}.7-1)\n".encode())
+    return runner
+
+
+def _run(
+    conns: dict[str, FakeConn | Exception],
+    settings: Settings | None = None,
+    storage: Any = None,
+    runner: FakeRunner | None = None,
+) -> CheckReport:
     store = storage or MemoryStorage()
 
     def connect(conninfo: str, **kw: Any) -> FakeConn:
@@ -68,7 +96,13 @@ def _run(conns: dict[str, FakeConn | Exception], settings: Settings | None = Non
             raise found
         return found
 
-    return health.check(lambda: settings or _settings(), None, open_storage=lambda url, **kw: store, connect=connect)
+    return health.check(
+        lambda: settings or _settings(),
+        None,
+        open_storage=lambda url, **kw: store,
+        connect=connect,
+        runner=runner or _runner(),
+    )
 
 
 def _status(report: CheckReport, name: str) -> Status:
@@ -190,3 +224,17 @@ def test_bad_config_and_no_cluster() -> None:
     two = Settings(clusters={"a": {}, "b": {}})
     report = health.check(lambda: two, "zzz", open_storage=lambda url, **kw: MemoryStorage())
     assert _status(report, "config") is Status.CRITICAL
+
+
+def test_binaries_older_than_the_server_are_critical() -> None:
+    report = _run({"host=db password=pw": FakeConn()}, runner=_runner(major=14))
+    found = report.get("binaries")
+    assert found is not None and found.status is Status.CRITICAL and "older than the server (15)" in found.detail
+    assert _status(_run({"host=db password=pw": FakeConn()}, runner=_runner(major=16)), "binaries") is Status.OK
+
+
+def test_binaries_missing_are_critical(tmp_path: Any) -> None:
+    settings = _settings(pg_bin_dir=str(tmp_path))
+    report = _run({"host=db password=pw": FakeConn()}, settings)
+    found = report.get("binaries")
+    assert found is not None and found.status is Status.CRITICAL and "has no pg_ctl or pg_basebackup" in found.detail
