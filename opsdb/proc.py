@@ -414,7 +414,13 @@ def _close(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _wait(proc: subprocess.Popen[bytes], drainers: Iterable[threading.Thread], watchdog: _Watchdog) -> int:
-    rc = proc.wait()  # bounded by the watchdog when the command has a timeout
+    try:
+        rc = proc.wait()  # bounded by the watchdog when the command has a timeout
+    except BaseException:  # Ctrl-C while waiting: the child must not outlive us
+        _kill_group(proc)
+        watchdog.cancel()
+        _close(proc)
+        raise
     watchdog.cancel()
     # The tool has exited; a grandchild that kept stderr open must not hang us.
     deadline = time.monotonic() + KILL_WAIT_SECONDS
