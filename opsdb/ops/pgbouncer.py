@@ -201,7 +201,7 @@ def build_files(
     auth_file: str,
     version: Version | None,
 ) -> GeneratedFiles:
-    """The two files as text (pure apart from nothing: no I/O). Raises ConfigError when pools do not fit."""
+    """The two files as text (no I/O). Raises ConfigError when the pools do not fit, UsageError for bad input."""
     notes: list[str] = []
     target = version or NEWEST_KNOWN
     if version is None:
@@ -264,6 +264,15 @@ def build_files(
         wanted = tuple(sorted(set(users or ()) | ({cfg.auth_user} if cfg.auth_user else set())))
         verifiers = {u: facts.verifiers[u] for u in wanted if u in facts.verifiers}
         _check_verifiers(cfg, wanted, verifiers)
+        # console users log in through userlist.txt too; they need not be PostgreSQL roles, so a
+        # missing one is a note, not a refusal
+        for console_user in sorted(set(cfg.admin_users) | set(cfg.stats_users)):
+            if console_user in verifiers:
+                continue
+            if facts.verifiers.get(console_user):
+                verifiers[console_user] = facts.verifiers[console_user]
+            else:
+                notes.append(f"admin/stats user {console_user!r} has no verifier: add it to userlist.txt by hand")
         userlist = render_userlist(UserEntry(u, s or "") for u, s in verifiers.items())
         if not wanted:
             notes.append("no login roles to pool: userlist.txt is empty")
@@ -281,7 +290,8 @@ def discover(conn: PgConnection, cfg: PgbouncerConfig, *, with_catalog: bool) ->
     if not with_catalog:
         return ServerFacts(limits)
     users = tuple(cfg.users) if cfg.users is not None else tuple(pooler.login_roles(conn))
-    wanted = sorted(set(users) | ({cfg.auth_user} if cfg.auth_user else set()))
+    console = set(cfg.admin_users) | set(cfg.stats_users)
+    wanted = sorted(set(users) | console | ({cfg.auth_user} if cfg.auth_user else set()))
     verifiers = pooler.password_verifiers(conn, wanted) if wanted else {}
     return ServerFacts(limits, tuple(pooler.databases(conn)), users, verifiers, discovered=True)
 

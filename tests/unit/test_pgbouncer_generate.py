@@ -96,3 +96,11 @@ def test_refusals():
         _build(facts=ServerFacts(ServerLimits(100, 3)))
     with pytest.raises(UsageError, match="client_tls_cert_file"):
         _build(PgbouncerConfig(client_tls_sslmode="require"))
+
+
+def test_console_users_join_the_userlist_when_they_have_a_verifier():
+    cfg = PgbouncerConfig(admin_users=["dba"], stats_users=["monitor"])
+    files = _build(cfg, _facts(verifiers={"app": SCRAM, "dba": SCRAM}))
+    users = [e.user for e in parse_userlist(files.userlist)[0]]
+    assert users == ["app", "dba"]
+    assert any("'monitor' has no verifier" in n for n in files.notes)
