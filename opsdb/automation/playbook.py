@@ -105,7 +105,7 @@ def _text(path: Path, where: str, value: Any, *, required: bool = False) -> str:
         return ""
     if not isinstance(value, str | int | float) or isinstance(value, bool) or (required and not str(value).strip()):
         raise _invalid(path, where, "must be a non-empty string" if required else "must be a string")
-    return str(value)
+    return str(value).strip()
 
 
 def parse_var_args(pairs: Sequence[str] | None) -> dict[str, str]:
@@ -129,7 +129,9 @@ def load(path: str | Path, check_command: Callable[[tuple[str, ...]], None] | No
     except OSError as exc:
         raise UsageError(f"unable to read playbook {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise UsageError(f"invalid playbook {path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise UsageError(f"invalid playbook {path}: not valid YAML{where}: {str(exc).splitlines()[0]}") from None
     if not isinstance(doc, dict):
         raise _invalid(path, "top level", "must be a mapping with name, description, variables and steps")
     for key in doc:

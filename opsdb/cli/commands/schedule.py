@@ -39,7 +39,7 @@ def check_command_line(ctx: typer.Context, words: tuple[str, ...]) -> None:
     try:
         current = root.command.make_context("opsdb", list(words), parent=None)
         command = root.command
-        while isinstance(command, click.Group):
+        while hasattr(command, "resolve_command"):
             rest = (
                 [*current._protected_args, *current.args]
                 if hasattr(current, "_protected_args")
