@@ -79,8 +79,22 @@ def open_storage(
             upload_concurrency=upload_concurrency,
         )
     if parts.scheme == "memory":
-        return MemoryStorage(url if url.endswith("/") else url + "/")
+        return _memory(parts.netloc + parts.path)
     raise UsageError(f"unsupported repository URL {url!r}: {_EXPECTED}")
+
+
+_NAMED_MEMORY: dict[str, MemoryStorage] = {}
+
+
+def _memory(name: str) -> MemoryStorage:
+    """memory:// is a fresh store each time; memory://<name> is one store per name for the whole
+    process, so two commands run in one test process see the same repository."""
+    name = name.strip("/")
+    if not name:
+        return MemoryStorage("memory://")
+    if name not in _NAMED_MEMORY:
+        _NAMED_MEMORY[name] = MemoryStorage(f"memory://{name}/")
+    return _NAMED_MEMORY[name]
 
 
 def __getattr__(name: str) -> object:

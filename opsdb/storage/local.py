@@ -59,14 +59,13 @@ class LocalStorage:
         directory, name = os.path.split(path)
         if if_absent and os.path.lexists(path):
             raise self._conflict(key)
-        self._makedirs(directory, key)
-        tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
+        tmp, fd = self._create_temp(directory, key)
         meta_tmp = None
         try:
-            size = self._write_file(tmp, chunks, key)
+            size = self._write_file(fd, chunks)
             if meta:
-                meta_tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
-                self._write_file(meta_tmp, [json.dumps(meta, sort_keys=True).encode()], key)
+                meta_tmp, meta_fd = self._create_temp(directory, key)
+                self._write_file(meta_fd, [json.dumps(meta, sort_keys=True).encode()])
             meta_path = os.path.join(directory, ".meta-" + name)
             if if_absent:
                 self._publish_create_only(tmp, path, key)
@@ -97,9 +96,28 @@ class LocalStorage:
                     _unlink_quietly(leftover)
         return ObjectInfo(key=key, size=size, mtime=st.st_mtime, metadata=meta)
 
-    def _write_file(self, tmp: str, chunks: Iterable[bytes], key: str) -> int:
-        """Write chunks to a new file and fsync it. An exception from chunks propagates unchanged."""
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    def _create_temp(self, directory: str, key: str) -> tuple[str, int]:
+        """Create a new temp file in directory (creating the directory); return its path and fd."""
+        attempts = 10
+        for attempt in range(attempts):
+            tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
+            try:
+                self._makedirs(directory)
+                return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            except FileNotFoundError as e:
+                # A concurrent delete pruned a directory we just made (it was empty): make it again.
+                if attempt == attempts - 1:
+                    raise self._unavailable("put", key, e) from e
+            except NotADirectoryError as e:
+                raise Conflict(
+                    f"unable to put {self._where(key)}: a parent of the key is an object, not a directory"
+                ) from e
+            except OSError as e:
+                raise self._unavailable("put", key, e) from e
+        raise AssertionError("unreachable")
+
+    def _write_file(self, fd: int, chunks: Iterable[bytes]) -> int:
+        """Write chunks to the open temp file and fsync it. An exception from chunks propagates unchanged."""
         size = 0
         with open(fd, "wb", buffering=_WRITE_BUFFER) as f:
             it = iter(chunks)
@@ -134,7 +152,7 @@ class LocalStorage:
             return
         os.unlink(tmp)
 
-    def _makedirs(self, directory: str, key: str) -> None:
+    def _makedirs(self, directory: str) -> None:
         """Create missing directories (the root too, on first write), fsyncing each new entry's parent."""
         missing = []
         d = directory
@@ -144,20 +162,13 @@ class LocalStorage:
             if parent == d:
                 break
             d = parent
-        try:
-            for d in reversed(missing):
-                try:
-                    os.mkdir(d, DIR_MODE)
-                except FileExistsError:
-                    if not os.path.isdir(d):
-                        raise NotADirectoryError(errno.ENOTDIR, "not a directory", d) from None
-                _fsync_dir(os.path.dirname(d))
-        except NotADirectoryError as e:
-            raise Conflict(
-                f"unable to put {self._where(key)}: a parent of the key is an object, not a directory"
-            ) from e
-        except OSError as e:
-            raise self._unavailable("put", key, e) from e
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, DIR_MODE)
+            except FileExistsError:
+                if not os.path.isdir(d):
+                    raise NotADirectoryError(errno.ENOTDIR, "not a directory", d) from None
+            _fsync_dir(os.path.dirname(d))
 
     def delete(self, keys: Iterable[str]) -> None:
         touched: set[str] = set()
@@ -176,6 +187,8 @@ class LocalStorage:
         for directory in touched:
             try:
                 _fsync_dir(directory)
+            except FileNotFoundError:
+                continue  # already pruned by a concurrent delete
             except OSError as e:
                 raise self._unavailable("delete", os.path.relpath(directory, self.root), e) from e
             self._prune_empty_dirs(directory)
@@ -234,7 +247,8 @@ class LocalStorage:
             return iter(())
 
         def fail(e: OSError) -> None:
-            raise self._unavailable("list", prefix or "/", e)
+            if not isinstance(e, FileNotFoundError):  # a directory pruned by a concurrent delete is fine
+                raise self._unavailable("list", prefix or "/", e)
 
         found = []
         for directory, _dirs, files in os.walk(start, onerror=fail):

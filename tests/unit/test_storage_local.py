@@ -81,3 +81,34 @@ def test_create_only_uses_hard_link_so_replacement_is_impossible(tmp_path) -> No
         s.put("k", [b"second"], if_absent=True)
     assert (tmp_path / "k").read_bytes() == b"first"
     assert os.listdir(tmp_path) == ["k"]
+
+
+def test_concurrent_put_delete_and_list_in_one_directory(tmp_path) -> None:
+    """delete prunes directories it empties; a put or list racing with it must not fail."""
+    import threading
+
+    s = LocalStorage(tmp_path)
+    errors: list[BaseException] = []
+
+    def churn(name: str) -> None:
+        try:
+            for _ in range(150):
+                s.put(f"b/x/{name}", [b"1"])
+                s.delete([f"b/x/{name}"])
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    def lister() -> None:
+        try:
+            for _ in range(150):
+                list(s.list("b/"))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=churn, args=(n,)) for n in ("p", "q")] + [threading.Thread(target=lister)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert list(s.list("")) == []

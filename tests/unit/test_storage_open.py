@@ -21,6 +21,10 @@ def test_file_url(tmp_path) -> None:
 def test_memory_url() -> None:
     a, b = open_storage("memory://"), open_storage("memory://")
     assert isinstance(a, MemoryStorage) and a is not b
+    named = open_storage("memory://shared-test")
+    named.put("k", [b"1"])
+    assert open_storage("memory://shared-test/").open("k").read() == b"1"
+    assert named.url == "memory://shared-test/"
 
 
 @pytest.mark.parametrize(
