@@ -78,7 +78,8 @@ class Primary:
         lsn = self.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")
         self.sql("SELECT pg_switch_wal()")
         deadline = time.monotonic() + 30
-        while not (self.archive_dir / lsn).exists():  # bounded by the deadline
+        done = "SELECT coalesce(last_archived_wal >= %s, false) FROM pg_stat_archiver"
+        while not self.sql(done, (lsn,)):  # bounded by the deadline (cp may still be writing the file)
             assert time.monotonic() < deadline, f"{lsn} not archived within 30 s"
             time.sleep(0.05)
         for path in sorted(self.archive_dir.iterdir()):

@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from typing import Annotated, Any
 
 import typer
 
 from opsdb.cli import output
-from opsdb.cli.commands import not_built
 from opsdb.cli.state import AppState
 from opsdb.model.report import format_time
+
+
+def _verify_text(result: Any) -> str:
+    head = (
+        f"verify {result.scope} of cluster {result.cluster}: {result.objects} objects, "
+        f"{result.plain_bytes:,} bytes ({result.stored_bytes:,} stored), {result.backups} backups, "
+        f"{result.wal_segments} WAL segments, {result.manifest_files} manifest files, "
+        f"timelines {result.timelines or '-'} in {result.seconds:.1f} s"
+    )
+    lines = [head]
+    lines += [f"BAD {p.key}: {p.what}" for p in result.problems]
+    lines += [f"note: {n}" for n in result.notes]
+    lines.append(
+        "FAIL" if result.problems else "OK: every object authenticated and matches the catalog; WAL continuous"
+    )
+    return "\n".join(lines)
+
+
+def _drill_text(report: Any, files: list[str]) -> str:
+    from opsdb.render.report import duration
+
+    lines = [f"drill {report.id}: {'PASS' if report.passed else 'FAIL'}"]
+    lines.append(f"  target     {format_time(report.target_time)} ({report.target_kind})")
+    lines.append(f"  reached    {format_time(report.recovered_time) or 'n/a'}")
+    lines.append(f"  RPO        {duration(report.rpo_seconds)}")
+    lines.append(
+        f"  RTO        {duration(report.rto_seconds)}  ({', '.join(f'{k} {v:.1f} s' for k, v in report.phases.items())})"
+    )
+    for c in report.checks:
+        lines.append(f"  {'ok  ' if c.passed else 'FAIL'} {c.name}: {c.detail}")
+    lines += [f"  report     {f}" for f in files]
+    return "\n".join(lines)
 
 
 def register(app: typer.Typer) -> None:
@@ -21,7 +53,14 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Re-read stored objects: checksums, authentication tags, WAL continuity."""
-        raise not_built("verify")
+        from opsdb.ops.drill_run import verify_from_settings
+
+        state: AppState = ctx.obj
+        name, _ = state.cluster()
+        result = verify_from_settings(state.settings, name, backup_id)
+        output.emit(state, result.to_dict(), _verify_text(result))
+        if not result.ok:
+            raise typer.Exit(1)
 
     @app.command("heartbeat")
     def heartbeat(ctx: typer.Context) -> None:
@@ -48,14 +87,35 @@ def register(app: typer.Typer) -> None:
         keep: Annotated[bool, typer.Option("--keep", help="Keep the scratch instance.")] = False,
     ) -> None:
         """Restore into a scratch instance, prove it, and report RTO/RPO."""
-        raise not_built("drill")
+        from opsdb.model.target import parse_time
+        from opsdb.ops.drill_run import drill_from_settings
+
+        state: AppState = ctx.obj
+        name, _ = state.cluster()
+        when = parse_time(to_time) if to_time is not None else None
+        report, files = drill_from_settings(
+            state.settings, name, to_time=when, random_target=random_target, provider=provider,
+            report_dir=report_dir, keep=keep, log=output.info,
+        )  # fmt: skip
+        output.emit(state, {**report.summary(), "report_files": files}, _drill_text(report, files))
+        if not report.passed:
+            raise typer.Exit(1)
 
     report = typer.Typer(help="Drill reports kept in the repository.", no_args_is_help=True)
 
     @report.command("list")
-    def report_list(ctx: typer.Context) -> None:
+    def report_list(
+        ctx: typer.Context,
+        limit: Annotated[int, typer.Option("--limit", help="How many recent drills.")] = 20,
+    ) -> None:
         """List drill reports with their RTO/RPO history."""
-        raise not_built("report list")
+        from opsdb.ops.drill_run import report_history
+        from opsdb.render.report import render_history_text
+
+        state: AppState = ctx.obj
+        name, _ = state.cluster()
+        history = report_history(state.settings, name, limit)
+        output.emit(state, history.to_dict(), render_history_text(history.rows, history.stats))
 
     @report.command("show")
     def report_show(
@@ -64,6 +124,16 @@ def register(app: typer.Typer) -> None:
         fmt: Annotated[str, typer.Option("--format", help="json, md or html.")] = "md",
     ) -> None:
         """Print one report."""
-        raise not_built("report show")
+        import json
+
+        from opsdb.ops.drill_run import report_show as show
+
+        state: AppState = ctx.obj
+        name, _ = state.cluster()
+        text = show(state.settings, name, report_id, "json" if state.json else fmt)
+        if state.json:
+            output.emit(state, json.loads(text))
+        else:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
     app.add_typer(report, name="report")

@@ -1,0 +1,168 @@
+"""From validated settings to one drill / verify / report call: the CLI's single entry points.
+
+Builds the real dependencies (storage, keys, codec, runner, scratch provider, restorer) from
+config.Settings, runs the use case, renders and stores the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+import types
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from opsdb.errors import IntegrityError, UsageError
+from opsdb.model.report import DrillReport, HistoryRow, history_stats
+from opsdb.ops.drill import DrillRequest, run_drill
+from opsdb.ops.drill_checks import Assertion
+from opsdb.ops.drill_restore import RepositoryRestorer
+from opsdb.ops.scratch import DockerScratch, LocalScratch, ScratchProvider
+from opsdb.ops.verify import VerifyResult, verify_repository
+from opsdb.ops.wal import wal_repo_from_settings
+from opsdb.pg.tools import find_bin_dir
+from opsdb.proc import Cmd, LocalRunner, Runner
+from opsdb.render.report import render_html, render_markdown
+from opsdb.repo import envelope, layout, reports
+from opsdb.storage.base import Storage
+
+
+def load_catalog(storage: Storage, cluster: str, keys: Mapping[str, Any]) -> list[Any]:
+    """Catalog entries as attribute objects (the drill and verify read fields by name)."""
+    records = []
+    for info in storage.list(layout.catalog_prefix(cluster)):
+        if not info.key.endswith(".json"):
+            continue
+        try:
+            doc = envelope.get_json(storage, info.key, keys)
+        except IntegrityError:
+            continue  # verify reads every catalog object itself and names the bad one
+        if isinstance(doc, dict) and doc.get("id"):
+            records.append(types.SimpleNamespace(**{k.replace("-", "_"): v for k, v in doc.items()}))
+    return records
+
+
+def verify_from_settings(settings: Any, cluster: str, backup_id: str | None = None) -> VerifyResult:
+    repo = wal_repo_from_settings(settings, cluster)
+    backups = load_catalog(repo.storage, cluster, repo.keys)
+    return verify_repository(repo.storage, cluster, repo.keys, backups, backup_id=backup_id)
+
+
+def _wal_fetch_command(settings: Any, cluster: str, os_user: str | None, runner: Runner) -> str:
+    """`opsdb --config C wal-fetch %f %p` when the scratch server's user can run opsdb; else "" (the
+    drill then stages the WAL it needs and replays from there)."""
+    exe = shutil.which("opsdb") or (sys.argv[0] if sys.argv and sys.argv[0].endswith("opsdb") else None)
+    if not exe or settings.config_path is None:
+        return ""
+    run_as = os_user if os.geteuid() == 0 else None
+    probe = runner.run(
+        Cmd((exe, "--config", str(settings.config_path), "--version"), run_as=run_as, timeout=30), check=False
+    )
+    if probe.returncode != 0:
+        return ""
+    return f"{exe} --config {settings.config_path} --cluster {cluster} wal-fetch %f %p"
+
+
+def scratch_provider(
+    settings: Any, provider: str, bin_dir: Path, os_user: str, major: int, runner: Runner
+) -> ScratchProvider:
+    drill = settings.drill
+    if provider == "docker":
+        return DockerScratch(drill.docker_image.format(major=major), drill.scratch_dir)
+    if provider != "local":
+        raise UsageError(f"unknown drill provider {provider!r}: use local or docker")
+    return LocalScratch(bin_dir, os_user, runner, drill.scratch_dir)
+
+
+def drill_from_settings(
+    settings: Any,
+    cluster: str,
+    *,
+    to_time: datetime | None = None,
+    random_target: bool = False,
+    provider: str | None = None,
+    report_dir: str | None = None,
+    keep: bool = False,
+    log: Callable[[str], None] = lambda line: None,
+    on_bytes: Callable[[int], None] = lambda n: None,
+) -> tuple[DrillReport, list[str]]:
+    """Run one drill for a configured cluster; store the report in the repository and report_dir."""
+    if to_time is not None and random_target:
+        raise UsageError("give --to-time or --random, not both")
+    cfg = settings.clusters[cluster]
+    repo = wal_repo_from_settings(settings, cluster)
+    runner = LocalRunner()
+    bin_dir = find_bin_dir(cfg.pg_bin_dir)
+    major = _major(bin_dir)
+    kind = "random" if random_target else ("time" if to_time is not None else "latest")
+    request = DrillRequest(
+        cluster=cluster,
+        target_kind=kind,
+        to_time=to_time,
+        keep=keep,
+        heartbeat_schema=cfg.heartbeat_schema,
+        assertions=tuple(Assertion(a.name or a.sql, a.database, a.sql, a.expect) for a in settings.drill.assertions),
+        largest_tables=settings.drill.largest_tables,
+        primary_conninfo=cfg.conninfo,
+        restore_command=_wal_fetch_command(settings, cluster, cfg.os_user, runner),
+        timeout=settings.drill.timeout.total_seconds(),
+        os_user=cfg.os_user if os.geteuid() == 0 else None,
+    )
+    restorer = RepositoryRestorer(
+        repo.storage, cluster, repo.keys, lambda: load_catalog(repo.storage, cluster, repo.keys), request.os_user
+    )
+    scratch = scratch_provider(settings, provider or settings.drill.provider, bin_dir, cfg.os_user, major, runner)
+    report = run_drill(
+        request, storage=repo.storage, keys=repo.keys, restorer=restorer, scratch=scratch, bin_dir=bin_dir,
+        runner=runner, log=log, on_bytes=on_bytes,
+    )  # fmt: skip
+    return report, save_report(repo.storage, cluster, report, repo.codec, report_dir)
+
+
+def save_report(storage: Storage, cluster: str, report: DrillReport, codec: Any, report_dir: str | None) -> list[str]:
+    """Keep the report in the repository (create-only) and, when asked, as files in report_dir."""
+    rendered = {"md": render_markdown(report).encode(), "html": render_html(report).encode()}
+    reports.store_report(storage, cluster, report, rendered, codec)
+    files: list[str] = []
+    if report_dir:
+        out = Path(report_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for ext, data in [("json", report.to_json().encode()), *rendered.items()]:
+            path = out / f"{report.id}.{ext}"
+            path.write_bytes(data)
+            files.append(str(path))
+    return files
+
+
+@dataclasses.dataclass(frozen=True)
+class History:
+    rows: list[HistoryRow]
+    stats: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reports": [r.to_dict() for r in self.rows], "summary": self.stats}
+
+
+def report_history(settings: Any, cluster: str, limit: int = 20) -> History:
+    repo = wal_repo_from_settings(settings, cluster)
+    rows = [HistoryRow.of(r) for r in reports.recent_reports(repo.storage, cluster, repo.keys, limit=limit)]
+    return History(rows, history_stats(rows))
+
+
+def report_show(settings: Any, cluster: str, report_id: str, fmt: str) -> str:
+    repo = wal_repo_from_settings(settings, cluster)
+    if fmt == "json":
+        return reports.load_report(repo.storage, cluster, report_id, repo.keys).to_json()
+    return reports.load_rendered(repo.storage, cluster, report_id, fmt, repo.keys).decode("utf-8")
+
+
+def _major(bin_dir: Path) -> int:
+    """The server major version of bin_dir (…/postgresql/15/bin -> 15), for the docker image tag."""
+    for part in reversed(bin_dir.parts):
+        if part.isdigit():
+            return int(part)
+    return 16
