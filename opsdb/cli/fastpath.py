@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from opsdb.errors import IntegrityError, NotFound, OpsdbError, RepositoryUnavailable
+from opsdb.errors import NotFound, OpsdbError
 
 # exit codes of wal-fetch (SPEC; cli/app.py has the same mapping for the Typer path)
 WAL_FETCH_MISSING_EXIT = 1
@@ -110,11 +110,14 @@ def dispatch(args: list[str]) -> int | None:
 
 
 def exit_code_for(exc: OpsdbError, command: str) -> int:
+    """wal-fetch: only "not archived" may look like a normal miss to PostgreSQL. Anything else (repository
+    unreachable, failed authentication, but also an unreadable config or key file) means this recovery
+    cannot read the archive, and an exit below 126 would make PostgreSQL end recovery early, at the
+    wrong point, and promote: so every other failure exits above 125 and recovery stops."""
     if command == "wal-fetch":
         if isinstance(exc, NotFound):
             return WAL_FETCH_MISSING_EXIT
-        if isinstance(exc, RepositoryUnavailable | IntegrityError):
-            return WAL_FETCH_UNREADABLE_EXIT
+        return WAL_FETCH_UNREADABLE_EXIT
     return exc.exit_code
 
 

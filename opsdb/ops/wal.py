@@ -55,7 +55,7 @@ def push_file(repo: WalRepo, path: str) -> repo_wal.PushResult:
     repo_wal.check_name(name)
     if not os.path.isfile(path):
         raise UsageError(f"unable to archive {path}: no such file", hint="archive_command must pass %p")
-    return repo_wal.push(repo.storage, repo.cluster, name, repo_wal.read_file(path), repo.codec, repo.keys)
+    return repo_wal.push(repo.storage, repo.cluster, name, lambda: repo_wal.read_file(path), repo.codec, repo.keys)
 
 
 def fetch_to(repo: WalRepo, name: str, dest: str | Path, *, durable: bool = True) -> tuple[str, int]:
@@ -209,7 +209,7 @@ def run_pusher(
 
 def pusher_push_one(repo: WalRepo) -> Callable[[str, str], repo_wal.PushResult]:
     def push_one(name: str, path: str) -> repo_wal.PushResult:
-        return repo_wal.push(repo.storage, repo.cluster, name, repo_wal.read_file(path), repo.codec, repo.keys)
+        return repo_wal.push(repo.storage, repo.cluster, name, lambda: repo_wal.read_file(path), repo.codec, repo.keys)
 
     return push_one
 
@@ -246,15 +246,15 @@ def run_prefetcher(
         in_flight: dict[str, Future[tuple[str, int]]] = {}
         tokens: dict[str, str] = {}  # name -> token of the request waiting for it
         missing: set[str] = set()  # ahead names not archived (yet), for the current request
-        current: tuple[str, str] | None = None
+        current: tuple[str, str, bool] | None = None
         window: list[str] = []
         last_work = clock()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wal-fetch") as pool:
             while True:
                 want = spool.read_want()
-                if want is not None and want[:2] != current:
+                if want is not None and want != current:
                     name, token, served = want
-                    current = (name, token)
+                    current = want
                     missing.clear()
                     last_work = clock()
                     window = next_names(name, depth)

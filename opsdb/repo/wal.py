@@ -82,24 +82,25 @@ def push(
     storage: Storage,
     cluster: str,
     name: str,
-    chunks: Iterable[bytes],
+    source: Callable[[], Iterable[bytes]],
     codec: Any,
     keys: Mapping[str, Any],
-    *,
-    stored_sha256: Callable[[str], str] | None = None,
 ) -> PushResult:
-    """Store one WAL file create-only. Same content already stored -> success; different -> Conflict."""
+    """Store one WAL file create-only. Same content already stored -> success; different -> Conflict.
+
+    source() returns the file's chunks; it is called again only for a conflicting .partial."""
     check_name(name)
     key = layout.wal_object(cluster, name)
-    hashing = _Hashing(chunks)
+    hashing = _Hashing(source())
     try:
         stored = envelope.put_object(storage, key, hashing, codec, if_absent=True)
     except Conflict:
-        # finish hashing the local file: put may have stopped reading at the conflict
-        for _ in hashing:
+        for _ in hashing:  # finish hashing the local file: put may have stopped reading at the conflict
             pass
         local = hashing.sha.hexdigest()
-        existing = (stored_sha256 or (lambda k: stored_plain_sha256(storage, k, keys)))(key)
+        existing = stored_plain_sha256(storage, key, keys)
+        if existing != local and name.endswith(".partial"):
+            return _push_partial_variant(storage, name, key, local, source, codec, keys)
         if existing != local:
             raise Conflict(
                 f"unable to archive {name}: {storage.url.rstrip('/')}/{key} already exists with different content "
@@ -110,6 +111,30 @@ def push(
         info = storage.stat(key)
         return PushResult(name, key, hashing.size, info.size if info else 0, local, True)
     return PushResult(name, key, stored.size, stored.stored_size, stored.sha256, False)
+
+
+def _push_partial_variant(
+    storage: Storage,
+    name: str,
+    key: str,
+    local: str,
+    source: Callable[[], Iterable[bytes]],
+    codec: Any,
+    keys: Mapping[str, Any],
+) -> PushResult:
+    """Two promotions from the same timeline (two PITRs) archive the same .partial name with different
+    content. Recovery never reads .partial files, and refusing would stall the new primary's archiver
+    (PostgreSQL retries the same file forever), so the second one is kept beside the first under
+    NAME.<sha256 prefix>: nothing is overwritten and nothing is lost."""
+    variant = f"{key}.{local[:16]}"
+    try:
+        stored = envelope.put_object(storage, variant, source(), codec, if_absent=True)
+    except Conflict:
+        if stored_plain_sha256(storage, variant, keys) != local:
+            raise Conflict(f"unable to archive {name}: {variant} exists with different content") from None
+        info = storage.stat(variant)
+        return PushResult(name, variant, info.size if info else 0, info.size if info else 0, local, True)
+    return PushResult(name, variant, stored.size, stored.stored_size, stored.sha256, False)
 
 
 def stored_plain_sha256(storage: Storage, key: str, keys: Mapping[str, Any]) -> str:
@@ -165,6 +190,7 @@ class ArchiveScan:
     """What the archive holds, per timeline: segment ranges, gaps, histories."""
 
     segments: dict[tuple[int, int], float]  # (timeline, segno) -> upload time
+    sizes: dict[tuple[int, int], int]  # (timeline, segno) -> stored bytes
     ranges: dict[int, list[SegmentRange]]
     histories: dict[int, list[HistoryEntry]]
     partials: list[str]
@@ -206,6 +232,9 @@ def scan(
         for f in files
         if f.wal.kind == "segment" and f.wal.segno is not None
     }
+    sizes = {
+        (f.wal.timeline, f.wal.segno): f.info.size for f in files if f.wal.kind == "segment" and f.wal.segno is not None
+    }
     histories: dict[int, list[HistoryEntry]] = {}
     for f in files:
         if f.wal.kind == "history":
@@ -215,6 +244,7 @@ def scan(
                 continue  # deleted between list and read
     return ArchiveScan(
         segments=segments,
+        sizes=sizes,
         ranges=contiguous_ranges(f.wal for f in files),
         histories=histories,
         partials=[f.wal.name for f in files if f.wal.kind == "partial"],

@@ -123,3 +123,16 @@ def test_scan_ranges_gaps_and_histories(repo, tmp_path):
     assert scan.gaps(2) == []
     assert scan.histories[2][0].parent_timeline == 1
     assert scan.latest_timeline() == 2
+
+
+def test_conflicting_partial_is_kept_beside_and_never_blocks(repo, tmp_path):
+    name = SEG + ".partial"
+    src = wal_file(tmp_path, name, b"first promotion" * 100)
+    ops_wal.push_file(repo, str(src))
+    src.write_bytes(b"second promotion" * 100)
+    result = ops_wal.push_file(repo, str(src))
+    assert result.key.startswith(layout.wal_object("main", name) + ".")
+    assert ops_wal.push_file(repo, str(src)).already_stored
+    dest = tmp_path / "first"
+    ops_wal.fetch_file(repo, name, str(dest))
+    assert dest.read_bytes() == b"first promotion" * 100
