@@ -251,6 +251,7 @@ def job_samples(records: Iterable[Any]) -> list[Sample]:
 
 
 def _source(out: list[Sample], cluster: str, source: str, build: Callable[[], list[Sample]]) -> None:
+    """Run build() at once (so the callers' lambdas may close over loop variables); a failure marks the source down."""
     try:
         samples = build()
         up = 1
@@ -271,55 +272,46 @@ def collect_from_settings(
     replicas_fn: Callable[..., Any] | None = None,
 ) -> str:
     """The exposition text for the named clusters plus the scheduler's jobs."""
+    now = now or datetime.now(UTC)
+    samples: list[Sample] = []
+    for name in clusters:
+        samples.extend(_cluster(settings, name, now, replicas_fn))
+    samples.extend(job_samples(job_records))
+    samples.append(
+        Sample("opsdb_metrics_generated_timestamp_seconds", now.timestamp(), {}, "When this file was written.")
+    )
+    return render(samples)
+
+
+def _cluster(settings: Any, name: str, now: datetime, replicas_fn: Callable[..., Any] | None) -> list[Sample]:
     from opsdb.ops import replicas as ops_replicas
     from opsdb.ops.info import cluster_info
     from opsdb.ops.retention import read_catalog
     from opsdb.ops.wal import wal_repo_from_settings
     from opsdb.repo.reports import recent_reports
 
-    now = now or datetime.now(UTC)
-    replicas_fn = replicas_fn or ops_replicas.collect_replicas_report
+    cfg = settings.clusters[name]
+    repo = wal_repo_from_settings(settings, name)
     samples: list[Sample] = []
-    for name in clusters:
-        cfg = settings.clusters[name]
-        repo = wal_repo_from_settings(settings, name)
-        records: list[Any] = []
+    records: list[Any] = []
 
-        def catalog(repo: Any = repo, name: str = name) -> list[Sample]:
-            records.extend(read_catalog(repo.storage, name, repo.keys))
-            return backup_samples(name, records)
+    def catalog() -> list[Sample]:
+        records.extend(read_catalog(repo.storage, name, repo.keys))
+        return backup_samples(name, records)
 
-        _source(samples, name, "catalog", catalog)
-        _source(
-            samples,
-            name,
-            "wal",
-            lambda repo=repo, name=name: wal_samples(name, repo_wal.list_archive(repo.storage, name), now),
-        )
-        objects = [types.SimpleNamespace(**r) if isinstance(r, dict) else r for r in records]
-        _source(samples, name, "window", lambda repo=repo, name=name: window_samples(name, cluster_info(repo, objects)))
-        _source(
-            samples,
-            name,
-            "drills",
-            lambda repo=repo, name=name: drill_samples(name, recent_reports(repo.storage, name, repo.keys, limit=10)),
-        )
-        if cfg.replicas:
-            pairs = [(r.name, r.conninfo) for r in cfg.replicas]
-            thresholds = ops_replicas.thresholds_for(cfg)
-            _source(
-                samples,
-                name,
-                "replicas",
-                lambda cfg=cfg, pairs=pairs, t=thresholds, name=name: replica_samples(
-                    name, replicas_fn(cfg.conninfo, pairs, t)
-                ),
-            )
-    samples.extend(job_samples(job_records))
-    samples.append(
-        Sample("opsdb_metrics_generated_timestamp_seconds", now.timestamp(), {}, "When this file was written.")
+    _source(samples, name, "catalog", catalog)
+    _source(samples, name, "wal", lambda: wal_samples(name, repo_wal.list_archive(repo.storage, name), now))
+    objects = [types.SimpleNamespace(**r) if isinstance(r, dict) else r for r in records]
+    _source(samples, name, "window", lambda: window_samples(name, cluster_info(repo, objects)))
+    _source(
+        samples, name, "drills", lambda: drill_samples(name, recent_reports(repo.storage, name, repo.keys, limit=10))
     )
-    return render(samples)
+    if cfg.replicas:
+        measure = replicas_fn or ops_replicas.collect_replicas_report
+        pairs = [(r.name, r.conninfo) for r in cfg.replicas]
+        limits = ops_replicas.thresholds_for(cfg)
+        _source(samples, name, "replicas", lambda: replica_samples(name, measure(cfg.conninfo, pairs, limits)))
+    return samples
 
 
 def write_textfile(path: str | os.PathLike[str], text: str) -> Path:
