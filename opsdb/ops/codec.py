@@ -1,0 +1,78 @@
+"""The one place where ops turn configuration into repository adapters.
+
+open_repository(settings, writable=...) builds the Storage from [repository]; codec_from_settings
+builds the envelope Codec from [compression] and [encryption]; keyring_from_settings the read keys.
+`repository(settings, writable)` bundles the three. Everything below ops takes these primitives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from opsdb.repo.envelope import Codec
+from opsdb.storage import ReadOnlyStorage, Storage, open_storage
+
+if TYPE_CHECKING:  # types only: cryptography is imported by stream.crypto alone (and lazily)
+    from opsdb.stream.crypto import EncryptionKey
+
+
+@dataclasses.dataclass(frozen=True)
+class Repository:
+    """A repository handle: where (storage), how to write (codec), how to read (keys by id)."""
+
+    storage: Storage
+    codec: Codec
+    keys: Mapping[str, EncryptionKey]
+
+
+def open_repository(settings: Any, *, writable: bool = False) -> Storage:
+    """The configured repository's Storage; read-only unless `writable` (puts/deletes then refused)."""
+    r = settings.repository
+    storage = open_storage(
+        r.url,
+        endpoint_url=r.endpoint_url,
+        region=r.region,
+        checksum_mode=r.checksum_mode,
+        part_size=r.part_size,
+        max_attempts=r.max_attempts,
+        object_lock_days=r.object_lock_days,
+        upload_concurrency=r.upload_concurrency,
+    )
+    return storage if writable else ReadOnlyStorage(storage)
+
+
+def encryption_key(settings: Any) -> EncryptionKey | None:
+    """The configured key (KeyFileError when configured but unusable), or None when none is set."""
+    from opsdb.stream.crypto import load_key
+
+    enc = settings.encryption
+    if not (enc.key_file or enc.key_env):
+        return None
+    return load_key(key_file=enc.key_file, key_env=enc.key_env)
+
+
+def codec_from_settings(settings: Any, key: EncryptionKey | None = None) -> Codec:
+    """How new objects are written: [compression] and, when a key is configured, encryption.
+    With encryption.required and no key, writing raises (the envelope refuses)."""
+    comp, enc = settings.compression, settings.encryption
+    if key is None:
+        key = encryption_key(settings)
+    return Codec(comp.algorithm, comp.level, comp.threads, key, enc.required)
+
+
+def keyring_from_settings(settings: Any, key: EncryptionKey | None = None) -> dict[str, EncryptionKey]:
+    """Keys for reading, by key id (objects name the key that wrote them)."""
+    if key is None:
+        key = encryption_key(settings)
+    return {key.id: key} if key is not None else {}
+
+
+def repository(settings: Any, *, writable: bool = False) -> Repository:
+    key = encryption_key(settings)
+    return Repository(
+        open_repository(settings, writable=writable),
+        codec_from_settings(settings, key),
+        keyring_from_settings(settings, key),
+    )
