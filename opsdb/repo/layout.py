@@ -77,3 +77,19 @@ def report_prefix(cluster: str) -> str:
 def report_object(cluster: str, report_id: str, ext: str) -> str:
     """ext: 'json' (the source of truth), 'md', 'html'."""
     return f"clusters/{cluster}/reports/{report_id}.{ext}"
+
+
+# --- appended by the backups work -----------------------------------------------------------------
+
+
+def lock_takeover_marker(cluster: str, kind: str, generation: str) -> str:
+    """Create-only claim on one expired lock (generation = digest of its bytes): of several runs that
+    find the same stale lock, only the one that creates this marker may delete and replace it."""
+    return f"clusters/{cluster}/locks/{kind}.takeover-{generation}"
+
+
+def locks_prefix(cluster: str) -> str:
+    return f"clusters/{cluster}/locks/"
+
+
+BACKUP_MANIFEST_OBJECT = "opsdb-manifest.json"  # backups/<id>/opsdb-manifest.json: the record, before the entry
