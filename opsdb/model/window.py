@@ -116,13 +116,21 @@ def backup_window(
     tli = int(getattr(backup, "timeline", 1) or 1)
     if not on_path(tli, start, target_timeline, history, segment_size):
         return None
-    wal = walk(start.segment_number(segment_size), target_timeline, history, archived, segment_size)
+    from_time = as_time(getattr(backup, "stop_time", None))
+    if getattr(backup, "wal_included", False):
+        # the backup carries its own WAL up to stop: it is consistent by itself, and the archive is
+        # needed only from the segment holding the stop point on
+        wal = walk(stop.segment_number(segment_size), target_timeline, history, archived, segment_size)
+        if wal.end_lsn < stop:
+            return BackupWindow(backup, target_timeline, stop, from_time, stop, from_time, wal)
+    else:
+        wal = walk(start.segment_number(segment_size), target_timeline, history, archived, segment_size)
     to_time = datetime.fromtimestamp(wal.end_time, UTC) if wal.end_time is not None else None
     return BackupWindow(
         backup=backup,
         timeline=target_timeline,
         from_lsn=stop,
-        from_time=as_time(getattr(backup, "stop_time", None)),
+        from_time=from_time,
         to_lsn=wal.end_lsn,
         to_time=to_time,
         wal=wal,

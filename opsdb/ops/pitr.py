@@ -1,0 +1,371 @@
+"""Point-in-time recovery: plan (backup, timeline, window and WAL checks), recovery settings, and waiting
+for the server to reach the target and reporting the point it actually reached.
+
+restore (ops/restore.py) restores the backup's files; this module decides whether the target is
+reachable before anything is written, and configures and watches the recovery afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pwd
+import re
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from opsdb.errors import OperationFailed, UsageError
+from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn, segment_name
+from opsdb.model.target import RecoveryTarget, as_lsn, as_time, choose_backup, format_time, physical_complete
+from opsdb.model.window import BackupWindow, backup_window, on_path, timeline_of_segment
+from opsdb.repo.wal import ArchiveScan
+
+TARGET_SETTINGS = (
+    "recovery_target",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoveryPlan:
+    backup: Any
+    target: RecoveryTarget
+    timeline: int  # the resolved target timeline
+    window: BackupWindow
+    wal_first: str | None  # archived WAL the recovery will read (first, last)
+    wal_last: str | None
+    wal_segments: int
+    wal_bytes: int  # stored bytes of those segments
+    backup_bytes: int
+
+    @property
+    def bytes_to_read(self) -> int:
+        return self.wal_bytes + self.backup_bytes
+
+    def window_text(self) -> str:
+        return describe_window(self.window)
+
+    def to_json(self) -> dict[str, Any]:
+        w = self.window
+        return {
+            "backup_id": self.backup.id,
+            "target": self.target.to_json() | {"timeline": self.timeline},
+            "window": {
+                "from": format_time(w.from_time) if w.from_time else None,
+                "to": format_time(w.to_time) if w.to_time else None,
+                "from_lsn": str(w.from_lsn),
+                "to_lsn": str(w.to_lsn),
+            },
+            "wal": {"first": self.wal_first, "last": self.wal_last, "segments": self.wal_segments},
+            "bytes_to_read": self.bytes_to_read,
+        }
+
+
+def describe_window(w: BackupWindow) -> str:
+    start = f"{format_time(w.from_time) if w.from_time else '?'} (LSN {w.from_lsn})"
+    end = f"{format_time(w.to_time) if w.to_time else '?'} (LSN {w.to_lsn})"
+    return f"{start} .. {end} on timeline {w.timeline}"
+
+
+def resolve_timeline(request: str | int, backup_timeline: int, scan: ArchiveScan) -> int:
+    """'current' -> the backup's; 'latest' -> as PostgreSQL finds it (probing N+1.history from the backup's
+    timeline); a number must have its history file archived (PostgreSQL refuses otherwise)."""
+    if request == "current":
+        return backup_timeline
+    if request == "latest":
+        tli = backup_timeline
+        for _ in range(len(scan.histories) + 1):  # bounded probe, like PostgreSQL's findNewestTimeLine
+            if tli + 1 not in scan.histories:
+                break
+            tli += 1
+        return tli
+    tli = int(request)
+    if tli != backup_timeline and tli not in scan.histories:
+        known = ", ".join(str(t) for t in sorted({1, *scan.histories})) or "1"
+        raise UsageError(f"timeline {tli} is not in the archive (no {tli:08X}.history); timelines: {known}")
+    return tli
+
+
+def plan_recovery(
+    target: RecoveryTarget,
+    backups: Sequence[Any],
+    scan: ArchiveScan,
+    *,
+    backup_id: str | None = None,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+) -> RecoveryPlan:
+    """Pick the backup, resolve the timeline and check the target is reachable with no WAL gap.
+    Every refusal is a UsageError (exit 2) that prints the recoverable window; nothing is written."""
+    complete = physical_complete(backups)
+    if backup_id is not None:
+        chosen = [b for b in complete if b.id == backup_id]
+        if not chosen:
+            raise UsageError(f"no complete physical backup {backup_id!r}", hint="see `opsdb backups list`")
+        backup = chosen[0]
+    else:
+        candidates = complete
+        if target.timeline not in ("latest", "current"):
+            tli = int(target.timeline)
+            if tli not in scan.histories and not any(_tli(b) == tli for b in complete):
+                resolve_timeline(tli, 0, scan)  # raises: not in the archive
+            history = scan.history(tli)
+            candidates = [b for b in complete if on_path(_tli(b), _start(b), tli, history, segment_size)]
+            if not candidates:
+                raise UsageError(f"no complete backup leads to timeline {tli}")
+        elif target.timeline == "latest":
+            newest = resolve_timeline("latest", min((_tli(b) for b in complete), default=1), scan)
+            history = scan.history(newest)
+            on_newest = [b for b in complete if on_path(_tli(b), _start(b), newest, history, segment_size)]
+            candidates = on_newest or complete
+        backup = choose_backup(target, candidates)
+    timeline = resolve_timeline(target.timeline, _tli(backup), scan)
+    history = scan.history(timeline)
+    window = backup_window(backup, timeline, history, scan.segments, segment_size)
+    if window is None:
+        raise UsageError(
+            f"backup {backup.id} (timeline {_tli(backup)}) does not lead to timeline {timeline}",
+            hint="choose another --backup or --timeline",
+        )
+    _check_reachable(target, backup, window)
+    last_segno = _last_needed(target, window, segment_size)
+    first_segno = window.wal.first_segno
+    needed = [(timeline_of_segment(s, timeline, history, segment_size), s) for s in range(first_segno, last_segno + 1)]
+    return RecoveryPlan(
+        backup=backup,
+        target=target,
+        timeline=timeline,
+        window=window,
+        wal_first=segment_name(*needed[0], segment_size) if needed else None,
+        wal_last=segment_name(*needed[-1], segment_size) if needed else None,
+        wal_segments=len(needed),
+        wal_bytes=sum(scan.sizes.get(k, 0) for k in needed),
+        backup_bytes=int(getattr(backup, "stored_bytes", 0) or 0),
+    )
+
+
+def _tli(backup: Any) -> int:
+    return int(getattr(backup, "timeline", 1) or 1)
+
+
+def _start(backup: Any) -> Lsn:
+    lsn = as_lsn(getattr(backup, "start_lsn", None)) or as_lsn(backup.stop_lsn)
+    assert lsn is not None
+    return lsn
+
+
+def _refuse(problem: str, window: BackupWindow, extra: str = "") -> UsageError:
+    missing = ""
+    if window.wal.first_missing:
+        missing = f"; the archive has no {window.wal.first_missing}"
+    return UsageError(
+        f"{problem}: backup {window.backup.id} can reach {describe_window(window)}{missing}{extra}",
+        hint="choose a target inside that window (opsdb info shows every timeline's window)",
+    )
+
+
+def _check_reachable(target: RecoveryTarget, backup: Any, window: BackupWindow) -> None:
+    if not window.usable:
+        raise _refuse(f"the WAL needed to make backup {backup.id} consistent is not archived", window)
+    if target.kind == "time" and target.time is not None:
+        start = as_time(getattr(backup, "stop_time", None))
+        if start is not None and target.time <= start:
+            raise _refuse(f"target {format_time(target.time)} is before the end of the backup", window)
+        if window.to_time is None or target.time > window.to_time:
+            raise _refuse(f"target {format_time(target.time)} is after the newest archived WAL", window)
+    if target.kind == "lsn" and target.lsn is not None:
+        if target.lsn < window.from_lsn:
+            raise _refuse(f"target LSN {target.lsn} is before the end of the backup", window)
+        if target.lsn > window.to_lsn:
+            raise _refuse(f"target LSN {target.lsn} is after the newest archived WAL", window)
+
+
+def _last_needed(target: RecoveryTarget, window: BackupWindow, segment_size: int) -> int:
+    stop = window.from_lsn
+    if target.kind == "immediate":
+        return stop.segment_number(segment_size)
+    if target.kind == "lsn" and target.lsn is not None:
+        return target.lsn.segment_number(segment_size)
+    return window.wal.last_segno
+
+
+# --- recovery settings -------------------------------------------------------------------------------
+
+
+def restore_command(opsdb_executable: str, config_path: str | None, cluster: str | None) -> str:
+    """restore_command calling opsdb wal-fetch with the same config (absolute paths: the server's cwd is
+    its data directory)."""
+    parts = [os.path.abspath(opsdb_executable)]
+    if config_path:
+        parts += ["--config", os.path.abspath(config_path)]
+    if cluster:
+        parts += ["--cluster", cluster]
+    return " ".join(shlex.quote(p) for p in parts) + ' wal-fetch "%f" "%p"'
+
+
+def recovery_settings(
+    target: RecoveryTarget,
+    command: str,
+    *,
+    timeline: int | None = None,
+    standby: bool = False,
+    primary_conninfo: str | None = None,
+    slot: str | None = None,
+    archive: bool = True,
+) -> dict[str, str]:
+    """The settings for postgresql.auto.conf. Every target GUC is set (unused ones to ''), so targets left
+    in the backup's own auto.conf by an earlier PITR can never combine with this one."""
+    settings = {name: "" for name in TARGET_SETTINGS}
+    settings["restore_command"] = command
+    if standby:
+        # a standby follows the primary across promotions
+        settings["recovery_target_timeline"] = "latest" if timeline is None else str(timeline)
+        settings["primary_conninfo"] = primary_conninfo or ""
+        settings["primary_slot_name"] = slot or ""
+    else:
+        settings.update(target.recovery_settings())
+        settings["primary_conninfo"] = ""
+        settings["primary_slot_name"] = ""
+    if timeline is not None and not standby:
+        settings["recovery_target_timeline"] = str(timeline)
+    if not archive:
+        # a scratch copy must never archive into the production archive (a drill's promotion would
+        # create a new timeline there, which a later `--timeline latest` restore would follow)
+        settings["archive_mode"] = "off"
+    return settings
+
+
+def write_signal(data_dir: Path, *, standby: bool, os_user: str | None) -> Path:
+    """recovery.signal (targeted recovery) or standby.signal; the other one is removed."""
+    keep, drop = ("standby.signal", "recovery.signal") if standby else ("recovery.signal", "standby.signal")
+    with contextlib.suppress(FileNotFoundError):
+        (data_dir / drop).unlink()
+    path = data_dir / keep
+    path.touch(mode=0o600)
+    if os_user and os.geteuid() == 0:
+        entry = pwd.getpwnam(os_user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    return path
+
+
+# --- waiting for the target ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoveryPoint:
+    """What the server reached: last replayed commit time and LSN, its timeline and state."""
+
+    time: datetime | None
+    lsn: Lsn | None
+    timeline: int | None
+    state: str  # promoted | paused | shutdown | streaming | recovering
+    stop_line: str | None = None  # the server's "recovery stopping ..." log line, when logged
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "time": format_time(self.time) if self.time else None,
+            "lsn": str(self.lsn) if self.lsn else None,
+            "timeline": self.timeline,
+            "state": self.state,
+        }
+
+
+_STOP_RE = re.compile(r"recovery stopping (?:before|after) .*")
+_LAST_TX_RE = re.compile(r"last completed transaction was at log time (.+)$", re.M)
+_NEW_TLI_RE = re.compile(r"selected new timeline ID: (\d+)")
+_FATAL_RE = re.compile(r"(?:FATAL|PANIC):\s+(.*)")
+
+
+def parse_log(text: str) -> dict[str, Any]:
+    """What the server log (lc_messages=C) says about the end of recovery."""
+    found: dict[str, Any] = {}
+    if m := list(_STOP_RE.finditer(text)):
+        found["stop_line"] = m[-1].group(0).strip()
+    if m := list(_LAST_TX_RE.finditer(text)):
+        found["last_commit"] = _pg_time(m[-1].group(1).strip())
+    if m := list(_NEW_TLI_RE.finditer(text)):
+        found["timeline"] = int(m[-1].group(1))
+    if m := list(_FATAL_RE.finditer(text)):
+        found["fatal"] = m[-1].group(1).strip()
+    return found
+
+
+def _pg_time(text: str) -> datetime | None:
+    """'2026-11-21 10:15:00.123456+00' (PostgreSQL's timestamptz output) -> aware datetime."""
+    raw = text.strip()
+    if re.search(r"[+-]\d\d$", raw):
+        raw += ":00"
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def wait_for_target(
+    *,
+    action: str,
+    standby: bool,
+    query: Callable[[str], Any],
+    is_running: Callable[[], bool],
+    read_log: Callable[[], str],
+    timeout: float,
+    poll: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> RecoveryPoint:
+    """Poll until the server promoted / paused / shut down at the target (or, for a standby, replays),
+    then read the point reached. query(sql) returns one value (raises while the server is unreachable)."""
+    deadline = clock() + timeout
+    while True:
+        running = is_running()
+        if not running:
+            log = parse_log(read_log())
+            if action == "shutdown" and not standby and "fatal" not in log:
+                return RecoveryPoint(
+                    log.get("last_commit"), None, log.get("timeline"), "shutdown", log.get("stop_line")
+                )
+            raise OperationFailed(
+                f"PostgreSQL stopped during recovery: {log.get('fatal', 'see the server log')}",
+                hint="recovery ended before the target? check the target against `opsdb info`",
+            )
+        state = None
+        with contextlib.suppress(Exception):
+            if standby:
+                state = "streaming" if query("SELECT pg_is_in_recovery()") else "promoted"
+            elif not query("SELECT pg_is_in_recovery()"):
+                state = "promoted"
+            elif query("SELECT pg_get_wal_replay_pause_state()") == "paused":
+                state = "paused"
+        if state is not None and (standby or state in ("promoted", "paused")):
+            return _read_point(state, query, read_log)
+        if clock() >= deadline:
+            raise OperationFailed(f"recovery did not reach its target within {timeout:g} s (server still recovering)")
+        sleep(poll)
+
+
+def _read_point(state: str, query: Callable[[str], Any], read_log: Callable[[], str]) -> RecoveryPoint:
+    log = parse_log(read_log())
+    commit = None
+    lsn = None
+    timeline = None
+    with contextlib.suppress(Exception):
+        # static after recovery ends, so it is still the point reached after promotion
+        commit = query("SELECT pg_last_xact_replay_timestamp()")
+    with contextlib.suppress(Exception):
+        value = query("SELECT pg_last_wal_replay_lsn()::text")
+        lsn = Lsn.parse(value) if value else None
+    with contextlib.suppress(Exception):
+        timeline = int(query("SELECT timeline_id FROM pg_control_checkpoint()"))
+    if isinstance(commit, datetime):
+        commit = commit if commit.tzinfo else commit.replace(tzinfo=UTC)
+    else:
+        commit = log.get("last_commit")
+    return RecoveryPoint(commit, lsn, log.get("timeline") or timeline, state, log.get("stop_line"))
