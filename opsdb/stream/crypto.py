@@ -8,9 +8,9 @@ Stream layout (all integers big-endian; docs/encryption.md has the full descript
 Each object gets its own subkey, HKDF-SHA256(key, salt, info="opsdb aes-256-gcm v1" | key id), so
 frames cannot be moved between objects. Frame i is sealed with nonce = prefix | i (4) | final (1)
 and AAD = context | header | i (8) | final (1), where `context` is whatever the caller binds to
-the stream (the object envelope header). So a flipped byte, reordered, dropped or swapped frames,
-a cut after any frame (the final flag is missing), a changed header and a wrong key all fail.
-An empty plaintext still produces one (empty) final frame.
+the stream (the object envelope header). The last frame is always an empty one with the final
+flag. So a flipped byte, reordered, dropped or swapped frames, a cut after any frame (the final
+frame is missing), a changed header and a wrong key all fail.
 """
 
 from __future__ import annotations
@@ -200,15 +200,12 @@ class CipherStage:
         header = _HEADER.pack(MAGIC, FORMAT_VERSION, bytes.fromhex(self.key.id), salt, prefix)
         sealer = _Sealer(_subkey(self.key, salt), prefix, self.context + header)
         yield header
-        # Only the last frame may carry the final flag, so each frame waits in `pending` until the
-        # next one exists (or the input ends).
-        pending: bytes | bytearray | memoryview = b""
-        first = True
+        # Data frames are sealed as they arrive (nothing is held back to learn which one is last);
+        # the end is marked by an extra empty frame with the final flag, which only the key holder
+        # can make, so a stream cut after any data frame lacks it.
         for piece in _frame_bodies(chunks):
-            if not first:
-                yield from sealer.seal(pending, final=False)
-            pending, first = piece, False
-        yield from sealer.seal(pending, final=True)
+            yield from sealer.seal(piece, final=False)
+        yield from sealer.seal(b"", final=True)
 
     def decode(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         buf = bytearray()

@@ -50,7 +50,8 @@ def test_roundtrip_at_chunk_boundaries(key: EncryptionKey, size: int) -> None:
     blob = encrypt(key, data)
     assert decrypt([key], blob) == data
     _, frames = split(blob)
-    assert len(frames) == max(1, -(-size // CHUNK_SIZE))  # ceil, and one final frame even when empty
+    assert len(frames) == -(-size // CHUNK_SIZE) + 1  # the data frames, then one empty final frame
+    assert [f[0] & 0x80 for f in frames] == [0] * (len(frames) - 1) + [0x80]
 
 
 def test_roundtrip_with_odd_input_pieces(key: EncryptionKey) -> None:
@@ -88,17 +89,19 @@ def test_flipped_bytes_in_a_large_stream(key: EncryptionKey) -> None:
             decrypt([key], bytes(bad))
 
 
-def test_dropping_the_last_frame_is_detected(key: EncryptionKey) -> None:
+@pytest.mark.parametrize("drop", [1, 2])
+def test_dropping_the_last_frames_is_detected(key: EncryptionKey, drop: int) -> None:
     header, frames = split(encrypt(key, os.urandom(3 * CHUNK_SIZE)))
-    with pytest.raises(IntegrityError, match="truncated after chunk 1"):
-        decrypt([key], header + b"".join(frames[:-1]))
+    assert len(frames) == 4
+    with pytest.raises(IntegrityError, match=f"truncated after chunk {3 - drop}"):
+        decrypt([key], header + b"".join(frames[:-drop]))
 
 
 def test_marking_an_earlier_frame_final_is_detected(key: EncryptionKey) -> None:
     header, frames = split(encrypt(key, os.urandom(2 * CHUNK_SIZE + 1)))
-    forged = bytes([frames[0][0] | 0x80]) + frames[0][1:]
-    with pytest.raises(IntegrityError, match="chunk 0 tag mismatch"):
-        decrypt([key], header + forged)
+    forged = bytes([frames[1][0] | 0x80]) + frames[1][1:]
+    with pytest.raises(IntegrityError, match="chunk 1 tag mismatch"):
+        decrypt([key], header + frames[0] + forged)
 
 
 @pytest.mark.parametrize("cut", [1, 3, 4, 100, CHUNK_SIZE])
