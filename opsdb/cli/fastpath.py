@@ -216,7 +216,7 @@ def wal_push(config: str | None, cluster: str | None, path: str) -> dict[str, An
         return {"name": name, "stored": True, "mode": "async", "pushed_ahead": ahead}
     from opsdb.ops import wal as ops_wal
 
-    result = ops_wal.push_file(_wal_repo(config, cluster), path)
+    result = ops_wal.push_file(_wal_repo(config, cluster, writable=True), path)
     return {"name": name, "stored": True, "mode": "sync", "already_stored": result.already_stored}
 
 
@@ -231,7 +231,7 @@ def wal_fetch(config: str | None, cluster: str | None, name: str, dest: str) -> 
             return {"name": name, "fetched": True, "source": "prefetch"}
     from opsdb.ops import wal as ops_wal
 
-    result = ops_wal.fetch_file(_wal_repo(config, cluster), name, dest)
+    result = ops_wal.fetch_file(_wal_repo(config, cluster, writable=False), name, dest)
     return {"name": name, "fetched": True, "source": result.source, "size": result.size}
 
 
@@ -252,13 +252,13 @@ def _starter(routing: Routing, command: str, log_path: Path, extra: list[str] | 
     return start
 
 
-def _wal_repo(config: str | None, cluster: str | None) -> Any:
+def _wal_repo(config: str | None, cluster: str | None, *, writable: bool) -> Any:
     from opsdb.config import load_settings
     from opsdb.ops.wal import wal_repo_from_settings
 
     settings = load_settings(config)
     name, _ = settings.cluster(cluster)
-    return wal_repo_from_settings(settings, name)
+    return wal_repo_from_settings(settings, name, writable=writable)
 
 
 def run_daemon(kind: str, opts: dict[str, Any], data_dir: str | None) -> int:
@@ -280,7 +280,7 @@ def run_daemon(kind: str, opts: dict[str, Any], data_dir: str | None) -> int:
     try:
         settings = load_settings(opts.get("--config"))
         name, _ = settings.cluster(opts.get("--cluster"))
-        repo = ops_wal.wal_repo_from_settings(settings, name)
+        repo = ops_wal.wal_repo_from_settings(settings, name, writable=kind == "pusher")
     except OpsdbError as exc:
         atomic_write(spool.fail_path, str(exc).encode())
         _print_error(str(exc), exc.hint)

@@ -114,26 +114,12 @@ def fetch_file(
     raise last
 
 
-def wal_repo_from_settings(settings: Any, cluster: str) -> WalRepo:
-    """Storage, codec and read keys from validated settings (config.Settings)."""
-    from opsdb.repo.envelope import Codec
-    from opsdb.storage import open_storage
-    from opsdb.stream.crypto import load_key
+def wal_repo_from_settings(settings: Any, cluster: str, *, writable: bool = True) -> WalRepo:
+    """Storage (read-only with writable=False), codec and read keys from validated settings (ops/codec.py)."""
+    from opsdb.ops.codec import repository
 
-    r, enc, comp = settings.repository, settings.encryption, settings.compression
-    storage = open_storage(
-        r.url,
-        endpoint_url=r.endpoint_url,
-        region=r.region,
-        checksum_mode=r.checksum_mode,
-        part_size=r.part_size,
-        max_attempts=r.max_attempts,
-        object_lock_days=r.object_lock_days,
-        upload_concurrency=r.upload_concurrency,
-    )
-    key = load_key(key_file=enc.key_file, key_env=enc.key_env) if (enc.key_file or enc.key_env) else None
-    codec = Codec(comp.algorithm, comp.level, comp.threads, key, enc.required)
-    return WalRepo(storage, cluster, codec, {key.id: key} if key else {})
+    repo = repository(settings, writable=writable)
+    return WalRepo(repo.storage, cluster, repo.codec, repo.keys)
 
 
 # --- async push: the background pusher -----------------------------------------------------------

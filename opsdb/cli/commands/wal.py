@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
 
         state = ctx.obj
         name, _ = state.cluster()
-        repo = wal_repo_from_settings(state.settings, name)
+        repo = wal_repo_from_settings(state.settings, name, writable=False)
         result = cluster_info(repo, catalog_backups(repo))
         output.emit(state, info_json(result), lambda: info_text(result))
 
