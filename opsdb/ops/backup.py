@@ -1,0 +1,435 @@
+"""`opsdb backup`: pg_basebackup's tar streams go straight into the repository, then the commit.
+
+How the bytes flow (nothing but backup_manifest is staged on disk):
+  pg_basebackup -Ft -X fetch -D <tmp>/out writes base.tar and one <oid>.tar per tablespace. Before it
+  opens them, <tmp>/out is filled with named pipes of those names (pg_basebackup insists on creating
+  or finding an empty directory, so the pipes are made the moment it has created the directory,
+  which is before it even asks the server for the backup). One reader thread per pipe streams it
+  through put_object (compress, encrypt, checksum) into backups/<id>/. backup_manifest is small and
+  lands as a regular file; it is stored after pg_basebackup exits. Any tar that still arrived as a
+  regular file (a tablespace created during the backup) is uploaded from disk as a fallback.
+
+The WAL from start to stop LSN: `-X fetch` puts it into base.tar (pg_wal/), so every backup restores
+to a consistent state on its own, without the WAL archive. To keep the server from recycling that
+WAL while the backup runs, this session holds a temporary physical replication slot (dropped by
+the server when the session ends, even if opsdb is killed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from opsdb import __version__
+from opsdb.errors import DatabaseError, IntegrityError, OperationFailed, OpsdbError, ToolError, UsageError
+from opsdb.model.catalog import (
+    BASE_OBJECT,
+    MANIFEST_OBJECT,
+    PHYSICAL,
+    BackupRecord,
+    StoredFile,
+    Tablespace,
+    new_backup_id,
+    next_backup_id,
+)
+from opsdb.model.lsn import Lsn
+from opsdb.pg import conn as pgconn
+from opsdb.pg.conninfo import redact
+from opsdb.pg.tools import PgTools
+from opsdb.proc import Cmd, Runner
+from opsdb.repo import catalog, envelope, layout
+from opsdb.repo.envelope import Codec, StoredObject
+from opsdb.repo.lock import RepositoryLock
+from opsdb.storage.base import Storage
+from opsdb.stream.stages import CHUNK_SIZE
+
+log = logging.getLogger("opsdb.backup")
+
+PIPE_BUFFER = 1024 * 1024  # F_SETPIPE_SZ: fewer wake-ups between pg_basebackup and the reader
+F_SETPIPE_SZ = 1031
+DIR_WAIT_SECONDS = 600.0  # how long pg_basebackup may take to connect and create its directory
+OnBytes = Callable[[int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupRequest:
+    cluster: str
+    conninfo: str  # the cluster's conninfo
+    bin_dir: Path
+    from_standby: bool = False
+    standby_conninfos: tuple[str, ...] = ()  # the cluster's replicas, tried in order for --from-standby
+    manifest_checksums: str = "CRC32C"  # per-file checksums in backup_manifest (objects are SHA-256'd anyway)
+    fast_checkpoint: bool = True
+    lock_ttl_seconds: float = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupResult:
+    record: BackupRecord
+    seconds: float
+    cleaned: tuple[str, ...]  # ids of leftovers of killed runs that were deleted first
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = self.record.to_json()
+        doc.update({"seconds": round(self.seconds, 3), "cleaned_leftovers": list(self.cleaned)})
+        return doc
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerFacts:
+    conninfo: str
+    version: str
+    version_num: int
+    system_identifier: str
+    in_recovery: bool
+    tablespaces: tuple[Tablespace, ...]
+
+
+# --- the use case --------------------------------------------------------------------------------
+
+
+def run_backup(
+    request: BackupRequest,
+    *,
+    storage: Storage,
+    codec: Codec,
+    runner: Runner,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    on_bytes: OnBytes | None = None,
+    tmp_root: str | None = None,
+) -> BackupResult:
+    """Take one physical backup and commit it. Raises LockHeld when another backup runs."""
+    started_mono = time.monotonic()
+    source = choose_source(request)
+    lock = RepositoryLock(
+        storage, request.cluster, "backup", command="backup", ttl=timedelta(seconds=request.lock_ttl_seconds)
+    )
+    with lock:
+        cleaned = catalog.clean_leftovers(storage, request.cluster, kind=PHYSICAL, older_than=lock.acquired_at)
+        for leftover in cleaned:
+            log.info("removed %d objects of the interrupted backup %s", len(leftover.objects), leftover.backup_id)
+        backup_id = new_backup_id(clock(), PHYSICAL)
+        while catalog.id_taken(storage, request.cluster, backup_id):
+            backup_id = next_backup_id(backup_id)
+        with _slot_session(source.conninfo) as facts:
+            start_time = clock()
+            stored, manifest = _stream_basebackup(
+                request, source, facts, backup_id, storage, codec, runner, on_bytes, tmp_root
+            )
+            stop_time = clock()
+        record = _record(request, facts, backup_id, start_time, stop_time, stored, manifest, codec, source)
+        lock.check()
+        catalog.commit(storage, record, codec)
+    return BackupResult(record, time.monotonic() - started_mono, tuple(lo.backup_id for lo in cleaned))
+
+
+def choose_source(request: BackupRequest) -> ServerFacts:
+    """The server to back up: the cluster's conninfo, or with --from-standby a standby (the
+    conninfo itself when it is one, else the first configured replica in recovery)."""
+    facts = server_facts(request.conninfo)
+    if not request.from_standby or facts.in_recovery:
+        return facts
+    tried = []
+    for conninfo in request.standby_conninfos:
+        try:
+            candidate = server_facts(conninfo)
+        except DatabaseError as exc:
+            tried.append(str(exc))
+            continue
+        if candidate.in_recovery:
+            if candidate.system_identifier != facts.system_identifier:
+                raise UsageError(
+                    f"unable to back up from a standby: replica {redact(conninfo)} belongs to another "
+                    f"cluster (system identifier {candidate.system_identifier}, primary {facts.system_identifier})"
+                )
+            return candidate
+        tried.append(f"{redact(conninfo)} is not in recovery")
+    detail = "; ".join(tried) if tried else "no replicas configured"
+    raise UsageError(
+        f"unable to back up cluster {request.cluster} from a standby: the conninfo points at a primary and no "
+        f"configured replica is a usable standby ({detail})",
+        hint="add [[clusters.NAME.replicas]] entries, or run without --from-standby",
+    )
+
+
+def server_facts(conninfo: str) -> ServerFacts:
+    with pgconn.connect(conninfo) as c:
+        spaces = tuple(Tablespace(int(t["oid"]), str(t["name"]), str(t["location"] or "")) for t in c.tablespaces())
+        return ServerFacts(
+            conninfo=conninfo,
+            version=c.server_version().split()[0],
+            version_num=c.server_version_num(),
+            system_identifier=str(c.system_identifier()),
+            in_recovery=c.in_recovery(),
+            tablespaces=spaces,
+        )
+
+
+@contextlib.contextmanager
+def _slot_session(conninfo: str) -> Iterator[ServerFacts]:
+    """Hold a temporary physical slot reserving WAL from now on, for the length of the backup.
+
+    It lives as long as this connection: the server drops it when the session ends, so a killed
+    run never leaves a slot behind that would retain WAL forever."""
+    facts = server_facts(conninfo)  # re-read inside the lock: tablespaces may have changed
+    slot = f"opsdb_backup_{uuid.uuid4().hex[:16]}"
+    c = pgconn.connect(conninfo)
+    try:
+        try:
+            c.execute("SELECT pg_create_physical_replication_slot(%s, true, true)", (slot,))
+        except DatabaseError as exc:
+            log.warning("no temporary replication slot (%s): WAL may be recycled during a long backup", exc)
+        yield facts
+    finally:
+        c.close()
+
+
+# --- pg_basebackup into named pipes -----------------------------------------------------------------
+
+
+class _PipeReader(threading.Thread):
+    """Streams one named pipe into one repository object."""
+
+    def __init__(self, path: Path, key: str, storage: Storage, codec: Codec, on_bytes: OnBytes | None) -> None:
+        super().__init__(name=f"opsdb-pipe-{path.name}", daemon=True)
+        self.path, self.key, self.storage, self.codec, self.on_bytes = path, key, storage, codec, on_bytes
+        self.result: StoredObject | None = None
+        self.error: BaseException | None = None
+        self.got_bytes = False
+
+    def run(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)  # blocks until pg_basebackup opens it (or we unblock it)
+        except OSError as exc:
+            self.error = exc
+            return
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BUFFER)
+        try:
+            with os.fdopen(fd, "rb", buffering=0) as pipe:
+                first = pipe.read(CHUNK_SIZE)
+                if not first:
+                    return  # never written: pg_basebackup failed, or this tablespace is gone
+                self.got_bytes = True
+                self.result = envelope.put_object(
+                    self.storage, self.key, _chain(first, pipe), self.codec, if_absent=True, on_bytes=self.on_bytes
+                )
+        except BaseException as exc:  # closing the pipe makes pg_basebackup fail (EPIPE) instead of hang
+            self.error = exc
+
+    def unblock(self) -> None:
+        """Release a reader still waiting in open(): open the write end once and close it (EOF)."""
+        with contextlib.suppress(OSError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def _chain(first: bytes, pipe: Any) -> Iterator[bytes]:
+    yield first
+    while True:
+        chunk = pipe.read(CHUNK_SIZE)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _tar_names(facts: ServerFacts) -> dict[str, str]:
+    """pg_basebackup's file name -> our object name."""
+    names = {"base.tar": BASE_OBJECT}
+    for space in facts.tablespaces:
+        names[f"{space.oid}.tar"] = space.object_name
+    return names
+
+
+def _stream_basebackup(
+    request: BackupRequest,
+    source: ServerFacts,
+    facts: ServerFacts,
+    backup_id: str,
+    storage: Storage,
+    codec: Codec,
+    runner: Runner,
+    on_bytes: OnBytes | None,
+    tmp_root: str | None,
+) -> tuple[list[StoredFile], dict[str, Any]]:
+    tmp = Path(tempfile.mkdtemp(prefix="opsdb-backup-", dir=tmp_root))
+    out = tmp / "out"
+    cmd = PgTools(request.bin_dir).pg_basebackup(
+        source.conninfo,
+        pgdata=str(out),
+        wal="fetch",
+        fast_checkpoint=request.fast_checkpoint,
+        manifest_checksums=request.manifest_checksums,
+        label=f"opsdb {backup_id}",
+        extra=("--no-sync",),  # nothing to sync: the pipes are read into the repository
+    )
+    cmd = Cmd(cmd.argv, env=cmd.env, cwd=str(tmp))  # as ourselves: we must be able to make the pipes
+    readers: list[_PipeReader] = []
+    log_path = tmp / "pg_basebackup.log"
+    try:
+        proc = runner.spawn(cmd, log_path=log_path)
+        try:
+            readers = _make_pipes(out, proc, _tar_names(facts), storage, request.cluster, backup_id, codec, on_bytes)
+            rc = proc.wait()
+        except BaseException:
+            proc.terminate()
+            raise
+        finally:
+            for reader in readers:
+                reader.unblock()
+            for reader in readers:
+                reader.join()
+        tail = log_path.read_text(errors="replace") if log_path.exists() else ""
+        failed = next((r.error for r in readers if r.error is not None), None)
+        if failed is not None:
+            if isinstance(failed, OpsdbError):
+                raise failed
+            raise OperationFailed(f"unable to store backup {backup_id}: {failed}") from failed
+        if rc != 0:
+            raise ToolError("pg_basebackup", rc, tail, doing=f"taking backup {backup_id}")
+        stored = [_stored_file(r.result, r.key) for r in readers if r.result is not None]
+        stored += _upload_regular_tars(out, storage, request.cluster, backup_id, codec, on_bytes, _tar_names(facts))
+        if not any(s.name == BASE_OBJECT for s in stored):
+            raise OperationFailed(f"unable to take backup {backup_id}: pg_basebackup produced no base.tar")
+        manifest_path = out / "backup_manifest"
+        if not manifest_path.is_file():
+            raise OperationFailed(f"unable to take backup {backup_id}: pg_basebackup wrote no backup_manifest")
+        raw = manifest_path.read_bytes()
+        try:
+            manifest = json.loads(raw)
+        except ValueError as exc:
+            raise IntegrityError(f"backup_manifest of backup {backup_id} is not JSON: {exc}") from None
+        key = layout.backup_object(request.cluster, backup_id, MANIFEST_OBJECT)
+        obj = envelope.put_object(storage, key, [raw], codec, if_absent=True)
+        stored.append(_stored_file(obj, key, role="manifest"))
+        return stored, manifest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _make_pipes(
+    out: Path,
+    proc: Any,
+    names: dict[str, str],
+    storage: Storage,
+    cluster: str,
+    backup_id: str,
+    codec: Codec,
+    on_bytes: OnBytes | None,
+) -> list[_PipeReader]:
+    """Wait for pg_basebackup to create `out`, then put a named pipe (and a reader) at each tar name."""
+    deadline = time.monotonic() + DIR_WAIT_SECONDS
+    while not out.is_dir():
+        if proc.poll() is not None:
+            return []  # it failed before creating the directory; its exit status says why
+        if time.monotonic() > deadline:
+            raise OperationFailed(f"pg_basebackup did not create {out} within {DIR_WAIT_SECONDS:g} s")
+        time.sleep(0.0005)
+    readers = []
+    for file_name, object_name in names.items():
+        path = out / file_name
+        try:
+            os.mkfifo(path, 0o600)
+        except FileExistsError:
+            # lost the race: pg_basebackup already writes a regular file; it is uploaded afterwards
+            log.warning("%s was created before its pipe; it is staged on disk and uploaded at the end", file_name)
+            continue
+        reader = _PipeReader(path, layout.backup_object(cluster, backup_id, object_name), storage, codec, on_bytes)
+        reader.start()
+        readers.append(reader)
+    return readers
+
+
+def _upload_regular_tars(
+    out: Path,
+    storage: Storage,
+    cluster: str,
+    backup_id: str,
+    codec: Codec,
+    on_bytes: OnBytes | None,
+    names: dict[str, str],
+) -> list[StoredFile]:
+    stored = []
+    for path in sorted(out.glob("*.tar")):
+        if not path.is_file():
+            continue  # one of our pipes
+        object_name = names.get(path.name) or (f"pg_tblspc-{path.stem}.tar" if path.stem.isdigit() else path.name)
+        key = layout.backup_object(cluster, backup_id, object_name)
+        with open(path, "rb") as fh:
+            obj = envelope.put_object(storage, key, iter(lambda: fh.read(CHUNK_SIZE), b""), codec, if_absent=True,
+                                      on_bytes=on_bytes)  # fmt: skip
+        stored.append(_stored_file(obj, key))
+    return stored
+
+
+def _stored_file(obj: StoredObject | None, key: str, role: str | None = None) -> StoredFile:
+    assert obj is not None
+    name = key.rsplit("/", 1)[-1]
+    if role is None:
+        role = "base" if name == BASE_OBJECT else "tablespace"
+    return StoredFile(name, obj.size, obj.stored_size, obj.sha256, role)
+
+
+# --- the record ------------------------------------------------------------------------------------
+
+
+def wal_range(manifest: dict[str, Any]) -> tuple[int, Lsn, Lsn]:
+    """(timeline, start LSN, stop LSN) from backup_manifest's WAL-Ranges."""
+    ranges: Sequence[dict[str, Any]] = manifest.get("WAL-Ranges") or []
+    if not ranges:
+        raise IntegrityError("backup_manifest has no WAL-Ranges")
+    first, last = ranges[0], ranges[-1]
+    return int(last["Timeline"]), Lsn.parse(first["Start-LSN"]), Lsn.parse(last["End-LSN"])
+
+
+def _record(
+    request: BackupRequest,
+    facts: ServerFacts,
+    backup_id: str,
+    start_time: datetime,
+    stop_time: datetime,
+    stored: list[StoredFile],
+    manifest: dict[str, Any],
+    codec: Codec,
+    source: ServerFacts,
+) -> BackupRecord:
+    timeline, start_lsn, stop_lsn = wal_range(manifest)
+    names = {s.name for s in stored}
+    return BackupRecord(
+        id=backup_id,
+        cluster=request.cluster,
+        kind=PHYSICAL,
+        start_time=start_time,
+        stop_time=stop_time,
+        size_bytes=sum(s.size for s in stored),
+        stored_bytes=sum(s.stored_size for s in stored),
+        compression=codec.compression,
+        compression_level=codec.level,
+        encrypted=codec.key is not None,
+        key_id=codec.key.id if codec.key else None,
+        pg_version=facts.version,
+        pg_version_num=facts.version_num,
+        system_identifier=facts.system_identifier,
+        timeline=timeline,
+        start_lsn=start_lsn,
+        stop_lsn=stop_lsn,
+        from_standby=source.in_recovery,
+        wal_included=True,
+        objects=tuple(stored),
+        tablespaces=tuple(t for t in facts.tablespaces if t.object_name in names),
+        host=socket.gethostname(),
+        opsdb_version=__version__,
+    )
