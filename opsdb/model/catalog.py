@@ -65,7 +65,7 @@ def kind_of_id(backup_id: str) -> str | None:
 def format_time(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_time(value: Any) -> datetime | None:

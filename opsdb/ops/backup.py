@@ -433,3 +433,23 @@ def _record(
         host=socket.gethostname(),
         opsdb_version=__version__,
     )
+
+
+def backup_from_settings(
+    settings: Any, cluster: str, *, from_standby: bool = False, on_bytes: OnBytes | None = None
+) -> BackupResult:
+    """The CLI's one call: build storage, codec and runner from config.Settings and run the backup."""
+    from opsdb.ops.codec import repository
+    from opsdb.pg.tools import find_bin_dir
+    from opsdb.proc import LocalRunner
+
+    cfg = settings.clusters[cluster]
+    repo = repository(settings, writable=True)
+    request = BackupRequest(
+        cluster=cluster,
+        conninfo=cfg.conninfo,
+        bin_dir=find_bin_dir(cfg.pg_bin_dir),
+        from_standby=from_standby,
+        standby_conninfos=tuple(r.conninfo for r in cfg.replicas),
+    )
+    return run_backup(request, storage=repo.storage, codec=repo.codec, runner=LocalRunner(), on_bytes=on_bytes)

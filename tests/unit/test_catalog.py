@@ -74,7 +74,7 @@ def test_to_json_has_exactly_the_spec_fields() -> None:
         "id", "kind", "cluster", "status", "start_time", "stop_time", "start_lsn", "stop_lsn",
         "timeline", "size_bytes", "stored_bytes", "encrypted", "compression",
     ]  # fmt: skip
-    assert row["start_time"] == "2026-11-21T10:15:00Z"
+    assert row["start_time"] == "2026-11-21T10:15:00.000Z"
     assert row["start_lsn"] == "0/4000028"
     assert row["status"] == "complete"
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from opsdb.cli.commands import not_built
+from opsdb.cli import output
 
 
 def register(app: typer.Typer) -> None:
@@ -15,11 +15,27 @@ def register(app: typer.Typer) -> None:
     @backups.command("list")
     def list_(ctx: typer.Context) -> None:
         """List complete backups and dumps."""
-        raise not_built("backups list")
+        from opsdb.ops.codec import repository
+        from opsdb.render.catalog import backups_table
+        from opsdb.repo import catalog
+
+        state = ctx.obj
+        name, _ = state.cluster()
+        repo = repository(state.settings)
+        records = catalog.list_backups(repo.storage, name, repo.keys)
+        output.emit(state, {"backups": [r.to_json() for r in records]}, lambda: backups_table(records))
 
     @backups.command("show")
     def show(ctx: typer.Context, backup_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
         """Show one backup's metadata."""
-        raise not_built("backups show")
+        from opsdb.ops.codec import repository
+        from opsdb.render.catalog import backup_details
+        from opsdb.repo import catalog
+
+        state = ctx.obj
+        name, _ = state.cluster()
+        repo = repository(state.settings)
+        record = catalog.load_backup(repo.storage, name, backup_id, repo.keys)
+        output.emit(state, record.to_dict(), lambda: backup_details(record))
 
     app.add_typer(backups, name="backups")

@@ -1,0 +1,116 @@
+"""Catalog records as human text: the `backups list` table, `backups show`, and one-line summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from opsdb.model.catalog import BackupRecord, RestorePlan, format_time
+from opsdb.model.units import human_bytes
+
+
+def _ratio(size: int, stored: int) -> str:
+    return f"{stored / size:.1%}" if size else "-"
+
+
+def _rate(size: int, seconds: float) -> str:
+    return f"{size / seconds / 1e6:.1f} MB/s" if seconds > 0 else "-"
+
+
+def summary_line(verb: str, record: BackupRecord, seconds: float) -> str:
+    """'backup 20261121T101500Z-F complete: 1.4 GiB, stored 70.1 MiB (4.8%), 7.9 s, 190.3 MB/s'."""
+    return (
+        f"{verb} {record.id} complete: {human_bytes(record.size_bytes)}, stored {human_bytes(record.stored_bytes)} "
+        f"({_ratio(record.size_bytes, record.stored_bytes)}), {seconds:.1f} s, {_rate(record.size_bytes, seconds)}"
+    )
+
+
+def backups_table(records: Sequence[BackupRecord]) -> str:
+    if not records:
+        return "no complete backups or dumps in the repository"
+    header = ("ID", "KIND", "STOP (UTC)", "TL", "START LSN", "STOP LSN", "SIZE", "STORED", "ENC", "DBS")
+    rows = [header]
+    for r in records:
+        rows.append(
+            (
+                r.id,
+                r.kind,
+                (format_time(r.stop_time) or "-").replace("T", " ").rstrip("Z"),
+                str(r.timeline) if r.timeline is not None else "-",
+                str(r.start_lsn) if r.start_lsn else "-",
+                str(r.stop_lsn) if r.stop_lsn else "-",
+                human_bytes(r.size_bytes),
+                human_bytes(r.stored_bytes),
+                "yes" if r.encrypted else "no",
+                str(len(r.databases)) if r.kind == "logical" else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def backup_details(r: BackupRecord) -> str:
+    lines = [
+        f"backup        {r.id}",
+        f"cluster       {r.cluster}",
+        f"kind          {r.kind}",
+        f"status        {r.status}",
+        f"start         {format_time(r.start_time)}",
+        f"stop          {format_time(r.stop_time)}  ({r.duration.total_seconds():.1f} s)",
+        f"size          {human_bytes(r.size_bytes)} ({r.size_bytes:,} bytes)",
+        f"stored        {human_bytes(r.stored_bytes)} ({_ratio(r.size_bytes, r.stored_bytes)})",
+        f"compression   {r.compression}" + (f" level {r.compression_level}" if r.compression_level is not None else ""),
+        f"encryption    {'AES-256-GCM, key ' + (r.key_id or '?') if r.encrypted else 'none'}",
+    ]
+    if r.kind == "physical":
+        lines += [
+            f"postgresql    {r.pg_version or '?'} (system identifier {r.system_identifier or '?'})",
+            f"timeline      {r.timeline}",
+            f"wal           {r.start_lsn} .. {r.stop_lsn}"
+            + ("  (included in the backup)" if r.wal_included else "  (from the WAL archive)"),
+            f"from standby  {'yes' if r.from_standby else 'no'}",
+        ]
+        for t in r.tablespaces:
+            lines.append(f"tablespace    {t.name} (oid {t.oid}) at {t.location}")
+    else:
+        lines.append(f"postgresql    {r.pg_version or '?'}")
+        lines.append(f"databases     {', '.join(d.name for d in r.databases) or '-'}")
+        if r.globals_object:
+            lines.append(
+                f"globals       {r.globals_object} ({'with' if r.with_passwords else 'without'} role passwords)"
+            )
+    lines.append(f"taken by      opsdb {r.opsdb_version or '?'} on {r.host or '?'}")
+    lines.append("objects:")
+    for o in r.objects:
+        lines.append(
+            f"  {o.name:<28} {human_bytes(o.size):>10}  stored {human_bytes(o.stored_size):>10}  sha256 {o.sha256[:16]}"
+        )
+    return "\n".join(lines)
+
+
+def restore_plan_text(plan: RestorePlan) -> str:
+    lines = [
+        f"restore backup {plan.backup.id} (stopped {format_time(plan.backup.stop_time)}, LSN {plan.backup.stop_lsn})",
+        f"  into      {plan.target_dir}",
+        f"  target    {plan.target}",
+        f"  read      {human_bytes(plan.bytes_to_read)} from the repository, write {human_bytes(plan.bytes_to_write)}",
+    ]
+    for step in plan.steps:
+        lines.append(f"  extract   {step.object} -> {step.dest} ({human_bytes(step.stored_size)} stored)")
+    for oid, where in sorted(plan.tablespace_map.items()):
+        lines.append(f"  tablespace {oid} -> {where}")
+    if plan.recovery_settings:
+        settings = ", ".join(f"{k}={v}" for k, v in plan.recovery_settings.items())
+        lines.append(f"  recovery  {settings}" + (f" + {plan.signal_file}" if plan.signal_file else ""))
+    if plan.start:
+        lines.append(f"  then start the server on port {plan.port}")
+    return "\n".join(lines)
+
+
+def restore_result_text(doc: dict[str, Any], seconds: float, size: int) -> str:
+    point = doc.get("recovery_point")
+    reached = f"; reached LSN {point.get('lsn')} at {point.get('time') or 'unknown time'}" if point else ""
+    return (
+        f"restored backup {doc['backup_id']} into {doc['target_dir']}: {human_bytes(size)} in {seconds:.1f} s, "
+        f"{_rate(size, seconds)}{reached}"
+    )
