@@ -66,6 +66,7 @@ def _register_commands() -> None:
         demo,
         drill,
         keys,
+        metrics,
         pgbouncer,
         restore,
         retention,
@@ -73,7 +74,7 @@ def _register_commands() -> None:
         wal,
     )
 
-    for module in (keys, check, backup, catalog, wal, restore, drill, retention, schedule, pgbouncer, demo):
+    for module in (keys, check, backup, catalog, wal, restore, drill, retention, schedule, pgbouncer, metrics, demo):
         module.register(app)
 
 

@@ -1,4 +1,4 @@
-"""opsdb pgbouncer generate|check|status, opsdb replicas check, opsdb replica create, opsdb metrics."""
+"""opsdb pgbouncer generate|check|status, opsdb replicas check, opsdb replica create."""
 
 from __future__ import annotations
 
@@ -174,11 +174,3 @@ def register(app: typer.Typer) -> None:
         output.emit(state, result.to_dict(), human + "; start it with pg_ctl -D DIR -o '-p PORT' start")
 
     app.add_typer(replica, name="replica")
-
-    @app.command("metrics")
-    def metrics(
-        ctx: typer.Context,
-        textfile: Annotated[str | None, typer.Option("--textfile", help="Write atomically to this .prom file.")] = None,
-    ) -> None:
-        """Prometheus exposition of backups, WAL, drills, replicas and jobs."""
-        raise not_built("metrics")
