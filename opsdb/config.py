@@ -236,6 +236,13 @@ class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class SchedulerConfig(_Section):
+    state_dir: Path | None = None  # job history and per-job locks; default /var/lib/opsdb/scheduler
+    grace: timedelta = timedelta(minutes=5)  # how long a running job may finish after SIGTERM
+
+    _durations = field_validator("grace", mode="before")(classmethod(lambda cls, v: _duration(v)))
+
+
 class MetricsConfig(_Section):
     textfile: Path | None = None  # refreshed after each scheduled job when set
 
@@ -258,6 +265,7 @@ class Settings(BaseSettings):
     notify: NotifyConfig = NotifyConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
 
     # where the settings came from (not a config key): used to build archive/restore commands
     config_path: Path | None = Field(None, exclude=True)

@@ -60,7 +60,7 @@ def _jobs(ctx: typer.Context) -> list[Job]:
 
 
 def _state(ctx: typer.Context, explicit: str | None) -> Path:
-    return job_history.state_dir(explicit)
+    return job_history.state_dir(explicit, ctx.obj.settings.scheduler.state_dir)
 
 
 def register(app: typer.Typer) -> None:
@@ -71,8 +71,9 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         state_dir: StateDir = None,
         grace: Annotated[
-            float, typer.Option("--grace", help="Seconds a running job may finish after SIGTERM.")
-        ] = 300.0,
+            float | None,
+            typer.Option("--grace", help="Seconds a running job may finish after SIGTERM (default [scheduler] grace)."),
+        ] = None,
     ) -> None:
         """Run the scheduler in the foreground (a container's main process); SIGTERM stops it gracefully."""
         state, settings = ctx.obj, ctx.obj.settings
@@ -98,7 +99,7 @@ def register(app: typer.Typer) -> None:
         install_stop_signals(scheduler)
         for name, (_, at) in sorted(scheduler.plan().items()):
             output.info(f"opsdb: job {name}: next run {at.astimezone(scheduler.jobs[name].tz).isoformat()}")
-        scheduler.run(grace=grace)
+        scheduler.run(grace=grace if grace is not None else settings.scheduler.grace.total_seconds())
         output.emit(state, {"stopped": True}, "scheduler stopped")
 
     @schedule.command("list")
