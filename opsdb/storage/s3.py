@@ -1,8 +1,9 @@
 """s3:// driver: AWS S3 or any S3-compatible store (MinIO, Ceph RGW, R2, ...). The only boto3 importer.
 
 A put streams a chunk iterator of unknown length in bounded memory: objects smaller than one part
-go up as a single PutObject; anything larger becomes a multipart upload whose parts are buffered one
-at a time (at most `upload_concurrency` in flight plus the one being filled). The part size doubles
+go up as a single PutObject; anything larger becomes a multipart upload whose parts are spooled (RAM up
+to 1 MiB, then an unlinked temp file) and uploaded as they fill, at most `upload_concurrency` at
+once, so memory does not depend on the part size. The part size doubles
 every 1000 parts (part_size_for), so the 10,000-part limit is never hit before the documented
 maximum object size (max_object_size: about 12.7 TiB from the default 16 MiB). S3 publishes a
 multipart object only at CompleteMultipartUpload, and any failure aborts the upload, so nothing
@@ -227,7 +228,7 @@ class S3Storage:
                     if attempt + 1 < PART_ATTEMPTS and _retryable(e):
                         time.sleep(min(8.0, 0.5 * 2**attempt) * (0.5 + random.random()))
                         continue
-                    raise self._error(f"put (part {number})", key, e) from e
+                    raise self._error("put", key, e, detail=f"part {number}") from e
                 part = {"PartNumber": number, "ETag": r["ETag"]}
                 if "ChecksumSHA256" in r:
                     part["ChecksumSHA256"] = r["ChecksumSHA256"]
@@ -309,8 +310,8 @@ class S3Storage:
         except (ClientError, BotoCoreError) as e:
             raise self._error(doing, key, e) from e
 
-    def _error(self, doing: str, key: str, e: Exception) -> Exception:
-        where = object_url(self.url, key)
+    def _error(self, doing: str, key: str, e: Exception, *, detail: str = "") -> Exception:
+        where = object_url(self.url, key) + (f" ({detail})" if detail else "")
         if not isinstance(e, ClientError):
             return RepositoryUnavailable(f"unable to {doing} {where}: {e}")
         err = e.response.get("Error", {})

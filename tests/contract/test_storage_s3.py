@@ -236,3 +236,51 @@ def test_other_s3_errors_carry_s3s_message(moto_endpoint: str, s3_url: str) -> N
     s3 = open_storage(f"{s3_url}/nolock", endpoint_url=moto_endpoint, object_lock_days=1, max_attempts=1)
     with pytest.raises(RepositoryUnavailable, match=r"unable to put s3://.*/nolock/k: \w+: .+ \(HTTP 400\)"):
         s3.put("k", [b"x"])
+
+
+class _RawBody:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._body
+
+
+def fail_upload_part(storage: S3Storage, times: int) -> list[int]:
+    """Answer the first `times` UploadPart requests with a 500 before they reach the server
+    (botocore's own before-send hook, as a flaky store would)."""
+    from botocore.awsrequest import AWSResponse
+
+    sent: list[int] = []
+    body = b"<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>"
+
+    def handler(request: Any, **_: Any) -> Any:
+        sent.append(1)
+        if len(sent) <= times:
+            return AWSResponse(request.url, 500, {}, _RawBody(body))
+        return None
+
+    storage.client.meta.events.register("before-send.s3.UploadPart", handler)
+    return sent
+
+
+def test_part_upload_is_retried_after_transient_errors(moto_endpoint: str, s3_url: str) -> None:
+    s3 = open_storage(f"{s3_url}/{uuid.uuid4().hex[:8]}", endpoint_url=moto_endpoint, part_size=PART, max_attempts=2)
+    assert isinstance(s3, S3Storage)
+    sent = fail_upload_part(s3, times=3)  # botocore retries once, then opsdb retries the part
+    data = os.urandom(2 * PART + 1)
+    s3.put("k", chunks_of(data))
+    assert read_all(s3, "k") == data
+    assert len(sent) == 3 + 3  # three failures, then the three parts
+
+
+def test_part_upload_failing_for_good_aborts(moto_endpoint: str, s3_url: str, s3_client: Any) -> None:
+    s3 = open_storage(f"{s3_url}/{uuid.uuid4().hex[:8]}", endpoint_url=moto_endpoint, part_size=PART, max_attempts=1)
+    assert isinstance(s3, S3Storage)
+    s3.upload_concurrency = 1
+    sent = fail_upload_part(s3, times=10**6)
+    with pytest.raises(RepositoryUnavailable, match=r"unable to put s3://.*/k \(part 1\): InternalError"):
+        s3.put("k", chunks_of(os.urandom(2 * PART + 1)))
+    assert len(sent) == 3  # PART_ATTEMPTS tries of part 1; part 2 waits for a free slot and never goes
+    assert s3.stat("k") is None
+    assert s3_client.list_multipart_uploads(Bucket=s3.bucket, Prefix=s3._base).get("Uploads", []) == []
