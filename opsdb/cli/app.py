@@ -30,7 +30,7 @@ WAL_FETCH_MISSING_EXIT = 1
 
 
 # commands that must work without (or before) a configuration file
-COMMANDS_WITHOUT_CONFIG = {"key", "demo"}
+COMMANDS_WITHOUT_CONFIG = {"key", "demo", "check"}  # check reports a bad config as a CRITICAL line
 
 
 def _version(value: bool) -> None:
@@ -96,7 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     command = _guess_command(args)
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="opsdb", standalone_mode=False)
+        # without standalone mode, click returns the code of a typer.Exit instead of exiting
+        returned = app(args=args, prog_name="opsdb", standalone_mode=False)
+        if isinstance(returned, int) and returned != 0:
+            sys.exit(returned)
     except OpsdbError as exc:
         code = exit_code_for(exc, command)
         quiet = command == "wal-fetch" and code == WAL_FETCH_MISSING_EXIT
