@@ -1,0 +1,402 @@
+"""`opsdb restore`: plan() decides everything and writes nothing; execute() carries the plan out.
+
+    plan = plan_restore(request, storage=..., keys=...)      # --dry-run stops here
+    result = execute_restore(plan, request, storage=..., keys=..., runner=...)
+
+execute: create the target (0700) and tablespace directories, stream each tar object into place
+(ops/extract.py), point tablespace_map at the restored locations, write the recovery settings
+(`write_recovery_settings`, the one place they are written), hand everything to os_user when run
+as root, and with --start start the server and wait until it accepts connections and has left
+recovery. If anything fails before the server starts, what this run created is removed again.
+
+Recovery target: without a point-in-time target the server replays the WAL carried in the backup
+(base.tar's pg_wal/) to the backup's consistent end point and promotes onto a new timeline
+(recovery_target = 'immediate'), so it never continues the source's timeline in a shared archive.
+`recovery_for()` is where PITR targets plug in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pwd
+import re
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from opsdb.errors import OperationFailed, UsageError
+from opsdb.model.catalog import BASE_OBJECT, PHYSICAL, BackupRecord, RestorePlan, RestoreStep
+from opsdb.ops.extract import extract_object
+from opsdb.pg import conn as pgconn
+from opsdb.pg.instance import Instance
+from opsdb.proc import Runner
+from opsdb.repo import catalog, layout
+from opsdb.storage.base import Storage
+
+AUTO_CONF = "postgresql.auto.conf"
+OnBytes = Callable[[int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreRequest:
+    cluster: str
+    target_dir: Path
+    backup_id: str | None = None  # None: the newest complete physical backup
+    tablespace_map: tuple[tuple[str, str], ...] = ()  # (OLD location, oid or name, NEW directory)
+    start: bool = False
+    port: int | None = None
+    os_user: str | None = None  # owner of the restored files and the server, when run as root
+    bin_dir: Path | None = None  # needed for --start
+    start_timeout: float = 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreResult:
+    plan: RestorePlan
+    bytes_read: int
+    seconds: float
+    recovery_point: dict[str, str | None] | None = None  # what the started server reached
+
+    def to_dict(self) -> dict[str, Any]:
+        """The SPEC's `restore --json` object (plus sizes)."""
+        return {
+            "backup_id": self.plan.backup.id,
+            "target": self.plan.target,
+            "recovery_point": self.recovery_point,
+            "target_dir": self.plan.target_dir,
+            "bytes_read": self.bytes_read,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# --- plan ------------------------------------------------------------------------------------------
+
+
+def plan_restore(request: RestoreRequest, *, storage: Storage, keys: Mapping[str, Any]) -> RestorePlan:
+    """Pick the backup, check the target and tablespace directories, list the steps. Writes nothing;
+    UsageError (exit 2) for a target that is not empty or belongs to a running server."""
+    if request.start and request.port is None:
+        raise UsageError("--start needs --port P (the port the restored server listens on)")
+    record = (
+        catalog.load_backup(storage, request.cluster, request.backup_id, keys)
+        if request.backup_id
+        else catalog.latest_backup(storage, request.cluster, keys, kind=PHYSICAL)
+    )
+    if record.kind != PHYSICAL:
+        raise UsageError(f"{record.id} is a logical dump: restore it with `opsdb restore-dump {record.id}`")
+    target = Path(os.path.abspath(request.target_dir))
+    check_target_dir(target)
+    spaces = tablespace_destinations(record, request.tablespace_map, target)
+    steps = []
+    for obj in record.objects:
+        if obj.name == BASE_OBJECT:
+            steps.append(RestoreStep(obj.name, str(target), obj.stored_size, obj.size))
+        elif obj.name == "pg_wal.tar":
+            steps.append(RestoreStep(obj.name, str(target / "pg_wal"), obj.stored_size, obj.size))
+    if not steps:
+        raise OperationFailed(f"backup {record.id} lists no base.tar: it cannot be restored")
+    for space in record.tablespaces:
+        obj = record.object(space.object_name)
+        if obj is None:
+            raise OperationFailed(f"backup {record.id} lists tablespace {space.name} but not its object")
+        steps.append(RestoreStep(obj.name, spaces[space.oid], obj.stored_size, obj.size))
+    target_name, settings, signal = recovery_for(record)
+    return RestorePlan(
+        backup=record,
+        target_dir=str(target),
+        steps=tuple(steps),
+        tablespace_map=spaces,
+        target=target_name,
+        recovery_settings=settings,
+        signal_file=signal,
+        start=request.start,
+        port=request.port,
+    )
+
+
+def recovery_for(record: BackupRecord) -> tuple[str, dict[str, str], str | None]:
+    """(target name, postgresql.auto.conf settings, signal file) for the restore.
+
+    The backup's consistent end point: archive recovery over the WAL inside the backup (a
+    restore_command that finds nothing, so pg_wal/ is used), ending as soon as the state is
+    consistent and promoting onto a new timeline."""
+    settings = {
+        "restore_command": "false",
+        "recovery_target": "immediate",
+        "recovery_target_action": "promote",
+        "recovery_target_timeline": "current",
+    }
+    return "immediate", settings, "recovery.signal"
+
+
+def check_target_dir(target: Path) -> None:
+    """Refuse a target that holds anything (and name a running server in it)."""
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"unable to restore into {target}: it exists and is not a directory")
+    if not target.exists():
+        return
+    pid_file = target / "postmaster.pid"
+    if pid_file.exists():
+        pid = _postmaster_pid(pid_file)
+        if pid is not None and _alive(pid):
+            raise UsageError(
+                f"unable to restore into {target}: a PostgreSQL server (pid {pid}) is running there",
+                hint="stop it and choose an empty directory; nothing was changed",
+            )
+    if any(target.iterdir()):
+        raise UsageError(
+            f"unable to restore into {target}: the directory is not empty",
+            hint="restore into an empty or missing directory; nothing was changed",
+        )
+
+
+def tablespace_destinations(record: BackupRecord, mapping: tuple[tuple[str, str], ...], target: Path) -> dict[int, str]:
+    """oid -> directory for each tablespace: --tablespace-map OLD=NEW (OLD: the original location,
+    the oid or the name), else the original location. Each must be absolute and empty or missing."""
+    wanted = {old.rstrip("/") or "/": new for old, new in mapping}
+    used: set[str] = set()
+    out: dict[int, str] = {}
+    for space in record.tablespaces:
+        new = None
+        for alias in (space.location.rstrip("/"), str(space.oid), space.name):
+            if alias in wanted:
+                new = wanted[alias]
+                used.add(alias)
+        where = Path(new or space.location)
+        if not where.is_absolute():
+            raise UsageError(f"tablespace {space.name}: {where} is not an absolute path")
+        where = Path(os.path.abspath(where))
+        if where == target or target in where.parents:
+            raise UsageError(f"tablespace {space.name}: {where} must not be inside the target directory")
+        if where.exists() and (not where.is_dir() or any(where.iterdir())):
+            raise UsageError(
+                f"unable to restore tablespace {space.name} into {where}: it is not an empty directory",
+                hint=f"map it elsewhere: --tablespace-map {space.location}=/new/empty/dir",
+            )
+        out[space.oid] = str(where)
+    unknown = sorted(set(wanted) - used)
+    if unknown:
+        known = ", ".join(f"{t.location} ({t.name}, oid {t.oid})" for t in record.tablespaces) or "none"
+        raise UsageError(f"--tablespace-map {unknown[0]}: no such tablespace in backup {record.id} (has: {known})")
+    return out
+
+
+def parse_tablespace_map(items: list[str] | None) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in items or ():
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise UsageError(f"invalid --tablespace-map {item!r}: expected OLD=NEW")
+        pairs.append((old.rstrip("/") or "/", new))
+    return tuple(pairs)
+
+
+def _postmaster_pid(pid_file: Path) -> int | None:
+    try:
+        first = pid_file.read_text().splitlines()[0].strip()
+        return int(first)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- execute ---------------------------------------------------------------------------------------
+
+
+def execute_restore(
+    plan: RestorePlan,
+    request: RestoreRequest,
+    *,
+    storage: Storage,
+    keys: Mapping[str, Any],
+    runner: Runner,
+    on_bytes: OnBytes | None = None,
+) -> RestoreResult:
+    started = time.monotonic()
+    target = Path(plan.target_dir)
+    check_target_dir(target)  # again: time passed since the plan
+    created = _make_dirs(target, plan.tablespace_map.values())
+    total = 0
+    try:
+        for step in plan.steps:
+            dest = Path(step.dest)
+            dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+            key = layout.backup_object(plan.backup.cluster, plan.backup.id, step.object)
+            total += extract_object(storage, key, keys, dest, on_bytes=on_bytes)
+        if not (target / "PG_VERSION").is_file():
+            raise OperationFailed(f"backup {plan.backup.id} restored no data directory (no PG_VERSION)")
+        (target / "pg_wal" / "archive_status").mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_tablespace_map(target, plan.tablespace_map)
+        write_recovery_settings(target, plan.recovery_settings, plan.signal_file)
+        for path in [target, *(Path(p) for p in plan.tablespace_map.values())]:
+            os.chmod(path, 0o700)
+            _chown_tree(path, request.os_user)
+    except BaseException:
+        _remove_created(created)
+        raise
+    point = None
+    if plan.start:
+        point = start_restored(plan, request, runner)
+    return RestoreResult(plan, total, time.monotonic() - started, point)
+
+
+def _make_dirs(target: Path, spaces: Any) -> list[tuple[Path, bool]]:
+    """Create the target and tablespace directories; remember which existed (empty) before."""
+    created = []
+    for path in [target, *(Path(p) for p in spaces)]:
+        existed = path.exists()
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        created.append((path, existed))
+    return created
+
+
+def _remove_created(created: list[tuple[Path, bool]]) -> None:
+    """Undo a failed restore: empty the directories that were empty, remove the ones we made."""
+    for path, existed in created:
+        if not existed:
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        for child in list(path.iterdir()) if path.is_dir() else []:
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    child.unlink()
+
+
+def write_tablespace_map(target: Path, spaces: Mapping[int, str]) -> None:
+    """Point tablespace_map (read by the server at its first start) at the restored locations."""
+    path = target / "tablespace_map"
+    if not spaces:
+        return
+    lines = [f"{oid} {where}" for oid, where in sorted(spaces.items())]
+    path.write_text("\n".join(lines) + "\n")
+    os.chmod(path, 0o600)
+
+
+def write_recovery_settings(target: Path, settings: Mapping[str, str], signal_file: str | None) -> None:
+    """The one place recovery settings are written: appended to postgresql.auto.conf (later lines
+    win, so the source's values for these names are overridden) plus the signal file."""
+    if settings:
+        path = target / AUTO_CONF
+        existing = path.read_text() if path.exists() else ""
+        block = "".join(f"{name} = '{_quote(value)}'\n" for name, value in settings.items())
+        text = existing + ("" if existing.endswith("\n") or not existing else "\n")
+        path.write_text(text + "# added by opsdb restore\n" + block)
+        os.chmod(path, 0o600)
+    if signal_file:
+        (target / signal_file).write_text("")
+        os.chmod(target / signal_file, 0o600)
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def _chown_tree(root: Path, os_user: str | None) -> None:
+    if os_user is None or os.geteuid() != 0:
+        return
+    try:
+        entry = pwd.getpwnam(os_user)
+    except KeyError:
+        raise UsageError(f"os_user {os_user!r} does not exist on this machine") from None
+    os.chown(root, entry.pw_uid, entry.pw_gid)
+    for base, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.lchown(os.path.join(base, name), entry.pw_uid, entry.pw_gid)
+
+
+# --- start -----------------------------------------------------------------------------------------
+
+_REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
+_CONSISTENT = re.compile(r"consistent recovery state reached at ([0-9A-F]+/[0-9A-F]+)")
+_LAST_TX = re.compile(r"last completed transaction was at log time (.+)$", re.M)
+
+
+def start_restored(plan: RestorePlan, request: RestoreRequest, runner: Runner) -> dict[str, str | None]:
+    """Start the restored server, wait until it accepts connections and has left recovery, and
+    return the point it reached (from its log)."""
+    if request.bin_dir is None or plan.port is None:
+        raise UsageError("--start needs the PostgreSQL binaries and --port")
+    instance = Instance(Path(plan.target_dir), plan.port, request.bin_dir, request.os_user, runner)
+    instance.start(timeout=request.start_timeout)
+    deadline = time.monotonic() + request.start_timeout
+    while True:
+        with pgconn.connect(instance.conninfo()) as c:
+            if not c.in_recovery():
+                break
+        if time.monotonic() > deadline:
+            raise OperationFailed(f"the restored server on port {plan.port} is still in recovery")
+        time.sleep(0.2)
+    return recovery_point_from_log(instance.log_tail(256 * 1024))
+
+
+def recovery_point_from_log(text: str) -> dict[str, str | None]:
+    lsn = None
+    for pattern in (_REDO_DONE, _CONSISTENT):
+        found = pattern.findall(text)
+        if found:
+            lsn = found[-1]
+            break
+    when = None
+    if match := list(_LAST_TX.finditer(text)):
+        raw = match[-1].group(1).strip()
+        with contextlib.suppress(ValueError):
+            parsed = datetime.fromisoformat(raw.replace(" ", "T", 1))
+            when = parsed.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {"time": when, "lsn": lsn}
+
+
+# --- from settings ---------------------------------------------------------------------------------
+
+
+def restore_from_settings(
+    settings: Any,
+    cluster: str,
+    *,
+    target_dir: str,
+    backup_id: str | None = None,
+    tablespace_map: list[str] | None = None,
+    start: bool = False,
+    port: int | None = None,
+    dry_run: bool = False,
+    on_bytes: OnBytes | None = None,
+) -> tuple[RestorePlan, RestoreResult | None]:
+    """The CLI's one call: plan, and unless dry_run, execute. Returns (plan, result or None)."""
+    from opsdb.ops.codec import repository
+    from opsdb.pg.tools import find_bin_dir
+    from opsdb.proc import LocalRunner
+
+    cfg = settings.clusters[cluster]
+    repo = repository(settings)
+    request = RestoreRequest(
+        cluster=cluster,
+        target_dir=Path(target_dir),
+        backup_id=backup_id,
+        tablespace_map=parse_tablespace_map(tablespace_map),
+        start=start,
+        port=port,
+        os_user=cfg.os_user if os.geteuid() == 0 else None,
+        bin_dir=find_bin_dir(cfg.pg_bin_dir) if start else None,
+    )
+    plan = plan_restore(request, storage=repo.storage, keys=repo.keys)
+    if dry_run:
+        return plan, None
+    result = execute_restore(
+        plan, request, storage=repo.storage, keys=repo.keys, runner=LocalRunner(), on_bytes=on_bytes
+    )
+    return plan, result
