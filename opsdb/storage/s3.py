@@ -110,7 +110,7 @@ class S3Storage:
         config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": max_attempts},  # total, first try included
             request_checksum_calculation=checksum_mode,
             response_checksum_validation=checksum_mode,
             max_pool_connections=max(10, upload_concurrency + 2),
