@@ -193,3 +193,15 @@ def test_key_id_is_a_fingerprint_not_the_key(key: EncryptionKey) -> None:
 def test_encrypting_without_a_key_is_refused() -> None:
     with pytest.raises(KeyFileError):
         list(cipher_stage().encode([b"x"]))
+
+
+def test_pipeline_compresses_then_encrypts_and_decodes_in_reverse(key: EncryptionKey) -> None:
+    from opsdb.stream.compress import compression_stage
+    from opsdb.stream.stages import Pipeline
+
+    pipeline = Pipeline([compression_stage("zstd", 3), cipher_stage(key)])
+    data = b"compressible " * 300_000
+    encoded = b"".join(pipeline.encode([data]))
+    assert pipeline.names == ["zstd", "aes256gcm"]
+    assert encoded.startswith(b"OPSDBAE1") and len(encoded) < len(data) // 10  # compressed before encryption
+    assert b"".join(pipeline.decode([encoded])) == data
