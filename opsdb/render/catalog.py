@@ -35,7 +35,7 @@ def backups_table(records: Sequence[BackupRecord]) -> str:
             (
                 r.id,
                 r.kind,
-                (format_time(r.stop_time) or "-").replace("T", " ").rstrip("Z"),
+                (format_time(r.stop_time) or "-").replace("T", " ")[:19],
                 str(r.timeline) if r.timeline is not None else "-",
                 str(r.start_lsn) if r.start_lsn else "-",
                 str(r.stop_lsn) if r.stop_lsn else "-",

@@ -1,0 +1,365 @@
+"""`opsdb dump` and `opsdb restore-dump`: logical dumps streamed into and out of the repository.
+
+dump: under the cluster's "dump" lock, `pg_dump -Fc` of each database (all non-template databases
+that accept connections, or the ones asked for) is streamed through put_object into
+backups/<id>/pg_dump/<db>.dump, then `pg_dumpall --globals-only` (roles without their password
+hashes unless --with-passwords) into globals.sql; one catalog entry lists them all and is
+committed last (repo/catalog.py), as for physical backups.
+
+restore-dump: every target database is checked first (missing: created; existing and holding
+relations: refused without --clean), then globals (when asked) are fed to psql and each dump to
+pg_restore on its stdin. pg_restore --jobs needs a seekable file, so with --jobs > 1 each dump is
+first written to a temporary file (mode 0600, removed afterwards).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from opsdb import __version__
+from opsdb.errors import UsageError
+from opsdb.model.catalog import (
+    GLOBALS_OBJECT,
+    LOGICAL,
+    BackupRecord,
+    DumpDatabase,
+    StoredFile,
+    dump_object_name,
+    new_backup_id,
+    next_backup_id,
+)
+from opsdb.model.units import human_bytes
+from opsdb.pg import conn as pgconn
+from opsdb.pg.conninfo import redact, with_dbname
+from opsdb.pg.tools import PgTools
+from opsdb.proc import Runner
+from opsdb.repo import catalog, envelope, layout
+from opsdb.repo.envelope import Codec
+from opsdb.repo.lock import RepositoryLock
+from opsdb.storage.base import Storage
+
+log = logging.getLogger("opsdb.dump")
+OnBytes = Callable[[int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class DumpRequest:
+    cluster: str
+    conninfo: str
+    bin_dir: Path
+    databases: tuple[str, ...] = ()  # empty: every non-template database
+    with_passwords: bool = False
+    lock_ttl_seconds: float = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DumpResult:
+    record: BackupRecord
+    seconds: float
+    cleaned: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = self.record.to_json()
+        doc.update(
+            {
+                "databases": [d.name for d in self.record.databases],
+                "seconds": round(self.seconds, 3),
+                "cleaned_leftovers": list(self.cleaned),
+            }
+        )
+        return doc
+
+
+def run_dump(
+    request: DumpRequest,
+    *,
+    storage: Storage,
+    codec: Codec,
+    runner: Runner,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    on_bytes: OnBytes | None = None,
+) -> DumpResult:
+    started = time.monotonic()
+    tools = PgTools(request.bin_dir)
+    with pgconn.connect(request.conninfo) as c:
+        existing = c.databases(exclude_templates=True)
+        version, version_num = c.server_version().split()[0], c.server_version_num()
+        system_identifier = str(c.system_identifier())
+    unknown = [d for d in request.databases if d not in existing]
+    if unknown:
+        raise UsageError(
+            f"unable to dump database {unknown[0]!r}: no such database on {redact(request.conninfo)}",
+            hint=f"databases: {', '.join(existing) or 'none'}",
+        )
+    databases = list(dict.fromkeys(request.databases)) or existing
+    lock = RepositoryLock(
+        storage, request.cluster, "dump", command="dump", ttl=timedelta(seconds=request.lock_ttl_seconds)
+    )
+    with lock:
+        cleaned = catalog.clean_leftovers(storage, request.cluster, kind=LOGICAL, older_than=lock.acquired_at)
+        dump_id = new_backup_id(clock(), LOGICAL)
+        while catalog.id_taken(storage, request.cluster, dump_id):
+            dump_id = next_backup_id(dump_id)
+        start_time = clock()
+        stored: list[StoredFile] = []
+        entries: list[DumpDatabase] = []
+        for db in databases:
+            name = dump_object_name(db)
+            cmd = tools.pg_dump(request.conninfo, dbname=db, extra=("-Z", "0"))  # compressed once, by the codec
+            stored.append(_store_stream(runner, cmd, storage, request.cluster, dump_id, name, codec, on_bytes, "dump",
+                                        f"dumping database {db}"))  # fmt: skip
+            entries.append(DumpDatabase(db, name))
+        cmd = tools.pg_dumpall(request.conninfo, globals_only=True, no_role_passwords=not request.with_passwords)
+        stored.append(_store_stream(runner, cmd, storage, request.cluster, dump_id, GLOBALS_OBJECT, codec, on_bytes,
+                                    "globals", "dumping roles and tablespaces"))  # fmt: skip
+        record = BackupRecord(
+            id=dump_id,
+            cluster=request.cluster,
+            kind=LOGICAL,
+            start_time=start_time,
+            stop_time=clock(),
+            size_bytes=sum(s.size for s in stored),
+            stored_bytes=sum(s.stored_size for s in stored),
+            compression=codec.compression,
+            compression_level=codec.level,
+            encrypted=codec.key is not None,
+            key_id=codec.key.id if codec.key else None,
+            pg_version=version,
+            pg_version_num=version_num,
+            system_identifier=system_identifier,
+            objects=tuple(stored),
+            databases=tuple(entries),
+            globals_object=GLOBALS_OBJECT,
+            with_passwords=request.with_passwords,
+            host=socket.gethostname(),
+            opsdb_version=__version__,
+        )
+        lock.check()
+        catalog.commit(storage, record, codec)
+    return DumpResult(record, time.monotonic() - started, tuple(lo.backup_id for lo in cleaned))
+
+
+def _store_stream(
+    runner: Runner,
+    cmd: Any,
+    storage: Storage,
+    cluster: str,
+    dump_id: str,
+    name: str,
+    codec: Codec,
+    on_bytes: OnBytes | None,
+    role: str,
+    doing: str,
+) -> StoredFile:
+    key = layout.backup_object(cluster, dump_id, name)
+    with runner.stream(cmd, doing=doing) as proc:
+        obj = envelope.put_object(storage, key, proc.chunks(), codec, if_absent=True, on_bytes=on_bytes)
+    return StoredFile(name, obj.size, obj.stored_size, obj.sha256, role)
+
+
+# --- restore-dump ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreDumpResult:
+    dump_id: str
+    databases: tuple[str, ...]
+    created: tuple[str, ...]
+    globals_restored: bool
+    bytes_read: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"seconds": round(self.seconds, 3)}
+
+    def summary(self) -> str:
+        made = f" (created {', '.join(self.created)})" if self.created else ""
+        rate = f", {self.bytes_read / self.seconds / 1e6:.1f} MB/s" if self.seconds > 0 else ""
+        return (
+            f"restored dump {self.dump_id}: {', '.join(self.databases) or 'no databases'}{made}"
+            f"{' + globals' if self.globals_restored else ''}; {human_bytes(self.bytes_read)} in {self.seconds:.1f} s{rate}"
+        )
+
+
+_USER_RELATIONS = (
+    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
+    "AND n.nspname NOT LIKE 'pg\\_temp%'"
+)
+
+
+def restore_dump(
+    dump_id: str,
+    *,
+    cluster: str,
+    storage: Storage,
+    keys: Mapping[str, Any],
+    runner: Runner,
+    bin_dir: Path,
+    conninfo: str,
+    databases: tuple[str, ...] = (),
+    jobs: int = 1,
+    clean: bool = False,
+    with_globals: bool = False,
+    on_bytes: OnBytes | None = None,
+    tmp_root: str | None = None,
+) -> RestoreDumpResult:
+    """Restore some or all databases of a dump into the server at `conninfo`."""
+    started = time.monotonic()
+    record = catalog.load_backup(storage, cluster, dump_id, keys)
+    if record.kind != LOGICAL:
+        raise UsageError(f"{dump_id} is a physical backup: restore it with `opsdb restore --backup {dump_id}`")
+    by_name = {d.name: d for d in record.databases}
+    unknown = [d for d in databases if d not in by_name]
+    if unknown:
+        raise UsageError(f"dump {dump_id} has no database {unknown[0]!r} (has: {', '.join(by_name) or 'none'})")
+    chosen = [by_name[d] for d in dict.fromkeys(databases)] if databases else list(record.databases)
+    to_create = _check_targets(conninfo, [d.name for d in chosen], clean)
+    tools = PgTools(bin_dir)
+    total = 0
+    if with_globals:
+        if not record.globals_object:
+            raise UsageError(f"dump {dump_id} holds no globals")
+        chunks = _counted(
+            envelope.get_object(storage, layout.backup_object(cluster, dump_id, record.globals_object), keys), on_bytes
+        )
+        # "role ... already exists" is expected on a populated server: do not stop at the first error
+        runner.feed(tools.psql(conninfo, on_error_stop=False), chunks, doing="restoring roles and tablespaces")
+        total += chunks.count
+    with pgconn.connect(conninfo) as c:
+        for name in to_create:
+            c.execute(f"CREATE DATABASE {_ident(name)} TEMPLATE template0")
+    for entry in chosen:
+        key = layout.backup_object(cluster, dump_id, entry.object)
+        cmd_conninfo = with_dbname(conninfo, entry.name)
+        chunks = _counted(envelope.get_object(storage, key, keys), on_bytes)
+        if jobs > 1:
+            total += _restore_staged(runner, tools, cmd_conninfo, chunks, jobs, clean, entry.name, tmp_root)
+        else:
+            cmd = tools.pg_restore(cmd_conninfo, clean=clean)
+            runner.feed(cmd, chunks, doing=f"restoring database {entry.name}")
+            total += chunks.count
+    return RestoreDumpResult(
+        dump_id, tuple(d.name for d in chosen), tuple(to_create), with_globals, total, time.monotonic() - started
+    )
+
+
+class _counted:
+    """An iterator that counts (and reports) the bytes passing through."""
+
+    def __init__(self, chunks: Any, on_bytes: OnBytes | None) -> None:
+        self._it = iter(chunks)
+        self.count = 0
+        self._on = on_bytes
+
+    def __iter__(self) -> _counted:
+        return self
+
+    def __next__(self) -> bytes:
+        chunk: bytes = next(self._it)
+        self.count += len(chunk)
+        if self._on is not None:
+            self._on(len(chunk))
+        return chunk
+
+
+def _restore_staged(
+    runner: Runner,
+    tools: PgTools,
+    conninfo: str,
+    chunks: _counted,
+    jobs: int,
+    clean: bool,
+    name: str,
+    tmp_root: str | None,
+) -> int:
+    fd, path = tempfile.mkstemp(prefix="opsdb-restore-dump-", suffix=".dump", dir=tmp_root)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+        runner.run(
+            tools.pg_restore(conninfo, input_path=path, clean=clean, jobs=jobs), doing=f"restoring database {name}"
+        )
+    finally:
+        os.unlink(path)
+    return chunks.count
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _check_targets(conninfo: str, names: list[str], clean: bool) -> list[str]:
+    """Databases to create; UsageError (nothing changed) for an existing non-empty one without --clean."""
+    with pgconn.connect(conninfo) as c:
+        present = {r["datname"] for r in c.fetchall("SELECT datname FROM pg_database")}
+    missing = [n for n in names if n not in present]
+    if clean:
+        return missing
+    for name in names:
+        if name in missing:
+            continue
+        with pgconn.connect(with_dbname(conninfo, name)) as c:
+            relations = int(c.fetchval(_USER_RELATIONS))
+        if relations:
+            raise UsageError(
+                f"unable to restore database {name}: it exists on {redact(conninfo)} and holds {relations} relations",
+                hint="pass --clean to drop and recreate its objects, or restore into another server",
+            )
+    return missing
+
+
+# --- from settings ---------------------------------------------------------------------------------
+
+
+def dump_from_settings(
+    settings: Any,
+    cluster: str,
+    *,
+    databases: tuple[str, ...] = (),
+    with_passwords: bool = False,
+    on_bytes: OnBytes | None = None,
+) -> DumpResult:
+    from opsdb.ops.codec import repository
+    from opsdb.pg.tools import find_bin_dir
+    from opsdb.proc import LocalRunner
+
+    cfg = settings.clusters[cluster]
+    repo = repository(settings, writable=True)
+    request = DumpRequest(cluster, cfg.conninfo, find_bin_dir(cfg.pg_bin_dir), databases, with_passwords)
+    return run_dump(request, storage=repo.storage, codec=repo.codec, runner=LocalRunner(), on_bytes=on_bytes)
+
+
+def restore_dump_from_settings(
+    settings: Any,
+    cluster: str,
+    dump_id: str,
+    *,
+    conninfo: str,
+    databases: tuple[str, ...] = (),
+    jobs: int = 1,
+    clean: bool = False,
+    with_globals: bool = False,
+    on_bytes: OnBytes | None = None,
+) -> RestoreDumpResult:
+    from opsdb.ops.codec import repository
+    from opsdb.pg.tools import find_bin_dir
+    from opsdb.proc import LocalRunner
+
+    cfg = settings.clusters[cluster]
+    repo = repository(settings)
+    return restore_dump(
+        dump_id, cluster=cluster, storage=repo.storage, keys=repo.keys, runner=LocalRunner(),
+        bin_dir=find_bin_dir(cfg.pg_bin_dir), conninfo=conninfo, databases=databases, jobs=jobs, clean=clean,
+        with_globals=with_globals, on_bytes=on_bytes,
+    )  # fmt: skip
