@@ -8,7 +8,8 @@ rewrites it every ttl/3 with a later expiry; a run that dies stops renewing it.
 A lock whose expiry has passed is taken over without a race between contenders: each contender
 first creates (create-only) a takeover marker named after the digest of the stale lock's bytes.
 Exactly one can create it; only that one deletes the stale lock and creates its own, then re-reads
-the lock to confirm. Expiry compares the holder's written time with the reader's clock, so hosts
+the lock to confirm. A lock held by a process of this same host that no longer exists (a run
+killed with -9) counts as expired at once. Expiry compares the holder's written time with the reader's clock, so hosts
 need roughly synchronised clocks (NTP); the default ttl of 5 minutes leaves a wide margin.
 """
 
@@ -120,6 +121,19 @@ class LockInfo:
         # no readable expiry at all (garbage in the lock object): treat as expired so it can be taken over
         return self.expires is None or self.expires <= now
 
+    def dead_on(self, host: str) -> bool:
+        """True when the holder ran on `host` (this machine) and its process is gone: a run killed
+        with -9 does not block the next one on the same host until the lock expires."""
+        if self.host != host or self.pid is None or self.pid <= 0:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
     def describe(self, what: str) -> str:
         """'backup of cluster main is already running on host X pid 123 since ...; lock expires at ...'."""
         doing = f"{what} of cluster {self.cluster}"
@@ -146,6 +160,7 @@ class RepositoryLock:
         clock: Clock = _utcnow,
         host: str | None = None,
         pid: int | None = None,
+        check_local_pid: bool = True,
     ) -> None:
         self.storage = storage
         self.cluster = cluster
@@ -156,6 +171,7 @@ class RepositoryLock:
         self.clock = clock
         self.host = host or socket.gethostname()
         self.pid = pid if pid is not None else os.getpid()
+        self.check_local_pid = check_local_pid
         self.owner = uuid.uuid4().hex
         self.key = layout.lock_object(cluster, kind)
         self.info: LockInfo | None = None
@@ -257,7 +273,7 @@ class RepositoryLock:
             except Conflict:
                 raw = self._read_raw() or b""
         holder = LockInfo.from_bytes(raw, kind=self.kind, cluster=self.cluster)
-        if not holder.expired(self.clock()):
+        if not holder.expired(self.clock()) and not (self.check_local_pid and holder.dead_on(self.host)):
             raise self._held(holder)
         generation = hashlib.sha256(raw).hexdigest()[:32]
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -133,3 +134,21 @@ def test_concurrent_acquire_gives_exactly_one_winner(tmp_path) -> None:  # type:
     for t in threads:
         t.join(10)
     assert len(winners) == 1 and len(refused) == 3
+
+
+def test_lock_of_a_killed_run_on_this_host_is_taken_over_at_once() -> None:
+    import socket
+    import subprocess
+
+    child = subprocess.Popen(["true"])
+    child.wait()  # its pid is now free: a run that was killed
+    storage, clock = MemoryStorage(), Clock()
+    make_lock(storage, clock, host=socket.gethostname(), pid=child.pid).acquire()
+    # a live process on this host (ourselves) is respected
+    alive = MemoryStorage()
+    make_lock(alive, clock, host=socket.gethostname(), pid=os.getpid()).acquire()
+    with pytest.raises(LockHeld):
+        make_lock(alive, clock, host=socket.gethostname(), pid=1).acquire()
+    taker = make_lock(storage, clock, host=socket.gethostname(), pid=os.getpid())
+    taker.acquire()
+    assert json.loads(storage.open(taker.key).read())["owner"] == taker.owner
