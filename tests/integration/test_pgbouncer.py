@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import socket
 import stat
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from opsdb.errors import DatabaseError
 from opsdb.ops.pgbouncer import find_pgbouncer
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
-from opsdb.proc import Cmd, LocalRunner
+from opsdb.proc import Cmd, LocalRunner, Spawned
 from tests.fixtures.pg import free_port, make_temp_dir, os_user
 
 pytestmark = pytest.mark.integration
@@ -101,19 +102,36 @@ def _config(workdir: Path, cluster: Instance, port: int, **pgbouncer: object) ->
     return path
 
 
-def _wait_listening(port: int, proc: object, timeout: float = 10) -> None:
-    import socket
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:  # type: ignore[attr-defined]
-            raise AssertionError("pgbouncer exited at startup")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
+
+def _start_pgbouncer(workdir: Path, cluster: Instance) -> tuple[Spawned, Path, int]:
+    """Generate for a fresh port and start pgbouncer on it. Other tests on this machine may take a
+    port between free_port() and the bind, so a bind failure retries with a new port (3 tries)."""
+    for attempt in range(3):
+        port = free_port()
+        config = _config(workdir, cluster, port)
+        out = workdir / f"live-{attempt}"
+        done = _opsdb(config, "pgbouncer", "generate", "--out-dir", str(out), "--discover")
+        assert done.returncode == 0, done.stderr
+        _chown_tree(out)
+        log = workdir / f"pgbouncer-{attempt}.out"
+        proc = LocalRunner().spawn(Cmd((PGBOUNCER, str(out / "pgbouncer.ini")), run_as=os_user()), log_path=log)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None and not _listening(port):
             time.sleep(0.1)
-    raise AssertionError(f"pgbouncer did not listen on {port} within {timeout}s")
+        if proc.poll() is None and _listening(port):
+            return proc, config, port
+        proc.terminate(timeout=5)
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if "already in use" not in text:
+            raise AssertionError(f"pgbouncer did not come up on {port}: {text[-2000:]}")
+    raise AssertionError("pgbouncer could not bind a free port in 3 attempts")
 
 
 def test_generated_files_serve_a_scram_login_and_the_admin_console(scram_cluster: Instance, workdir: Path) -> None:
@@ -145,10 +163,8 @@ def test_generated_files_serve_a_scram_login_and_the_admin_console(scram_cluster
     assert result["loaded"] is True and result["ok"] is True
     assert result["worst_case_connections"] <= result["usable_connections"]
 
-    _chown_tree(out)
-    proc = LocalRunner().spawn(Cmd((PGBOUNCER, str(ini)), run_as=os_user()), log_path=workdir / "pgbouncer.out")
+    proc, config, port = _start_pgbouncer(workdir, scram_cluster)
     try:
-        _wait_listening(port, proc)
         through = f"host=127.0.0.1 port={port} dbname=appdb user=app"
         with connect(f"{through} password={APP_PASSWORD}") as c:
             assert c.fetchval("SELECT current_user") == "app"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from opsdb.errors import ToolError
 from opsdb.model.lsn import Lsn
 from opsdb.model.replication import LagThresholds, Status
 from opsdb.ops.replicas import collect_replicas_report, create_replica_from_primary
@@ -77,8 +78,14 @@ def pair(pg_bin_dir: Path) -> Iterator[Pair]:
         )
         assert created.primary_conninfo_written
         assert "application_name=replica1" in (target / "postgresql.auto.conf").read_text()
-        standby = Instance(target, free_port(), pg_bin_dir, os_user(), LocalRunner())
-        standby.start(timeout=60)
+        for attempt in range(3):  # another test may take the port between free_port() and the bind
+            standby = Instance(target, free_port(), pg_bin_dir, os_user(), LocalRunner())
+            try:
+                standby.start(timeout=60)
+                break
+            except ToolError as exc:
+                if "Address already in use" not in exc.stderr_tail or attempt == 2:
+                    raise
         pair = Pair(primary, standby, factory.new_dir())
         with connect(primary.conninfo()) as p:
             p.execute("CREATE TABLE filler (id int, pad text)")
