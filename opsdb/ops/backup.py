@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -62,6 +63,7 @@ log = logging.getLogger("opsdb.backup")
 PIPE_BUFFER = 1024 * 1024  # F_SETPIPE_SZ: fewer wake-ups between pg_basebackup and the reader
 F_SETPIPE_SZ = 1031
 DIR_WAIT_SECONDS = 600.0  # how long pg_basebackup may take to connect and create its directory
+WORK_PREFIX = "opsdb-backup-"  # + <opsdb pid>-<random>: lets a later run recognise a killed run's directory
 OnBytes = Callable[[int], None]
 
 
@@ -265,7 +267,8 @@ def _stream_basebackup(
     on_bytes: OnBytes | None,
     tmp_root: str | None,
 ) -> tuple[list[StoredFile], dict[str, Any]]:
-    tmp = Path(tempfile.mkdtemp(prefix="opsdb-backup-", dir=tmp_root))
+    clean_stale_work_dirs(tmp_root)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=tmp_root))
     out = tmp / "out"
     cmd = PgTools(request.bin_dir).pg_basebackup(
         source.conninfo,
@@ -281,6 +284,7 @@ def _stream_basebackup(
     log_path = tmp / "pg_basebackup.log"
     try:
         proc = runner.spawn(cmd, log_path=log_path)
+        (tmp / "pg_basebackup.pid").write_text(str(proc.pid))
         try:
             readers = _make_pipes(out, proc, _tar_names(facts), storage, request.cluster, backup_id, codec, on_bytes)
             rc = proc.wait()
@@ -318,6 +322,35 @@ def _stream_basebackup(
         return stored, manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clean_stale_work_dirs(tmp_root: str | None) -> list[str]:
+    """Remove work directories of backup runs that were killed (their opsdb process is gone), and stop
+    their pg_basebackup if it still waits on a pipe nobody reads."""
+    removed = []
+    root = Path(tmp_root or tempfile.gettempdir())
+    for path in root.glob(f"{WORK_PREFIX}*-*"):
+        owner = path.name[len(WORK_PREFIX) :].split("-", 1)[0]
+        if not owner.isdigit() or _pid_alive(int(owner)):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            child = int((path / "pg_basebackup.pid").read_text())
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if str(path).encode() in cmdline:
+                os.kill(child, signal.SIGKILL)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(str(path))
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _make_pipes(
