@@ -159,14 +159,17 @@ def tablespace_destinations(record: BackupRecord, mapping: tuple[tuple[str, str]
     """oid -> directory for each tablespace: --tablespace-map OLD=NEW (OLD: the original location,
     the oid or the name), else the original location. Each must be absolute and empty or missing."""
     wanted = {old.rstrip("/") or "/": new for old, new in mapping}
-    used: set[str] = set()
+    aliases = {a for t in record.tablespaces for a in (t.location.rstrip("/"), str(t.oid), t.name)}
+    unknown = sorted(set(wanted) - aliases)
+    if unknown:
+        known = ", ".join(f"{t.location} ({t.name}, oid {t.oid})" for t in record.tablespaces) or "none"
+        raise UsageError(f"--tablespace-map {unknown[0]}: no such tablespace in backup {record.id} (has: {known})")
     out: dict[int, str] = {}
     for space in record.tablespaces:
         new = None
         for alias in (space.location.rstrip("/"), str(space.oid), space.name):
             if alias in wanted:
                 new = wanted[alias]
-                used.add(alias)
         where = Path(new or space.location)
         if not where.is_absolute():
             raise UsageError(f"tablespace {space.name}: {where} is not an absolute path")
@@ -179,10 +182,6 @@ def tablespace_destinations(record: BackupRecord, mapping: tuple[tuple[str, str]
                 hint=f"map it elsewhere: --tablespace-map {space.location}=/new/empty/dir",
             )
         out[space.oid] = str(where)
-    unknown = sorted(set(wanted) - used)
-    if unknown:
-        known = ", ".join(f"{t.location} ({t.name}, oid {t.oid})" for t in record.tablespaces) or "none"
-        raise UsageError(f"--tablespace-map {unknown[0]}: no such tablespace in backup {record.id} (has: {known})")
     return out
 
 
