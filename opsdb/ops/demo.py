@@ -90,8 +90,8 @@ class _Tour:
         self.step(f"initdb + start: PostgreSQL on 127.0.0.1:{self.instance.port} ({self.instance.data_dir})")
 
     def switch_and_archive(self) -> None:
-        name = self.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")
-        self.sql("SELECT pg_switch_wal()")
+        # the file pg_switch_wal closed (or, with nothing to switch, the last one it closed before)
+        name = self.sql("SELECT pg_walfile_name(pg_switch_wal())")
         deadline = time.monotonic() + 60
         # pg_stat_archiver, not the file's existence: cp may still be writing it
         done = "SELECT coalesce(last_archived_wal >= %s, false) FROM pg_stat_archiver"
@@ -100,7 +100,8 @@ class _Tour:
                 raise OperationFailed(f"the demo cluster did not archive {name} within 60 s")
             time.sleep(0.05)
         for path in sorted(self.archive.iterdir()):
-            if path.name not in self.pushed:
+            # only what PostgreSQL reported archived: a later segment may still be half-copied
+            if path.name not in self.pushed and path.name[:24] <= str(name):
                 walrepo.push(self.storage, CLUSTER, path.name, lambda p=path: [p.read_bytes()], self.codec, self.keys)
                 self.pushed.add(path.name)
 

@@ -70,7 +70,7 @@ def insert(conn: Any, schema: str, *, keep_days: int = 90) -> Heartbeat:
             conn.execute(sql)
     row = conn.fetchone(
         f"INSERT INTO {table_name(schema)} (beat_time, lsn, txid) "
-        f"VALUES (clock_timestamp(), pg_current_wal_lsn(), txid_current()) RETURNING {_COLUMNS}"
+        f"VALUES (clock_timestamp(), pg_current_wal_insert_lsn(), txid_current()) RETURNING {_COLUMNS}"
     )
     if keep_days > 0:
         conn.execute(

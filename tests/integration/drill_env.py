@@ -75,15 +75,15 @@ class Primary:
 
     def switch_and_push(self) -> None:
         """Close the current segment, wait until PostgreSQL archived it, push everything new."""
-        lsn = self.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")
-        self.sql("SELECT pg_switch_wal()")
+        # the file pg_switch_wal closed (or, with nothing to switch, the last one it closed before)
+        lsn = self.sql("SELECT pg_walfile_name(pg_switch_wal())")
         deadline = time.monotonic() + 30
         done = "SELECT coalesce(last_archived_wal >= %s, false) FROM pg_stat_archiver"
         while not self.sql(done, (lsn,)):  # bounded by the deadline (cp may still be writing the file)
             assert time.monotonic() < deadline, f"{lsn} not archived within 30 s"
             time.sleep(0.05)
         for path in sorted(self.archive_dir.iterdir()):
-            if path.name in self.pushed or path.name.startswith("."):
+            if path.name in self.pushed or path.name.startswith(".") or path.name[:24] > lsn:  # not archived yet
                 continue
             for storage in self.repos:
                 walrepo.push(storage, self.cluster, path.name, lambda p=path: [p.read_bytes()], CODEC, KEYS)
@@ -121,7 +121,11 @@ class Primary:
             stored = envelope.put_object(storage, key, [data], CODEC)
             record.objects = [{"name": "base.tar", "size": stored.size, "sha256": stored.sha256}]
             record.size_bytes, record.stored_bytes = stored.size, stored.stored_size
-            envelope.put_object(storage, layout.catalog_entry(self.cluster, backup_id), [b"{}"], CODEC)
+            entry = dataclasses.asdict(record) | {
+                "start_time": start_time.isoformat(),
+                "stop_time": stop_time.isoformat(),
+            }
+            envelope.put_json(storage, layout.catalog_entry(self.cluster, backup_id), entry, CODEC)
         return record
 
 

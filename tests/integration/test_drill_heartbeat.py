@@ -26,7 +26,7 @@ def test_heartbeat_creates_table_and_records_time_lsn_txid(pg_cluster) -> None:
         assert hb.newest(conn, "ops mon", at_or_before=second.time - timedelta(microseconds=1)) == first
         assert hb.first_after(conn, "ops mon", first.time) == second
         assert hb.first_after(conn, "ops mon", second.time) is None
-        assert conn.fetchval("SELECT %s::pg_lsn <= pg_current_wal_lsn()", (second.lsn,))
+        assert conn.fetchval("SELECT %s::pg_lsn <= pg_current_wal_insert_lsn()", (second.lsn,))
 
 
 def test_heartbeat_prunes_old_rows(pg_cluster) -> None:

@@ -9,6 +9,7 @@ import typer
 
 from opsdb.cli import output
 from opsdb.cli.state import AppState
+from opsdb.errors import OperationFailed
 
 
 def register(app: typer.Typer) -> None:
@@ -31,4 +32,4 @@ def register(app: typer.Typer) -> None:
         verdict = "PASS" if result.report.passed else "FAIL"
         output.emit(state, summary(result), f"demo drill {verdict}: open {html}")
         if not result.report.passed:
-            raise typer.Exit(1)
+            raise OperationFailed(f"demo drill failed: {', '.join(c.name for c in result.report.failed_checks)}")

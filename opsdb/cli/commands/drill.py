@@ -9,6 +9,7 @@ import typer
 
 from opsdb.cli import output
 from opsdb.cli.state import AppState
+from opsdb.errors import OperationFailed
 from opsdb.model.report import format_time
 
 
@@ -60,7 +61,7 @@ def register(app: typer.Typer) -> None:
         result = verify_from_settings(state.settings, name, backup_id)
         output.emit(state, result.to_dict(), _verify_text(result))
         if not result.ok:
-            raise typer.Exit(1)
+            raise OperationFailed(f"verify found {len(result.problems)} bad object(s) in {result.scope}")
 
     @app.command("heartbeat")
     def heartbeat(ctx: typer.Context) -> None:
@@ -99,7 +100,8 @@ def register(app: typer.Typer) -> None:
         )  # fmt: skip
         output.emit(state, {**report.summary(), "report_files": files}, _drill_text(report, files))
         if not report.passed:
-            raise typer.Exit(1)
+            names = ", ".join(c.name for c in report.failed_checks)
+            raise OperationFailed(f"drill {report.id} failed: {names}")
 
     report = typer.Typer(help="Drill reports kept in the repository.", no_args_is_help=True)
 
