@@ -9,7 +9,6 @@ checkout's interpreter, so the test process does the push.)
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import re
 import shutil
@@ -29,6 +28,7 @@ from opsdb.repo import wal as walrepo
 from opsdb.repo.envelope import Codec
 from opsdb.storage.base import Storage
 from opsdb.stream.crypto import EncryptionKey, key_id_of
+from opsdb.stream.stages import IterReader
 
 SECRET = bytes(range(32))
 KEY = EncryptionKey(key_id_of(SECRET), SECRET)
@@ -108,17 +108,19 @@ class Primary:
         )
         backup_id = start_time.strftime("%Y%m%dT%H%M%SZ")
         key = layout.backup_object(self.cluster, backup_id, "base.tar")
-        data = b""
+        first, *others = self.repos
         with LocalRunner().stream(Cmd(argv), doing="pg_basebackup") as proc:
-            data = b"".join(proc.chunks())
+            stored = envelope.put_object(first, key, proc.chunks(), CODEC)  # streamed: bounded memory
         stop_time = datetime.now(UTC)
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            label = tar.extractfile("backup_label").read().decode()  # type: ignore[union-attr]
+        for storage in others:
+            envelope.put_object(storage, key, envelope.get_object(first, key, KEYS), CODEC)
+        reader = IterReader(envelope.get_object(first, key, KEYS))
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            label = next(tar.extractfile(m).read().decode() for m in tar if m.name == "backup_label")  # type: ignore[union-attr]
         start_lsn = re.search(r"START WAL LOCATION: (\S+)", label).group(1)  # type: ignore[union-attr]
         stop_lsn = self.sql("SELECT pg_current_wal_lsn()::text")
         record = BackupRecord(backup_id, start_lsn, stop_lsn, start_time, stop_time)
         for storage in self.repos:
-            stored = envelope.put_object(storage, key, [data], CODEC)
             record.objects = [{"name": "base.tar", "size": stored.size, "sha256": stored.sha256}]
             record.size_bytes, record.stored_bytes = stored.size, stored.stored_size
             entry = dataclasses.asdict(record) | {
