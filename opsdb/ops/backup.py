@@ -120,6 +120,7 @@ def run_backup(
     lock = RepositoryLock(
         storage, request.cluster, "backup", command="backup", ttl=timedelta(seconds=request.lock_ttl_seconds)
     )
+    catalog.ensure_repository_marker(storage, clock().isoformat(), f"opsdb {__version__}")
     with lock:
         cleaned = catalog.clean_leftovers(storage, request.cluster, kind=PHYSICAL, older_than=lock.acquired_at)
         for leftover in cleaned:

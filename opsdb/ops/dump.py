@@ -104,6 +104,7 @@ def run_dump(
     lock = RepositoryLock(
         storage, request.cluster, "dump", command="dump", ttl=timedelta(seconds=request.lock_ttl_seconds)
     )
+    catalog.ensure_repository_marker(storage, clock().isoformat(), f"opsdb {__version__}")
     with lock:
         cleaned = catalog.clean_leftovers(storage, request.cluster, kind=LOGICAL, older_than=lock.acquired_at)
         dump_id = new_backup_id(clock(), LOGICAL)

@@ -1,0 +1,182 @@
+"""Benchmark: `opsdb backup` and `opsdb restore` of a pgbench database against the two pipe limits.
+
+    .venv/bin/python bench/backup.py [--scale 100] [--level 1] [--threads 2] [--keep]
+
+Builds a throwaway cluster (initdb as postgres, pgbench -i -s SCALE), starts a moto S3 server on
+127.0.0.1 and measures, in one run, each row in its own child tree (os.wait4: CPU = user+sys of the
+whole tree, peak RSS = the largest process in it):
+
+  backup limit   pg_basebackup -Ft -X fetch -D - | zstd -1 -T2 > /dev/null
+  opsdb backup   opsdb backup (zstd, AES-256-GCM) into s3:// on moto
+  restore limit  zstd -d -c base.tar.zst | tar -x -C DIR   (the same stream, kept in a local file)
+  opsdb restore  opsdb restore --target-dir DIR (from moto, decrypt, verify, extract)
+
+MB/s = database size (sum of pg_database_size) / wall for backups, restored directory size / wall for
+restores (10^6 bytes), as in /work/shared/reference/peer-performance.md. moto runs on the same 2 cores
+and its CPU is not in the opsdb figures; its own CPU time is shown separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+BIN = Path(os.environ.get("OPSDB_BENCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
+OPSDB = str(Path(sys.executable).with_name("opsdb"))
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def as_postgres(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+def measure(name: str, argv: list[str], *, size: int, env: dict[str, str] | None = None, cwd: str | None = None) -> dict[str, Any]:
+    """Run argv to completion; wall, CPU (tree) and peak RSS (largest process of the tree) via wait4."""
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}")
+    return {
+        "name": name,
+        "wall_s": round(wall, 2),
+        "mb_s": round(size / wall / 1e6, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "command": " ".join(argv) if len(" ".join(argv)) < 140 else " ".join(argv)[:137] + "...",
+    }
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=int, default=100)
+    parser.add_argument("--level", type=int, default=1, help="zstd level for opsdb (the limit uses -1)")
+    parser.add_argument("--threads", type=int, default=2, help="zstd worker threads for opsdb (the limit uses -T2)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="opsdb-bench-backup-", dir="/tmp"))
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("postgres")
+        os.chown(work, entry.pw_uid, entry.pw_gid)
+    data, port = work / "data", free_port()
+    moto = None
+    rows: list[dict[str, Any]] = []
+    try:
+        subprocess.run(as_postgres([str(BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-k"]),
+                       check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        with open(data / "postgresql.auto.conf", "a") as fh:
+            fh.write(f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
+                     "shared_buffers = '1GB'\nwal_level = replica\nmax_wal_size = '16GB'\nsynchronous_commit = off\n")  # fmt: skip
+        subprocess.run(as_postgres([str(BIN / "pg_ctl"), "-D", str(data), "-l", str(work / "pg.log"), "-w", "start"]),
+                       check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        conninfo = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+        t0 = time.monotonic()
+        subprocess.run([str(BIN / "pgbench"), "-i", "-q", "-s", str(args.scale), "-d", conninfo], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        size = int(subprocess.run([str(BIN / "psql"), "-d", conninfo, "-Atc", "select sum(pg_database_size(oid)) from pg_database"],
+                                  check=True, capture_output=True, text=True).stdout)  # fmt: skip
+        print(f"pgbench -i -s {args.scale}: {size / 1e6:.0f} MB in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+
+        mport = free_port()
+        endpoint = f"http://127.0.0.1:{mport}"
+        moto = subprocess.Popen([PY, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(mport)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(endpoint + "/moto-api/data.json", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="opsdb-bench")
+        key = work / "repo.key"
+        subprocess.run([OPSDB, "key", "generate", str(key)], check=True, capture_output=True)
+        config = work / "opsdb.toml"
+        config.write_text(
+            f'[repository]\nurl = "s3://opsdb-bench/repo"\nendpoint_url = "{endpoint}"\nregion = "us-east-1"\n'
+            f'[encryption]\nkey_file = "{key}"\nrequired = true\n'
+            f'[compression]\nalgorithm = "zstd"\nlevel = {args.level}\nthreads = {args.threads}\n'
+            f'[clusters.main]\nconninfo = "{conninfo}"\npg_bin_dir = "{BIN}"\nos_user = "postgres"\n'
+        )
+        basebackup = f"{BIN}/pg_basebackup -d '{conninfo}' -Ft -X fetch -c fast -D -"
+
+        rows.append(measure("backup limit: pg_basebackup | zstd -1 -T2 > /dev/null",
+                            ["bash", "-c", f"set -o pipefail; {basebackup} | zstd -q -1 -T2 > /dev/null"], size=size))  # fmt: skip
+        moto_before = proc_cpu(moto.pid)
+        row = measure("opsdb backup (zstd, AES-256-GCM) -> moto S3", [OPSDB, "--config", str(config), "backup"], size=size)
+        row["moto_cpu_s"] = round(proc_cpu(moto.pid) - moto_before, 2)
+        rows.append(row)
+
+        stream = work / "base.tar.zst"
+        subprocess.run(["bash", "-c", f"set -o pipefail; {basebackup} | zstd -q -1 -T2 > {stream}"], check=True)
+        limit_dir = work / "limit-restore"
+        limit_dir.mkdir()
+        rows.append(measure("restore limit: zstd -d | tar -x", ["bash", "-c", f"zstd -q -d -c {stream} | tar -x -C {limit_dir}"],
+                            size=dir_size(work / "data")))  # fmt: skip
+        restored_size = dir_size(limit_dir)
+        rows[-1]["mb_s"] = round(restored_size / rows[-1]["wall_s"] / 1e6, 1)
+        shutil.rmtree(limit_dir)
+        target = work / "restored"
+        moto_before = proc_cpu(moto.pid)
+        row = measure("opsdb restore <- moto S3 (decrypt, verify, extract)",
+                      [OPSDB, "--config", str(config), "restore", "--target-dir", str(target)], size=restored_size)  # fmt: skip
+        row["moto_cpu_s"] = round(proc_cpu(moto.pid) - moto_before, 2)
+        row["mb_s"] = round(dir_size(target) / row["wall_s"] / 1e6, 1)
+        rows.append(row)
+    finally:
+        subprocess.run(as_postgres([str(BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        if moto is not None:
+            moto.terminate()
+            moto.wait(timeout=10)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\npgbench scale {args.scale}: {size / 1e6:.0f} MB; opsdb zstd level {args.level}, {args.threads} threads, encrypted\n")
+    print(f"{'row':<52} {'wall s':>7} {'MB/s':>7} {'CPU s':>7} {'RSS MB':>7} {'moto CPU s':>10}")
+    for r in rows:
+        print(f"{r['name']:<52} {r['wall_s']:>7} {r['mb_s']:>7} {r['cpu_s']:>7} {r['peak_rss_mb']:>7} {r.get('moto_cpu_s', '-'):>10}")
+    backup_ratio = rows[1]["mb_s"] / rows[0]["mb_s"]
+    restore_ratio = rows[3]["mb_s"] / rows[2]["mb_s"]
+    print(f"\nopsdb backup = {backup_ratio:.0%} of the backup limit (aim >= 70%); "
+          f"opsdb restore = {restore_ratio:.0%} of the restore limit (aim >= 65%)")  # fmt: skip
+    print(json.dumps({"rows": rows, "backup_ratio": round(backup_ratio, 3), "restore_ratio": round(restore_ratio, 3)}))
+
+
+if __name__ == "__main__":
+    main()
