@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/pipeline.py [--size-mib 1024] [--levels 1,3] [--endpoint URL]
 
-Every row runs in its own child process so peak RSS is that row's alone (os.wait4 / RUSAGE_CHILDREN).
+Every row runs in its own child process so peak RSS is that row's alone: VmHWM of the opsdb child,
+or the largest ru_maxrss among the processes of a shell pipeline (RUSAGE_CHILDREN).
 Without --endpoint a moto server is started on 127.0.0.1 and stopped at the end. The data is the same
 generator everywhere (half random nibbles, half repeated CSV-like rows: zstd ratio ~0.27), made on
 the fly and never held; it costs little ("generator alone" row) and that cost is inside every figure.
@@ -64,7 +65,10 @@ def _codec(level: int) -> object:
 
 
 def _report(**fields: object) -> None:
-    fields["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries the parent's RSS over fork+exec into ru_maxrss
+    with open("/proc/self/status") as status:
+        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    fields["maxrss_mb"] = peak_kb / 1024
     print(json.dumps(fields))
 
 

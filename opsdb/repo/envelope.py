@@ -41,6 +41,7 @@ CIPHER = "aes256gcm"
 # Objects whose whole plaintext arrives within this many bytes also get their size and digest in
 # the storage metadata (a put must send metadata before the data, so only small ones can).
 METADATA_DIGEST_LIMIT = CHUNK_SIZE
+_READ_SIZE = 256 * 1024  # storage reads; frames are reassembled from these in the cipher stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +170,7 @@ def get_object(storage: Storage, key: str, keys: Mapping[str, EncryptionKey]) ->
     must read to the end before it trusts what it wrote."""
     fh = storage.open(key)
     try:
-        raw = read_chunks(fh, CHUNK_SIZE)
+        raw = read_chunks(fh, _READ_SIZE)
         header, body = _read_header(key, raw)
     except BaseException:
         fh.close()
@@ -190,7 +191,7 @@ def verify_object(storage: Storage, key: str, keys: Mapping[str, EncryptionKey])
     fh = storage.open(key)
     stored = _Counter()
     try:
-        header, body = _read_header(key, stored.wrap(read_chunks(fh, CHUNK_SIZE)))
+        header, body = _read_header(key, stored.wrap(read_chunks(fh, _READ_SIZE)))
     except BaseException:
         fh.close()
         raise

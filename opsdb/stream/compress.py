@@ -22,6 +22,7 @@ _GZIP_WBITS = 31  # zlib's gzip container: header, deflate data, CRC-32 and leng
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _ZSTD_MAX_BLOCK = 128 * 1024
 _ZSTD_JOB_SIZE = CHUNK_SIZE
+_ZSTD_OUT = CHUNK_SIZE // 4  # compressed pieces (and so cipher frames) of 256 KiB: less memory in flight
 
 
 def compression_stage(algorithm: str, level: int, threads: int = 0) -> Stage:
@@ -115,7 +116,7 @@ class ZstdStage:
             cctx = zstandard.ZstdCompressor(compression_params=params)
         else:
             cctx = zstandard.ZstdCompressor(level=self.level, write_checksum=True)
-        chunker = cctx.chunker(chunk_size=CHUNK_SIZE)
+        chunker = cctx.chunker(chunk_size=_ZSTD_OUT)
         for chunk in chunks:
             yield from chunker.compress(chunk)
         yield from chunker.finish()

