@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from opsdb.errors import OperationFailed
+from opsdb.model.catalog import BackupRecord, StoredFile
+from opsdb.model.lsn import Lsn
 from opsdb.model.report import DrillReport
 from opsdb.ops.drill import DrillRequest, run_drill
 from opsdb.ops.drill_restore import RepositoryRestorer
@@ -30,7 +32,7 @@ from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from opsdb.pg.tools import find_bin_dir
 from opsdb.proc import Cmd, LocalRunner
-from opsdb.repo import envelope, layout
+from opsdb.repo import catalog, envelope, layout
 from opsdb.repo import wal as walrepo
 from opsdb.repo.envelope import Codec
 from opsdb.storage.local import LocalStorage
@@ -125,14 +127,14 @@ class _Tour:
         )
         stop_lsn = self.sql("SELECT pg_current_wal_lsn()::text")
         self.switch_and_archive()
-        entry = {
-            "id": backup_id, "kind": "physical", "cluster": CLUSTER, "status": "complete",
-            "start_time": start.isoformat(), "stop_time": datetime.now(UTC).isoformat(),
-            "start_lsn": start_lsn, "stop_lsn": stop_lsn, "timeline": 1,
-            "size_bytes": stored.size, "stored_bytes": stored.stored_size, "encrypted": True, "compression": "zstd",
-            "objects": [{"name": "base.tar", "size": stored.size, "sha256": stored.sha256}],
-        }  # fmt: skip
-        envelope.put_json(self.storage, layout.catalog_entry(CLUSTER, backup_id), entry, self.codec, if_absent=True)
+        record = BackupRecord(
+            id=backup_id, cluster=CLUSTER, kind="physical", start_time=start, stop_time=datetime.now(UTC),
+            size_bytes=stored.size, stored_bytes=stored.stored_size, compression="zstd", encrypted=True,
+            key_id=self.codec.key.id if self.codec.key else None, timeline=1, start_lsn=Lsn.parse(start_lsn),
+            stop_lsn=Lsn.parse(str(stop_lsn)),
+            objects=(StoredFile("base.tar", stored.size, stored.stored_size, stored.sha256, role="base"),),
+        )  # fmt: skip
+        catalog.commit(self.storage, record, self.codec)
         self.step(f"backup {backup_id}: {stored.size:,} bytes, {stored.stored_size:,} stored (zstd + AES-256-GCM)")
 
     def activity(self) -> list[datetime]:

@@ -227,7 +227,9 @@ def _write_recovery(
     # the scratch server is reachable only from this machine; trust keeps production passwords out of it
     hba = space.data_dir / "pg_hba.conf"
     hba.write_text("local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n")
-    for name in ("standby.signal",):
+    # standby.signal would keep it a standby forever; tablespace_map would re-point pg_tblspc/<oid>
+    # at the production paths (the restorer's links point into the scratch directory instead)
+    for name in ("standby.signal", "tablespace_map"):
         (space.data_dir / name).unlink(missing_ok=True)
     signal = space.data_dir / "recovery.signal"
     signal.touch()

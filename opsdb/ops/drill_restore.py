@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import os
 import re
-import tarfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from opsdb.errors import IntegrityError, NotFound, OperationFailed
+from opsdb.errors import NotFound, OperationFailed
+from opsdb.ops.extract import extract_object
 from opsdb.repo import envelope, layout
 from opsdb.repo import wal as walrepo
 from opsdb.storage.base import Storage
-from opsdb.stream.stages import IterReader
 
 _TBLSPC = re.compile(r"(?:pg_tblspc-)?(\d+)\.tar$")
 
@@ -66,46 +65,33 @@ class RepositoryRestorer:
     def backups(self) -> list[Any]:
         return self._load_backups()
 
-    def _extract(self, key: str, dest: Path, on_bytes: Callable[[int], None]) -> int:
-        counted = [0]
-
-        def counting() -> Any:
-            for chunk in envelope.get_object(self.storage, key, self.keys):
-                counted[0] += len(chunk)
-                on_bytes(len(chunk))
-                yield chunk
-
-        chunks = counting()
-        reader = IterReader(chunks)
-        try:
-            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
-                tar.extractall(dest, filter="fully_trusted")  # our own authenticated backup, incl. symlinks
-        except tarfile.TarError as exc:
-            raise IntegrityError(f"object {key} is not a readable tar: {exc}") from None
-        for _ in chunks:  # read to the end so the trailer (size + digest) is checked
-            pass
-        return counted[0]
-
     def fetch_extract(self, backup: Any, data_dir: Path, on_bytes: Callable[[int], None]) -> int:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         total = 0
-        spaces: dict[str, Path] = {}
         for name in _object_names(backup):
             key = layout.backup_object(self.cluster, backup.id, name)
             if name == "base.tar":
-                total += self._extract(key, data_dir, on_bytes)
+                total += extract_object(self.storage, key, self.keys, data_dir, on_bytes=on_bytes)
             elif match := _TBLSPC.fullmatch(name):
+                # unpacked beside the data directory; pg_tblspc/<oid> points there (pg_verifybackup
+                # follows it), and the drill drops tablespace_map so the server keeps these links
                 where = data_dir.parent / "tablespaces" / match.group(1)
                 where.mkdir(parents=True, exist_ok=True)
-                total += self._extract(key, where, on_bytes)
-                spaces[match.group(1)] = where
+                total += extract_object(self.storage, key, self.keys, where, on_bytes=on_bytes)
+                link = data_dir / "pg_tblspc" / match.group(1)
+                link.parent.mkdir(exist_ok=True)
+                link.unlink(missing_ok=True)
+                link.symlink_to(where)
             elif name == "pg_wal.tar":
-                total += self._extract(key, data_dir / "pg_wal", on_bytes)
+                total += extract_object(self.storage, key, self.keys, data_dir / "pg_wal", on_bytes=on_bytes)
+            elif name == "backup_manifest":  # PostgreSQL's manifest, for pg_verifybackup
+                data = b"".join(envelope.get_object(self.storage, key, self.keys))
+                (data_dir / "backup_manifest").write_bytes(data)
+                total += len(data)
+                on_bytes(len(data))
         if not (data_dir / "PG_VERSION").is_file():
             raise OperationFailed(f"backup {backup.id} restored no data directory (no base.tar?)")
-        if spaces:
-            (data_dir / "tablespace_map").write_text("".join(f"{oid} {path}\n" for oid, path in sorted(spaces.items())))
-        (data_dir / "pg_wal").mkdir(exist_ok=True)
+        (data_dir / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
         _chown_tree(data_dir.parent, self.os_user)
         return total

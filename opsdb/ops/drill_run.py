@@ -10,13 +10,12 @@ import dataclasses
 import os
 import shutil
 import sys
-import types
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from opsdb.errors import IntegrityError, UsageError
+from opsdb.errors import UsageError
 from opsdb.model.report import DrillReport, HistoryRow, history_stats
 from opsdb.ops.drill import DrillRequest, run_drill
 from opsdb.ops.drill_checks import Assertion
@@ -27,23 +26,13 @@ from opsdb.ops.wal import wal_repo_from_settings
 from opsdb.pg.tools import find_bin_dir
 from opsdb.proc import Cmd, LocalRunner, Runner
 from opsdb.render.report import render_html, render_markdown
-from opsdb.repo import envelope, layout, reports
+from opsdb.repo import catalog, reports
 from opsdb.storage.base import Storage
 
 
 def load_catalog(storage: Storage, cluster: str, keys: Mapping[str, Any]) -> list[Any]:
-    """Catalog entries as attribute objects (the drill and verify read fields by name)."""
-    records = []
-    for info in storage.list(layout.catalog_prefix(cluster)):
-        if not info.key.endswith(".json"):
-            continue
-        try:
-            doc = envelope.get_json(storage, info.key, keys)
-        except IntegrityError:
-            continue  # verify reads every catalog object itself and names the bad one
-        if isinstance(doc, dict) and doc.get("id"):
-            records.append(types.SimpleNamespace(**{k.replace("-", "_"): v for k, v in doc.items()}))
-    return records
+    """The committed backups and dumps (an unreadable entry is skipped here; verify names it)."""
+    return list(catalog.list_backups(storage, cluster, keys, skip_unreadable=True))
 
 
 def verify_from_settings(settings: Any, cluster: str, backup_id: str | None = None) -> VerifyResult:

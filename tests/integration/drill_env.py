@@ -8,7 +8,6 @@ checkout's interpreter, so the test process does the push.)
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shutil
@@ -18,12 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from opsdb.model.catalog import BackupRecord, StoredFile
+from opsdb.model.lsn import Lsn
 from opsdb.ops.heartbeat import record_heartbeat
 from opsdb.pg.conn import connect
 from opsdb.pg.heartbeat import Heartbeat
 from opsdb.pg.instance import Instance
 from opsdb.proc import Cmd, LocalRunner
-from opsdb.repo import envelope, layout
+from opsdb.repo import catalog, envelope, layout
 from opsdb.repo import wal as walrepo
 from opsdb.repo.envelope import Codec
 from opsdb.storage.base import Storage
@@ -34,21 +35,6 @@ SECRET = bytes(range(32))
 KEY = EncryptionKey(key_id_of(SECRET), SECRET)
 KEYS = {KEY.id: KEY}
 CODEC = Codec(key=KEY, compression="zstd", level=1)
-
-
-@dataclasses.dataclass
-class BackupRecord:
-    id: str
-    start_lsn: str
-    stop_lsn: str
-    start_time: datetime
-    stop_time: datetime
-    timeline: int = 1
-    kind: str = "physical"
-    status: str = "complete"
-    size_bytes: int = 0
-    stored_bytes: int = 0
-    objects: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 class Primary:
@@ -119,15 +105,14 @@ class Primary:
             label = next(tar.extractfile(m).read().decode() for m in tar if m.name == "backup_label")  # type: ignore[union-attr]
         start_lsn = re.search(r"START WAL LOCATION: (\S+)", label).group(1)  # type: ignore[union-attr]
         stop_lsn = self.sql("SELECT pg_current_wal_lsn()::text")
-        record = BackupRecord(backup_id, start_lsn, stop_lsn, start_time, stop_time)
+        record = BackupRecord(
+            id=backup_id, cluster=self.cluster, kind="physical", start_time=start_time, stop_time=stop_time,
+            size_bytes=stored.size, stored_bytes=stored.stored_size, compression="zstd", encrypted=True,
+            key_id=KEY.id, timeline=1, start_lsn=Lsn.parse(start_lsn), stop_lsn=Lsn.parse(stop_lsn),
+            objects=(StoredFile("base.tar", stored.size, stored.stored_size, stored.sha256, role="base"),),
+        )  # fmt: skip
         for storage in self.repos:
-            record.objects = [{"name": "base.tar", "size": stored.size, "sha256": stored.sha256}]
-            record.size_bytes, record.stored_bytes = stored.size, stored.stored_size
-            entry = dataclasses.asdict(record) | {
-                "start_time": start_time.isoformat(),
-                "stop_time": stop_time.isoformat(),
-            }
-            envelope.put_json(storage, layout.catalog_entry(self.cluster, backup_id), entry, CODEC)
+            catalog.commit(storage, record, CODEC)  # the catalog format `opsdb backups list` reads
         return record
 
 
