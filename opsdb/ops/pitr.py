@@ -220,10 +220,9 @@ def recovery_settings(
     slot: str | None = None,
     archive: bool = True,
 ) -> dict[str, str]:
-    """The settings for postgresql.auto.conf. Every target GUC is set (unused ones to ''), so targets left
-    in the backup's own auto.conf by an earlier PITR can never combine with this one."""
-    settings = {name: "" for name in TARGET_SETTINGS}
-    settings["restore_command"] = command
+    """The settings for postgresql.auto.conf (configure_recovery first removes every recovery_target*
+    line the backup carried, e.g. from an earlier PITR: PostgreSQL refuses two targets, even an empty one)."""
+    settings: dict[str, str] = {"restore_command": command}
     if standby:
         # a standby follows the primary across promotions
         settings["recovery_target_timeline"] = "latest" if timeline is None else str(timeline)
@@ -240,6 +239,26 @@ def recovery_settings(
         # create a new timeline there, which a later `--timeline latest` restore would follow)
         settings["archive_mode"] = "off"
     return settings
+
+
+def drop_settings(data_dir: Path, names: Sequence[str]) -> None:
+    """Remove lines setting `names` from postgresql.auto.conf (owner and mode kept)."""
+    path = data_dir / "postgresql.auto.conf"
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return
+    wanted = {n.lower() for n in names}
+    pattern = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=")
+    kept = [ln for ln in lines if not ((m := pattern.match(ln)) and m.group(1).lower() in wanted)]
+    if kept != lines:
+        stat = path.stat()
+        tmp = path.with_name(path.name + ".opsdb-tmp")
+        tmp.write_text("\n".join(kept) + "\n")
+        os.chmod(tmp, stat.st_mode & 0o777)
+        if os.geteuid() == 0:
+            os.chown(tmp, stat.st_uid, stat.st_gid)
+        os.replace(tmp, path)
 
 
 def write_signal(data_dir: Path, *, standby: bool, os_user: str | None) -> Path:
@@ -369,3 +388,67 @@ def _read_point(state: str, query: Callable[[str], Any], read_log: Callable[[], 
     else:
         commit = log.get("last_commit")
     return RecoveryPoint(commit, lsn, log.get("timeline") or timeline, state, log.get("stop_line"))
+
+
+# --- the restored instance: configure, start, watch ----------------------------------------------------
+
+
+def configure_recovery(
+    instance: Any,
+    target: RecoveryTarget,
+    command: str,
+    *,
+    timeline: int | None = None,
+    standby: bool = False,
+    primary_conninfo: str | None = None,
+    slot: str | None = None,
+    archive: bool = True,
+    port: int | None = None,
+) -> dict[str, str]:
+    """Write the recovery settings into the restored data directory (postgresql.auto.conf + signal file)."""
+    settings = recovery_settings(
+        target,
+        command,
+        timeline=timeline,
+        standby=standby,
+        primary_conninfo=primary_conninfo,
+        slot=slot,
+        archive=archive,
+    )
+    if port is not None:
+        settings["port"] = str(port)
+    drop_settings(Path(instance.data_dir), (*TARGET_SETTINGS, "recovery_target_inclusive", "recovery_target_action"))
+    instance.configure(settings)
+    write_signal(Path(instance.data_dir), standby=standby, os_user=getattr(instance, "run_as", None))
+    return settings
+
+
+def start_and_wait(
+    instance: Any, target: RecoveryTarget, *, standby: bool, connect: Any, timeout: float
+) -> RecoveryPoint:
+    """Start the restored server and wait until it reached the target (promoted, paused or shut down as
+    asked) or, for a standby, until it accepts read-only connections. connect(conninfo) -> PgConnection."""
+    from opsdb.errors import ToolError
+
+    action = "promote" if target.kind == "latest" else target.action
+    try:
+        instance.start(timeout=timeout)
+    except ToolError:
+        if not (action == "shutdown" and not instance.is_running()):
+            raise  # carries the server log's tail
+
+    def query(sql: str) -> Any:
+        with connect(instance.conninfo(), timeout=5) as conn:
+            return conn.fetchval(sql)
+
+    def read_log() -> str:
+        return instance.log_tail(256 * 1024)
+
+    return wait_for_target(
+        action=action,
+        standby=standby,
+        query=query,
+        is_running=instance.is_running,
+        read_log=read_log,
+        timeout=timeout,
+    )

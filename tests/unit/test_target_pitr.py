@@ -100,7 +100,7 @@ def test_backup_with_its_own_wal_needs_archive_only_after_stop():
 
 def test_recovery_settings_clear_other_targets():
     s = pitr.recovery_settings(target(to_name="before_drop"), "opsdb wal-fetch %f %p", timeline=2)
-    assert s["recovery_target_name"] == "before_drop" and s["recovery_target_time"] == ""
+    assert s["recovery_target_name"] == "before_drop" and "recovery_target_time" not in s
     assert s["recovery_target_timeline"] == "2" and s["recovery_target_action"] == "promote"
     standby = pitr.recovery_settings(target(), "x", standby=True, primary_conninfo="host=p", slot="s1")
     assert standby["primary_conninfo"] == "host=p" and standby["primary_slot_name"] == "s1"
