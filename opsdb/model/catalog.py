@@ -333,10 +333,11 @@ class RestorePlan:
     signal_file: str | None = None  # "recovery.signal" | "standby.signal" | None (crash recovery to the end)
     start: bool = False
     port: int | None = None
+    recovery: dict[str, Any] | None = None  # PITR plan (ops/pitr.py RecoveryPlan.to_json): window, WAL, target
 
     @property
     def bytes_to_read(self) -> int:
-        return sum(s.stored_size for s in self.steps)
+        return sum(s.stored_size for s in self.steps) + (self.recovery or {}).get("wal_bytes", 0)
 
     @property
     def bytes_to_write(self) -> int:
@@ -355,4 +356,5 @@ class RestorePlan:
             "bytes_to_write": self.bytes_to_write,
             "start": self.start,
             "port": self.port,
+            "recovery": self.recovery,
         }

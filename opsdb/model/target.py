@@ -136,6 +136,11 @@ class RecoveryTarget:
         }[self.kind]()
         return f"{what}, timeline {self.timeline}, then {self.action}"
 
+    def label(self) -> str:
+        """Compact and unambiguous: 'latest', 'immediate', 'time=2026-11-21T09:15:00Z', 'lsn=0/3000060' ..."""
+        value = self.to_json()["value"]
+        return self.kind if value is None else f"{self.kind}={value}"
+
     def to_json(self) -> dict[str, Any]:
         value: Any = None
         if self.kind == "time" and self.time is not None:

@@ -14,7 +14,7 @@ import pwd
 import re
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ class RecoveryPlan:
                 "to_lsn": str(w.to_lsn),
             },
             "wal": {"first": self.wal_first, "last": self.wal_last, "segments": self.wal_segments},
+            "wal_bytes": self.wal_bytes,
             "bytes_to_read": self.bytes_to_read,
         }
 
@@ -452,3 +453,94 @@ def start_and_wait(
         read_log=read_log,
         timeout=timeout,
     )
+
+
+# --- opsdb restore: the PITR part of the plan and of --start ----------------------------------------
+
+
+def opsdb_executable() -> str:
+    """The opsdb command PostgreSQL should run: $OPSDB_EXECUTABLE (when the server's OS user needs another
+    installation), else the one beside this interpreter, else on PATH, else argv[0]."""
+    import shutil
+    import sys
+
+    if os.environ.get("OPSDB_EXECUTABLE"):
+        return os.environ["OPSDB_EXECUTABLE"]
+    beside = Path(sys.executable).with_name("opsdb")
+    if beside.exists():
+        return str(beside)
+    return shutil.which("opsdb") or os.path.abspath(sys.argv[0])
+
+
+def plan_for_restore(
+    target: RecoveryTarget | None,
+    backups: Sequence[Any],
+    scan: ArchiveScan,
+    *,
+    backup_id: str | None,
+    standby: bool,
+) -> RecoveryPlan | None:
+    """The PITR plan for `opsdb restore`, or None when the restore is just the backup's own end point:
+    no target given, no standby, and no archived WAL to replay after the backup (--latest, the default,
+    then reaches exactly the backup's end)."""
+    if standby:
+        return plan_recovery(target or RecoveryTarget(), backups, scan, backup_id=backup_id)
+    if target is not None:
+        return plan_recovery(target, backups, scan, backup_id=backup_id)
+    try:
+        plan = plan_recovery(RecoveryTarget(), backups, scan, backup_id=backup_id)
+    except UsageError:
+        return None  # nothing archived for this backup: its own WAL takes it to its end point
+    return plan if plan.window.to_lsn > plan.window.from_lsn else None
+
+
+def restore_settings(
+    plan: RecoveryPlan,
+    command: str,
+    *,
+    standby: bool,
+    primary_conninfo: str | None,
+    slot: str | None,
+) -> tuple[str, dict[str, str], str]:
+    """(target label, postgresql.auto.conf settings, signal file) for a restore with a PITR plan."""
+    # a standby follows the primary's promotions ('latest') unless a timeline was asked for
+    settings = recovery_settings(
+        plan.target,
+        command,
+        timeline=None if standby and plan.target.timeline == "latest" else plan.timeline,
+        standby=standby,
+        primary_conninfo=primary_conninfo,
+        slot=slot,
+    )
+    return (
+        ("standby" if standby else plan.target.label()),
+        settings,
+        ("standby.signal" if standby else "recovery.signal"),
+    )
+
+
+def plan_text(doc: Mapping[str, Any]) -> str:
+    """The PITR part of a --dry-run plan, for an operator: backup, target in UTC, window, WAL, bytes."""
+    target = doc["target"]
+    value = f" {target['value']}" if target.get("value") else ""
+    window = doc["window"]
+    wal = doc["wal"]
+    lines = [
+        f"recovery target: {target['kind']}{value} on timeline {target['timeline']}, then {target['action']}",
+        f"backup {doc['backup_id']} can reach {window['from']} (LSN {window['from_lsn']}) .. "
+        f"{window['to']} (LSN {window['to_lsn']})",
+    ]
+    if wal["segments"]:
+        lines.append(f"WAL from the archive: {wal['first']} .. {wal['last']} ({wal['segments']} segments)")
+    else:
+        lines.append("WAL from the archive: none (the backup's own WAL)")
+    lines.append(f"bytes to read: {doc['bytes_to_read']}")
+    return "\n".join(lines)
+
+
+def start_for_restore(instance: Any, target: RecoveryTarget | None, *, standby: bool, timeout: float) -> dict[str, Any]:
+    """--start for a PITR restore: start, wait for the target (or streaming), report the point reached."""
+    from opsdb.pg.conn import connect
+
+    point = start_and_wait(instance, target or RecoveryTarget(), standby=standby, connect=connect, timeout=timeout)
+    return point.to_json()

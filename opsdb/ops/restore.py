@@ -53,6 +53,12 @@ class RestoreRequest:
     os_user: str | None = None  # owner of the restored files and the server, when run as root
     bin_dir: Path | None = None  # needed for --start
     start_timeout: float = 3600.0
+    # point-in-time recovery (ops/pitr.py): a model.target.RecoveryTarget, or None for the default
+    recovery: Any = None
+    standby: bool = False
+    primary_conninfo: str | None = None
+    slot: str | None = None
+    restore_command: str = "false"  # `opsdb ... wal-fetch %f %p` when the archive is used
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,11 +88,13 @@ def plan_restore(request: RestoreRequest, *, storage: Storage, keys: Mapping[str
     UsageError (exit 2) for a target that is not empty or belongs to a running server."""
     if request.start and request.port is None:
         raise UsageError("--start needs --port P (the port the restored server listens on)")
-    record = (
-        catalog.load_backup(storage, request.cluster, request.backup_id, keys)
-        if request.backup_id
-        else catalog.latest_backup(storage, request.cluster, keys, kind=PHYSICAL)
-    )
+    pitr_plan = _pitr_plan(request, storage, keys)
+    if pitr_plan is not None:
+        record = pitr_plan.backup
+    elif request.backup_id:
+        record = catalog.load_backup(storage, request.cluster, request.backup_id, keys)
+    else:
+        record = catalog.latest_backup(storage, request.cluster, keys, kind=PHYSICAL)
     if record.kind != PHYSICAL:
         raise UsageError(f"{record.id} is a logical dump: restore it with `opsdb restore-dump {record.id}`")
     target = Path(os.path.abspath(request.target_dir))
@@ -105,7 +113,15 @@ def plan_restore(request: RestoreRequest, *, storage: Storage, keys: Mapping[str
         if obj is None:
             raise OperationFailed(f"backup {record.id} lists tablespace {space.name} but not its object")
         steps.append(RestoreStep(obj.name, spaces[space.oid], obj.stored_size, obj.size))
-    target_name, settings, signal = recovery_for(record)
+    if pitr_plan is not None:
+        from opsdb.ops.pitr import restore_settings
+
+        target_name, settings, signal = restore_settings(
+            pitr_plan, request.restore_command, standby=request.standby,
+            primary_conninfo=request.primary_conninfo, slot=request.slot,
+        )  # fmt: skip
+    else:
+        target_name, settings, signal = recovery_for(record)
     return RestorePlan(
         backup=record,
         target_dir=str(target),
@@ -116,6 +132,20 @@ def plan_restore(request: RestoreRequest, *, storage: Storage, keys: Mapping[str
         signal_file=signal,
         start=request.start,
         port=request.port,
+        recovery=pitr_plan.to_json() if pitr_plan is not None else None,
+    )
+
+
+def _pitr_plan(request: RestoreRequest, storage: Storage, keys: Mapping[str, Any]) -> Any:
+    """ops/pitr.py's plan when the restore replays archived WAL (a target, --standby, or archived WAL
+    after the backup for the default --latest); None for the backup's own end point."""
+    from opsdb.ops.pitr import plan_for_restore
+    from opsdb.repo import wal as repo_wal
+
+    backups = catalog.list_backups(storage, request.cluster, keys, kind=PHYSICAL, skip_unreadable=True)
+    scan = repo_wal.scan(storage, request.cluster, keys)
+    return plan_for_restore(
+        request.recovery, backups, scan, backup_id=request.backup_id, standby=request.standby
     )
 
 
@@ -240,6 +270,7 @@ def execute_restore(
             raise OperationFailed(f"backup {plan.backup.id} restored no data directory (no PG_VERSION)")
         (target / "pg_wal" / "archive_status").mkdir(mode=0o700, parents=True, exist_ok=True)
         write_tablespace_map(target, plan.tablespace_map)
+        _drop_recovery_targets(target)
         write_recovery_settings(target, plan.recovery_settings, plan.signal_file)
         for path in [target, *(Path(p) for p in plan.tablespace_map.values())]:
             os.chmod(path, 0o700)
@@ -302,6 +333,18 @@ def write_recovery_settings(target: Path, settings: Mapping[str, str], signal_fi
         os.chmod(target / signal_file, 0o600)
 
 
+def _drop_recovery_targets(target: Path) -> None:
+    """Targets the backup carried (a backup of a server restored by PITR) would combine with ours, and
+    PostgreSQL refuses more than one target, so they go first."""
+    from opsdb.ops.pitr import TARGET_SETTINGS, drop_settings
+
+    drop_settings(target, (*TARGET_SETTINGS, "recovery_target_inclusive", "recovery_target_action"))
+    if (target / "standby.signal").exists() or (target / "recovery.signal").exists():
+        for name in ("standby.signal", "recovery.signal"):
+            with contextlib.suppress(FileNotFoundError):
+                (target / name).unlink()
+
+
 def _quote(value: str) -> str:
     return value.replace("'", "''")
 
@@ -332,6 +375,10 @@ def start_restored(plan: RestorePlan, request: RestoreRequest, runner: Runner) -
     if request.bin_dir is None or plan.port is None:
         raise UsageError("--start needs the PostgreSQL binaries and --port")
     instance = Instance(Path(plan.target_dir), plan.port, request.bin_dir, request.os_user, runner)
+    if plan.recovery is not None:  # PITR / standby: wait for the target (promoted, paused, shut down)
+        from opsdb.ops.pitr import start_for_restore
+
+        return start_for_restore(instance, request.recovery, standby=request.standby, timeout=request.start_timeout)
     instance.start(timeout=request.start_timeout)
     deadline = time.monotonic() + request.start_timeout
     while True:
@@ -374,6 +421,10 @@ def restore_from_settings(
     port: int | None = None,
     dry_run: bool = False,
     on_bytes: OnBytes | None = None,
+    recovery: Any = None,
+    standby: bool = False,
+    primary_conninfo: str | None = None,
+    slot: str | None = None,
 ) -> tuple[RestorePlan, RestoreResult | None]:
     """The CLI's one call: plan, and unless dry_run, execute. Returns (plan, result or None)."""
     from opsdb.ops.codec import repository
@@ -391,11 +442,27 @@ def restore_from_settings(
         port=port,
         os_user=cfg.os_user if os.geteuid() == 0 else None,
         bin_dir=find_bin_dir(cfg.pg_bin_dir) if start else None,
+        recovery=recovery,
+        standby=standby,
+        primary_conninfo=primary_conninfo,
+        slot=slot,
+        restore_command=_restore_command(settings, cluster),
     )
     plan = plan_restore(request, storage=repo.storage, keys=repo.keys)
     if dry_run:
         return plan, None
+    if plan.recovery is not None:  # prefetched files of an earlier restore into this directory go
+        from opsdb.ops.walspool import FetchSpool
+
+        FetchSpool(settings.wal.spool_dir, cluster, plan.target_dir, settings.repository.url).clear()
     result = execute_restore(
         plan, request, storage=repo.storage, keys=repo.keys, runner=LocalRunner(), on_bytes=on_bytes
     )
     return plan, result
+
+
+def _restore_command(settings: Any, cluster: str) -> str:
+    from opsdb.ops.pitr import opsdb_executable, restore_command
+
+    config = str(settings.config_path) if settings.config_path else None
+    return restore_command(opsdb_executable(), config, cluster)

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from opsdb.cli import output
+from opsdb.errors import UsageError
 
 
 def register(app: typer.Typer) -> None:
@@ -27,22 +28,49 @@ def register(app: typer.Typer) -> None:
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
         start: Annotated[bool, typer.Option("--start", help="Start the server and wait for the target.")] = False,
         port: Annotated[int | None, typer.Option("--port", help="Port for --start.")] = None,
+        to_time: Annotated[str | None, typer.Option("--to-time", help="ISO-8601 time WITH offset or Z.")] = None,
+        to_lsn: Annotated[str | None, typer.Option("--to-lsn", help="WAL location, e.g. 16/B374D848.")] = None,
+        to_xid: Annotated[str | None, typer.Option("--to-xid", help="Transaction id.")] = None,
+        to_name: Annotated[str | None, typer.Option("--to-name", help="Restore point (pg_create_restore_point).")] = None,
+        latest: Annotated[bool, typer.Option("--latest", help="The end of the archived WAL (the default).")] = False,
+        immediate: Annotated[bool, typer.Option("--immediate", help="The end of the backup.")] = False,
+        timeline: Annotated[str | None, typer.Option("--timeline", help="latest (default), current or N.")] = None,
+        target_action: Annotated[
+            str | None, typer.Option("--target-action", help="promote (default), pause or shutdown.")
+        ] = None,
+        standby: Annotated[bool, typer.Option("--standby", help="Build a streaming standby.")] = False,
+        primary_conninfo: Annotated[
+            str | None, typer.Option("--primary-conninfo", help="With --standby: the primary to stream from.")
+        ] = None,
+        slot: Annotated[str | None, typer.Option("--slot", help="With --standby: replication slot name.")] = None,
     ) -> None:
         """Physical restore, optionally to a point in time."""
+        from opsdb.model.target import RecoveryTarget
+        from opsdb.ops.pitr import plan_text
         from opsdb.ops.restore import restore_from_settings
         from opsdb.render.catalog import restore_plan_text, restore_result_text
 
         state = ctx.obj
         name, _ = state.cluster()
+        recovery = None
+        if any(v is not None for v in (to_time, to_lsn, to_xid, to_name, timeline, target_action)) or latest or immediate:
+            recovery = RecoveryTarget.from_options(
+                to_time=to_time, to_lsn=to_lsn, to_xid=to_xid, to_name=to_name, latest=latest, immediate=immediate,
+                timeline=timeline, action=target_action,
+            )  # fmt: skip
+        if (primary_conninfo or slot) and not standby:
+            raise UsageError("--primary-conninfo and --slot need --standby")
         with output.progress(f"restore {name}", enabled=not dry_run) as on_bytes:
             plan, result = restore_from_settings(
                 state.settings, name, target_dir=target_dir, backup_id=backup_id, tablespace_map=tablespace_map,
-                start=start, port=port, dry_run=dry_run, on_bytes=on_bytes,
+                start=start, port=port, dry_run=dry_run, on_bytes=on_bytes, recovery=recovery, standby=standby,
+                primary_conninfo=primary_conninfo, slot=slot,
             )  # fmt: skip
         if result is None:
             doc = {"backup_id": plan.backup.id, "target": plan.target, "recovery_point": None,
                    "target_dir": plan.target_dir, "dry_run": True, "plan": plan.to_dict()}  # fmt: skip
-            output.emit(state, doc, lambda: restore_plan_text(plan))
+            human = restore_plan_text(plan) + ("\n" + plan_text(plan.recovery) if plan.recovery else "")
+            output.emit(state, doc, human)
             return
         doc = result.to_dict()
         line = restore_result_text(doc, result.seconds, result.bytes_read)
