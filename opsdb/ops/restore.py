@@ -144,9 +144,7 @@ def _pitr_plan(request: RestoreRequest, storage: Storage, keys: Mapping[str, Any
 
     backups = catalog.list_backups(storage, request.cluster, keys, kind=PHYSICAL, skip_unreadable=True)
     scan = repo_wal.scan(storage, request.cluster, keys)
-    return plan_for_restore(
-        request.recovery, backups, scan, backup_id=request.backup_id, standby=request.standby
-    )
+    return plan_for_restore(request.recovery, backups, scan, backup_id=request.backup_id, standby=request.standby)
 
 
 def recovery_for(record: BackupRecord) -> tuple[str, dict[str, str], str | None]:

@@ -31,7 +31,9 @@ def register(app: typer.Typer) -> None:
         to_time: Annotated[str | None, typer.Option("--to-time", help="ISO-8601 time WITH offset or Z.")] = None,
         to_lsn: Annotated[str | None, typer.Option("--to-lsn", help="WAL location, e.g. 16/B374D848.")] = None,
         to_xid: Annotated[str | None, typer.Option("--to-xid", help="Transaction id.")] = None,
-        to_name: Annotated[str | None, typer.Option("--to-name", help="Restore point (pg_create_restore_point).")] = None,
+        to_name: Annotated[
+            str | None, typer.Option("--to-name", help="Restore point (pg_create_restore_point).")
+        ] = None,
         latest: Annotated[bool, typer.Option("--latest", help="The end of the archived WAL (the default).")] = False,
         immediate: Annotated[bool, typer.Option("--immediate", help="The end of the backup.")] = False,
         timeline: Annotated[str | None, typer.Option("--timeline", help="latest (default), current or N.")] = None,
@@ -53,7 +55,11 @@ def register(app: typer.Typer) -> None:
         state = ctx.obj
         name, _ = state.cluster()
         recovery = None
-        if any(v is not None for v in (to_time, to_lsn, to_xid, to_name, timeline, target_action)) or latest or immediate:
+        if (
+            any(v is not None for v in (to_time, to_lsn, to_xid, to_name, timeline, target_action))
+            or latest
+            or immediate
+        ):
             recovery = RecoveryTarget.from_options(
                 to_time=to_time, to_lsn=to_lsn, to_xid=to_xid, to_name=to_name, latest=latest, immediate=immediate,
                 timeline=timeline, action=target_action,
