@@ -10,8 +10,8 @@ as root, and with --start start the server and wait until it accepts connections
 recovery. If anything fails before the server starts, what this run created is removed again.
 
 Recovery target: without a point-in-time target the server replays the WAL carried in the backup
-(base.tar's pg_wal/) to the backup's consistent end point and promotes onto a new timeline
-(recovery_target = 'immediate'), so it never continues the source's timeline in a shared archive.
+(base.tar's pg_wal/) to its end, the backup's consistent end point, and promotes onto a new
+timeline, so it never continues the source's timeline in a shared archive.
 `recovery_for()` is where PITR targets plug in.
 """
 
@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from opsdb.errors import OperationFailed, UsageError
+from opsdb.errors import DatabaseError, OperationFailed, UsageError
 from opsdb.model.catalog import BASE_OBJECT, PHYSICAL, BackupRecord, RestorePlan, RestoreStep
 from opsdb.ops.extract import extract_object
 from opsdb.pg import conn as pgconn
@@ -150,13 +150,14 @@ def _pitr_plan(request: RestoreRequest, storage: Storage, keys: Mapping[str, Any
 def recovery_for(record: BackupRecord) -> tuple[str, dict[str, str], str | None]:
     """(target name, postgresql.auto.conf settings, signal file) for the restore.
 
-    The backup's consistent end point: archive recovery over the WAL inside the backup (a
-    restore_command that finds nothing, so pg_wal/ is used), ending as soon as the state is
-    consistent and promoting onto a new timeline."""
+    The backup's consistent end point: archive recovery over exactly the WAL inside the backup (a
+    restore_command that finds nothing, so pg_wal/ is used) to its end, then promotion onto a new
+    timeline. No recovery_target is set on purpose: a backup taken from a standby becomes consistent
+    exactly at the end of its WAL, where recovery_target = 'immediate' would fail with "recovery
+    ended before configured recovery target was reached". WAL that ends before the backup's end
+    still fails, as it must ("WAL ends before end of online backup")."""
     settings = {
         "restore_command": "false",
-        "recovery_target": "immediate",
-        "recovery_target_action": "promote",
         "recovery_target_timeline": "current",
     }
     return "immediate", settings, "recovery.signal"
@@ -380,9 +381,17 @@ def start_restored(plan: RestorePlan, request: RestoreRequest, runner: Runner) -
     instance.start(timeout=request.start_timeout)
     deadline = time.monotonic() + request.start_timeout
     while True:
-        with pgconn.connect(instance.conninfo()) as c:
-            if not c.in_recovery():
-                break
+        try:
+            with pgconn.connect(instance.conninfo()) as c:
+                if not c.in_recovery():
+                    break
+        except DatabaseError as exc:
+            if not instance.is_running():
+                tail = instance.log_tail().strip().splitlines()
+                raise OperationFailed(
+                    f"the restored server on port {plan.port} stopped during recovery: {tail[-1] if tail else exc}",
+                    hint=f"see {instance.log_path}",
+                ) from None
         if time.monotonic() > deadline:
             raise OperationFailed(f"the restored server on port {plan.port} is still in recovery")
         time.sleep(0.2)

@@ -61,7 +61,8 @@ def test_plan_picks_the_latest_physical_and_maps_tablespaces(storage: MemoryStor
         ("base.tar", str(tmp_path / "data")), ("pg_tblspc-16385.tar", str(tmp_path / "ts")),
     ]  # fmt: skip
     assert plan.bytes_to_read == 300 and plan.bytes_to_write == 3000
-    assert plan.recovery_settings["recovery_target"] == "immediate" and plan.signal_file == "recovery.signal"
+    assert plan.recovery_settings == {"restore_command": "false", "recovery_target_timeline": "current"}
+    assert plan.signal_file == "recovery.signal" and plan.target == "immediate"
     text = restore_plan_text(plan)
     assert "extract   pg_tblspc-16385.tar" in text and "recovery.signal" in text
     assert not (tmp_path / "data").exists()  # planning writes nothing
