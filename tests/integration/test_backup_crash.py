@@ -16,8 +16,13 @@ from typing import Any
 
 import pytest
 
+from opsdb.errors import RepositoryUnavailable
+from opsdb.ops.backup import BackupRequest, run_backup
+from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
+from opsdb.proc import LocalRunner
 from opsdb.repo import catalog, layout
+from opsdb.repo.envelope import Codec
 from opsdb.storage.local import LocalStorage
 from tests.integration.backup_env import OPSDB, make_big_table, opsdb, opsdb_json, write_config
 
@@ -113,3 +118,38 @@ def test_expired_lock_of_another_host_is_taken_over(env: dict[str, Any]) -> None
     refused = opsdb(env["config"], "backup", check=False)
     lock.unlink()
     assert refused.returncode == 1 and "running on host other-host pid 4242" in refused.stderr
+
+
+class FailingStorage(LocalStorage):
+    """A real file:// repository whose writes of big objects break after some bytes (a network outage)."""
+
+    def put(self, key, chunks, *, if_absent=False, metadata=None):  # type: ignore[no-untyped-def]
+        def breaking():  # type: ignore[no-untyped-def]
+            seen = 0
+            for chunk in chunks:
+                seen += len(chunk)
+                if seen > 3 * 1024 * 1024:
+                    raise RepositoryUnavailable(f"unable to put {key}: connection reset (injected)")
+                yield chunk
+
+        return super().put(key, breaking() if key.endswith(".tar") else chunks, if_absent=if_absent, metadata=metadata)
+
+
+def test_storage_failure_midway_fails_cleanly(env: dict[str, Any], pg_cluster: Instance, tmp_path: Path) -> None:
+    storage = FailingStorage(str(tmp_path / "repo"))
+    request = BackupRequest("main", pg_cluster.conninfo(), pg_cluster.tools.bin_dir)
+    started = time.monotonic()
+    with pytest.raises(RepositoryUnavailable, match="injected"):
+        run_backup(request, storage=storage, codec=Codec("none", 0), runner=LocalRunner())
+    assert time.monotonic() - started < 120
+    assert catalog.committed_ids(storage, "main") == set()
+    assert storage.stat(layout.lock_object("main", "backup")) is None  # released on failure
+    with connect(pg_cluster.conninfo()) as c:  # pg_basebackup is gone: no walsender left behind
+        deadline = time.monotonic() + 30
+        while (
+            c.fetchval("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender'")
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        assert c.fetchval("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender'") == 0
+        assert c.fetchval("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'opsdb_backup_%'") == 0
