@@ -47,7 +47,9 @@ def as_postgres(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
 
-def measure(name: str, argv: list[str], *, size: int, env: dict[str, str] | None = None, cwd: str | None = None) -> dict[str, Any]:
+def measure(
+    name: str, argv: list[str], *, size: int, env: dict[str, str] | None = None, cwd: str | None = None
+) -> dict[str, Any]:
     """Run argv to completion; wall, CPU (tree) and peak RSS (largest process of the tree) via wait4."""
     start = time.monotonic()
     proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -138,7 +140,9 @@ def main() -> None:
         rows.append(measure("backup limit: pg_basebackup | zstd -1 -T2 > /dev/null",
                             ["bash", "-c", f"set -o pipefail; {basebackup} | zstd -q -1 -T2 > /dev/null"], size=size))  # fmt: skip
         moto_before = proc_cpu(moto.pid)
-        row = measure("opsdb backup (zstd, AES-256-GCM) -> moto S3", [OPSDB, "--config", str(config), "backup"], size=size)
+        row = measure(
+            "opsdb backup (zstd, AES-256-GCM) -> moto S3", [OPSDB, "--config", str(config), "backup"], size=size
+        )
         row["moto_cpu_s"] = round(proc_cpu(moto.pid) - moto_before, 2)
         rows.append(row)
 
@@ -167,10 +171,14 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\npgbench scale {args.scale}: {size / 1e6:.0f} MB; opsdb zstd level {args.level}, {args.threads} threads, encrypted\n")
+    print(
+        f"\npgbench scale {args.scale}: {size / 1e6:.0f} MB; opsdb zstd level {args.level}, {args.threads} threads, encrypted\n"
+    )
     print(f"{'row':<52} {'wall s':>7} {'MB/s':>7} {'CPU s':>7} {'RSS MB':>7} {'moto CPU s':>10}")
     for r in rows:
-        print(f"{r['name']:<52} {r['wall_s']:>7} {r['mb_s']:>7} {r['cpu_s']:>7} {r['peak_rss_mb']:>7} {r.get('moto_cpu_s', '-'):>10}")
+        print(
+            f"{r['name']:<52} {r['wall_s']:>7} {r['mb_s']:>7} {r['cpu_s']:>7} {r['peak_rss_mb']:>7} {r.get('moto_cpu_s', '-'):>10}"
+        )
     backup_ratio = rows[1]["mb_s"] / rows[0]["mb_s"]
     restore_ratio = rows[3]["mb_s"] / rows[2]["mb_s"]
     print(f"\nopsdb backup = {backup_ratio:.0%} of the backup limit (aim >= 70%); "
