@@ -10,6 +10,11 @@ A run killed anywhere in between leaves a marker; the next run finishes every ma
 it plans anything. WAL goes last, computed from the backups that really remain, so a crash before
 the WAL step only leaves WAL that is no longer needed (deleted on the next run).
 
+Locks: a real run holds the cluster's "backup" and "dump" repository locks (repo/lock.py, the same
+objects `opsdb backup` and `opsdb dump` take) from before it finishes interrupted deletions until the
+last WAL file is gone, so no backup or dump starts or commits while retention decides and deletes.
+The catalog is read through repo.catalog (only committed entries) after the locks are taken.
+
 Dry run: pass a DryRunStorage; the same code runs, records the deletes it would make and changes
 nothing. Object Lock: with object_lock_days, an object written less than that many days ago cannot
 be removed yet; such a backup is kept for now and reported with the date it can go (its WAL is kept
@@ -20,14 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import socket
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opsdb.errors import Conflict, LockHeld, OpsdbError, RepositoryUnavailable
+from opsdb.errors import LockHeld, OpsdbError, RepositoryUnavailable
+from opsdb.model.catalog import LOGICAL, BackupRecord
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE
 from opsdb.model.retention import (
     Decision,
@@ -38,9 +42,17 @@ from opsdb.model.retention import (
     plan,
     wal_expiry,
 )
-from opsdb.repo import layout
+from opsdb.ops.codec import repository
+from opsdb.repo import catalog, layout
 from opsdb.repo import wal as repo_wal
+from opsdb.repo.lock import DEFAULT_TTL, RepositoryLock
 from opsdb.storage.base import DryRunStorage, Storage
+
+if TYPE_CHECKING:  # types only: cryptography is imported by stream.crypto alone
+    from opsdb.stream.crypto import EncryptionKey
+
+# The locks `opsdb backup` and `opsdb dump` take (ops/backup.py, ops/dump.py), in the order retention takes them.
+LOCK_KINDS = ("backup", "dump")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,48 +108,66 @@ def policy_from_config(retention: Any) -> RetentionPolicy:
     return RetentionPolicy.from_mapping(values)
 
 
-def _kind(record: Any) -> str:
-    value = record.get("kind") if isinstance(record, dict) else getattr(record, "kind", None)
-    return str(getattr(value, "value", value) or "physical")
-
-
-def _rec_id(record: Any) -> str:
-    return str(record.get("id") if isinstance(record, dict) else record.id)
-
-
-def split_records(records: Iterable[Any]) -> tuple[list[Any], list[Any]]:
+def split_records(records: Iterable[BackupRecord]) -> tuple[list[BackupRecord], list[BackupRecord]]:
     """(physical backups, logical dumps) from one catalog listing."""
     backups, dumps = [], []
     for record in records:
-        (dumps if _kind(record) == "logical" else backups).append(record)
+        (dumps if record.kind == LOGICAL else backups).append(record)
     return backups, dumps
+
+
+@contextmanager
+def cluster_locks(
+    storage: Storage, cluster: str, kinds: Sequence[str] = LOCK_KINDS, *, ttl: timedelta = DEFAULT_TTL
+) -> Iterator[list[RepositoryLock]]:
+    """Hold the cluster's backup and dump locks (the ones `opsdb backup` / `opsdb dump` take) for the block.
+
+    Retention deletes both kinds and the WAL backups need, so it runs only while neither a backup nor
+    a dump of the cluster runs, and neither starts until it is done. Taken in a fixed order; a lock
+    that is held makes the run fail before anything is deleted (the locks already taken are released).
+    """
+    with ExitStack() as stack:
+        held = []
+        for kind in kinds:
+            lock = RepositoryLock(storage, cluster, kind, command="retention", ttl=ttl)
+            try:
+                stack.enter_context(lock)
+            except LockHeld as exc:
+                raise LockHeld(
+                    f"unable to apply retention to cluster {cluster}: {exc.message.removeprefix('unable to start: ')}",
+                    hint="a backup, dump or another retention run is in progress; run again when it has finished",
+                ) from None
+            held.append(lock)
+        yield held
 
 
 def apply(
     storage: Storage,
     cluster: str,
     policy: RetentionPolicy,
-    records: Iterable[Any],
+    keys: Mapping[str, EncryptionKey],
     *,
     now: datetime,
     tz: str | tzinfo | None = "UTC",
     dry_run: bool = False,
     object_lock_days: int = 0,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
-    lock: Callable[[], AbstractContextManager[Any]] | None = None,
-    list_records: Callable[[], Iterable[Any]] | None = None,
+    lock_ttl: timedelta = DEFAULT_TTL,
 ) -> RetentionResult:
-    """Apply the policy. `records` is the cluster's catalog (backups and dumps, any order).
+    """Apply the policy to the cluster's catalog (read through repo.catalog with `keys`) and WAL archive.
 
-    `lock` (the cluster's backup lock) is held for the whole run, so nothing is deleted while a backup
-    runs; `list_records`, when given, re-reads the catalog after the lock is taken and markers resumed.
+    A real run holds the cluster's backup and dump locks throughout (cluster_locks), finishes
+    interrupted deletions, then reads the catalog and plans. A dry run takes no lock and must be given
+    a DryRunStorage (or a ReadOnlyStorage under one): the same code runs and changes nothing.
     """
-    with lock() if lock is not None else nullcontext():
+    with nullcontext([]) if dry_run else cluster_locks(storage, cluster, ttl=lock_ttl) as locks:
+
+        def still_locked() -> None:
+            for lock in locks:  # a run whose lock was taken over must stop deleting
+                lock.check()
+
         resumed = [] if dry_run else resume(storage, cluster)
-        if list_records is not None:
-            records = list_records()
-        records = [r for r in records if _rec_id(r) not in resumed]
-        backups, dumps = split_records(records)
+        backups, dumps = split_records(catalog.list_backups(storage, cluster, keys))
         wal_files = repo_wal.list_archive(storage, cluster, segment_size)
         the_plan = plan(policy, backups, dumps, [f.wal for f in wal_files], now, tz, segment_size=segment_size)
         result = RetentionResult(cluster, dry_run, the_plan, resumed=resumed)
@@ -158,10 +188,11 @@ def apply(
                     if kind == "backup":
                         retained_ids.add(decision.id)
                     continue
+                still_locked()
                 result.objects_deleted += delete_backup(storage, cluster, decision, kind)
                 done.append(decision.id)
 
-        retained = [item_from_record(b, segment_size) for b in backups if _rec_id(b) in retained_ids]
+        retained = [item_from_record(b, segment_size) for b in backups if b.id in retained_ids]
         wal_mtime = {f.wal.name: f.info.mtime for f in wal_files}
         for run in wal_expiry([i for i in retained if i.complete], [f.wal for f in wal_files], segment_size):
             free = (
@@ -175,6 +206,7 @@ def apply(
                 assert until is not None
                 result.locked.append(Locked(f"{run.first}..{run.last}", "wal", until))
             if free:
+                still_locked()
                 storage.delete(layout.wal_object(cluster, n) for n in free)
                 result.wal_files_deleted += len(free)
                 result.wal.append(dataclasses.replace(run, names=tuple(free)) if len(free) < len(run.names) else run)
@@ -244,61 +276,28 @@ def _locked_until(mtimes: list[float], lock_for: timedelta, now: datetime) -> da
 
 
 def read_catalog(storage: Storage, cluster: str, keys: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every committed catalog entry of the cluster (backups and dumps) as dicts."""
-    from opsdb.repo import envelope
+    """Every committed catalog entry of the cluster as stored documents.
 
-    return [envelope.get_json(storage, info.key, keys) for info in storage.list(layout.catalog_prefix(cluster))]
-
-
-@contextmanager
-def backup_lock(storage: Storage, cluster: str) -> Iterator[None]:
-    """The cluster's backup lock as a create-only object: retention and backups exclude each other."""
-    key = layout.lock_object(cluster, "backup")
-    holder = {
-        "holder": "retention",
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "since": datetime.now(UTC).isoformat(),
-    }
-    try:
-        storage.put(key, [json.dumps(holder).encode()], if_absent=True)
-    except Conflict:
-        try:
-            current = json.loads(storage.open(key).read() or b"{}")
-        except (OpsdbError, ValueError):
-            current = {}
-        who = (
-            ", ".join(f"{k} {v}" for k, v in current.items() if k in ("holder", "kind", "pid", "host", "since"))
-            or "unknown"
-        )
-        raise LockHeld(
-            f"unable to apply retention to cluster {cluster}: its backup lock is held ({who})",
-            hint="a backup or another retention run is in progress; run again when it has finished",
-        ) from None
-    try:
-        yield
-    finally:
-        storage.delete([key])
+    Kept only for ops/metrics.py, which predates repo.catalog; new code calls catalog.list_backups."""
+    return [record.to_dict() for record in catalog.list_backups(storage, cluster, keys)]
 
 
 def apply_from_settings(
     settings: Any, cluster: str, *, dry_run: bool = False, now: datetime | None = None
 ) -> RetentionResult:
-    """Open the repository from config.Settings and apply the cluster's policy (the CLI's one call)."""
-    from opsdb.ops.wal import wal_repo_from_settings
+    """Open the repository from config.Settings and apply the cluster's policy (the CLI's one call).
 
-    repo = wal_repo_from_settings(settings, cluster)
+    A dry run opens the repository read-only and previews through a DryRunStorage on top of it."""
+    repo = repository(settings, writable=not dry_run)
     cfg = settings.clusters[cluster]
     storage: Storage = DryRunStorage(repo.storage) if dry_run else repo.storage
     return apply(
         storage,
         cluster,
         policy_from_config(cfg.retention),
-        [],
+        repo.keys,
         now=now or datetime.now(UTC),
         tz=cfg.timezone,
         dry_run=dry_run,
         object_lock_days=settings.repository.object_lock_days,
-        lock=None if dry_run else (lambda: backup_lock(repo.storage, cluster)),
-        list_records=lambda: read_catalog(repo.storage, cluster, repo.keys),
     )
