@@ -1,25 +1,103 @@
 """Streaming, guarded tar extraction: a stored tar object straight into a directory.
 
-The object is read through get_object (authenticated chunk by chunk) and fed to tarfile in stream
-mode ("r|"), so nothing is staged. tarfile's "data" filter refuses absolute names, names escaping
-the destination, links pointing outside it, and device files. After the tar's end marker the rest
-of the object is still read, so its trailer (plaintext size and SHA-256) is verified before the
-restore counts as done.
+The object is read through get_object (authenticated chunk by chunk) on a reader thread, which
+hands plaintext chunks through a small bounded queue (QUEUE_CHUNKS x 1 MiB) to tarfile in stream
+mode ("r|") on the calling thread: download, decryption, decompression and hashing overlap with
+writing files, and nothing is staged. tarfile's "data" filter refuses absolute names, names
+escaping the destination, links pointing outside it, and device files. After the tar's end marker
+the rest of the object is still read, so its trailer (plaintext size and SHA-256) is verified
+before the restore counts as done.
 """
 
 from __future__ import annotations
 
+import queue
 import tarfile
-from collections.abc import Callable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from opsdb.errors import IntegrityError, OperationFailed
 from opsdb.repo import envelope
 from opsdb.storage.base import Storage
-from opsdb.stream.stages import IterReader
 
 COPY_BUFFER = 1024 * 1024
+QUEUE_CHUNKS = 8
+_END = object()
+
+
+class PrefetchReader:
+    """A read()-able view of a chunk iterator that is consumed on a background thread.
+
+    At most QUEUE_CHUNKS chunks wait in memory. An error of the iterator is raised by read();
+    close() stops the thread early (the consumer failed)."""
+
+    def __init__(self, chunks: Iterable[bytes], depth: int = QUEUE_CHUNKS) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._cur = b""
+        self._pos = 0
+        self._done = False
+        self._thread = threading.Thread(target=self._pump, args=(chunks,), name="opsdb-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _pump(self, chunks: Iterable[bytes]) -> None:
+        try:
+            for chunk in chunks:
+                if not self._put(chunk):
+                    return
+            self._put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(exc)
+
+    def _next(self) -> bool:
+        if self._done:
+            return False
+        item = self._queue.get()
+        if item is _END:
+            self._done = True
+            return False
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        self._cur, self._pos = item, 0
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        parts = []
+        want = n if n is not None and n >= 0 else None
+        while want is None or want > 0:
+            if self._pos >= len(self._cur) and not self._next():
+                break
+            end = len(self._cur) if want is None else min(len(self._cur), self._pos + want)
+            piece = self._cur[self._pos : end]
+            self._pos = end
+            parts.append(piece)
+            if want is not None:
+                want -= len(piece)
+        return b"".join(parts)
+
+    def drain(self) -> None:
+        """Read to the end (so the producer finishes and verifies the whole object)."""
+        while self._next():
+            pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 def extract_object(
@@ -33,7 +111,7 @@ def extract_object(
     """Extract the tar stored at `key` into `dest`; returns plaintext bytes read."""
     counted = 0
 
-    def counting() -> Iterator[bytes]:
+    def counting() -> Iterable[bytes]:
         nonlocal counted
         for chunk in envelope.get_object(storage, key, keys):
             counted += len(chunk)
@@ -41,19 +119,19 @@ def extract_object(
                 on_bytes(len(chunk))
             yield chunk
 
-    chunks = counting()
-    reader = IterReader(chunks)
+    reader = PrefetchReader(counting())
     try:
         with tarfile.open(fileobj=reader, mode="r|", copybufsize=COPY_BUFFER) as tar:  # type: ignore[call-overload]
             tar.extractall(dest, filter=_filter)
+        reader.drain()  # the rest (tar padding, envelope trailer) must be read to verify the digest
     except tarfile.FilterError as exc:
         raise IntegrityError(f"object {key} holds an unsafe tar member: {exc}") from None
     except tarfile.TarError as exc:
         raise IntegrityError(f"object {key} is not a readable tar: {exc}") from None
     except OSError as exc:
         raise OperationFailed(f"unable to extract {key} into {dest}: {exc}") from None
-    for _ in chunks:  # the rest (tar padding, envelope trailer) must be read to verify the digest
-        pass
+    finally:
+        reader.close()
     return counted
 
 
