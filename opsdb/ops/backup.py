@@ -293,10 +293,10 @@ def _stream_basebackup(
             proc.terminate()
             raise
         finally:
-            for reader in readers:
-                reader.unblock()
-            for reader in readers:
-                reader.join()
+            for reader in readers:  # pg_basebackup is gone: release readers still waiting in open()
+                while reader.is_alive():
+                    reader.unblock()
+                    reader.join(0.1)
         tail = log_path.read_text(errors="replace") if log_path.exists() else ""
         failed = next((r.error for r in readers if r.error is not None), None)
         if failed is not None:
