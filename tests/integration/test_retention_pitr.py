@@ -1,0 +1,262 @@
+"""Retention on a real cluster: three `opsdb backup`s with WAL archived by `archive_command = opsdb wal-push`
+in between, keep_last = 2 applied with an injected clock (so min_age does not hold the backups back),
+then a point-in-time restore after the oldest retained backup must give exactly its rows.
+
+Also: `opsdb retention apply --dry-run` through the CLI changes nothing (full listing: names, sizes,
+mtimes, contents), and a second run after a PITR (which archived timeline 2) keeps the .history file
+while it expires WAL on both timelines.
+
+The CLI runs as the server's OS user (which owns the repository, as in a real deployment); the applies
+with an injected clock run in this process (as root), after which the repository is handed back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opsdb.config import load_settings
+from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn
+from opsdb.model.target import format_time
+from opsdb.ops import retention
+from opsdb.pg.conn import connect
+from opsdb.pg.instance import Instance
+from opsdb.proc import LocalRunner
+from opsdb.repo import catalog
+from opsdb.repo import wal as repo_wal
+from opsdb.storage.local import LocalStorage
+from opsdb.stream.crypto import generate_key_file, load_key
+from tests.fixtures.pg import ClusterFactory, free_port, make_temp_dir, os_user
+from tests.integration.test_pitr import _opsdb_for_server, v, wait_archived, x
+
+pytestmark = pytest.mark.integration
+OPSDB_HERE = str(Path(sys.executable).with_name("opsdb"))
+SEG = DEFAULT_SEGMENT_SIZE
+
+
+def chown_tree(root: Path) -> None:
+    user = os_user()
+    if user:
+        entry = pwd.getpwnam(user)
+        for p in [root, *root.rglob("*")]:
+            os.chown(p, entry.pw_uid, entry.pw_gid)
+
+
+def run(env: dict[str, Any], *args: str, config: Path | None = None, check: bool = True, as_root: bool = False):
+    """The CLI as the server's OS user; restore as root with this checkout's opsdb (it hands the files to
+    os_user; the restore_command it writes runs the server user's opsdb, $OPSDB_EXECUTABLE)."""
+    user = None if as_root else os_user()
+    argv = [env["opsdb"] if user else OPSDB_HERE, "--config", str(config or env["config"]), *args]
+    if user:
+        argv = ["runuser", "-u", user, "--", *argv]
+    environ = dict(os.environ, OPSDB_EXECUTABLE=env["opsdb"])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=environ, cwd="/tmp")
+    if check and proc.returncode != 0:
+        raise AssertionError(f"opsdb {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def listing(repo: Path) -> dict[str, Any]:
+    """Every directory (with its mtime: an object put and deleted again changes it) and file (size, mtime,
+    content digest) of the repository."""
+    out: dict[str, Any] = {}
+    for p in sorted(repo.rglob("*")):
+        rel = str(p.relative_to(repo))
+        if p.is_dir():
+            out[rel] = ("dir", p.stat().st_mtime_ns)
+        else:
+            st = p.stat()
+            out[rel] = (st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+def archive(env: dict[str, Any]) -> list[repo_wal.ArchivedFile]:
+    return repo_wal.list_archive(env["storage"], "main")
+
+
+def segments(env: dict[str, Any], timeline: int) -> list[int]:
+    return sorted(
+        f.wal.segno for f in archive(env) if f.wal.kind == "segment" and f.wal.timeline == timeline and f.wal.segno
+    )
+
+
+def start_segment(backup: dict[str, Any]) -> int:
+    return Lsn.parse(backup["start_lsn"]).segment_number(SEG)
+
+
+def apply_now(env: dict[str, Any]) -> retention.RetentionResult:
+    """A real apply, two hours in the future (min_age = 1h would keep every backup just taken)."""
+    try:
+        return retention.apply_from_settings(
+            load_settings(env["config"]), "main", now=datetime.now(UTC) + timedelta(hours=2)
+        )
+    finally:
+        chown_tree(env["repo"])  # markers/locks directories created by this (root) process
+
+
+def backup(env: dict[str, Any]) -> dict[str, Any]:
+    doc = json.loads(run(env, "--json", "backup").stdout)
+    time.sleep(1.1)  # ids have second precision; keep the three apart without relying on the collision rule
+    return doc
+
+
+def now_between(primary: Instance) -> str:
+    """A time strictly between two commits: the caller commits before and after."""
+    time.sleep(0.3)
+    before = v(primary, "SELECT clock_timestamp()")
+    time.sleep(1.0)
+    after = v(primary, "SELECT clock_timestamp()")
+    time.sleep(0.3)
+    return format_time(before + (after - before) / 2)
+
+
+def rows(port: int) -> list[int]:
+    with connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", timeout=10) as c:
+        return [r["id"] for r in c.fetchall("SELECT id FROM t ORDER BY id")]
+
+
+@pytest.fixture(scope="module")
+def env(pg_bin_dir):
+    opsdb = _opsdb_for_server()
+    factory = ClusterFactory(pg_bin_dir)
+    workdir = make_temp_dir("opsdb-retention-")
+    try:
+        generate_key_file(workdir / "key")
+        (workdir / "repo").mkdir()
+        config = workdir / "opsdb.toml"
+        base = (
+            f'[repository]\nurl = "file://{workdir}/repo"\n'
+            f'[encryption]\nkey_file = "{workdir}/key"\nrequired = true\n'
+            "[compression]\nlevel = 1\n"
+            f'[wal]\nspool_dir = "{workdir}/spool"\n'
+            f'[clusters.main]\nconninfo = "host=127.0.0.1 port=PORT user=postgres dbname=postgres"\n'
+            f'pg_bin_dir = "{pg_bin_dir}"\n'
+        )
+        config.write_text(base + '[clusters.main.retention]\nkeep_last = 2\nmin_age = "1h"\n')
+        primary = factory(archive_mode="on", archive_command=f"{opsdb} --config {config} wal-push %p", lc_messages="C")
+        config.write_text(config.read_text().replace("PORT", str(primary.port)))
+        # the same cluster and repository with min_age = 1s: a CLI dry run that would delete something
+        preview = workdir / "preview.toml"
+        preview.write_text(config.read_text().replace('min_age = "1h"', 'min_age = "1s"'))
+        chown_tree(workdir)
+        key = load_key(key_file=workdir / "key")
+        e: dict[str, Any] = {
+            "opsdb": opsdb, "config": config, "preview": preview, "primary": primary, "factory": factory,
+            "repo": workdir / "repo", "storage": LocalStorage(str(workdir / "repo")), "keys": {key.id: key},
+        }  # fmt: skip
+
+        x(primary, "CREATE TABLE t (id int primary key, note text)")
+        e["b1"] = backup(e)
+        x(primary, "INSERT INTO t VALUES (1, 'after the first backup')")
+        e["t1"] = now_between(primary)  # only the first backup reaches this point
+        x(primary, "INSERT INTO t VALUES (10, 'still before the second backup')")
+        wait_archived(primary)
+        e["b2"] = backup(e)
+        x(primary, "INSERT INTO t VALUES (2, 'after the second backup')")
+        e["t2"] = now_between(primary)
+        x(primary, "INSERT INTO t VALUES (3, 'after the target')")
+        wait_archived(primary)
+        e["b3"] = backup(e)
+        x(primary, "INSERT INTO t VALUES (4, 'after the third backup')")
+        wait_archived(primary)
+        yield e
+    finally:
+        factory.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_dry_run_through_the_cli_changes_nothing(env):
+    before = listing(env["repo"])
+    assert start_segment(env["b1"]) < start_segment(env["b2"])
+    assert segments(env, 1)[0] <= start_segment(env["b1"])  # WAL before the second backup is there to expire
+    doc = json.loads(run(env, "--json", "retention", "apply", "--dry-run", config=env["preview"]).stdout)
+    assert listing(env["repo"]) == before
+    assert doc["dry_run"] is True
+    actions = {b["id"]: b["action"] for b in doc["backups"]}
+    assert actions == {env["b1"]["id"]: "delete", env["b2"]["id"]: "keep", env["b3"]["id"]: "keep"}
+    assert doc["summary"]["wal_files_deleted"] > 0
+    human = run(env, "retention", "apply", "--dry-run", config=env["preview"]).stdout
+    assert "dry run: nothing changed" in human and f"delete backup {env['b1']['id']}" in human
+    assert listing(env["repo"]) == before
+    env["preview_doc"] = doc
+    # before retention, the first backup still reaches t1
+    unused = str(env["factory"].new_dir() / "data")
+    assert run(env, "restore", "--target-dir", unused, "--to-time", env["t1"], "--dry-run").returncode == 0
+
+
+def test_apply_deletes_the_oldest_backup_and_the_wal_before_the_oldest_retained_start(env):
+    cutoff = start_segment(env["b2"])
+    doomed = [f.wal.name for f in archive(env) if f.wal.kind != "history" and f.wal.segno < cutoff]
+    assert doomed
+    result = apply_now(env)
+    assert result.deleted_backups == [env["b1"]["id"]]
+    assert [r.id for r in catalog.list_backups(env["storage"], "main", env["keys"])] == [
+        env["b2"]["id"],
+        env["b3"]["id"],
+    ]
+    assert not list(env["storage"].list(f"clusters/main/backups/{env['b1']['id']}/"))
+    assert segments(env, 1)[0] == cutoff  # the oldest retained backup's start segment stays, nothing before it
+    assert not [f for f in archive(env) if f.wal.kind != "history" and f.wal.segno < cutoff]
+    assert result.wal_files_deleted == len(doomed)
+    assert not list(env["storage"].list("clusters/main/locks/"))
+    assert not list(env["storage"].list("clusters/main/deleting/"))
+    preview = env.get("preview_doc")
+    if preview is not None:  # the dry run announced exactly this
+        assert preview["summary"]["wal_files_deleted"] == result.wal_files_deleted
+        assert [w["first"] for w in preview["wal"]] == [w.first for w in result.wal]
+
+
+def test_pitr_after_the_oldest_retained_backup_gives_exactly_its_rows(env):
+    factory = env["factory"]
+    dest = factory.new_dir() / "data"
+    port = free_port()
+    factory._made.append((Instance(dest, port, factory.bin_dir, os_user(), LocalRunner()), dest.parent))
+    proc = run(
+        env, "--json", "restore", "--target-dir", str(dest), "--to-time", env["t2"], "--start", "--port", str(port),
+        as_root=True,
+    )  # fmt: skip
+    doc = json.loads(proc.stdout)
+    assert doc["backup_id"] == env["b2"]["id"]
+    assert rows(port) == [1, 2, 10]
+    env["restored"] = (dest, port)
+    # the deleted backup took its reach with it: a point only the first backup reached is refused
+    unused = str(factory.new_dir() / "data")
+    gone = run(env, "restore", "--target-dir", unused, "--to-time", env["t1"], "--dry-run", check=False)
+    assert gone.returncode == 2, gone.stderr
+
+
+def test_second_run_keeps_history_files_and_expires_wal_on_every_timeline(env):
+    if "restored" not in env:
+        pytest.skip("needs the PITR above (its promotion archives timeline 2)")
+    dest, port = env["restored"]
+    history = "00000002.history"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and history not in {f.wal.name for f in archive(env)}:
+        time.sleep(0.2)
+    assert history in {f.wal.name for f in archive(env)}
+    restored = Instance(dest, port, env["factory"].bin_dir, os_user(), LocalRunner())
+    wait_archived(restored)  # the first segment of timeline 2 (before the third backup's start) is archived
+    restored.stop()
+    b4 = backup(env)
+    x(env["primary"], "INSERT INTO t VALUES (5, 'after the fourth backup')")
+    wait_archived(env["primary"])
+    cutoff = start_segment(env["b3"])
+    assert segments(env, 2) and segments(env, 2)[0] < cutoff
+    result = apply_now(env)
+    assert result.deleted_backups == [env["b2"]["id"]]
+    assert [r.id for r in catalog.list_backups(env["storage"], "main", env["keys"])] == [env["b3"]["id"], b4["id"]]
+    left = archive(env)
+    assert history in {f.wal.name for f in left}
+    assert not [f for f in left if f.wal.kind != "history" and f.wal.segno is not None and f.wal.segno < cutoff]
+    assert segments(env, 1)[0] == cutoff and all(segno >= cutoff for segno in segments(env, 2))
