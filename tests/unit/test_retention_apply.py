@@ -4,11 +4,14 @@ Lock is reported instead of failing, and the backup and dump locks (repo/lock.py
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from opsdb.errors import IntegrityError, LockHeld, RepositoryUnavailable
+from opsdb.errors import IntegrityError, LockHeld, OperationFailed, RepositoryUnavailable
 from opsdb.model.catalog import BackupRecord, new_backup_id
 from opsdb.model.lsn import Lsn, segment_name
 from opsdb.model.retention import RetentionPolicy
@@ -212,6 +215,42 @@ def test_a_backup_cannot_start_while_retention_holds_the_lock():
             with pytest.raises(LockHeld, match="held by retention"):
                 RepositoryLock(storage, C, kind, command=kind, host="db9", heartbeat_interval=0).acquire()
     RepositoryLock(storage, C, "backup", host="db9", heartbeat_interval=0).acquire()
+
+
+class TakenOverStorage(MemoryStorage):
+    """After the first backup deletion, another run takes over the backup lock (as after failed heartbeats)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken = False
+
+    def delete(self, keys) -> None:
+        keys = list(keys)
+        super().delete(keys)
+        if not self.taken and any(k.startswith(layout.deleting_prefix(C)) for k in keys):
+            self.taken = True
+            thief = {"owner": "other", "host": "db9", "pid": 1, "command": "backup", "expires": "2999-01-01T00:00:00Z"}
+            self.put(layout.lock_object(C, "backup"), [json.dumps(thief).encode()])
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not self._lost():
+                time.sleep(0.02)
+
+    @staticmethod
+    def _lost() -> bool:
+        """The backup lock's heartbeat thread ends when it finds the lock is no longer its own."""
+        return not any(t.name == "opsdb-lock-backup" for t in threading.enumerate())
+
+
+def test_a_run_whose_lock_was_taken_over_stops_deleting():
+    storage = TakenOverStorage()
+    populate(storage)
+    with pytest.raises(OperationFailed, match="backup lock was lost"):
+        retention.apply(storage, C, POLICY, KEYS, now=NOW, lock_ttl=timedelta(seconds=0.3))
+    assert storage.taken
+    assert len(catalog_ids(storage)) == 20 - 1  # one deletion finished, then it stopped
+    assert list(storage.list(layout.deleting_prefix(C))) == []
+    holder = json.loads(storage.open(layout.lock_object(C, "backup")).read())
+    assert holder["owner"] == "other"  # the other run's lock is left alone
 
 
 def test_object_lock_reports_instead_of_failing():
