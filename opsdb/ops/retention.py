@@ -157,9 +157,11 @@ def apply(
     """Apply the policy to the cluster's catalog (read through repo.catalog with `keys`) and WAL archive.
 
     A real run holds the cluster's backup and dump locks throughout (cluster_locks), finishes
-    interrupted deletions, then reads the catalog and plans. A dry run takes no lock and must be given
-    a DryRunStorage (or a ReadOnlyStorage under one): the same code runs and changes nothing.
+    interrupted deletions, then reads the catalog and plans. A dry run takes no lock and runs the same
+    code on a DryRunStorage (pass one to inspect its .writes/.deletes; any other storage is wrapped).
     """
+    if dry_run and not isinstance(storage, DryRunStorage):
+        storage = DryRunStorage(storage)
     with nullcontext([]) if dry_run else cluster_locks(storage, cluster, ttl=lock_ttl) as locks:
 
         def still_locked() -> None:

@@ -123,6 +123,8 @@ def test_dry_run_changes_nothing_and_reports_the_same():
     assert snapshot(storage) == before
     assert layout.catalog_entry(C, P(0)) in dry.deletes and layout.deleting_marker(C, P(0)) in dry.writes
     assert not any(key.startswith(layout.locks_prefix(C)) for key in dry.writes)  # a preview takes no lock
+    retention.apply(storage, C, POLICY, KEYS, now=NOW, dry_run=True)  # a plain storage is wrapped
+    assert snapshot(storage) == before
     real = retention.apply(storage, C, POLICY, KEYS, now=NOW)
     assert preview.deleted_backups == real.deleted_backups
     assert preview.deleted_dumps == real.deleted_dumps
