@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import types
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -286,8 +285,8 @@ def collect_from_settings(
 def _cluster(settings: Any, name: str, now: datetime, replicas_fn: Callable[..., Any] | None) -> list[Sample]:
     from opsdb.ops import replicas as ops_replicas
     from opsdb.ops.info import cluster_info
-    from opsdb.ops.retention import read_catalog
     from opsdb.ops.wal import wal_repo_from_settings
+    from opsdb.repo import catalog as repo_catalog
     from opsdb.repo.reports import recent_reports
 
     cfg = settings.clusters[name]
@@ -296,13 +295,12 @@ def _cluster(settings: Any, name: str, now: datetime, replicas_fn: Callable[...,
     records: list[Any] = []
 
     def catalog() -> list[Sample]:
-        records.extend(read_catalog(repo.storage, name, repo.keys))
+        records.extend(repo_catalog.list_backups(repo.storage, name, repo.keys))
         return backup_samples(name, records)
 
     _source(samples, name, "catalog", catalog)
     _source(samples, name, "wal", lambda: wal_samples(name, repo_wal.list_archive(repo.storage, name), now))
-    objects = [types.SimpleNamespace(**r) if isinstance(r, dict) else r for r in records]
-    _source(samples, name, "window", lambda: window_samples(name, cluster_info(repo, objects)))
+    _source(samples, name, "window", lambda: window_samples(name, cluster_info(repo, records)))
     _source(
         samples, name, "drills", lambda: drill_samples(name, recent_reports(repo.storage, name, repo.keys, limit=10))
     )

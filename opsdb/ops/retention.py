@@ -277,13 +277,6 @@ def _locked_until(mtimes: list[float], lock_for: timedelta, now: datetime) -> da
 # --- wiring from settings ------------------------------------------------------------------------
 
 
-def read_catalog(storage: Storage, cluster: str, keys: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every committed catalog entry of the cluster as stored documents.
-
-    Kept only for ops/metrics.py, which predates repo.catalog; new code calls catalog.list_backups."""
-    return [record.to_dict() for record in catalog.list_backups(storage, cluster, keys)]
-
-
 def apply_from_settings(
     settings: Any, cluster: str, *, dry_run: bool = False, now: datetime | None = None
 ) -> RetentionResult:
