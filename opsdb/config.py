@@ -201,14 +201,17 @@ class PgbouncerConfig(_Section):
     reserve_pool_size: int = Field(0, ge=0)
     reserve_pool_timeout: float = Field(5.0, ge=0)
     max_db_connections: int | None = Field(None, ge=0)
+    max_user_connections: int = Field(0, ge=0)  # server connections per user over all databases; 0 = unlimited
     server_reserve: int = Field(5, ge=0)  # connections kept free for direct clients (backups, monitoring)
     server_lifetime: int = Field(3600, ge=0)
     server_idle_timeout: int = Field(600, ge=0)
     query_wait_timeout: int = Field(120, ge=0)
     auth_type: Literal["scram-sha-256", "md5", "hba", "cert", "trust"] = "scram-sha-256"
     auth_file: str = "userlist.txt"
+    auth_hba_file: str | None = None  # required by auth_type = "hba"; written as given (relative: to --out-dir)
     auth_user: str | None = None
     auth_query: str | None = None
+    auth_dbname: str | None = None  # a [databases] name auth_query runs in (PgBouncer >= 1.19)
     admin_users: list[str] = []
     stats_users: list[str] = []
     client_tls_sslmode: str = "disable"
@@ -217,12 +220,45 @@ class PgbouncerConfig(_Section):
     client_tls_ca_file: str | None = None
     server_tls_sslmode: str = "prefer"
     server_tls_ca_file: str | None = None
+    server_tls_cert_file: str | None = None  # client certificate pgbouncer shows the server (with the key)
+    server_tls_key_file: str | None = None
     ignore_startup_parameters: list[str] = ["extra_float_digits", "options"]
     max_prepared_statements: int = Field(200, ge=0)
     logfile: str | None = None
     pidfile: str | None = None
     unix_socket_dir: str | None = None
     databases: dict[str, PgbouncerDatabase] = {}
+    # the pgbouncer executable (None: `pgbouncer` on PATH, else /usr/sbin/pgbouncer) and the version to
+    # write for ("1.18"; None: what `pgbouncer -V` reports)
+    binary: str | None = None
+    target_version: str | None = None
+    # `pgbouncer status` grading: a client waiting this long is WARNING; CRITICAL from status_wait_critical
+    # (None: half the running pgbouncer's query_wait_timeout); client connections as % of max_client_conn
+    status_wait_warning: float = Field(5.0, ge=0)
+    status_wait_critical: float | None = Field(None, ge=0)
+    status_clients_warning_pct: float = Field(80.0, ge=0, le=100)
+    status_clients_critical_pct: float = Field(95.0, ge=0, le=100)
+
+    @field_validator("target_version")
+    @classmethod
+    def _version(cls, value: str | None) -> str | None:
+        import re  # local: this class is the only user
+
+        if value is not None and not re.fullmatch(r"\d+\.\d+(\.\d+)?", value.strip()):
+            raise ValueError(f"target_version {value!r} is not a PgBouncer version such as '1.18' or '1.21.0'")
+        return value.strip() if value is not None else None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> PgbouncerConfig:
+        if bool(self.server_tls_cert_file) != bool(self.server_tls_key_file):
+            raise ValueError("set server_tls_cert_file and server_tls_key_file together")
+        if self.auth_type == "hba" and not self.auth_hba_file:
+            raise ValueError('auth_type = "hba" needs auth_hba_file')
+        if self.status_wait_critical is not None and self.status_wait_critical < self.status_wait_warning:
+            raise ValueError("status_wait_critical is below status_wait_warning")
+        if self.status_clients_critical_pct < self.status_clients_warning_pct:
+            raise ValueError("status_clients_critical_pct is below status_clients_warning_pct")
+        return self
 
 
 class NotifyConfig(_Section):

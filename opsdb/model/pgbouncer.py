@@ -8,7 +8,8 @@ Pure arithmetic, no I/O. The budget (ops-conventions §1.8):
     db_cap       = per_instance // databases                 (max_db_connections, when not configured)
 
 A pool is one (database, user) pair; it can open pool_size + reserve_pool_size server connections,
-and max_db_connections caps all pools of one database together. The worst case across all
+max_db_connections caps all pools of one database together, and max_user_connections (when the
+users are known) caps each user over all databases. The worst case across all
 instances must not exceed `usable`, otherwise the configuration is refused with the arithmetic.
 """
 
@@ -49,6 +50,7 @@ class SizingRequest:
     min_pool_size: int = 0
     reserve_pool_size: int = 0
     max_db_connections: int | None = None
+    max_user_connections: int = 0  # per user over all databases; 0 = unlimited
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,14 +159,24 @@ def plan_pools(req: SizingRequest) -> SizingPlan:
         sized.append(DatabaseSizing(db.name, size, reserve, cap, worst))
 
     per_instance_worst = sum(d.worst_case for d in sized)
+    terms = f"({' + '.join(f'{d.worst_case} {d.name}' for d in sized)})"
+    if req.max_user_connections and n_users is not None:
+        # every user's server connections over all databases are capped, so the users cap the total too
+        user_cap = n_users * req.max_user_connections
+        lines.append(
+            f"users cap = {n_users} users * {req.max_user_connections} max_user_connections = {user_cap} per instance"
+        )
+        if user_cap < per_instance_worst:
+            terms = f"min({terms}, {user_cap} users cap)"
+            per_instance_worst = user_cap
     total = per_instance_worst * req.instances
-    terms = " + ".join(f"{d.worst_case} {d.name}" for d in sized)
-    lines.append(f"worst case = ({terms}) * {req.instances} instances = {total} <= {usable} usable")
+    worst_line = f"worst case = {terms} * {req.instances} instances = {total}"
+    lines.append(f"{worst_line} <= {usable} usable")
     if total > usable:
         detail = "; ".join(_worst_case_detail(d, n_users) for d in sized)
         raise ConfigError(
             f"pgbouncer pools can open {total} server connections but the server accepts {usable}: "
-            f"{lines[0]}; worst case = ({terms}) * {req.instances} instances = {total} ({detail})",
+            f"{lines[0]}; {worst_line} ({detail})",
             hint="lower default_pool_size/reserve_pool_size/instances or set max_db_connections",
         )
     return SizingPlan(

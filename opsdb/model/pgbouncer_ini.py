@@ -333,6 +333,11 @@ def _cross_checks(doc: IniDocument) -> Iterable[Finding]:
         yield Finding("error", f"auth_type = {auth_type} needs auth_file (or auth_user + auth_query)")
     if auth_type == "hba" and not main.get("auth_hba_file"):
         yield Finding("error", "auth_type = hba needs auth_hba_file")
+    auth_dbname = main.get("auth_dbname")
+    if auth_dbname and auth_dbname not in doc.section("databases"):
+        yield Finding("error", f"auth_dbname {auth_dbname!r} is not a [databases] entry (auth_query would fail)")
+    if bool(main.get("server_tls_cert_file")) != bool(main.get("server_tls_key_file")):
+        yield Finding("error", "server_tls_cert_file and server_tls_key_file go together")
     if auth_type in ("trust", "any", "plain"):
         yield Finding("warning", f"auth_type = {auth_type} does not protect the pooler with a password")
     if not main.get("listen_addr") and main.get("unix_socket_dir") == "":

@@ -18,6 +18,7 @@ from opsdb import __version__
 from opsdb.config import PgbouncerConfig
 from opsdb.errors import UsageError
 from opsdb.model.pgbouncer import DatabasePools, ServerLimits, SizingPlan, SizingRequest, fd_estimate, plan_pools
+from opsdb.model.pgbouncer_hba import check_hba
 from opsdb.model.pgbouncer_ini import NEWEST_KNOWN, PGBOUNCER_KEYS, UserEntry, Version, parse_version, version_str
 from opsdb.pg import pooler
 from opsdb.pg.conn import PgConnection, connect
@@ -56,6 +57,7 @@ class GeneratedFiles:
     users: tuple[str, ...] | None
     target_version: Version
     notes: tuple[str, ...]
+    target_source: str = "pgbouncer -V"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +72,7 @@ class GenerateResult:
             "ini_path": self.ini_path,
             "userlist_path": self.userlist_path,
             "pgbouncer_version": version_str(self.files.target_version),
+            "pgbouncer_version_source": self.files.target_source,
             "databases": list(self.files.databases),
             "users": None if self.files.users is None else list(self.files.users),
             "sizing": {
@@ -84,7 +87,13 @@ class GenerateResult:
         }
 
 
-def find_pgbouncer() -> str | None:
+def find_pgbouncer(configured: str | None = None) -> str | None:
+    """pgbouncer.binary when set (it must be an executable file), else `pgbouncer` on PATH, else the
+    usual package paths; None when there is none."""
+    if configured:
+        if not (os.path.isfile(configured) and os.access(configured, os.X_OK)):
+            raise UsageError(f"pgbouncer.binary {configured}: not an executable file")
+        return configured
     found = shutil.which("pgbouncer")
     if found:
         return found
@@ -97,6 +106,33 @@ def pgbouncer_version(runner: Runner, binary: str | None) -> Version | None:
         return None
     done = runner.run(Cmd((binary, "-V"), timeout=10), check=False, doing="asking pgbouncer for its version")
     return parse_version(done.text) if done.returncode == 0 else None
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetVersion:
+    """The PgBouncer version files are written and checked for, and where that came from."""
+
+    version: Version
+    source: str  # "target_version" (config) | "pgbouncer -V" | "assumed" (no binary)
+
+    def describe(self) -> str:
+        why = {
+            "target_version": "pgbouncer.target_version",
+            "pgbouncer -V": "reported by pgbouncer -V",
+            "assumed": "no pgbouncer binary found: newest known",
+        }[self.source]
+        return f"PgBouncer {version_str(self.version)} ({why})"
+
+
+def target_version(configured: str | None, runner: Runner, binary: str | None) -> TargetVersion:
+    """pgbouncer.target_version when set (the binary is not asked), else the binary's own version."""
+    if configured:
+        parsed = parse_version(configured)
+        if parsed is None:  # config validation already refuses this; kept for direct callers
+            raise UsageError(f"pgbouncer.target_version {configured!r} is not a version such as '1.18'")
+        return TargetVersion(parsed, "target_version")
+    found = pgbouncer_version(runner, binary)
+    return TargetVersion(found, "pgbouncer -V") if found else TargetVersion(NEWEST_KNOWN, "assumed")
 
 
 def _pools_for(cfg: PgbouncerConfig, discovered: tuple[str, ...]) -> dict[str, tuple[str, DatabasePools]]:
@@ -129,7 +165,34 @@ def _check_verifiers(cfg: PgbouncerConfig, users: tuple[str, ...], verifiers: di
             )
 
 
-def _main_entries(cfg: PgbouncerConfig, plan: SizingPlan, auth_file: str) -> list[IniEntry]:
+def _auth_checks(
+    cfg: PgbouncerConfig, version: Version, pools: dict[str, tuple[str, DatabasePools]], hba_file: str | None
+) -> list[str]:
+    """Refuse auth settings PgBouncer would misread; return notes for the harmless ones."""
+    notes = []
+    if cfg.auth_type == "hba" and not hba_file:
+        raise UsageError('auth_type = "hba" needs pgbouncer.auth_hba_file')
+    if hba_file and cfg.auth_type != "hba":
+        notes.append(f"auth_hba_file is written but only read with auth_type = hba (auth_type is {cfg.auth_type})")
+    if cfg.auth_dbname:
+        if not cfg.auth_user:
+            raise UsageError("pgbouncer.auth_dbname is only used with auth_user (auth_query runs as that user)")
+        if cfg.auth_dbname not in pools:
+            raise UsageError(
+                f"pgbouncer.auth_dbname {cfg.auth_dbname!r} is not one of the pooled databases "
+                f"({', '.join(sorted(pools))}): PgBouncer looks it up in [databases]"
+            )
+        since = PGBOUNCER_KEYS["auth_dbname"].since
+        if version < since:
+            # commenting it out would silently move auth_query into every client's database
+            raise UsageError(
+                f"pgbouncer.auth_dbname needs PgBouncer >= {version_str(since)}, target is {version_str(version)}",
+                hint="remove auth_dbname (auth_query then runs in each client's database) or upgrade PgBouncer",
+            )
+    return notes
+
+
+def _main_entries(cfg: PgbouncerConfig, plan: SizingPlan, auth_file: str, hba_file: str | None) -> list[IniEntry]:
     cfg_note = "from [pgbouncer]"
     entries = [
         IniEntry("listen_addr", cfg.listen_addr),
@@ -153,6 +216,11 @@ def _main_entries(cfg: PgbouncerConfig, plan: SizingPlan, auth_file: str) -> lis
             str(plan.max_db_connections),
             "computed (see sizing above)" if plan.max_db_connections_computed else cfg_note,
         ),
+        IniEntry(
+            "max_user_connections",
+            str(cfg.max_user_connections),
+            "0 = unlimited" if cfg.max_user_connections == 0 else "caps each user over all databases (see sizing)",
+        ),
         IniEntry("server_lifetime", str(cfg.server_lifetime)),
         IniEntry("server_idle_timeout", str(cfg.server_idle_timeout)),
         IniEntry("query_wait_timeout", str(cfg.query_wait_timeout)),
@@ -171,6 +239,9 @@ def _main_entries(cfg: PgbouncerConfig, plan: SizingPlan, auth_file: str) -> lis
         "client_tls_key_file": cfg.client_tls_key_file,
         "client_tls_ca_file": cfg.client_tls_ca_file,
         "server_tls_ca_file": cfg.server_tls_ca_file,
+        "server_tls_cert_file": cfg.server_tls_cert_file,
+        "server_tls_key_file": cfg.server_tls_key_file,
+        "auth_hba_file": hba_file,
         "logfile": cfg.logfile,
         "pidfile": cfg.pidfile,
     }
@@ -179,6 +250,8 @@ def _main_entries(cfg: PgbouncerConfig, plan: SizingPlan, auth_file: str) -> lis
         entries.append(IniEntry("auth_user", cfg.auth_user))
         query_note = None if cfg.auth_query else "schema-qualified default; honours VALID UNTIL"
         entries.append(IniEntry("auth_query", cfg.auth_query or DEFAULT_AUTH_QUERY, query_note))
+    if cfg.auth_dbname:
+        entries.append(IniEntry("auth_dbname", cfg.auth_dbname, "auth_query runs in this database"))
     return entries
 
 
@@ -199,20 +272,20 @@ def build_files(
     facts: ServerFacts,
     *,
     auth_file: str,
-    version: Version | None,
+    target: TargetVersion,
+    hba_file: str | None = None,
 ) -> GeneratedFiles:
-    """The two files as text (no I/O). Raises ConfigError when the pools do not fit, UsageError for bad input."""
+    """The two files as text (no I/O). Raises ConfigError when the pools do not fit, UsageError for bad input.
+    `auth_file` and `hba_file` are the paths to write into the file (generate makes them absolute)."""
     notes: list[str] = []
-    target = version or NEWEST_KNOWN
-    if version is None:
-        notes.append(f"no pgbouncer binary found: assumed PgBouncer {version_str(target)}")
-    if cfg.auth_type == "hba":
-        raise UsageError("auth_type = hba needs an auth_hba_file, which opsdb does not generate yet")
+    if target.source == "assumed":
+        notes.append(f"no pgbouncer binary found: assumed PgBouncer {version_str(target.version)}")
     if cfg.client_tls_sslmode != "disable" and not (cfg.client_tls_cert_file and cfg.client_tls_key_file):
         raise UsageError(
             f"client_tls_sslmode = {cfg.client_tls_sslmode} needs client_tls_cert_file and client_tls_key_file"
         )
     pools = _pools_for(cfg, facts.databases)
+    notes += _auth_checks(cfg, target.version, pools, hba_file)
     users = tuple(cfg.users) if cfg.users is not None else facts.users
     plan = plan_pools(
         SizingRequest(
@@ -225,6 +298,7 @@ def build_files(
             min_pool_size=cfg.min_pool_size,
             reserve_pool_size=cfg.reserve_pool_size,
             max_db_connections=cfg.max_db_connections,
+            max_user_connections=cfg.max_user_connections,
         )
     )
     server = parse_conninfo(server_conninfo)
@@ -246,7 +320,7 @@ def build_files(
 
     header = [
         f"pgbouncer.ini generated by opsdb {__version__}; edit [pgbouncer] in opsdb.toml and regenerate.",
-        f"Target: PgBouncer {version_str(target)}.",
+        f"Target: {target.describe()}.",
         f"Server: max_connections={facts.limits.max_connections}, superuser_reserved_connections="
         f"{facts.limits.superuser_reserved_connections}, reserved_connections={facts.limits.reserved_connections}.",
         f"Pools: {len(pools)} databases x "
@@ -256,7 +330,7 @@ def build_files(
         *(f"  {line}" for line in plan.explanation),
         "Values not marked otherwise come from [pgbouncer] (or its defaults).",
     ]
-    main = _gate(_main_entries(cfg, plan, auth_file), target)
+    main = _gate(_main_entries(cfg, plan, auth_file, hba_file), target.version)
     ini = render_ini(header, [("pgbouncer", main), ("databases", db_entries)])
 
     userlist = None
@@ -280,8 +354,8 @@ def build_files(
         notes.append("userlist.txt not written: pass --discover to read the users' SCRAM verifiers")
     skipped = [e.key for e in main if e.skipped]
     if skipped:
-        notes.append(f"not written for PgBouncer {version_str(target)}: {', '.join(skipped)}")
-    return GeneratedFiles(ini, userlist, plan, tuple(sorted(pools)), users, target, tuple(notes))
+        notes.append(f"not written for PgBouncer {version_str(target.version)}: {', '.join(skipped)}")
+    return GeneratedFiles(ini, userlist, plan, tuple(sorted(pools)), users, target.version, tuple(notes), target.source)
 
 
 def discover(conn: PgConnection, cfg: PgbouncerConfig, *, with_catalog: bool) -> ServerFacts:
@@ -294,6 +368,21 @@ def discover(conn: PgConnection, cfg: PgbouncerConfig, *, with_catalog: bool) ->
     wanted = sorted(set(users) | console | ({cfg.auth_user} if cfg.auth_user else set()))
     verifiers = pooler.password_verifiers(conn, wanted) if wanted else {}
     return ServerFacts(limits, tuple(pooler.databases(conn)), users, verifiers, discovered=True)
+
+
+def _beside(out_dir: Path, value: str) -> Path:
+    """A configured file path as written into pgbouncer.ini: relative ones are taken from --out-dir."""
+    path = Path(value)
+    return path if path.is_absolute() else out_dir / path
+
+
+def _hba_notes(path: Path, version: Version) -> list[str]:
+    """generate does not write the HBA file; it says when the one named would reject logins."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        return [f"auth_hba_file {path}: {exc.strerror}; PgBouncer rejects every login until it exists"]
+    return [f"{path}: {f.message}" for f in check_hba(text, version, path.parent)]
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -324,13 +413,22 @@ def generate(
     """Read the server, size the pools, write pgbouncer.ini (and userlist.txt with --discover), 0600."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"unable to write to {out_dir}: not a directory")
-    version = pgbouncer_version(runner, pgbouncer_bin or find_pgbouncer())
+    target = target_version(cfg.target_version, runner, pgbouncer_bin or find_pgbouncer(cfg.binary))
     with connect_fn(server_conninfo) as conn:
         facts = discover(conn, cfg, with_catalog=discover_catalog)
     out_dir = out_dir.resolve()
-    auth_file = Path(cfg.auth_file)
-    auth_path = auth_file if auth_file.is_absolute() else out_dir / auth_file
-    files = build_files(cfg, server_conninfo, facts, auth_file=str(auth_path), version=version)
+    auth_path = _beside(out_dir, cfg.auth_file)
+    hba_path = _beside(out_dir, cfg.auth_hba_file) if cfg.auth_hba_file else None
+    files = build_files(
+        cfg,
+        server_conninfo,
+        facts,
+        auth_file=str(auth_path),
+        target=target,
+        hba_file=str(hba_path) if hba_path else None,
+    )
+    if hba_path is not None:
+        files = dataclasses.replace(files, notes=files.notes + tuple(_hba_notes(hba_path, target.version)))
     out_dir.mkdir(parents=True, exist_ok=True)
     ini_path = out_dir / "pgbouncer.ini"
     _write_private(ini_path, files.ini)

@@ -1,4 +1,4 @@
-"""`opsdb pgbouncer check INI` and `opsdb pgbouncer status`.
+"""`opsdb pgbouncer check INI` (status is in ops/pgbouncer_status.py).
 
 check: the text checks (known keys for the target version, types, database entries), file checks
 (auth_file present, parseable, not world-readable), pool sums against the server when it can be
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
+import re
 import shutil
 import socket
 import stat
@@ -20,12 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from opsdb.config import PgbouncerConfig
 from opsdb.errors import ConfigError, DatabaseError, UsageError
 from opsdb.model.pgbouncer import DatabasePools, ServerLimits, SizingRequest, plan_pools
+from opsdb.model.pgbouncer_hba import check_hba
 from opsdb.model.pgbouncer_ini import (
     AUTH_FILE_TYPES,
-    NEWEST_KNOWN,
     Finding,
     IniDocument,
     Version,
@@ -36,10 +36,9 @@ from opsdb.model.pgbouncer_ini import (
     parse_userlist,
     version_str,
 )
-from opsdb.ops.pgbouncer import pgbouncer_version
-from opsdb.pg import pgbouncer_admin, pooler
+from opsdb.ops.pgbouncer import target_version
+from opsdb.pg import pooler
 from opsdb.pg.conn import PgConnection, connect
-from opsdb.pg.conninfo import make_conninfo
 from opsdb.proc import Cmd, Runner
 
 LOAD_TIMEOUT = 10.0
@@ -66,6 +65,7 @@ class IniCheckResult:
     load_detail: str
     worst_case_connections: int | None
     usable_connections: int | None
+    target_source: str = "pgbouncer -V"
 
     @property
     def ok(self) -> bool:
@@ -76,6 +76,7 @@ class IniCheckResult:
             "ini": self.ini_path,
             "ok": self.ok,
             "pgbouncer_version": version_str(self.target_version),
+            "pgbouncer_version_source": self.target_source,
             "loaded": self.loaded,
             "load_detail": self.load_detail,
             "worst_case_connections": self.worst_case_connections,
@@ -89,8 +90,8 @@ def _resolve(base: Path, value: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def _file_checks(doc: IniDocument, base: Path) -> tuple[list[Finding], int | None]:
-    """auth_file and TLS files; returns the findings and the number of users in auth_file."""
+def _file_checks(doc: IniDocument, base: Path, version: Version) -> tuple[list[Finding], int | None]:
+    """auth_file, auth_hba_file and TLS files; returns the findings and the number of users in auth_file."""
     findings: list[Finding] = []
     users: int | None = None
     auth_type = (doc.value("auth_type", "md5") or "md5").lower()
@@ -118,16 +119,30 @@ def _file_checks(doc: IniDocument, base: Path) -> tuple[list[Finding], int | Non
             entries, problems = parse_userlist(text)
             findings += problems + check_userlist(entries, auth_type)
             users = len(entries)
+    hba_file = doc.value("auth_hba_file")
+    if hba_file and _resolve(base, hba_file).is_file():
+        path = _resolve(base, hba_file)
+        try:
+            findings += check_hba(path.read_text(), version, path.parent)
+        except OSError as exc:
+            findings.append(Finding("error", f"auth_hba_file {path}: {exc.strerror}"))
     for key in (
         "auth_hba_file",
         "client_tls_cert_file",
         "client_tls_key_file",
         "client_tls_ca_file",
         "server_tls_ca_file",
+        "server_tls_cert_file",
+        "server_tls_key_file",
     ):
         value = doc.value(key)
-        if value and not _resolve(base, value).is_file():
+        if not value:
+            continue
+        path = _resolve(base, value)
+        if not path.is_file():
             findings.append(Finding("error", f"{key} {value}: no such file"))
+        elif key.endswith("_key_file") and path.stat().st_mode & stat.S_IROTH:
+            findings.append(Finding("warning", f"{key} {value} is world-readable (chmod 600)"))
     return findings, users
 
 
@@ -169,6 +184,7 @@ def sizing_request(
         min_pool_size=_int(doc.value("min_pool_size"), 0),
         reserve_pool_size=_int(doc.value("reserve_pool_size"), 0),
         max_db_connections=_int(doc.value("max_db_connections"), 0),
+        max_user_connections=_int(doc.value("max_user_connections"), 0),
     )
 
 
@@ -224,10 +240,20 @@ def _problem_lines(log: str) -> str:
     return " | ".join(ln.strip() for ln in lines[-5:]) or (log.strip().splitlines() or ["no output"])[-1]
 
 
+def hba_log_problems(log: str) -> list[str]:
+    """PgBouncer's complaints about the HBA file: it starts anyway and drops the lines (or every rule)."""
+    return [
+        re.sub(r"^.*?\[\d+\]\s+", "", ln.strip())  # drop "2026-11-22 00:08:00.846 UTC [pid] "
+        for ln in log.splitlines()
+        if "hba" in ln.lower() and any(w in ln for w in ("WARNING", "ERROR"))
+    ]
+
+
 def try_load(
     text: str, base: Path, doc: IniDocument, *, runner: Runner, binary: str, run_as: str | None
-) -> tuple[bool, str]:
-    """Start pgbouncer on a scratch copy; (came up, detail). Always stopped and cleaned up."""
+) -> tuple[bool, str, list[str]]:
+    """Start pgbouncer on a scratch copy; (came up, detail, HBA problems it logged). Always stopped
+    and cleaned up."""
     scratch = Path(tempfile.mkdtemp(prefix="opsdb-pgbouncer-check-", dir="/tmp"))
     try:
         _chown(scratch, run_as)
@@ -260,11 +286,12 @@ def try_load(
         finally:
             proc.terminate(timeout=5)
         log = out_log.read_text(errors="replace") if out_log.exists() else ""
+        hba = hba_log_problems(log)
         if up:
-            return True, f"pgbouncer started with this file on port {port} and was stopped again"
+            return True, f"pgbouncer started with this file on port {port} and was stopped again", hba
         if proc.poll() is None:
-            return False, f"pgbouncer did not listen within {LOAD_TIMEOUT:.0f}s: {_problem_lines(log)}"
-        return False, f"pgbouncer refused the file: {_problem_lines(log)}"
+            return False, f"pgbouncer did not listen within {LOAD_TIMEOUT:.0f}s: {_problem_lines(log)}", hba
+        return False, f"pgbouncer refused the file: {_problem_lines(log)}", hba
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -278,17 +305,20 @@ def check_ini_file(
     server_limits: Callable[[], ServerLimits] | None,
     instances: int = 1,
     server_reserve: int = 5,
+    target_version_override: str | None = None,
 ) -> IniCheckResult:
+    """Every check of an existing file; the target version is pgbouncer.target_version when given,
+    else what the binary reports. The binary is started whenever there is one."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise UsageError(f"unable to read {path}: {exc.strerror}") from None
-    version = pgbouncer_version(runner, pgbouncer_bin)
-    target = version or NEWEST_KNOWN
+    target_info = target_version(target_version_override, runner, pgbouncer_bin)
+    target = target_info.version
     doc = parse_ini(text)
     base = path.resolve().parent
     findings = check_text(doc, target)
-    file_findings, users = _file_checks(doc, base)
+    file_findings, users = _file_checks(doc, base, target)
     findings += file_findings
     worst = usable = None
     if "*" in doc.section("databases"):
@@ -306,11 +336,13 @@ def check_ini_file(
                 worst, usable = plan.worst_case_total, plan.usable
             except ConfigError as exc:
                 findings.append(Finding("error", str(exc)))
-    if pgbouncer_bin is None or version is None:
-        loaded, detail = None, "no pgbouncer binary found: not started"
-    else:
-        loaded, detail = try_load(text, base, doc, runner=runner, binary=pgbouncer_bin, run_as=run_as)
-    return IniCheckResult(str(path), tuple(findings), target, loaded, detail, worst, usable)
+    loaded: bool | None = None
+    detail = "no pgbouncer binary found: not started"
+    if pgbouncer_bin is not None and target_info.source != "assumed":
+        loaded, detail, hba_logged = try_load(text, base, doc, runner=runner, binary=pgbouncer_bin, run_as=run_as)
+        # PgBouncer starts anyway with a broken HBA file, so its log is the only verdict on it
+        findings += [Finding("error", f"pgbouncer logged: {line}") for line in hba_logged]
+    return IniCheckResult(str(path), tuple(findings), target, loaded, detail, worst, usable, target_info.source)
 
 
 def server_limits_reader(
@@ -323,41 +355,3 @@ def server_limits_reader(
             return pooler.server_limits(conn)
 
     return read
-
-
-# --- status ------------------------------------------------------------------------------------------
-
-
-def admin_conninfo(cfg: PgbouncerConfig, user: str | None = None) -> str:
-    """The admin console of the configured pgbouncer: its listen address (or socket dir) and port."""
-    who = user or (cfg.admin_users[0] if cfg.admin_users else cfg.stats_users[0] if cfg.stats_users else "pgbouncer")
-    host = cfg.listen_addr if cfg.listen_addr not in ("", "*", "0.0.0.0", "::") else "127.0.0.1"
-    return make_conninfo({"host": host, "port": str(cfg.listen_port), "dbname": "pgbouncer", "user": who})
-
-
-@dataclasses.dataclass(frozen=True)
-class PgbouncerStatus:
-    version: str
-    pools: list[dict[str, Any]]
-    stats: list[dict[str, Any]]
-
-    @property
-    def waiting_clients(self) -> int:
-        return sum(int(p.get("cl_waiting") or 0) for p in self.pools)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "pools": self.pools,
-            "stats": self.stats,
-            "waiting_clients": self.waiting_clients,
-        }
-
-
-def pgbouncer_status(conninfo: str, *, timeout: float = 5) -> PgbouncerStatus:
-    """SHOW VERSION, SHOW POOLS and SHOW STATS from the admin console."""
-    with pgbouncer_admin.open_console(conninfo, timeout=timeout) as conn:
-        version = pgbouncer_admin.version(conn)
-        pools = pgbouncer_admin.show(conn, "POOLS")
-        stats = pgbouncer_admin.show(conn, "STATS")
-    return PgbouncerStatus(version, pools, stats)

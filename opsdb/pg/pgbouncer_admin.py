@@ -31,3 +31,13 @@ def show(conn: PgConnection, subject: str) -> list[dict[str, Any]]:
 def version(conn: PgConnection) -> str:
     rows = show(conn, "VERSION")
     return str(next(iter(rows[0].values()))) if rows else ""
+
+
+def config(conn: PgConnection) -> dict[str, str]:
+    """SHOW CONFIG as key -> value (the running values, which may differ from the file)."""
+    return {str(row["key"]): str(row["value"]) for row in show(conn, "CONFIG")}
+
+
+def lists(conn: PgConnection) -> dict[str, int]:
+    """SHOW LISTS as list name -> items (used_clients, free_clients, used_servers, ...)."""
+    return {str(row["list"]): int(row["items"]) for row in show(conn, "LISTS")}

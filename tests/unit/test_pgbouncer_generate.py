@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from opsdb.config import PgbouncerConfig
 from opsdb.errors import ConfigError, UsageError
 from opsdb.model.pgbouncer import ServerLimits
-from opsdb.model.pgbouncer_ini import check_text, parse_ini, parse_userlist
-from opsdb.ops.pgbouncer import DEFAULT_AUTH_QUERY, ServerFacts, build_files
+from opsdb.model.pgbouncer_ini import NEWEST_KNOWN, check_text, parse_ini, parse_userlist
+from opsdb.ops.pgbouncer import (
+    DEFAULT_AUTH_QUERY,
+    ServerFacts,
+    TargetVersion,
+    build_files,
+    find_pgbouncer,
+    target_version,
+)
+from opsdb.proc import LocalRunner
+from tests.fakes import FakeRunner
 
 SCRAM = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"
 SERVER = "host=10.0.0.5 port=5433 user=postgres dbname=postgres"
@@ -26,9 +36,14 @@ def _facts(**kw):
     return ServerFacts(**base)
 
 
-def _build(cfg=None, facts=None, version=(1, 25, 0)):
+def _build(cfg=None, facts=None, version=(1, 25, 0), source="pgbouncer -V", hba_file=None):
     return build_files(
-        cfg or PgbouncerConfig(), SERVER, facts or _facts(), auth_file="/etc/pgb/userlist.txt", version=version
+        cfg or PgbouncerConfig(),
+        SERVER,
+        facts or _facts(),
+        auth_file="/etc/pgb/userlist.txt",
+        target=TargetVersion(version, source),
+        hba_file=hba_file,
     )
 
 
@@ -104,3 +119,124 @@ def test_console_users_join_the_userlist_when_they_have_a_verifier():
     users = [e.user for e in parse_userlist(files.userlist)[0]]
     assert users == ["app", "dba"]
     assert any("'monitor' has no verifier" in n for n in files.notes)
+
+
+# --- auth_hba_file, auth_dbname, server TLS client certificate, max_user_connections, version --------
+
+
+def test_auth_type_hba_writes_the_hba_file_and_is_refused_without_one():
+    cfg = PgbouncerConfig(auth_type="hba", auth_hba_file="pg_hba.conf")
+    first = _build(cfg, hba_file="/etc/pgb/pg_hba.conf")
+    assert first.ini == _build(cfg, hba_file="/etc/pgb/pg_hba.conf").ini  # same input, same bytes
+    doc = parse_ini(first.ini)
+    assert doc.value("auth_type") == "hba"
+    assert doc.value("auth_hba_file") == "/etc/pgb/pg_hba.conf"
+    assert doc.value("auth_file") == "/etc/pgb/userlist.txt"  # hba methods md5/scram still read it
+    assert [f for f in check_text(doc) if f.level == "error"] == []
+    with pytest.raises(ValidationError, match="auth_hba_file"):
+        PgbouncerConfig(auth_type="hba")
+    with pytest.raises(UsageError, match="needs pgbouncer.auth_hba_file"):
+        _build(cfg, hba_file=None)
+    # set without auth_type hba: written (harmless) with a note
+    other = _build(PgbouncerConfig(auth_hba_file="pg_hba.conf"), hba_file="/etc/pgb/pg_hba.conf")
+    assert any("only read with auth_type = hba" in n for n in other.notes)
+
+
+def test_auth_dbname_is_written_and_its_refusals():
+    facts = _facts(verifiers={"app": SCRAM, "pgb_auth": SCRAM})
+    cfg = PgbouncerConfig(auth_user="pgb_auth", auth_dbname="postgres")
+    doc = parse_ini(_build(cfg, facts).ini)
+    assert doc.value("auth_dbname") == "postgres"
+    assert [f for f in check_text(doc) if f.level == "error"] == []
+    with pytest.raises(UsageError, match="only used with auth_user"):
+        _build(PgbouncerConfig(auth_dbname="postgres"))
+    with pytest.raises(UsageError, match="'nope' is not one of the pooled databases"):
+        _build(PgbouncerConfig(auth_user="pgb_auth", auth_dbname="nope"), facts)
+    # commenting it out would move auth_query into every client's database: refused instead
+    with pytest.raises(UsageError, match=r"needs PgBouncer >= 1\.19\.0, target is 1\.18\.0"):
+        _build(cfg, facts, version=(1, 18, 0))
+    assert parse_ini(_build(cfg, facts, version=(1, 19, 0)).ini).value("auth_dbname") == "postgres"
+
+
+def test_server_tls_client_certificate():
+    cfg = PgbouncerConfig(
+        server_tls_sslmode="verify-full",
+        server_tls_ca_file="/etc/pgb/root.crt",
+        server_tls_cert_file="/etc/pgb/client.crt",
+        server_tls_key_file="/etc/pgb/client.key",
+    )
+    text = _build(cfg).ini
+    assert "server_tls_cert_file = /etc/pgb/client.crt\nserver_tls_key_file = /etc/pgb/client.key\n" in text
+    assert "server_tls_sslmode = verify-full\n" in text
+    with pytest.raises(ValidationError, match="together"):
+        PgbouncerConfig(server_tls_cert_file="/etc/pgb/client.crt")
+
+
+def test_max_user_connections_line_and_sizing():
+    assert "; 0 = unlimited\nmax_user_connections = 0\n" in _build().ini
+    cfg = PgbouncerConfig(max_user_connections=30, users=["app", "web"])
+    files = _build(cfg, _facts(users=("app", "web"), verifiers={"app": SCRAM, "web": SCRAM}))
+    assert parse_ini(files.ini).value("max_user_connections") == "30"
+    # 92 usable; the databases may hold 46 + 46, the 2 users at most 2 * 30 = 60
+    assert ";   users cap = 2 users * 30 max_user_connections = 60 per instance" in files.ini
+    assert files.plan.worst_case_total == 60
+
+
+def test_target_version_from_config_is_used_without_asking_the_binary():
+    runner = FakeRunner()
+    target = target_version("1.18", runner, "/usr/sbin/pgbouncer")
+    assert target == TargetVersion((1, 18, 0), "target_version") and runner.calls == []
+    files = _build(PgbouncerConfig(target_version="1.18"), version=target.version, source=target.source)
+    assert "; Target: PgBouncer 1.18.0 (pgbouncer.target_version)." in files.ini
+    assert ";max_prepared_statements = 200" in files.ini
+    assert files.target_source == "target_version"
+    with pytest.raises(ValidationError, match="not a PgBouncer version"):
+        PgbouncerConfig(target_version="latest")
+
+
+def test_target_version_from_the_binary_or_assumed():
+    runner = FakeRunner().script("pgbouncer", stdout=b"PgBouncer 1.21.0\nlibevent 2.1.12-stable\n")
+    assert target_version(None, runner, "/opt/pgb/bin/pgbouncer") == TargetVersion((1, 21, 0), "pgbouncer -V")
+    assert runner.argvs == [("/opt/pgb/bin/pgbouncer", "-V")]
+    assumed = target_version(None, FakeRunner(), None)
+    assert assumed == TargetVersion(NEWEST_KNOWN, "assumed")
+    broken = FakeRunner().script("pgbouncer", returncode=1)
+    assert target_version(None, broken, "/usr/sbin/pgbouncer").source == "assumed"
+    files = _build(version=assumed.version, source="assumed")
+    assert any("no pgbouncer binary found" in n for n in files.notes)
+
+
+def test_configured_binary_must_be_executable(tmp_path):
+    with pytest.raises(UsageError, match="not an executable file"):
+        find_pgbouncer(str(tmp_path / "nope"))
+    script = tmp_path / "pgbouncer"
+    script.write_text("#!/bin/sh\necho 'PgBouncer 1.19.1'\n")
+    with pytest.raises(UsageError, match="not an executable file"):
+        find_pgbouncer(str(script))
+    script.chmod(0o755)
+    assert find_pgbouncer(str(script)) == str(script)
+    # a real run of the configured binary's -V
+    assert target_version(None, LocalRunner(), str(script)) == TargetVersion((1, 19, 1), "pgbouncer -V")
+
+
+def test_every_new_key_together_is_deterministic():
+    cfg = PgbouncerConfig(
+        auth_type="hba",
+        auth_hba_file="/etc/pgb/hba.conf",
+        auth_user="pgb_auth",
+        auth_dbname="app",
+        server_tls_cert_file="c.crt",
+        server_tls_key_file="c.key",
+        max_user_connections=40,
+        target_version="1.21",
+    )
+    facts = _facts(verifiers={"app": SCRAM, "pgb_auth": SCRAM})
+    runs = {_build(cfg, facts, version=(1, 21, 0), hba_file="/etc/pgb/hba.conf").ini for _ in range(3)}
+    assert len(runs) == 1
+    main = parse_ini(runs.pop()).section("pgbouncer")
+    assert {k: main[k] for k in ("auth_hba_file", "auth_dbname", "server_tls_cert_file", "max_user_connections")} == {
+        "auth_hba_file": "/etc/pgb/hba.conf",
+        "auth_dbname": "app",
+        "server_tls_cert_file": "c.crt",
+        "max_user_connections": "40",
+    }

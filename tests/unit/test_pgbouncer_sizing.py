@@ -95,3 +95,26 @@ def test_no_databases_is_a_usage_error():
 def test_fd_estimate():
     plan = plan_pools(_req())
     assert fd_estimate(1000, plan) == 1000 + 44
+
+
+def test_max_user_connections_caps_the_worst_case_and_rescues_a_refusal():
+    # 2 users * (30 + 0) per database, 2 databases, 2 instances = 240 > 92 usable without the cap
+    over = dict(default_pool_size=30, max_db_connections=0)
+    with pytest.raises(ConfigError, match="= 240"):
+        plan_pools(_req(**over))
+    plan = plan_pools(_req(**over, max_user_connections=20))
+    # each of the 2 users may hold 20 server connections over all databases: 40 per instance
+    assert plan.worst_case_total == 2 * 40
+    assert "users cap = 2 users * 20 max_user_connections = 40 per instance" in plan.explanation
+    assert any(
+        line.startswith("worst case = min((60 app + 60 reports), 40 users cap) * 2 instances = 80")
+        for line in plan.explanation
+    )
+    # a cap above the pools changes nothing; with unknown users it bounds nothing
+    assert plan_pools(_req(max_user_connections=1000)).worst_case_total == plan_pools(_req()).worst_case_total
+    assert (
+        plan_pools(_req(users=None, max_user_connections=1)).worst_case_total
+        == plan_pools(_req(users=None)).worst_case_total
+    )
+    with pytest.raises(ConfigError, match=r"min\(\(60 app \+ 60 reports\), 50 users cap\) \* 2 instances = 100"):
+        plan_pools(_req(**over, max_user_connections=25))

@@ -74,11 +74,12 @@ def register(app: typer.Typer) -> None:
         result = ops.check_ini_file(
             Path(ini),
             runner=_runner(),
-            pgbouncer_bin=gen.find_pgbouncer(),
+            pgbouncer_bin=gen.find_pgbouncer(cfg.binary),
             run_as=_run_as(state),
             server_limits=limits,
             instances=cfg.instances,
             server_reserve=cfg.server_reserve,
+            target_version_override=cfg.target_version,
         )
         output.emit(state, result.to_dict(), lambda: render_check(result.to_dict()))
         _exit(0 if result.ok else 1)
@@ -92,15 +93,30 @@ def register(app: typer.Typer) -> None:
         user: Annotated[
             str | None, typer.Option("--user", help="Admin/stats user (default: the first of admin_users/stats_users).")
         ] = None,
+        wait_warning: Annotated[
+            float | None, typer.Option("--wait-warning", min=0, help="Seconds a client may wait before WARNING.")
+        ] = None,
+        wait_critical: Annotated[
+            float | None,
+            typer.Option(
+                "--wait-critical", min=0, help="Seconds of waiting for CRITICAL (default: query_wait_timeout/2)."
+            ),
+        ] = None,
     ) -> None:
-        """SHOW POOLS / SHOW STATS summary from the admin console."""
-        from opsdb.ops import pgbouncer_check as ops
-        from opsdb.render.pgbouncer_text import render_status
+        """Pools, waits and client slots from the admin console, graded (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
+        from opsdb.ops import pgbouncer_status as ops
+        from opsdb.render.pgbouncer_status import render_status
 
         state = ctx.obj
-        target = conninfo or ops.admin_conninfo(state.settings.pgbouncer, user)
-        result = ops.pgbouncer_status(target)
+        cfg = state.settings.pgbouncer
+        if wait_warning is not None and wait_critical is not None and wait_critical < wait_warning:
+            raise UsageError("--wait-critical is below --wait-warning")
+        target = conninfo or ops.admin_conninfo(cfg, user)
+        result = ops.pgbouncer_status(
+            target, ops.thresholds_from(cfg, wait_warning=wait_warning, wait_critical=wait_critical), cfg=cfg
+        )
         output.emit(state, result.to_dict(), lambda: render_status(result.to_dict()))
+        _exit(result.exit_code)
 
     app.add_typer(pgb, name="pgbouncer")
 
