@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,17 +111,17 @@ def _listening(port: int) -> bool:
         return False
 
 
-def _start_pgbouncer(workdir: Path, cluster: Instance) -> tuple[Spawned, Path, int]:
+def _start_pgbouncer(workdir: Path, cluster: Instance, **pgbouncer: object) -> tuple[Spawned, Path, int]:
     """Generate for a fresh port and start pgbouncer on it. Other tests on this machine may take a
     port between free_port() and the bind, so a bind failure retries with a new port (3 tries)."""
-    for attempt in range(3):
+    for _attempt in range(3):
         port = free_port()
-        config = _config(workdir, cluster, port)
-        out = workdir / f"live-{attempt}"
+        config = _config(workdir, cluster, port, **pgbouncer)
+        out = workdir / f"live-{time.monotonic_ns()}"
         done = _opsdb(config, "pgbouncer", "generate", "--out-dir", str(out), "--discover")
         assert done.returncode == 0, done.stderr
         _chown_tree(out)
-        log = workdir / f"pgbouncer-{attempt}.out"
+        log = out / "pgbouncer.out"
         proc = LocalRunner().spawn(Cmd((PGBOUNCER, str(out / "pgbouncer.ini")), run_as=os_user()), log_path=log)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and proc.poll() is None and not _listening(port):
@@ -209,3 +210,100 @@ def test_oversized_pools_are_refused_with_the_arithmetic(scram_cluster: Instance
     assert "40 max_connections - 3 superuser_reserved_connections - 5 server_reserve = 32" in done.stderr
     assert "worst case = (50 appdb + 50 postgres) * 2 instances = 200" in done.stderr
     assert not (out / "pgbouncer.ini").exists()
+
+
+def _status(config: Path, *args: str) -> tuple[int, dict]:
+    done = _opsdb(config, "--json", "pgbouncer", "status", *args, env={"PGPASSWORD": APP_PASSWORD})
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_auth_type_hba_with_the_configured_binary_and_target_version(scram_cluster: Instance, workdir: Path) -> None:
+    """auth_type = hba: PgBouncer's HBA file decides (postgres refused for app, appdb by SCRAM), and
+    `pgbouncer check` reports an HBA line the real binary drops although it starts."""
+    hba = workdir / "pgb_hba.conf"
+    hba.write_text("host postgres app 127.0.0.1/32 reject\nhost all all 127.0.0.1/32 scram-sha-256\n")
+    _chown_tree(hba)
+    settings = {"auth_type": "hba", "auth_hba_file": str(hba), "binary": PGBOUNCER, "target_version": "1.18"}
+    proc, config, port = _start_pgbouncer(workdir, scram_cluster, **settings)
+    try:
+        through = f"host=127.0.0.1 port={port} user=app password={APP_PASSWORD}"
+        with connect(f"{through} dbname=appdb") as c:
+            assert c.fetchval("SELECT current_user") == "app"
+        with pytest.raises(DatabaseError):  # the HBA file's reject line, not the server
+            connect(f"{through} dbname=postgres").close()
+        code, doc = _status(config)
+        assert code == 0, doc  # the admin console login went through the HBA file too
+    finally:
+        proc.terminate(timeout=5)
+
+    out = workdir / "gen-hba"
+    done = _opsdb(
+        _config(workdir, scram_cluster, free_port(), **settings),
+        "--json",
+        "pgbouncer",
+        "generate",
+        "--out-dir",
+        str(out),
+        "--discover",
+    )
+    assert done.returncode == 0, done.stderr
+    generated = json.loads(done.stdout)
+    assert generated["pgbouncer_version"] == "1.18.0"
+    assert generated["pgbouncer_version_source"] == "target_version"
+    text = (out / "pgbouncer.ini").read_text()
+    assert f"auth_hba_file = {hba}\n" in text and "auth_type = hba\n" in text
+    assert ";max_prepared_statements = 200" in text  # 1.21+ only
+
+    hba.write_text(hba.read_text() + "host all all all md5\n")  # 'all' is no address to PgBouncer 1.18
+    checked = _opsdb(config, "--json", "pgbouncer", "check", str(out / "pgbouncer.ini"))
+    result = json.loads(checked.stdout)
+    assert checked.returncode == 1, result
+    assert result["loaded"] is True  # PgBouncer starts anyway and drops the line ...
+    messages = [f["message"] for f in result["findings"]]
+    assert any(m.startswith("auth_hba_file line 3: 'all' is not an IP address") for m in messages), messages
+    assert any(m.startswith("pgbouncer logged:") and "hba line 3" in m for m in messages), messages
+
+
+def test_status_grades_waiting_clients_and_an_unreachable_console(scram_cluster: Instance, workdir: Path) -> None:
+    """One server connection per pool: a held transaction makes the next client wait; status goes
+    WARNING, then CRITICAL, and back to OK once the transaction ends."""
+    proc, config, port = _start_pgbouncer(workdir, scram_cluster, default_pool_size=1)
+    thresholds = ("--wait-warning", "1", "--wait-critical", "3")
+    through = f"host=127.0.0.1 port={port} dbname=appdb user=app password={APP_PASSWORD}"
+    holder = connect(through, autocommit=False)
+    waiter_conn = connect(through)
+    try:
+        holder.fetchval("SELECT 1")  # the pool's only server connection, inside a transaction
+        code, doc = _status(config, *thresholds)
+        assert code == 0 and doc["status"] == "OK", doc
+
+        waited: list[object] = []
+        waiter = threading.Thread(target=lambda: waited.append(waiter_conn.fetchval("SELECT 42")), daemon=True)
+        waiter.start()
+        seen: dict[int, dict] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and 2 not in seen:
+            code, doc = _status(config, *thresholds)
+            seen.setdefault(code, doc)
+            time.sleep(0.2)
+        assert 1 in seen and 2 in seen, seen.keys()
+        warning = next(c for c in seen[1]["checks"] if c["name"] == "wait")
+        assert warning["status"] == "WARNING" and "appdb/app" in warning["detail"]
+        assert seen[2]["status"] == "CRITICAL" and seen[2]["waiting_clients"] == 1
+        assert seen[2]["max_wait_seconds"] >= 3
+
+        holder.execute("COMMIT")
+        waiter.join(timeout=10)
+        assert waited == [42]
+        code, doc = _status(config, *thresholds)
+        assert code == 0 and doc["waiting_clients"] == 0, doc
+        human = _opsdb(config, "pgbouncer", "status", env={"PGPASSWORD": APP_PASSWORD})
+        assert human.stdout.startswith("PGBOUNCER OK"), human.stdout
+    finally:
+        holder.close()
+        waiter_conn.close()
+        proc.terminate(timeout=5)
+
+    code, doc = _status(config)  # stopped: nothing answers
+    assert code == 2 and doc["status"] == "CRITICAL", doc
+    assert doc["checks"][0]["detail"].startswith("pgbouncer not reachable")
