@@ -240,3 +240,17 @@ def test_every_new_key_together_is_deterministic():
         "server_tls_cert_file": "c.crt",
         "max_user_connections": "40",
     }
+
+
+def test_generate_notes_a_missing_or_broken_hba_file(tmp_path):
+    from opsdb.ops.pgbouncer import _hba_notes
+
+    missing = _hba_notes(tmp_path / "hba.conf", (1, 18, 0))
+    assert missing == [
+        f"auth_hba_file {tmp_path}/hba.conf: No such file or directory; PgBouncer rejects every login until it exists"
+    ]
+    (tmp_path / "hba.conf").write_text("host all all 127.0.0.1/32 scram-sha-256\nhost all all all md5\n")
+    assert _hba_notes(tmp_path / "hba.conf", (1, 18, 0)) == [
+        f"{tmp_path}/hba.conf: auth_hba_file line 2: 'all' is not an IP address (PgBouncer takes no host names, "
+        "all, samehost or samenet) (PgBouncer ignores this line)"
+    ]
