@@ -1,4 +1,4 @@
-from opsdb.cli.app import main
+from opsdb.cli.fastpath import main
 
 if __name__ == "__main__":
     main()
