@@ -78,7 +78,7 @@ def dispatch(args: list[str]) -> int | None:
         return None
     if command in ("wal-push", "wal-fetch") and len(rest) != (1 if command == "wal-push" else 2):
         return None
-    _setup_logging(opts)
+    _LOGGING.update(opts)
     try:
         if command == "wal-push":
             result = wal_push(opts.get("--config"), opts.get("--cluster"), rest[0])
@@ -128,8 +128,14 @@ def _print_error(message: str, hint: str | None) -> None:
     sys.stderr.flush()
 
 
-def _setup_logging(opts: dict[str, Any]) -> None:
+_LOGGING: dict[str, Any] = {}
+
+
+def _setup_logging(opts: dict[str, Any] | None = None) -> None:
+    """Only where work runs in this process (importing logging costs a few ms per WAL file)."""
     import logging
+
+    opts = opts or _LOGGING or {"--debug": False}
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("opsdb: %(message)s"))
@@ -216,6 +222,7 @@ def wal_push(config: str | None, cluster: str | None, path: str) -> dict[str, An
         return {"name": name, "stored": True, "mode": "async", "pushed_ahead": ahead}
     from opsdb.ops import wal as ops_wal
 
+    _setup_logging()
     result = ops_wal.push_file(_wal_repo(config, cluster, writable=True), path)
     return {"name": name, "stored": True, "mode": "sync", "already_stored": result.already_stored}
 
@@ -231,6 +238,7 @@ def wal_fetch(config: str | None, cluster: str | None, name: str, dest: str) -> 
             return {"name": name, "fetched": True, "source": "prefetch"}
     from opsdb.ops import wal as ops_wal
 
+    _setup_logging()
     result = ops_wal.fetch_file(_wal_repo(config, cluster, writable=False), name, dest)
     return {"name": name, "fetched": True, "source": result.source, "size": result.size}
 
@@ -268,6 +276,7 @@ def run_daemon(kind: str, opts: dict[str, Any], data_dir: str | None) -> int:
     from opsdb.ops import wal as ops_wal
     from opsdb.ops.walspool import FetchSpool, PushSpool, atomic_write
 
+    _setup_logging(opts)
     routing = _routing(opts.get("--config"), opts.get("--cluster"))
     if routing is None:
         return 2

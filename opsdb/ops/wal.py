@@ -19,7 +19,7 @@ from typing import Any
 
 from opsdb.errors import IntegrityError, NotFound, OpsdbError, RepositoryUnavailable, UsageError
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, parse_wal_name, segment_name
-from opsdb.ops.walspool import FetchSpool, PushSpool, fsync_dir, ready_files
+from opsdb.ops.walspool import FetchSpool, PushSpool, file_identity, fsync_dir, ready_files
 from opsdb.repo import wal as repo_wal
 from opsdb.storage.base import Storage
 
@@ -144,7 +144,7 @@ def run_pusher(
             spool.fail_path.unlink()
         spool.drop_old_markers()
         wal_dirs: set[str] = set()
-        in_flight: dict[str, Future[repo_wal.PushResult]] = {}
+        in_flight: dict[str, Future[tuple[repo_wal.PushResult, str | None]]] = {}
         requested: set[str] = set()
         # stored by this run: a .ready scan must not push them again (PostgreSQL may be recycling them)
         stored_names: set[str] = set()
@@ -165,7 +165,7 @@ def run_pusher(
                         break
                     if name in in_flight or (name not in queued and spool.has_ok(name)):
                         continue
-                    in_flight[name] = pool.submit(push_one, name, path)
+                    in_flight[name] = pool.submit(_push_identified, push_one, name, path)
                 if not in_flight:
                     if clock() - last_work > idle_exit:
                         return stored
@@ -176,7 +176,7 @@ def run_pusher(
                     future = in_flight.pop(name)
                     last_work = clock()
                     try:
-                        result = future.result()
+                        result, identity = future.result()
                     except FileNotFoundError:
                         if name in requested:
                             spool.write_error(name, f"unable to archive {name}: the file disappeared")
@@ -187,10 +187,19 @@ def run_pusher(
                         if name in requested:
                             spool.write_error(name, message)
                         continue
-                    spool.write_ok(name, result.sha256, result.size)
+                    spool.write_ok(name, result.sha256, result.size, identity)
                     requested.discard(name)
                     stored_names.add(name)
                     stored += 1
+
+
+def _push_identified(
+    push_one: Callable[[str, str], repo_wal.PushResult], name: str, path: str
+) -> tuple[repo_wal.PushResult, str | None]:
+    """Push, and name the file that was read (unchanged during the push) for the ok marker."""
+    before = file_identity(path)
+    result = push_one(name, path)
+    return result, before if before is not None and before == file_identity(path) else None
 
 
 def pusher_push_one(repo: WalRepo) -> Callable[[str, str], repo_wal.PushResult]:

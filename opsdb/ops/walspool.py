@@ -61,6 +61,15 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
         fsync_dir(path.parent)
 
 
+def file_identity(path: str | Path) -> str | None:
+    """device:inode:size:mtime_ns of a file: the same file, unchanged, has the same identity."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
 def sha256_file(path: str | Path) -> tuple[str, int]:
     sha = hashlib.sha256()
     size = 0
@@ -136,15 +145,23 @@ class PushSpool:
     def request(self, name: str, source: str) -> None:
         atomic_write(self.queue / name, os.path.abspath(source).encode())
 
-    def take_ok(self, name: str, sha256: str) -> bool:
-        """True (and the marker consumed) when NAME is stored with exactly this content."""
+    def take_ok(self, name: str, path: str, digest: dict[str, str]) -> bool:
+        """True (and the marker consumed) when NAME is stored with exactly the content of path.
+
+        The marker names the file the pusher read (device, inode, size, mtime in ns): the very same
+        file is accepted without reading it again; anything else must match the SHA-256, which is
+        computed once per call into `digest` and only when needed."""
         marker = self.ok / name
         doc = _read_json(marker)
         if doc is None:
             return False
         with contextlib.suppress(FileNotFoundError):
             marker.unlink()
-        return doc.get("sha256") == sha256
+        if doc.get("identity") and doc.get("identity") == file_identity(path):
+            return True
+        if "sha256" not in digest:
+            digest["sha256"] = sha256_file(path)[0]
+        return doc.get("sha256") == digest["sha256"]
 
     def take_error(self, name: str) -> str | None:
         marker = self.error / name
@@ -177,8 +194,9 @@ class PushSpool:
     def has_ok(self, name: str) -> bool:
         return (self.ok / name).exists()
 
-    def write_ok(self, name: str, sha256: str, size: int) -> None:
-        atomic_write(self.ok / name, json.dumps({"sha256": sha256, "size": size}).encode(), durable=True)
+    def write_ok(self, name: str, sha256: str, size: int, identity: str | None = None) -> None:
+        doc = {"sha256": sha256, "size": size, "identity": identity}
+        atomic_write(self.ok / name, json.dumps(doc).encode(), durable=True)
         self._done(name)
 
     def write_error(self, name: str, message: str) -> None:
@@ -376,12 +394,11 @@ def push_via_spool(spool: PushSpool, path: str, start_pusher: StartDaemon, *, ti
     name = os.path.basename(path)
     if not valid_name(name):
         raise UsageError(f"invalid WAL file name {name!r}: expected a segment, .partial, .backup or .history file")
-    try:
-        sha, _ = sha256_file(path)
-    except OSError as exc:
-        raise UsageError(f"unable to archive {path}: {exc.strerror}", hint="archive_command must pass %p") from None
+    if not os.path.isfile(path):
+        raise UsageError(f"unable to archive {path}: no such file", hint="archive_command must pass %p")
+    digest: dict[str, str] = {}
     spool.ensure()
-    if spool.take_ok(name, sha):
+    if spool.take_ok(name, path, digest):
         return True
     spool.take_error(name)  # an earlier attempt's failure: this attempt retries
     spool.request(name, path)
@@ -390,13 +407,13 @@ def push_via_spool(spool: PushSpool, path: str, start_pusher: StartDaemon, *, ti
     starts = 0
     delay = 0.002
     while time.monotonic() < deadline:
-        if spool.take_ok(name, sha):
+        if spool.take_ok(name, path, digest):
             return False
         error = spool.take_error(name)
         if error:
             raise OperationFailed(error)
         if (alive is None or not alive()) and not spool.lock.held_by_other():
-            if spool.take_ok(name, sha):
+            if spool.take_ok(name, path, digest):
                 return False
             failure = spool.start_failure()
             if starts and failure:

@@ -1,0 +1,334 @@
+"""Benchmark: WAL archiving through archive_command and PITR replay through restore_command.
+
+    .venv/bin/python bench/wal.py [--segments 200] [--level 1] [--workers 4] [--prefetch 16] [--skip-replay]
+
+One run, one machine, the same WAL bytes for every row (as in /work/shared/reference/peer-performance.md):
+
+1. A throwaway cluster (initdb -k, archive_mode=on, archive_command='' so WAL piles up as .ready),
+   a plain base backup, then `pgbench -i` at a scale that writes about --segments 16 MiB segments.
+2. Drain of the .ready backlog by PostgreSQL's own archiver, per method: the .done files are renamed
+   back to .ready, archive_command is set and reloaded, and the time until no burst segment is .ready
+   any more is measured. Methods: `cp` + `sync` into a local directory; opsdb sync into s3:// on a
+   moto server on 127.0.0.1; opsdb async ([wal] async, push_workers) into s3:// on moto.
+3. One cold `opsdb wal-push` call (fresh process, median of 5) per mode.
+4. PITR replay of the whole burst from the base backup (restore_command), wall time from start until
+   the server left recovery: `cp` from the local directory; opsdb wal-fetch; opsdb wal-fetch with
+   [wal] prefetch.
+
+opsdb runs as the `postgres` OS user (as PostgreSQL runs it): $OPSDB_BENCH_VENV (default /opt/opsdb-pgvenv,
+made with `python3 -m venv /opt/opsdb-pgvenv && /opt/opsdb-pgvenv/bin/pip install -e .`) must be
+usable by that user. It is invoked as `python -m opsdb.cli.fastpath` (the lean entry point; the
+console script should point there). Results: one JSON object on stdout, a table on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BIN = Path(os.environ.get("OPSDB_BENCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
+VENV = Path(os.environ.get("OPSDB_BENCH_VENV", "/opt/opsdb-pgvenv"))
+PGPY = str(VENV / "bin" / "python")
+LEAN = f"{PGPY} -m opsdb.cli.fastpath"
+SEG = 16 * 1024 * 1024
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"[wal-bench] {msg}\n")
+    sys.stderr.flush()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def as_pg(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+def sh(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, **kw)
+
+
+def chown(path: Path) -> None:
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("postgres")
+        for p in [path, *path.rglob("*")]:
+            os.chown(p, entry.pw_uid, entry.pw_gid)
+
+
+class Server:
+    def __init__(self, data: Path, port: int) -> None:
+        self.data, self.port = data, port
+        self.log = data.with_name(data.name + ".log")
+
+    def pg_ctl(self, *args: str) -> None:
+        sh(as_pg([str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), *args]))
+
+    def start(self) -> None:
+        self.pg_ctl("-w", "-t", "600", "-o", f"-p {self.port} -c listen_addresses=127.0.0.1 -k /tmp", "start")
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            subprocess.run(
+                as_pg([str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]), capture_output=True
+            )
+
+    def sql(self, query: str) -> str:
+        out = sh(as_pg([str(BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-XAtqc", query]))
+        return out.stdout.strip()
+
+    def conf(self, text: str) -> None:
+        with open(self.data / "postgresql.auto.conf", "a") as fh:
+            fh.write(text + "\n")
+
+
+def config(work: Path, name: str, endpoint: str, bucket: str, level: int, extra: str = "", prefix: str = "") -> Path:
+    path = work / f"{name}.toml"
+    path.write_text(
+        f'[repository]\nurl = "s3://{bucket}/{prefix or name}"\nendpoint_url = "{endpoint}"\nregion = "us-east-1"\n'
+        f'[encryption]\nkey_file = "{work}/key"\nrequired = true\n'
+        f'[compression]\nalgorithm = "zstd"\nlevel = {level}\n'
+        '[clusters.main]\nconninfo = "host=127.0.0.1"\n'
+        f'[wal]\nspool_dir = "{work}/spool-{name}"\n{extra}'
+    )
+    return path
+
+
+def drain(server: Server, burst: list[str], command: str, timeout: float = 3600) -> float:
+    """Re-archive the burst with `command`; seconds until none of it is .ready."""
+    status = server.data / "pg_wal" / "archive_status"
+    server.sql("ALTER SYSTEM SET archive_command = ''")
+    server.sql("SELECT pg_reload_conf()")
+    time.sleep(1.0)
+    for name in burst:
+        done = status / f"{name}.done"
+        if done.exists():
+            done.rename(status / f"{name}.ready")
+    server.sql(f"ALTER SYSTEM SET archive_command = '{command}'")
+    start = time.monotonic()
+    server.sql("SELECT pg_reload_conf()")
+    names = set(burst)
+    while time.monotonic() - start < timeout:
+        ready = {p.name[:-6] for p in status.glob("*.ready")} & names
+        if not ready:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise SystemExit(f"drain with {command!r} did not finish in {timeout}s")
+
+
+def cold_call(argv: list[str], cwd: Path, runs: int = 5, prepare: Any = None) -> float:
+    times = []
+    for _ in range(runs):
+        if prepare:
+            prepare()
+        start = time.monotonic()
+        subprocess.run(as_pg(argv), cwd=cwd, check=True, capture_output=True)
+        times.append(time.monotonic() - start)
+    return statistics.median(times)
+
+
+def replay(work: Path, base: Path, name: str, restore_command: str, port: int) -> float:
+    """Restore the base backup copy, recover to the end of the archive, seconds until promoted."""
+    data = work / f"replay-{name}"
+    shutil.rmtree(data, ignore_errors=True)
+    sh(as_pg(["cp", "-a", str(base), str(data)]))
+    server = Server(data, port)
+    with open(data / "postgresql.auto.conf", "a") as fh:
+        fh.write(f"restore_command = '{restore_command}'\narchive_mode = off\nrecovery_target_timeline = 'current'\n")
+    (data / "recovery.signal").touch()
+    chown(data)
+    start = time.monotonic()
+    server.pg_ctl("-w", "-t", "3600", "-o", f"-p {port} -c listen_addresses=127.0.0.1 -k /tmp", "start")
+    while server.sql("SELECT pg_is_in_recovery()") != "f":
+        time.sleep(0.1)
+    wall = time.monotonic() - start
+    server.stop()
+    shutil.rmtree(data, ignore_errors=True)
+    return wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--segments", type=int, default=200)
+    ap.add_argument("--level", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--prefetch", type=int, default=16)
+    ap.add_argument("--skip-replay", action="store_true")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    if not (VENV / "bin" / "opsdb").exists():
+        raise SystemExit(f"{VENV} has no opsdb: see this file's docstring")
+    work = Path(tempfile.mkdtemp(prefix="opsdb-walbench-", dir="/tmp"))
+    chown(work)
+    results: dict[str, Any] = {"segments_requested": args.segments, "zstd_level": args.level}
+    moto = None
+    server = None
+    try:
+        # --- moto -------------------------------------------------------------------------------
+        mport = free_port()
+        endpoint = f"http://127.0.0.1:{mport}"
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+        os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
+        moto = subprocess.Popen(
+            [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(mport)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        import boto3
+
+        for _ in range(100):
+            try:
+                boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="walbench")
+                break
+            except Exception:
+                time.sleep(0.2)
+        # --- cluster, base backup, burst ----------------------------------------------------------
+        sh([PGPY, "-c", f"from opsdb.stream.crypto import generate_key_file; generate_key_file('{work}/key')"])
+        chown(work)
+        data = work / "data"
+        sh(as_pg([str(BIN / "initdb"), "-k", "-U", "postgres", "-D", str(data)]))
+        server = Server(data, free_port())
+        server.conf(
+            "wal_level = replica\narchive_mode = on\narchive_command = ''\nmax_wal_size = '16GB'\n"
+            "min_wal_size = '1GB'\nshared_buffers = '256MB'\nsynchronous_commit = off\nlc_messages = 'C'\n"
+            "checkpoint_timeout = '30min'\nmax_wal_senders = 4"
+        )
+        server.start()
+        base = work / "base"
+        sh(as_pg([str(BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres",
+                  "-D", str(base), "-Fp", "-X", "fetch", "-c", "fast"]))  # fmt: skip
+        first = server.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+        scale = max(1, int(args.segments * SEG / 15_500_000))  # pgbench -i writes ~15.5 MB of WAL per scale unit
+        log(f"pgbench -i -s {scale} (about {args.segments} segments of WAL)")
+        t0 = time.monotonic()
+        sh(as_pg([str(BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", "-i", "-s", str(scale), "-q", "postgres"]))  # fmt: skip
+        results["pgbench_init_seconds"] = round(time.monotonic() - t0, 1)
+        last = server.sql("SELECT pg_walfile_name(pg_switch_wal())")
+        status = data / "pg_wal" / "archive_status"
+        burst = sorted(
+            p.name[:-6] for p in status.glob("*.ready") if len(p.name) == 30 and first <= p.name[:-6] <= last
+        )
+        results["segments"] = len(burst)
+        results["burst"] = [burst[0], burst[-1]]
+        log(f"burst: {len(burst)} segments {burst[0]} .. {burst[-1]}")
+        # --- drains --------------------------------------------------------------------------------
+        local = work / "archive-cp"
+        local.mkdir()
+        chown(local)
+        sync_cfg = config(work, "sync", endpoint, "walbench", args.level)
+        async_cfg = config(
+            work, "async", endpoint, "walbench", args.level, f"async = true\npush_workers = {args.workers}\n"
+        )
+        chown(work)
+        methods = {
+            "cp+fsync": f"test ! -f {local}/%f && cp %p {local}/%f && sync {local}/%f",
+            "opsdb sync (s3)": f"{LEAN} --config {sync_cfg} wal-push %p",
+            "opsdb async (s3)": f"{LEAN} --config {async_cfg} wal-push %p",
+        }
+        drains = {}
+        for name, command in methods.items():
+            log(f"drain: {name}")
+            seconds = drain(server, burst, command)
+            drains[name] = {"seconds": round(seconds, 2), "segments_per_second": round(len(burst) / seconds, 2)}
+            log(f"  {seconds:.1f} s, {len(burst) / seconds:.1f} segments/s")
+        results["drain"] = drains
+        # --- one cold call ---------------------------------------------------------------------------
+        seg = data / "pg_wal" / burst[len(burst) // 2]
+        probe = work / "probe"
+        (probe / "pg_wal" / "archive_status").mkdir(parents=True)
+        one = "0000000A0000000000000001"
+        shutil.copy(seg, probe / "pg_wal" / one)
+        file_cfg = work / "file.toml"
+        file_cfg.write_text(
+            sync_cfg.read_text().replace('url = "s3://walbench/sync"', f'url = "file://{work}/filerepo"')
+        )
+        chown(work)
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        push = lambda cfg, name=one: [
+            PGPY,
+            "-m",
+            "opsdb.cli.fastpath",
+            "--config",
+            str(cfg),
+            "wal-push",
+            f"pg_wal/{name}",
+        ]  # noqa: E731
+        calls = {
+            "python -c pass (the interpreter)": cold_call([PGPY, "-c", "pass"], probe),
+            "opsdb --version (Typer app)": cold_call([str(VENV / "bin" / "opsdb"), "--version"], probe),
+            "wal-push sync file:// (lean)": cold_call(
+                push(file_cfg), probe, prepare=lambda: shutil.rmtree(work / "filerepo", ignore_errors=True)
+            ),
+            "wal-push sync s3 (lean)": cold_call(
+                push(sync_cfg), probe,
+                prepare=lambda: s3.delete_object(Bucket="walbench", Key=f"sync/clusters/main/wal/{one[:16]}/{one}"),
+            ),
+        }  # fmt: skip
+        # async: the running pusher stores .ready files ahead; the call then only confirms (hash + marker)
+        subprocess.run(as_pg(push(async_cfg)), cwd=probe, check=True, capture_output=True)  # starts the pusher
+        times = []
+        for i in range(2, 7):
+            name = f"0000000A00000000000000{i:02X}"
+            shutil.copy(seg, probe / "pg_wal" / name)
+            (probe / "pg_wal" / "archive_status" / f"{name}.ready").touch()
+            chown(probe)
+            marker = work / "spool-async" / "main" / "push" / "ok" / name
+            deadline = time.monotonic() + 120
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            start = time.monotonic()
+            subprocess.run(as_pg(push(async_cfg, name)), cwd=probe, check=True, capture_output=True)
+            times.append(time.monotonic() - start)
+        calls["wal-push async, stored ahead by the pusher (lean)"] = statistics.median(times)
+        results["cold_call_seconds"] = {k: round(v, 3) for k, v in calls.items()}
+        for k, v in results["cold_call_seconds"].items():
+            log(f"cold call {k}: {v * 1000:.0f} ms")
+        server.stop()
+        # --- replay --------------------------------------------------------------------------------
+        if not args.skip_replay:
+            extra = f"prefetch = {args.prefetch}\npush_workers = {args.workers}\n"
+            prefetch_cfg = config(work, "prefetch", endpoint, "walbench", args.level, extra, prefix="async")
+            chown(work)
+            replays = {
+                "cp from local dir": f"cp {local}/%f %p",
+                "opsdb wal-fetch (s3)": f"{LEAN} --config {async_cfg} wal-fetch %f %p",
+                f"opsdb wal-fetch prefetch={args.prefetch} (s3)": f"{LEAN} --config {prefetch_cfg} wal-fetch %f %p",
+            }
+            out = {}
+            for name, command in replays.items():
+                log(f"replay: {name}")
+                seconds = replay(work, base, name.split()[0] + str(len(out)), command, free_port())
+                out[name] = round(seconds, 1)
+                log(f"  {seconds:.1f} s")
+            results["replay_seconds"] = out
+    finally:
+        if server is not None:
+            server.stop()
+        for lock in work.rglob("*.lock"):
+            try:
+                os.kill(int(lock.read_text().strip() or 0), signal.SIGTERM)
+            except (ValueError, ProcessLookupError, PermissionError, OSError):
+                pass
+        if moto is not None:
+            os.killpg(moto.pid, signal.SIGTERM)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
