@@ -93,6 +93,11 @@ def exit_code_for(exc: OpsdbError, command: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    # wal-push / wal-fetch: the lean path (same code, exit codes per SPEC); see opsdb/cli/fastpath.py
+    from opsdb.cli import fastpath
+
+    if (code := fastpath.dispatch(args)) is not None:
+        sys.exit(code)
     command = _guess_command(args)
     debug = "--debug" in args
     try:
