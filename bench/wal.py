@@ -212,7 +212,7 @@ def main() -> None:
         sh(as_pg([str(BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres",
                   "-D", str(base), "-Fp", "-X", "fetch", "-c", "fast"]))  # fmt: skip
         first = server.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")
-        scale = max(1, int(args.segments * SEG / 15_500_000))  # pgbench -i writes ~15.5 MB of WAL per scale unit
+        scale = max(1, int(args.segments * SEG / 12_500_000))  # pgbench -i writes ~13 MB of WAL per scale unit
         log(f"pgbench -i -s {scale} (about {args.segments} segments of WAL)")
         t0 = time.monotonic()
         sh(as_pg([str(BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", "-i", "-s", str(scale), "-q", "postgres"]))  # fmt: skip
