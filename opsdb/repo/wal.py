@@ -91,11 +91,12 @@ def push(
     source() returns the file's chunks; it is called again only for a conflicting .partial."""
     check_name(name)
     key = layout.wal_object(cluster, name)
-    hashing = _Hashing(source())
     try:
-        stored = envelope.put_object(storage, key, hashing, codec, if_absent=True)
+        # the envelope hashes the plaintext once on the way (no second SHA-256 pass per segment)
+        stored = envelope.put_object(storage, key, source(), codec, if_absent=True)
     except Conflict:
-        for _ in hashing:  # finish hashing the local file: put may have stopped reading at the conflict
+        hashing = _Hashing(source())  # the rare path (a retry after a crash): read the file again
+        for _ in hashing:
             pass
         local = hashing.sha.hexdigest()
         existing = stored_plain_sha256(storage, key, keys)
