@@ -177,3 +177,19 @@ def test_prefetched_file_with_wrong_digest_is_never_served(tmp_path, pgdata, sto
     result = opsdb(config, "--json", "wal-fetch", "000000010000000000000002", "pg_wal/X", cwd=restore)
     assert result.returncode == 0
     assert (restore / "pg_wal" / "X").read_bytes() == (pgdata / "pg_wal" / "000000010000000000000002").read_bytes()
+
+
+def test_lean_path_hands_everything_else_to_typer():
+    from opsdb.cli.fastpath import dispatch
+
+    for args in (["--help"], ["wal-push", "--help"], ["--config", "x", "wal-push"], ["info"], ["--version"]):
+        assert dispatch(args) is None
+
+
+def test_fetch_with_an_unusable_key_stops_recovery(tmp_path, pgdata):
+    config = _config(tmp_path)
+    segment(pgdata)
+    assert opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata).returncode == 0
+    (tmp_path / "key").unlink()  # e.g. not readable by the server's OS user
+    result = opsdb(config, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=pgdata)
+    assert result.returncode > 125 and "key" in result.stderr  # never "not found": that would end recovery early
