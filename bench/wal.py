@@ -258,15 +258,10 @@ def main() -> None:
         )
         chown(work)
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        push = lambda cfg, name=one: [
-            PGPY,
-            "-m",
-            "opsdb.cli.fastpath",
-            "--config",
-            str(cfg),
-            "wal-push",
-            f"pg_wal/{name}",
-        ]  # noqa: E731
+
+        def push(cfg: Path, name: str = one) -> list[str]:
+            return [PGPY, "-m", "opsdb.cli.fastpath", "--config", str(cfg), "wal-push", f"pg_wal/{name}"]
+
         calls = {
             "python -c pass (the interpreter)": cold_call([PGPY, "-c", "pass"], probe),
             "opsdb --version (Typer app)": cold_call([str(VENV / "bin" / "opsdb"), "--version"], probe),
