@@ -180,7 +180,7 @@ def env(pg_bin_dir):
         time.sleep(1.0)
         e.before_2 = v(e.primary, "SELECT clock_timestamp()")
         time.sleep(0.3)
-        x(e.primary, "INSERT INTO t VALUES (2, 'second')")
+        e.xid_2 = v(e.primary, "INSERT INTO t VALUES (2, 'second') RETURNING txid_current()")
         v(e.primary, "SELECT pg_create_restore_point('after_two')")
         x(e.primary, "INSERT INTO t VALUES (3, 'third')")
         e.lsn_3 = v(e.primary, "SELECT pg_current_wal_insert_lsn()::text")
@@ -222,6 +222,13 @@ def test_to_name(env):
     # timeline 1 explicitly: the first PITR archived timeline 2, which `latest` would follow; and no
     # archiving from this copy, so its promotion does not add a timeline to the archive
     instance, point = env.recover(RecoveryTarget.from_options(to_name="after_two", timeline="1"), archive=False)
+    assert ids(instance) == [1, 2] and point.state == "promoted"
+    instance.stop()
+
+
+def test_to_xid(env):
+    target = RecoveryTarget.from_options(to_xid=str(env.xid_2), timeline="1")
+    instance, point = env.recover(target, archive=False)
     assert ids(instance) == [1, 2] and point.state == "promoted"
     instance.stop()
 
