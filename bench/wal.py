@@ -318,8 +318,13 @@ def main() -> None:
                 os.kill(int(lock.read_text().strip() or 0), signal.SIGTERM)
             except (ValueError, ProcessLookupError, PermissionError, OSError):
                 pass
-        if moto is not None:
+        if moto is not None:  # moto_server ignores SIGTERM here: then SIGKILL
             os.killpg(moto.pid, signal.SIGTERM)
+            try:
+                moto.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(moto.pid, signal.SIGKILL)
+                moto.wait(timeout=10)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))
