@@ -11,6 +11,7 @@ before the restore counts as done.
 
 from __future__ import annotations
 
+import os
 import queue
 import tarfile
 import threading
@@ -122,9 +123,9 @@ def extract_object(
     reader = PrefetchReader(counting())
     try:
         with tarfile.open(fileobj=reader, mode="r|", copybufsize=COPY_BUFFER) as tar:  # type: ignore[call-overload]
-            tar.extractall(dest, filter=_filter)
+            _extract_all(tar, dest)
         reader.drain()  # the rest (tar padding, envelope trailer) must be read to verify the digest
-    except tarfile.FilterError as exc:
+    except UNSAFE_MEMBER_ERRORS as exc:
         raise IntegrityError(f"object {key} holds an unsafe tar member: {exc}") from None
     except tarfile.TarError as exc:
         raise IntegrityError(f"object {key} is not a readable tar: {exc}") from None
@@ -133,6 +134,45 @@ def extract_object(
     finally:
         reader.close()
     return counted
+
+
+class UnsafeTarMember(Exception):
+    """A member the extraction refuses (Pythons before 3.11.4 have no tarfile filters)."""
+
+
+# tarfile extraction filters arrived in 3.11.4; Debian 12's Python is 3.11.2
+_HAS_FILTERS = hasattr(tarfile, "data_filter")
+UNSAFE_MEMBER_ERRORS: tuple[type[Exception], ...] = (UnsafeTarMember,) + (
+    (tarfile.FilterError,) if _HAS_FILTERS else ()
+)
+
+
+def _extract_all(tar: tarfile.TarFile, dest: Path) -> None:
+    if _HAS_FILTERS:
+        tar.extractall(dest, filter=_filter)
+        return
+    root = os.path.realpath(dest)
+    for member in tar:  # stream mode: each member is extracted as it is read
+        _check_member(member, root)
+        if member.isreg():
+            member.mode &= 0o700
+        tar.extract(member, root, set_attrs=True)
+
+
+def _check_member(member: tarfile.TarInfo, root: str) -> None:
+    """The same refusals as tarfile's "data" filter, for Pythons without it."""
+    if os.path.isabs(member.name):
+        raise UnsafeTarMember(f"{member.name!r} is an absolute path")
+    target = os.path.realpath(os.path.join(root, member.name))
+    if os.path.commonpath([root, target]) != root:
+        raise UnsafeTarMember(f"{member.name!r} would be extracted outside the destination")
+    if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
+        raise UnsafeTarMember(f"{member.name!r} is a special file")
+    if member.issym() or member.islnk():
+        base = os.path.dirname(target) if member.issym() else root
+        link = os.path.realpath(os.path.join(base, member.linkname))
+        if os.path.isabs(member.linkname) or os.path.commonpath([root, link]) != root:
+            raise UnsafeTarMember(f"{member.name!r} links outside the destination")
 
 
 def _filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:

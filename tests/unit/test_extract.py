@@ -1,0 +1,96 @@
+"""Streaming tar extraction refuses unsafe members on every supported Python (with or without tarfile filters)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import pytest
+
+from opsdb.errors import IntegrityError
+from opsdb.ops.extract import UnsafeTarMember, _check_member, extract_object
+from opsdb.repo.envelope import Codec, put_object
+from opsdb.storage.memory import MemoryStorage
+
+
+def _tar(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def _file(name: str, data: bytes, mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.mode = mode
+    return info, data
+
+
+def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info, None
+
+
+def _store(data: bytes) -> MemoryStorage:
+    storage = MemoryStorage()
+    put_object(storage, "b/base.tar", [data], Codec(compression="zstd"))
+    return storage
+
+
+def test_extracts_files_with_owner_only_modes(tmp_path):
+    data = _tar(_file("PG_VERSION", b"15\n"), _file("base/1/1259", b"x" * 9000, 0o644))
+    count = extract_object(_store(data), "b/base.tar", {}, tmp_path)
+    assert count == len(data)
+    assert (tmp_path / "PG_VERSION").read_bytes() == b"15\n"
+    assert (tmp_path / "base/1/1259").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        _file("../evil", b"x"),
+        _file("a/../../evil", b"x"),
+        _link("pg_wal", "/etc"),
+        _link("up", "../../outside"),
+        _link("hard", "../outside", tarfile.LNKTYPE),
+    ],
+    ids=["dotdot", "nested-dotdot", "abs-symlink", "rel-symlink-out", "hardlink-out"],
+)
+def test_refuses_members_escaping_the_destination(tmp_path, member):
+    dest = tmp_path / "restore"
+    dest.mkdir()
+    with pytest.raises(IntegrityError, match="unsafe tar member"):
+        extract_object(_store(_tar(member)), "b/base.tar", {}, dest)
+    assert not (tmp_path / "evil").exists()
+    assert not (tmp_path / "outside").exists()
+
+
+def test_fallback_check_matches_the_data_filter_on_special_files(tmp_path):
+    fifo = tarfile.TarInfo("pipe")
+    fifo.type = tarfile.FIFOTYPE
+    with pytest.raises(UnsafeTarMember, match="special file"):
+        _check_member(fifo, os.path.realpath(tmp_path))
+    ok = tarfile.TarInfo("pg_tblspc/16385")
+    ok.type = tarfile.SYMTYPE
+    ok.linkname = "../base"
+    _check_member(ok, os.path.realpath(tmp_path))  # stays inside: allowed
+
+
+def test_absolute_names_never_land_outside(tmp_path):
+    """tarfile's data filter strips the leading slash; the fallback refuses. Either way nothing escapes."""
+    dest = tmp_path / "restore"
+    dest.mkdir()
+    name = str(tmp_path / "evil")
+    try:
+        extract_object(_store(_tar(_file(name, b"x"))), "b/base.tar", {}, dest)
+    except IntegrityError as exc:
+        assert "absolute path" in str(exc)
+    else:
+        assert (dest / name.lstrip("/")).read_bytes() == b"x"
+    assert not (tmp_path / "evil").exists()
