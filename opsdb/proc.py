@@ -101,6 +101,17 @@ class Runner(Protocol):
     def spawn(self, cmd: Cmd, *, log_path: Path | None = None) -> Spawned: ...
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (one owned by another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def effective_argv(cmd: Cmd) -> tuple[str, ...]:
     """argv as executed: prefixed with runuser when root must act as another user."""
     if cmd.run_as and os.geteuid() == 0 and cmd.run_as != _current_user():

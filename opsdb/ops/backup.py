@@ -51,7 +51,7 @@ from opsdb.model.lsn import Lsn
 from opsdb.pg import conn as pgconn
 from opsdb.pg.conninfo import redact
 from opsdb.pg.tools import PgTools
-from opsdb.proc import Cmd, Runner
+from opsdb.proc import Cmd, Runner, pid_alive
 from opsdb.repo import catalog, envelope, layout
 from opsdb.repo.envelope import Codec, StoredObject
 from opsdb.repo.lock import RepositoryLock
@@ -332,7 +332,7 @@ def clean_stale_work_dirs(tmp_root: str | None) -> list[str]:
     root = Path(tmp_root or tempfile.gettempdir())
     for path in root.glob(f"{WORK_PREFIX}*-*"):
         owner = path.name[len(WORK_PREFIX) :].split("-", 1)[0]
-        if not owner.isdigit() or _pid_alive(int(owner)):
+        if not owner.isdigit() or pid_alive(int(owner)):
             continue
         with contextlib.suppress(OSError, ValueError):
             child = int((path / "pg_basebackup.pid").read_text())
@@ -342,16 +342,6 @@ def clean_stale_work_dirs(tmp_root: str | None) -> list[str]:
         shutil.rmtree(path, ignore_errors=True)
         removed.append(str(path))
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _make_pipes(

@@ -34,7 +34,7 @@ from opsdb.model.catalog import BASE_OBJECT, PHYSICAL, BackupRecord, RestorePlan
 from opsdb.ops.extract import extract_object
 from opsdb.pg import conn as pgconn
 from opsdb.pg.instance import Instance
-from opsdb.proc import Runner
+from opsdb.proc import Runner, pid_alive
 from opsdb.repo import catalog, layout
 from opsdb.storage.base import Storage
 
@@ -172,7 +172,7 @@ def check_target_dir(target: Path) -> None:
     pid_file = target / "postmaster.pid"
     if pid_file.exists():
         pid = _postmaster_pid(pid_file)
-        if pid is not None and _alive(pid):
+        if pid is not None and pid_alive(pid):
             raise UsageError(
                 f"unable to restore into {target}: a PostgreSQL server (pid {pid}) is running there",
                 hint="stop it and choose an empty directory; nothing was changed",
@@ -230,16 +230,6 @@ def _postmaster_pid(pid_file: Path) -> int | None:
         return int(first)
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --- execute ---------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from opsdb.errors import Conflict, LockHeld, NotFound, OperationFailed, OpsdbError
+from opsdb.proc import pid_alive
 from opsdb.repo import layout
 from opsdb.storage.base import Storage
 
@@ -126,13 +127,7 @@ class LockInfo:
         with -9 does not block the next one on the same host until the lock expires."""
         if self.host != host or self.pid is None or self.pid <= 0:
             return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        return not pid_alive(self.pid)
 
     def describe(self, what: str) -> str:
         """'backup of cluster main is already running on host X pid 123 since ...; lock expires at ...'."""
