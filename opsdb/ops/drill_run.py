@@ -83,7 +83,7 @@ def drill_from_settings(
     if to_time is not None and random_target:
         raise UsageError("give --to-time or --random, not both")
     cfg = settings.clusters[cluster]
-    repo = wal_repo_from_settings(settings, cluster)
+    repo = wal_repo_from_settings(settings, cluster, writable=True)  # the drill stores its report
     runner = LocalRunner()
     bin_dir = find_bin_dir(cfg.pg_bin_dir)
     major = _major(bin_dir)

@@ -114,7 +114,7 @@ def fetch_file(
     raise last
 
 
-def wal_repo_from_settings(settings: Any, cluster: str, *, writable: bool = True) -> WalRepo:
+def wal_repo_from_settings(settings: Any, cluster: str, *, writable: bool = False) -> WalRepo:
     """Storage (read-only with writable=False), codec and read keys from validated settings (ops/codec.py)."""
     from opsdb.ops.codec import repository
 

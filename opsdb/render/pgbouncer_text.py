@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from opsdb.render.replicas import render_pools
-
 
 def render_generate(doc: dict[str, Any]) -> str:
     sizing = doc["sizing"]
@@ -30,10 +28,4 @@ def render_check(doc: dict[str, Any]) -> str:
     loaded = {True: "loaded", False: "FAILED to load", None: "not loaded"}[doc["loaded"]]
     lines.append(f"{loaded}: {doc['load_detail']}")
     lines.append(f"{'OK' if doc['ok'] else 'PROBLEMS'}: {doc['ini']} (PgBouncer {doc['pgbouncer_version']})")
-    return "\n".join(lines)
-
-
-def render_status(doc: dict[str, Any]) -> str:
-    lines = [doc["version"], *render_pools(doc["pools"])]
-    lines.append(f"waiting clients: {doc['waiting_clients']}")
     return "\n".join(lines)
