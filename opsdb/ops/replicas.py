@@ -1,4 +1,4 @@
-"""`replicas check` and `replica create --from-primary`.
+"""`replicas check` and `replica create --from-primary | --from-backup`.
 
 collect_replicas_report() is the one place that measures replication; `opsdb metrics` reuses it.
 It reads the primary first (its current LSN is the reference), then each configured replica, so a
@@ -7,15 +7,16 @@ replica can only look *more* behind than it is by the time between the two reads
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pwd
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from opsdb.config import ClusterConfig
-from opsdb.errors import DatabaseError, NotImplementedYet, UsageError
+from opsdb.errors import DatabaseError, UsageError
 from opsdb.model.replication import (
     LagThresholds,
     PrimaryState,
@@ -29,6 +30,16 @@ from opsdb.model.replication import (
     match_sender,
     summarize,
     unreachable_replica,
+)
+from opsdb.ops.standby_link import (
+    StandbyLink,
+    check_slot_name,
+    check_slot_usable,
+    create_slot,
+    drop_slot,
+    remove_passfile,
+    standby_link,
+    write_passfile,
 )
 from opsdb.pg import replication as sql
 from opsdb.pg.conn import PgConnection, connect
@@ -109,8 +120,6 @@ def check_replicas(
 
 # --- replica create ----------------------------------------------------------------------------------
 
-_SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
-
 
 @dataclasses.dataclass(frozen=True)
 class ReplicaCreated:
@@ -119,6 +128,11 @@ class ReplicaCreated:
     slot: str | None
     application_name: str | None
     primary_conninfo_written: bool
+    backup_id: str | None = None
+    slot_created: bool = False
+    passfile: str | None = None  # where the password for primary_conninfo is (never in the data directory)
+    primary_conninfo: str | None = None  # as written (no password in it)
+    bytes_read: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -153,9 +167,10 @@ def create_replica_from_primary(
     physical replication slot (-C -S) so the primary keeps the WAL the new standby still needs.
 
     application_name goes into primary_conninfo, so the primary lists the standby under that name and
-    `replicas check` can match it to pg_stat_replication. The password, if any, travels in PGPASSWORD."""
-    if slot is not None and not _SLOT_NAME.match(slot):
-        raise UsageError(f"invalid slot name {slot!r}: use lower-case letters, digits and _ (at most 63)")
+    `replicas check` can match it to pg_stat_replication. The password, if any, travels to pg_basebackup in
+    PGPASSWORD and to the standby in a passfile beside its directory (ops/standby_link.py)."""
+    check_slot_name(slot)
+    link = standby_link(primary_conninfo, target_dir, application_name)  # refusals before anything is written
     params = parse_conninfo(primary_conninfo)
     params.pop("dbname", None)  # a replication connection ignores it; -R would copy it into primary_conninfo
     if application_name:
@@ -178,9 +193,88 @@ def create_replica_from_primary(
     )
     runner.run(cmd, doing=f"cloning the primary into {target_dir}")
     written = (target_dir / "standby.signal").exists()
-    return ReplicaCreated(str(target_dir), "primary", slot, application_name, written)
+    passfile = _password_to_passfile(link, target_dir, run_as) if written else None
+    return ReplicaCreated(
+        str(target_dir),
+        "primary",
+        slot,
+        application_name,
+        written,
+        slot_created=slot is not None,  # pg_basebackup -C created it (it refuses an existing one)
+        passfile=str(passfile) if passfile else None,
+        primary_conninfo=link.primary_conninfo if passfile else None,
+    )
 
 
-def create_replica_from_backup(*_: object, **__: object) -> ReplicaCreated:
-    """Waits for the restore code (`restore --standby`)."""
-    raise NotImplementedYet("`opsdb replica create --from-backup` is not implemented in this version yet")
+def _password_to_passfile(link: StandbyLink, target_dir: Path, run_as: str | None) -> Path | None:
+    """pg_basebackup -R copies every connection option it used into primary_conninfo, the password too
+    (even one given in PGPASSWORD): replace that line by ours, which names the passfile instead."""
+    if link.passfile is None:
+        return None
+    from opsdb.ops.pitr import drop_settings
+    from opsdb.ops.restore import write_recovery_settings
+
+    path = write_passfile(link, run_as)
+    drop_settings(target_dir, ("primary_conninfo",))
+    write_recovery_settings(target_dir, {"primary_conninfo": link.primary_conninfo}, None)
+    return path
+
+
+def create_replica_from_backup(
+    settings: Any,
+    cluster_name: str,
+    target_dir: Path,
+    *,
+    backup: str = "latest",
+    slot: str | None = None,
+    application_name: str | None = None,
+    connect_fn: Connect = connect,
+    on_bytes: Callable[[int], None] | None = None,
+) -> ReplicaCreated:
+    """A standby from the repository, through `opsdb restore --standby` (ops/restore.py): the backup
+    (ID or "latest") restored into an empty directory with standby.signal, restore_command = opsdb
+    wal-fetch (it catches up from the archive) and primary_conninfo = the cluster's conninfo (it then
+    streams). A password goes into a passfile beside the directory, never into postgresql.auto.conf
+    (ops/standby_link.py). With `slot`, a physical slot is created on the primary (or an existing idle
+    one reused) before the files are restored, and dropped again if the restore fails.
+
+    Every refusal (non-empty directory, unknown backup, bad slot) comes before anything is changed."""
+    from opsdb.ops.restore import restore_from_settings
+
+    check_slot_name(slot)
+    cluster = settings.clusters[cluster_name]
+    link = standby_link(cluster.conninfo, target_dir, application_name)
+    backup_id = None if backup == "latest" else backup
+    common = {"target_dir": str(target_dir), "standby": True, "primary_conninfo": link.primary_conninfo, "slot": slot}
+    plan, _ = restore_from_settings(settings, cluster_name, backup_id=backup_id, dry_run=True, **common)
+    os_user = cluster.os_user if os.geteuid() == 0 else None
+    slot_created = False
+    passfile = None
+    try:
+        if slot:
+            with connect_fn(cluster.conninfo, timeout=DEFAULT_TIMEOUT) as conn:
+                if not check_slot_usable(conn, slot):
+                    create_slot(conn, slot)
+                    slot_created = True
+        passfile = write_passfile(link, os_user)
+        # the plan's backup, pinned: a backup finishing meanwhile must not change what "latest" meant
+        _, result = restore_from_settings(settings, cluster_name, backup_id=plan.backup.id, on_bytes=on_bytes, **common)
+    except BaseException:
+        remove_passfile(passfile)
+        if slot_created:
+            with contextlib.suppress(DatabaseError), connect_fn(cluster.conninfo, timeout=DEFAULT_TIMEOUT) as conn:
+                drop_slot(conn, slot)  # type: ignore[arg-type]
+        raise
+    assert result is not None
+    return ReplicaCreated(
+        str(plan.target_dir),
+        f"backup:{plan.backup.id}",
+        slot,
+        application_name,
+        (Path(plan.target_dir) / "standby.signal").exists(),
+        backup_id=plan.backup.id,
+        slot_created=slot_created,
+        passfile=str(passfile) if passfile else None,
+        primary_conninfo=link.primary_conninfo,
+        bytes_read=result.bytes_read,
+    )

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from opsdb.cli import output
-from opsdb.cli.commands import not_built
 from opsdb.errors import OperationFailed, UsageError
 
 
@@ -163,30 +162,43 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--name", help="application_name the primary will list it under.")
         ] = None,
     ) -> None:
-        """Build a standby from the primary (or, later, from a backup)."""
+        """Build a standby from the primary (pg_basebackup -R) or from a backup in the repository."""
         if from_primary == (from_backup is not None):
             raise UsageError("give exactly one of --from-primary or --from-backup ID|latest")
-        if from_backup is not None:
-            raise not_built("replica create --from-backup")
         from opsdb.ops import replicas as ops
-        from opsdb.pg.tools import PgTools, find_bin_dir
 
         state = ctx.obj
-        _, cluster = state.cluster()
-        result = ops.create_replica_from_primary(
-            cluster.conninfo,
-            Path(target_dir),
-            runner=_runner(),
-            tools=PgTools(find_bin_dir(cluster.pg_bin_dir)),
-            os_user=cluster.os_user,
-            slot=slot,
-            application_name=name,
-        )
+        cluster_name, cluster = state.cluster()
+        if from_backup is not None:
+            with output.progress(f"replica create from {from_backup}") as on_bytes:
+                result = ops.create_replica_from_backup(
+                    state.settings, cluster_name, Path(target_dir), backup=from_backup, slot=slot,
+                    application_name=name, on_bytes=on_bytes,
+                )  # fmt: skip
+        else:
+            from opsdb.pg.tools import PgTools, find_bin_dir
+
+            result = ops.create_replica_from_primary(
+                cluster.conninfo, Path(target_dir), runner=_runner(), tools=PgTools(find_bin_dir(cluster.pg_bin_dir)),
+                os_user=cluster.os_user, slot=slot, application_name=name,
+            )  # fmt: skip
         if not result.primary_conninfo_written:
-            raise OperationFailed(f"pg_basebackup finished but {target_dir} has no standby.signal")
-        human = f"standby data directory ready in {result.target_dir}" + (
-            f" (slot {result.slot})" if result.slot else ""
-        )
-        output.emit(state, result.to_dict(), human + "; start it with pg_ctl -D DIR -o '-p PORT' start")
+            raise OperationFailed(f"{target_dir} was built but has no standby.signal")
+        output.emit(state, result.to_dict(), _replica_created_text(result))
 
     app.add_typer(replica, name="replica")
+
+
+def _replica_created_text(result) -> str:  # type: ignore[no-untyped-def]
+    source = "the primary" if result.source == "primary" else f"backup {result.backup_id}"
+    lines = [f"standby data directory ready in {result.target_dir} (from {source})"]
+    if result.slot:
+        lines.append(
+            f"replication slot {result.slot} on the primary ({'created' if result.slot_created else 'existing'})"
+        )
+    if result.passfile:
+        lines.append(f"primary password in {result.passfile} (0600; primary_conninfo names it with passfile=)")
+    if result.source != "primary":
+        lines.append("it replays archived WAL with opsdb wal-fetch, then streams from the primary")
+    lines.append("start it with pg_ctl -D DIR -o '-p PORT' start")
+    return "\n".join(lines)
