@@ -38,6 +38,7 @@ from opsdb.ops.standby_link import (
     create_slot,
     drop_slot,
     remove_passfile,
+    slot_state,
     standby_link,
     write_passfile,
 )
@@ -162,6 +163,7 @@ def create_replica_from_primary(
     slot: str | None = None,
     application_name: str | None = None,
     timeout: float | None = None,
+    connect_fn: Connect = connect,
 ) -> ReplicaCreated:
     """pg_basebackup -R (standby.signal + primary_conninfo) into an empty directory, optionally creating a
     physical replication slot (-C -S) so the primary keeps the WAL the new standby still needs.
@@ -171,6 +173,13 @@ def create_replica_from_primary(
     PGPASSWORD and to the standby in a passfile beside its directory (ops/standby_link.py)."""
     check_slot_name(slot)
     link = standby_link(primary_conninfo, target_dir, application_name)  # refusals before anything is written
+    if slot:
+        with connect_fn(primary_conninfo, timeout=DEFAULT_TIMEOUT) as conn:
+            if slot_state(conn, slot) is not None:
+                raise UsageError(
+                    f"replication slot {slot!r} already exists on the primary (pg_basebackup -C creates it)",
+                    hint="choose another --slot name, drop the slot, or use --from-backup; nothing was changed",
+                )
     params = parse_conninfo(primary_conninfo)
     params.pop("dbname", None)  # a replication connection ignores it; -R would copy it into primary_conninfo
     if application_name:

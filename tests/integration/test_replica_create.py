@@ -238,3 +238,15 @@ def test_from_primary_keeps_the_password_out_of_the_data_directory(env):
     x(env["primary"], "INSERT INTO t VALUES (4, 'cloned')")
     wait_for_row(standby, 4)
     assert q(standby, "SELECT status FROM pg_stat_wal_receiver") == [{"status": "streaming"}]
+
+
+def test_from_primary_refuses_an_existing_slot(env):
+    x(env["primary"], "SELECT pg_create_physical_replication_slot('taken')")
+    try:
+        dest = new_target(env)
+        proc = create(env, "replica", "create", "--target-dir", str(dest), "--from-primary", "--slot", "taken",
+                      check=False)  # fmt: skip
+        assert proc.returncode == 2 and "already exists" in proc.stderr
+        assert not dest.exists()
+    finally:
+        x(env["primary"], "SELECT pg_drop_replication_slot('taken')")

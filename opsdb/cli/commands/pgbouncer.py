@@ -156,7 +156,10 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--from-backup", help="Backup ID or 'latest' from the repository.")
         ] = None,
         slot: Annotated[
-            str | None, typer.Option("--slot", help="Create and use this physical replication slot.")
+            str | None,
+            typer.Option(
+                "--slot", help="Physical replication slot on the primary (created; --from-backup reuses an idle one)."
+            ),
         ] = None,
         name: Annotated[
             str | None, typer.Option("--name", help="application_name the primary will list it under.")
@@ -200,5 +203,5 @@ def _replica_created_text(result) -> str:  # type: ignore[no-untyped-def]
         lines.append(f"primary password in {result.passfile} (0600; primary_conninfo names it with passfile=)")
     if result.source != "primary":
         lines.append("it replays archived WAL with opsdb wal-fetch, then streams from the primary")
-    lines.append("start it with pg_ctl -D DIR -o '-p PORT' start")
+    lines.append(f"start it as the server's OS user: pg_ctl -D {result.target_dir} -o '-p PORT' start")
     return "\n".join(lines)
