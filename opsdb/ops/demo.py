@@ -1,194 +1,310 @@
-"""opsdb demo: the whole tour on a throwaway cluster, leaving only the drill report behind.
+"""opsdb demo: the product tour on a throwaway cluster, through the code paths an operator uses.
 
-initdb (as os_user when root) -> a file:// repository and a fresh key in a temp dir -> a base backup
--> activity with heartbeats, WAL archived -> a point-in-time drill to the middle of the activity ->
-the report (json, md, html) in report_dir -> everything else removed, even on failure.
+setup    a temp dir holding an opsdb.toml, a fresh key and a file:// repository; initdb (as os_user
+         when root) with archive_command = `opsdb ... wal-push %p` (ops/demo_archive.py; a fallback
+         that says so when os_user cannot run this opsdb); start
+backup   `backup_from_settings`, the function `opsdb backup` calls: pg_basebackup streamed through
+         named pipes into the repository, compressed and encrypted, never held in memory
+activity six batches of rows, a heartbeat after each, the WAL switched and archived each time
+drill    `drill_from_settings`, the function `opsdb drill` calls, to the time halfway between
+         heartbeats 3 and 4; the report (json, md, html) written to report_dir
+cleanup  every server under the temp dir stopped and the temp dir removed, on success, failure or
+         Ctrl-C; only the report stays
+
+The demo reads its own config file only: OPSDB_* variables in the environment (which would override
+it, and reach archive_command) are set aside for its duration, so it can never touch a real repository.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import io
 import os
-import re
 import shutil
-import tarfile
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from opsdb.errors import OperationFailed
-from opsdb.model.catalog import BackupRecord, StoredFile
-from opsdb.model.lsn import Lsn
-from opsdb.model.report import DrillReport
-from opsdb.ops.drill import DrillRequest, run_drill
-from opsdb.ops.drill_restore import RepositoryRestorer
-from opsdb.ops.drill_run import load_catalog, save_report
+from opsdb.config import load_settings
+from opsdb.errors import OpsdbError
+from opsdb.model.report import DrillReport, format_time
+from opsdb.model.units import human_bytes
+from opsdb.ops.backup import BackupResult, backup_from_settings
+from opsdb.ops.codec import repository
+from opsdb.ops.demo_archive import ArchiveMode, Archiver, choose_mode
+from opsdb.ops.drill_run import drill_from_settings
 from opsdb.ops.heartbeat import record_heartbeat
-from opsdb.ops.scratch import LocalScratch, chown_to, free_port
+from opsdb.ops.scratch import chown_to, free_port
+from opsdb.ops.wal import push_file, wal_repo_from_settings
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from opsdb.pg.tools import find_bin_dir
-from opsdb.proc import Cmd, LocalRunner
-from opsdb.repo import catalog, envelope, layout
-from opsdb.repo import wal as walrepo
-from opsdb.repo.envelope import Codec
-from opsdb.storage.local import LocalStorage
-from opsdb.stream.crypto import generate_key_file
+from opsdb.proc import LocalRunner
+from opsdb.render.catalog import summary_line
+from opsdb.repo import layout
 
 CLUSTER = "demo"
 HEARTBEATS = 6
+ROWS_PER_BATCH = 1000
+BEAT_GAP_SECONDS = 0.5  # heartbeats this far apart: the drill targets the middle of one gap
+WORK_PREFIX = "opsdb-demo-"
+KEEP_ENV = ("OPSDB_EXECUTABLE",)  # which opsdb PostgreSQL should run: meant for the demo too
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class DemoResult:
     report: DrillReport
+    report_dir: str
     report_files: list[str]
+    backup: BackupResult
+    archiving: ArchiveMode
+    wal_archived: int  # files PostgreSQL archived (segments and history files)
+    wal_stored_bytes: int
+    target_time: datetime
+    timings: dict[str, float]  # setup, backup, activity, drill, cleanup, total (seconds)
     steps: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
 
 
 class _Tour:
-    def __init__(self, workdir: Path, bin_dir: Path, os_user: str | None, log: Callable[[str], None]) -> None:
+    def __init__(self, workdir: Path, user: str | None, os_user: str, log: Callable[[str], None]) -> None:
         self.workdir = workdir
-        self.runner = LocalRunner()
+        self.user = user  # who runs PostgreSQL (None: this user)
         self.os_user = os_user
-        self.bin_dir = bin_dir
         self.log = log
+        self.runner = LocalRunner()
+        self.bin_dir = find_bin_dir(None)
         self.steps: list[str] = []
-        self.archive = workdir / "archive"
-        self.storage = LocalStorage(workdir / "repo")
-        key = generate_key_file(workdir / "repo.key")
-        self.keys = {key.id: key}
-        self.codec = Codec(compression="zstd", level=1, key=key, require_encryption=True)
-        self.instance = Instance(workdir / "data", free_port(), bin_dir, os_user, self.runner)
-        self.pushed: set[str] = set()
+        self.timings: dict[str, float] = {}
+        self.instance = Instance(workdir / "data", free_port(), self.bin_dir, user, self.runner)
+        self.config = workdir / "opsdb.toml"
 
     def step(self, text: str) -> None:
         self.steps.append(text)
         self.log(f"demo: {text}")
 
-    def sql(self, text: str) -> object:
-        with connect(self.instance.conninfo()) as conn:
-            return conn.fetchval(text)
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.monotonic() - start, 3)
 
-    def start_cluster(self) -> None:
-        self.archive.mkdir()
-        chown_to(self.archive, self.os_user)
+    # --- setup -------------------------------------------------------------------------------------
+
+    def write_config(self) -> None:
+        from opsdb.stream.crypto import generate_key_file
+
+        w = self.workdir
+        generate_key_file(w / "repo.key")
+        self.config.write_text(
+            "# written by `opsdb demo`; removed with its temp dir\n"
+            f'[repository]\nurl = "file://{w}/repo"\n'
+            f'[encryption]\nkey_file = "{w}/repo.key"\nrequired = true\n'
+            f"[clusters.{CLUSTER}]\n"
+            f'conninfo = "host=127.0.0.1 port={self.instance.port} user=postgres dbname=postgres"\n'
+            f'pg_bin_dir = "{self.bin_dir}"\nos_user = "{self.os_user}"\n'
+            f'[wal]\nspool_dir = "{w}/spool"\n'
+            f'[drill]\nscratch_dir = "{w}"\ntimeout = "10m"\n'
+        )
+        # the server's user reads the config and key (archive_command) and writes the WAL archive;
+        # the WAL prefix exists before anything else so the backup (run as this user) cannot create
+        # its parents with modes the server's user cannot write into
+        wal_dir = w / "repo" / layout.wal_prefix(CLUSTER)
+        wal_dir.mkdir(parents=True)
+        for path in (w / "repo.key", self.config, *_dirs_between(w, wal_dir)):
+            chown_to(path, self.user)
+        (w / "staging").mkdir()
+        chown_to(w / "staging", self.user)
+
+    def start_cluster(self) -> ArchiveMode:
+        mode = choose_mode(self.config, CLUSTER, self.user, self.workdir / "staging", self.runner)
+        self.step(f"WAL archiving: {mode.note}")
         self.instance.initdb(("-k",))
         self.instance.configure(
             {
                 "wal_level": "replica",
                 "archive_mode": "on",
-                # the server's user copies each finished segment; the demo pushes it through the
-                # same create-only, encrypted wal-push path (repo.wal.push) a moment later
-                "archive_command": f"cp %p {self.archive}/%f",
+                "archive_command": mode.archive_command,
                 "max_wal_senders": 4,
-                "fsync": "off",
+                "lc_messages": "C",
+                "fsync": "off",  # a throwaway cluster: the demo measures opsdb, not this disk's flushes
             }
         )
         self.instance.start()
-        self.step(f"initdb + start: PostgreSQL on 127.0.0.1:{self.instance.port} ({self.instance.data_dir})")
-
-    def switch_and_archive(self) -> None:
-        # the file pg_switch_wal closed (or, with nothing to switch, the last one it closed before)
-        name = self.sql("SELECT pg_walfile_name(pg_switch_wal())")
-        deadline = time.monotonic() + 60
-        # pg_stat_archiver, not the file's existence: cp may still be writing it
-        done = "SELECT coalesce(last_archived_wal >= %s, false) FROM pg_stat_archiver"
-        while not self._archived(done, str(name)):  # bounded by the deadline
-            if time.monotonic() > deadline:
-                raise OperationFailed(f"the demo cluster did not archive {name} within 60 s")
-            time.sleep(0.05)
-        for path in sorted(self.archive.iterdir()):
-            # only what PostgreSQL reported archived: a later segment may still be half-copied
-            if path.name not in self.pushed and path.name[:24] <= str(name):
-                walrepo.push(self.storage, CLUSTER, path.name, lambda p=path: [p.read_bytes()], self.codec, self.keys)
-                self.pushed.add(path.name)
-
-    def _archived(self, sql: str, name: str) -> bool:
-        with connect(self.instance.conninfo()) as conn:
-            return bool(conn.fetchval(sql, (name,)))
-
-    def backup(self) -> None:
-        """A base backup straight into the repository (pg_basebackup tar stream, encrypted)."""
-        start = datetime.now(UTC)
-        backup_id = start.strftime("%Y%m%dT%H%M%SZ")
-        argv = (self.instance.tools.path("pg_basebackup"), "-d", self.instance.conninfo(), "-Ft", "-X", "none",
-                "-D", "-", "-c", "fast")  # fmt: skip
-        with self.runner.stream(Cmd(argv), doing="taking the demo base backup") as proc:
-            data = b"".join(proc.chunks())  # small: a fresh demo cluster is about 30 MB
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            label = tar.extractfile("backup_label").read().decode()  # type: ignore[union-attr]
-        start_lsn = re.search(r"START WAL LOCATION: (\S+)", label).group(1)  # type: ignore[union-attr]
-        stored = envelope.put_object(
-            self.storage, layout.backup_object(CLUSTER, backup_id, "base.tar"), [data], self.codec
+        self.step(
+            f"initdb + start: PostgreSQL {_server_version(self.instance)} on 127.0.0.1:{self.instance.port}, "
+            f"data in {self.instance.data_dir}"
         )
-        stop_lsn = self.sql("SELECT pg_current_wal_lsn()::text")
-        self.switch_and_archive()
-        record = BackupRecord(
-            id=backup_id, cluster=CLUSTER, kind="physical", start_time=start, stop_time=datetime.now(UTC),
-            size_bytes=stored.size, stored_bytes=stored.stored_size, compression="zstd", encrypted=True,
-            key_id=self.codec.key.id if self.codec.key else None, timeline=1, start_lsn=Lsn.parse(start_lsn),
-            stop_lsn=Lsn.parse(str(stop_lsn)),
-            objects=(StoredFile("base.tar", stored.size, stored.stored_size, stored.sha256, role="base"),),
-        )  # fmt: skip
-        catalog.commit(self.storage, record, self.codec)
-        self.step(f"backup {backup_id}: {stored.size:,} bytes, {stored.stored_size:,} stored (zstd + AES-256-GCM)")
+        return mode
 
-    def activity(self) -> list[datetime]:
-        with connect(self.instance.conninfo()) as conn:
+    # --- the tour ----------------------------------------------------------------------------------
+
+    def activity(self, archiver: Archiver) -> list[datetime]:
+        conninfo = self.instance.conninfo()
+        with connect(conninfo) as conn:
             conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, placed timestamptz DEFAULT now(), note text)")
         beats = []
         for i in range(HEARTBEATS):
-            with connect(self.instance.conninfo()) as conn:
+            with connect(conninfo) as conn:
                 conn.execute(
-                    f"INSERT INTO orders (id, note) SELECT g, 'batch {i}' FROM generate_series({i * 1000 + 1}, {(i + 1) * 1000}) g"
+                    "INSERT INTO orders (id, note) SELECT g, %s FROM generate_series(%s::bigint, %s::bigint) g",
+                    (f"batch {i + 1}", i * ROWS_PER_BATCH + 1, (i + 1) * ROWS_PER_BATCH),
                 )
-            beats.append(record_heartbeat(self.instance.conninfo(), "public").time)
-            self.switch_and_archive()
-            time.sleep(0.7)
-        self.step(
-            f"activity: {HEARTBEATS} batches of 1000 orders, a heartbeat after each, WAL archived ({len(self.pushed)} files)"
-        )
+            beats.append(record_heartbeat(conninfo, "public").time)
+            archiver.switch_and_wait()
+            if i < HEARTBEATS - 1:
+                time.sleep(BEAT_GAP_SECONDS)
         return beats
 
+    def run(self, report_dir: Path) -> DemoResult:
+        with self.timed("setup"):
+            self.write_config()
+            mode = self.start_cluster()
+            settings = load_settings(self.config)
+        wal_repo = wal_repo_from_settings(settings, CLUSTER, writable=True)
+        archiver = Archiver(mode, self.instance.conninfo(), self.instance.log_path, lambda p: push_file(wal_repo, p))
+        self.step(f"setup: {self.timings['setup']:.1f} s")
 
-def run_demo(report_dir: Path, *, os_user: str = "postgres", log: Callable[[str], None] = lambda s: None) -> DemoResult:
-    bin_dir = find_bin_dir(None)
-    user = os_user if os.geteuid() == 0 else None
-    workdir = Path(tempfile.mkdtemp(prefix="opsdb-demo-"))
-    chown_to(workdir, user)
-    tour = _Tour(workdir, bin_dir, user, log)
+        with self.timed("backup"):
+            backup = backup_from_settings(settings, CLUSTER)
+            archiver.switch_and_wait()  # the segment the backup ended in, so the archive reaches past it
+        self.step(f"{summary_line('backup', backup.record, backup.seconds)} (zstd + AES-256-GCM, via `opsdb backup`)")
+
+        with self.timed("activity"):
+            beats = self.activity(archiver)
+        archived = archiver.archived_count()
+        stored = sum(i.size for i in repository(settings).storage.list(layout.wal_prefix(CLUSTER)))
+        self.step(
+            f"activity: {HEARTBEATS} batches of {ROWS_PER_BATCH} rows, a heartbeat after each, WAL switched and "
+            f"archived each time: {archived} WAL files, {human_bytes(stored)} stored, {self.timings['activity']:.1f} s"
+        )
+
+        k = HEARTBEATS // 2
+        target = beats[k - 1] + (beats[k] - beats[k - 1]) / 2
+        self.step(f"drill: point-in-time restore to {format_time(target)}, halfway between heartbeats {k} and {k + 1}")
+        with self.timed("drill"):
+            report, files = drill_from_settings(settings, CLUSTER, to_time=target, report_dir=str(report_dir),
+                                                log=self.log)  # fmt: skip
+        self.step(_drill_line(report))
+        html = next((f for f in files if f.endswith(".html")), "")
+        self.step(f"report: {html} (and .json, .md beside it)")
+        return DemoResult(
+            report, str(report_dir), files, backup, mode, archived, stored, target, self.timings, self.steps
+        )
+
+    # --- cleanup -----------------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        """Stop every server under the temp dir (the demo's, and a drill's scratch server if the drill was
+        interrupted before its own teardown), then remove the temp dir."""
+        with _no_interrupts(), self.timed("cleanup"):
+            pid_files = sorted(self.workdir.rglob("postmaster.pid")) if self.workdir.is_dir() else []
+            for pid_file in pid_files:
+                server = Instance(pid_file.parent, 0, self.bin_dir, self.user, self.runner)
+                with contextlib.suppress(OpsdbError, OSError):
+                    server.stop(mode="immediate", timeout=30)  # thrown away next: no shutdown checkpoint
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        self.step(
+            f"cleanup: stopped {len(pid_files)} server(s), removed {self.workdir} ({self.timings['cleanup']:.1f} s)"
+        )
+
+
+def run_demo(
+    report_dir: Path, *, os_user: str = "postgres", log: Callable[[str], None] = lambda line: None
+) -> DemoResult:
+    """Run the tour; the report stays in report_dir, everything else is removed (even on failure)."""
+    started = time.monotonic()
+    set_aside = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("OPSDB_") and k not in KEEP_ENV}
+    workdir = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
     try:
-        tour.start_cluster()
-        tour.backup()
-        beats = tour.activity()
-        middle = beats[HEARTBEATS // 2 - 1] + (beats[HEARTBEATS // 2] - beats[HEARTBEATS // 2 - 1]) / 2
-        tour.step(
-            f"drill: point-in-time restore to {middle.isoformat()} (between heartbeats {HEARTBEATS // 2} and {HEARTBEATS // 2 + 1})"
-        )
-        request = DrillRequest(cluster=CLUSTER, target_kind="time", to_time=middle, primary_conninfo=tour.instance.conninfo(),
-                               os_user=user, timeout=300)  # fmt: skip
-        restorer = RepositoryRestorer(
-            tour.storage, CLUSTER, tour.keys, lambda: load_catalog(tour.storage, CLUSTER, tour.keys), user
-        )
-        scratch = LocalScratch(bin_dir, user or "postgres", tour.runner, workdir)
-        report = run_drill(request, storage=tour.storage, keys=tour.keys, restorer=restorer, scratch=scratch,
-                           bin_dir=bin_dir, runner=tour.runner, log=log)  # fmt: skip
-        files = save_report(tour.storage, CLUSTER, report, tour.codec, str(report_dir))
-        tour.step(f"report: {', '.join(files)}")
-        return DemoResult(report, files, tour.steps)
-    finally:
+        user = os_user if os.geteuid() == 0 else None
+        chown_to(workdir, user)
+        tour = _Tour(workdir, user, os_user, log)
+        if set_aside:
+            tour.step(f"ignoring {', '.join(sorted(set_aside))} from the environment (the demo uses its own config)")
+        tour.step(f"working in {workdir} (removed at the end)")
         try:
-            tour.instance.stop(mode="immediate", timeout=30)
+            result = tour.run(report_dir)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            tour.cleanup()
+        result.timings["total"] = round(time.monotonic() - started, 3)
+        tour.step(
+            "total {total:.1f} s (setup {setup:.1f}, backup {backup:.1f}, activity {activity:.1f}, drill {drill:.1f}, "
+            "cleanup {cleanup:.1f})".format(**result.timings)
+        )
+        return result
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # when even the tour's set-up failed
+        os.environ.update(set_aside)
 
 
-def summary(result: DemoResult) -> dict[str, object]:
-    return {**result.report.summary(), "report_files": result.report_files, "steps": result.steps}
+def summary(result: DemoResult) -> dict[str, Any]:
+    """The `demo --json` object."""
+    rec = result.backup.record
+    return {
+        "result": result.report.result,
+        "report_dir": result.report_dir,
+        "report_files": result.report_files,
+        "drill": result.report.summary(),
+        "backup_id": rec.id,
+        "backup": {
+            "size_bytes": rec.size_bytes,
+            "stored_bytes": rec.stored_bytes,
+            "seconds": round(result.backup.seconds, 3),
+        },  # fmt: skip
+        "wal": {
+            **result.archiving.to_dict(),
+            "archived_files": result.wal_archived,
+            "stored_bytes": result.wal_stored_bytes,
+        },  # fmt: skip
+        "target_time": format_time(result.target_time),
+        "timings": result.timings,
+        "steps": result.steps,
+    }
+
+
+def _drill_line(report: DrillReport) -> str:
+    phases = ", ".join(f"{name} {secs:.1f}" for name, secs in report.phases.items())
+    rpo = f"{report.rpo_seconds:.2f} s" if report.rpo_seconds is not None else "n/a"
+    verdict = "PASS" if report.passed else "FAIL (" + ", ".join(c.name for c in report.failed_checks) + ")"
+    return (
+        f"drill {verdict}: RPO {rpo}, RTO {report.rto_seconds:.1f} s ({phases}), "
+        f"{human_bytes(report.bytes_read)} read, WAL {report.environment.get('wal_source', '?')}"
+    )
+
+
+def _dirs_between(top: Path, leaf: Path) -> list[Path]:
+    """top's descendants down to leaf, inclusive: [top/a, top/a/b, ..., leaf]."""
+    rel = leaf.relative_to(top).parts
+    return [top.joinpath(*rel[: i + 1]) for i in range(len(rel))]
+
+
+def _server_version(instance: Instance) -> str:
+    with connect(instance.conninfo()) as conn:
+        return str(conn.fetchval("SHOW server_version")).split()[0]
+
+
+@contextlib.contextmanager
+def _no_interrupts() -> Iterator[None]:
+    """A second Ctrl-C must not abandon a half-done cleanup: SIGINT is ignored while it runs (main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 __all__ = ["DemoResult", "run_demo", "summary"]

@@ -1,32 +1,163 @@
-"""`opsdb demo` end to end: a passing PITR drill, the report left behind, nothing else."""
+"""`opsdb demo` as the README's first command runs it (the console script, in a subprocess): a passing PITR
+drill with WAL archived by PostgreSQL's archive_command through `opsdb wal-push`, the fallback when the
+server's OS user cannot run opsdb, and cleanup after Ctrl-C / SIGTERM: only the report is left behind.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import selectors
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.integration.test_pitr import _opsdb_for_server
+
 pytestmark = pytest.mark.integration
 
+CONSOLE_SCRIPT = Path(sys.executable).with_name("opsdb")  # what `.venv/bin/opsdb demo` runs
+EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:|//|file:)""", re.I)
 
-def test_demo_runs_a_passing_drill_and_leaves_only_the_report(pg_bin_dir: Path, tmp_path: Path) -> None:
-    before = {p.name for p in Path(tempfile.gettempdir()).glob("opsdb-demo-*")}
-    out = subprocess.run(
-        [sys.executable, "-m", "opsdb", "--json", "demo", "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+
+def _argv(*args: str) -> list[str]:
+    base = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "opsdb"]
+    return [*base, *args]
+
+
+def _env(opsdb_executable: str) -> dict[str, str]:
+    return dict(os.environ, OPSDB_EXECUTABLE=opsdb_executable)
+
+
+def _workdir(stderr: str) -> Path:
+    match = re.search(r"^demo: working in (\S+) ", stderr, re.M)
+    assert match, stderr[-2000:]
+    return Path(match.group(1))
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        if text in args:
+            found.append(f"{cmdline.parent.name}: {args}")
+    return found
+
+
+def _assert_nothing_left(stderr: str, pid: int) -> None:
+    workdir = _workdir(stderr)
+    assert workdir.name.startswith("opsdb-demo-")
+    assert not workdir.exists(), f"{workdir} left behind"
+    assert _processes_mentioning(str(workdir)) == [], "a server of the demo still runs"
+    # the backup's own work dir (pg_basebackup's named pipes) is gone too
+    assert list(Path(tempfile.gettempdir()).glob(f"opsdb-backup-{pid}-*")) == []
+
+
+def _run_demo(report_dir: Path, opsdb_executable: str) -> tuple[subprocess.Popen[str], str, str]:
+    proc = subprocess.Popen(
+        _argv("--json", "demo", "--report-dir", str(report_dir)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(opsdb_executable), cwd="/tmp",
     )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
-    doc = json.loads(out.stdout)
-    assert doc["result"] == "pass" and doc["rpo_seconds"] > 0
-    assert {c["name"] for c in doc["checks"]} >= {"recovery point", "pg_amcheck", "target reached and promoted"}
-    files = sorted(Path(f).suffix for f in doc["report_files"])
-    assert files == [".html", ".json", ".md"]
-    html = Path(next(f for f in doc["report_files"] if f.endswith(".html"))).read_text()
-    assert "<svg" in html and not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html) and "<script" not in html
-    after = {p.name for p in Path(tempfile.gettempdir()).glob("opsdb-demo-*")}
-    assert after == before  # the throwaway cluster, repository and key are gone
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"opsdb demo did not finish in 300 s: {err[-2000:]}") from None
+    return proc, out, err
+
+
+def _check_report(doc: dict, report_dir: Path) -> None:
+    assert doc["result"] == "pass" and doc["drill"]["result"] == "pass"
+    assert doc["report_dir"] == str(report_dir)
+    files = [Path(f) for f in doc["report_files"]]
+    assert sorted(f.suffix for f in files) == [".html", ".json", ".md"]
+    assert all(f.is_file() and f.parent == report_dir for f in files)
+    assert sorted(p.name for p in report_dir.iterdir()) == sorted(f.name for f in files)  # only the report
+    stored = json.loads(next(f for f in files if f.suffix == ".json").read_text())
+    assert stored["result"] == "pass" and stored["backup"]["id"] == doc["backup_id"]
+    assert stored["id"] == doc["drill"]["id"]
+    html = next(f for f in files if f.suffix == ".html").read_text()
+    assert "<svg" in html and "<style" in html
+    assert "<script" not in html.lower() and "@import" not in html and not EXTERNAL.search(html)
+    # a point in the middle between heartbeats 3 and 4: recovered to heartbeat 3, a positive RPO below the gap
+    drill = doc["drill"]
+    checks = {c["name"]: c["status"] for c in drill["checks"]}
+    assert {"recovery point", "pg_amcheck", "target reached and promoted", "WAL coverage"} <= set(checks)
+    assert set(checks.values()) == {"pass"}
+    assert drill["target_time"] == doc["target_time"] and 0 < drill["rpo_seconds"] < 5
+    assert "row counts" in checks and "orders: 3,000" in next(
+        c["detail"] for c in drill["checks"] if c["name"] == "row counts"
+    )
+    assert doc["backup"]["size_bytes"] > 1_000_000 and 0 < doc["backup"]["stored_bytes"] < doc["backup"]["size_bytes"]
+    assert doc["wal"]["archived_files"] >= 7 and doc["wal"]["stored_bytes"] > 0
+    assert set(doc["timings"]) == {"setup", "backup", "activity", "drill", "cleanup", "total"}
+
+
+def test_demo_archives_through_wal_push_and_leaves_only_the_report(tmp_path: Path) -> None:
+    exe = _opsdb_for_server()
+    report_dir = tmp_path / "reports"
+    proc, out, err = _run_demo(report_dir, exe)
+    assert proc.returncode == 0, err[-3000:]
+    doc = json.loads(out)
+    _check_report(doc, report_dir)
+    assert doc["wal"]["mode"] == "archive_command" and doc["wal"]["executable"] == exe
+    assert doc["wal"]["archive_command"].endswith(" wal-push %p") and "FALLBACK" not in err
+    # the narrated tour is on stderr, with sizes and timings; the JSON alone is on stdout
+    for line in ("demo: WAL archiving: PostgreSQL archives through `opsdb wal-push`", "demo: backup ", "MiB",
+                 "demo: drill PASS: RPO", "demo: report: ", "demo: cleanup: ", "demo: total "):  # fmt: skip
+        assert line in err, line
+    _assert_nothing_left(err, proc.pid)
+
+
+def test_demo_falls_back_and_says_so_when_the_server_cannot_run_opsdb(tmp_path: Path) -> None:
+    report_dir = tmp_path / "reports"
+    proc, out, err = _run_demo(report_dir, str(tmp_path / "no-such-opsdb"))
+    assert proc.returncode == 0, err[-3000:]
+    doc = json.loads(out)
+    _check_report(doc, report_dir)
+    assert doc["wal"]["mode"] == "fallback" and "no-such-opsdb" in doc["wal"]["note"]
+    assert len([ln for ln in err.splitlines() if "FALLBACK" in ln]) == 1  # one honest line
+    _assert_nothing_left(err, proc.pid)
+
+
+@pytest.mark.parametrize(
+    ("signum", "when"),
+    [(signal.SIGINT, "drill: replaying WAL"), (signal.SIGTERM, "demo: backup ")],
+    ids=["ctrl-c-during-replay", "sigterm-after-backup"],
+)
+def test_interrupted_demo_cleans_up(tmp_path: Path, signum: int, when: str) -> None:
+    """Ctrl-C reaches the whole foreground process group, as from a terminal."""
+    proc = subprocess.Popen(
+        _argv("demo", "--report-dir", str(tmp_path / "reports")),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(_opsdb_for_server()),
+        cwd="/tmp", start_new_session=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    seen = ""
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stderr, selectors.EVENT_READ)
+            deadline = time.monotonic() + 120
+            while when not in seen:  # bounded by the deadline
+                assert time.monotonic() < deadline and proc.poll() is None, seen[-2000:]
+                if sel.select(timeout=1):
+                    seen += proc.stderr.readline()
+        os.killpg(proc.pid, signum)
+        rest = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, seen + rest
+    assert "interrupted" in rest and "demo: cleanup: " in rest
+    _assert_nothing_left(seen + rest, proc.pid)

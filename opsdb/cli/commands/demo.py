@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -12,24 +15,43 @@ from opsdb.cli.state import AppState
 from opsdb.errors import OperationFailed
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a CI job cancelled, `kill`) unwinds like Ctrl-C, so the demo's cleanup runs."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         ctx: typer.Context,
         report_dir: Annotated[
-            str, typer.Option("--report-dir", help="Where the drill report is written.")
+            str, typer.Option("--report-dir", help="Where the drill report is written (kept).")
         ] = "opsdb-demo-reports",
         os_user: Annotated[
             str, typer.Option("--os-user", help="Runs PostgreSQL when opsdb runs as root.")
         ] = "postgres",
     ) -> None:
-        """Throwaway cluster + local repository: backup, WAL, PITR drill, report."""
+        """Throwaway cluster + local repository: backup, WAL archiving, PITR drill, report."""
         from opsdb.ops.demo import run_demo, summary
 
         state: AppState = ctx.obj
-        result = run_demo(Path(report_dir).resolve(), os_user=os_user, log=output.info)
+        try:
+            with _sigterm_as_interrupt():
+                result = run_demo(Path(report_dir).resolve(), os_user=os_user, log=output.info)
+        except KeyboardInterrupt:
+            output.error_text("interrupted (the demo's servers and temp dir were removed)")
+            raise  # Typer turns it into exit 130
         html = next((f for f in result.report_files if f.endswith(".html")), "")
-        verdict = "PASS" if result.report.passed else "FAIL"
+        verdict = "PASS" if result.passed else "FAIL"
         output.emit(state, summary(result), f"demo drill {verdict}: open {html}")
-        if not result.report.passed:
+        if not result.passed:
             raise OperationFailed(f"demo drill failed: {', '.join(c.name for c in result.report.failed_checks)}")
