@@ -279,7 +279,7 @@ def _drill_line(report: DrillReport) -> str:
     verdict = "PASS" if report.passed else "FAIL (" + ", ".join(c.name for c in report.failed_checks) + ")"
     return (
         f"drill {verdict}: RPO {rpo}, RTO {report.rto_seconds:.1f} s ({phases}), "
-        f"{human_bytes(report.bytes_read)} read, WAL {report.environment.get('wal_source', '?')}"
+        f"{human_bytes(report.bytes_read)} read, WAL source: {report.environment.get('wal_source', '?')}"
     )
 
 
