@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         code = exit_code_for(exc, command)
         quiet = command == "wal-fetch" and code == WAL_FETCH_MISSING_EXIT
         output.error(exc, quiet=quiet)
+        if _json_requested(args) and not quiet:
+            output.error_json(exc, code)
         sys.exit(code)
     except Exit as exc:
         sys.exit(exc.exit_code)
@@ -136,6 +138,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 _OPTIONS_WITH_VALUE = {"--config", "-c", "--cluster", "--log-format"}
+
+
+def _json_requested(args: list[str]) -> bool:
+    """--json among the global options (before the command), as the root callback would see it."""
+    command = _guess_command(args)
+    head = args[: args.index(command)] if command in args else args
+    return "--json" in head
 
 
 def _guess_command(args: list[str]) -> str | None:

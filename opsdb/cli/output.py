@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from opsdb.cli.state import AppState
 
 log = logging.getLogger("opsdb")
+_json_emitted = False  # one JSON object per process on stdout: set by emit()
 
 
 class _JsonFormatter(logging.Formatter):
@@ -48,9 +49,11 @@ def setup_logging(state: AppState) -> None:
 
 def emit(state: AppState, data: dict[str, Any], human: str | Callable[[], str] | None = None) -> None:
     """Print a command's result: JSON on stdout with --json, else the human text on stdout."""
+    global _json_emitted
     if state.json:
         sys.stdout.write(json.dumps(data, default=str, sort_keys=False) + "\n")
         sys.stdout.flush()
+        _json_emitted = True
         return
     text = human() if callable(human) else human
     if text:
@@ -70,6 +73,16 @@ def error(exc: OpsdbError, *, quiet: bool = False) -> None:
     error_text(str(exc))
     if exc.hint:
         sys.stderr.write(f"hint: {exc.hint}\n")
+
+
+def error_json(exc: OpsdbError, exit_code: int) -> None:
+    """With --json a failed command still prints one object, so scripts can read what went wrong
+    (unless it already printed its result, e.g. a failed drill's report: one object, never two)."""
+    if _json_emitted:
+        return
+    doc = {"error": str(exc), "hint": exc.hint, "exit_code": exit_code}
+    sys.stdout.write(json.dumps(doc) + "\n")
+    sys.stdout.flush()
 
 
 def error_text(message: str) -> None:

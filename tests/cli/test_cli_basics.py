@@ -58,7 +58,10 @@ def test_bad_config_exits_2_naming_the_key(tmp_path):
     assert result.returncode == 2
     assert "compression.algorithm" in result.stderr
     assert "Traceback" not in result.stderr
-    assert result.stdout == ""
+    # with --json a failure is still exactly one JSON object on stdout
+    doc = json.loads(result.stdout)
+    assert doc["exit_code"] == 2 and "compression.algorithm" in doc["error"]
+    assert result.stdout.count("\n") == 1
 
 
 def test_missing_config_file_exits_2(tmp_path):

@@ -136,5 +136,5 @@ def test_cli_key_generate(tmp_path: Path) -> None:
     assert load_key(key_file=path).secret.hex() not in done.stdout + done.stderr
 
     again = _opsdb("--json", "key", "generate", str(path), cwd=tmp_path)
-    assert again.returncode == 2 and again.stdout == ""
+    assert again.returncode == 2 and json.loads(again.stdout)["exit_code"] == 2
     assert "already exists; refusing to overwrite" in again.stderr
