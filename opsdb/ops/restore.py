@@ -33,7 +33,7 @@ from opsdb.errors import DatabaseError, OperationFailed, UsageError
 from opsdb.model.catalog import BASE_OBJECT, PHYSICAL, BackupRecord, RestorePlan, RestoreStep
 from opsdb.ops.extract import extract_object
 from opsdb.pg import conn as pgconn
-from opsdb.pg.instance import Instance
+from opsdb.pg.instance import Instance, quote_setting
 from opsdb.proc import Runner, pid_alive
 from opsdb.repo import catalog, layout
 from opsdb.storage.base import Storage
@@ -313,7 +313,7 @@ def write_recovery_settings(target: Path, settings: Mapping[str, str], signal_fi
     if settings:
         path = target / AUTO_CONF
         existing = path.read_text() if path.exists() else ""
-        block = "".join(f"{name} = '{_quote(value)}'\n" for name, value in settings.items())
+        block = "".join(f"{name} = {quote_setting(value)}\n" for name, value in settings.items())
         text = existing + ("" if existing.endswith("\n") or not existing else "\n")
         path.write_text(text + "# added by opsdb restore\n" + block)
         os.chmod(path, 0o600)
@@ -332,10 +332,6 @@ def _drop_recovery_targets(target: Path) -> None:
         for name in ("standby.signal", "recovery.signal"):
             with contextlib.suppress(FileNotFoundError):
                 (target / name).unlink()
-
-
-def _quote(value: str) -> str:
-    return value.replace("'", "''")
 
 
 def _chown_tree(root: Path, os_user: str | None) -> None:

@@ -40,9 +40,10 @@ def test_replica_create_needs_exactly_one_source(tmp_path: Path) -> None:
     assert done.returncode == 2
 
 
-def test_replica_create_from_backup_says_it_is_not_built(tmp_path: Path) -> None:
+def test_replica_create_from_backup_of_an_empty_repository_is_refused(tmp_path: Path) -> None:
     done = _opsdb(tmp_path, "replica", "create", "--target-dir", str(tmp_path / "r"), "--from-backup", "latest")
-    assert done.returncode == 1 and "not implemented" in done.stderr
+    assert done.returncode == 2 and "no complete physical backup" in done.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_bad_slot_name_is_refused_before_anything_runs(tmp_path: Path) -> None:
