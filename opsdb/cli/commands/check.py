@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from opsdb.cli import output
-from opsdb.model.results import CheckReport, Status
-from opsdb.ops import health
+
+if TYPE_CHECKING:
+    from opsdb.model.results import CheckReport
 
 
 def render(report: CheckReport) -> str:
     """One line per check ("OK       repository  s3://b/p writable (12 ms)"), then the overall status."""
+    from opsdb.model.results import Status
     width = max((len(c.name) for c in report.checks), default=0)
     lines = [f"{c.status.value:<8} {c.name:<{width}}  {c.detail}" for c in report.checks]
     counts = {s: sum(1 for c in report.checks if c.status is s) for s in Status}
@@ -23,6 +27,8 @@ def register(app: typer.Typer) -> None:
     @app.command("check")
     def check(ctx: typer.Context) -> None:
         """Config, repository, server and archiving sanity (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
+        from opsdb.ops import health  # imported on use: keeps psycopg out of every other command's start-up
+
         state = ctx.obj
         report = health.check(lambda: state.settings, state.cluster_name)
         output.emit(state, report.to_dict(), lambda: render(report))

@@ -6,9 +6,7 @@ from typing import Annotated
 
 import typer
 
-from opsdb.automation.history import JobHistory, state_dir
 from opsdb.cli import output
-from opsdb.ops import metrics as ops_metrics
 
 
 def register(app: typer.Typer) -> None:
@@ -21,12 +19,15 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Prometheus exposition of backups, WAL, drills, replicas and jobs."""
+        from opsdb.automation.history import JobHistory, state_dir
+        from opsdb.ops import metrics as ops_metrics
+
         state = ctx.obj
         settings = state.settings
         clusters = (
             [state.cluster()[0]] if state.cluster_name or len(settings.clusters) == 1 else sorted(settings.clusters)
         )
-        jobs = JobHistory(state_dir(scheduler_state)).records()
+        jobs = JobHistory(state_dir(scheduler_state, settings.scheduler.state_dir)).records()
         text = ops_metrics.collect_from_settings(settings, clusters, job_records=jobs)
         target = textfile or (str(settings.metrics.textfile) if settings.metrics.textfile else None)
         if target:

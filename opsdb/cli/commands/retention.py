@@ -7,7 +7,6 @@ from typing import Annotated, Any
 import typer
 
 from opsdb.cli import output
-from opsdb.ops import retention as ops_retention
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -46,6 +45,8 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Apply the cluster's retention policy to backups, dumps and WAL."""
+        from opsdb.ops import retention as ops_retention
+
         state = ctx.obj
         name, _ = state.cluster()
         result = ops_retention.apply_from_settings(state.settings, name, dry_run=dry_run)
