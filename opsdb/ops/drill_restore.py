@@ -101,13 +101,25 @@ class RepositoryRestorer:
         total = 0
         for name in [*names, *self._histories()]:
             try:
-                data = b"".join(walrepo.fetch(self.storage, self.cluster, name, self.keys))
+                total += self._fetch_into(name, dest / name)
             except NotFound:
                 continue  # deleted since the plan: recovery stops there, and the drill says so
-            (dest / name).write_bytes(data)
-            total += len(data)
         _chown_tree(dest, self.os_user)
         return total
+
+    def _fetch_into(self, name: str, path: Path) -> int:
+        """Stream one authenticated WAL file to path (written under a temp name, renamed when complete)."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        size = 0
+        try:
+            with open(tmp, "wb") as fh:
+                for chunk in walrepo.fetch(self.storage, self.cluster, name, self.keys):
+                    fh.write(chunk)
+                    size += len(chunk)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return size
 
     def _histories(self) -> list[str]:
         prefix = layout.wal_object(self.cluster, "00000001.history").rsplit("/", 1)[0] + "/"

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import sys
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +18,7 @@ from opsdb.model.report import DrillReport, HistoryRow, history_stats
 from opsdb.ops.drill import DrillRequest, run_drill
 from opsdb.ops.drill_checks import Assertion
 from opsdb.ops.drill_restore import RepositoryRestorer
+from opsdb.ops.pitr import opsdb_executable, restore_command
 from opsdb.ops.scratch import DockerScratch, LocalScratch, ScratchProvider
 from opsdb.ops.verify import VerifyResult, verify_repository
 from opsdb.ops.wal import wal_repo_from_settings
@@ -44,8 +43,8 @@ def verify_from_settings(settings: Any, cluster: str, backup_id: str | None = No
 def _wal_fetch_command(settings: Any, cluster: str, os_user: str | None, runner: Runner) -> str:
     """`opsdb --config C wal-fetch %f %p` when the scratch server's user can run opsdb; else "" (the
     drill then stages the WAL it needs and replays from there)."""
-    exe = shutil.which("opsdb") or (sys.argv[0] if sys.argv and sys.argv[0].endswith("opsdb") else None)
-    if not exe or settings.config_path is None:
+    exe = opsdb_executable()  # the same choice `opsdb restore` makes ($OPSDB_EXECUTABLE honoured)
+    if not os.path.exists(exe) or settings.config_path is None:
         return ""
     run_as = os_user if os.geteuid() == 0 else None
     probe = runner.run(
@@ -53,7 +52,7 @@ def _wal_fetch_command(settings: Any, cluster: str, os_user: str | None, runner:
     )
     if probe.returncode != 0:
         return ""
-    return f"{exe} --config {settings.config_path} --cluster {cluster} wal-fetch %f %p"
+    return restore_command(exe, str(settings.config_path), cluster)
 
 
 def scratch_provider(
