@@ -47,10 +47,11 @@ def _wal_fetch_command(settings: Any, cluster: str, os_user: str | None, runner:
     if not os.path.exists(exe) or settings.config_path is None:
         return ""
     run_as = os_user if os.geteuid() == 0 else None
-    probe = runner.run(
-        Cmd((exe, "--config", str(settings.config_path), "--version"), run_as=run_as, timeout=30), check=False
-    )
-    if probe.returncode != 0:
+    # probe exactly what recovery will do, as the server's user: load the config, open the repository
+    # and the key, and look up a file that never exists ("not archived" = exit 1 means all of that works)
+    argv = (exe, "--config", str(settings.config_path), "--cluster", cluster, "wal-fetch", "00000000.history", "/dev/null")
+    probe = runner.run(Cmd(argv, run_as=run_as, timeout=60), check=False)
+    if probe.returncode != 1:
         return ""
     return restore_command(exe, str(settings.config_path), cluster)
 

@@ -46,6 +46,9 @@ def env(pg_bin_dir: Path, moto_endpoint: str, s3_url: str, tmp_path_factory: pyt
             primary.run(
                 "INSERT INTO orders SELECT g, 'later' FROM generate_series((SELECT max(id) + 1 FROM orders), (SELECT max(id) + 100 FROM orders)) g"
             )
+            # S3 LastModified has 1-second resolution and the recoverable window ends at the newest segment's
+            # upload time, so upload in a later second than the heartbeat (the window is conservative by < 1 s)
+            _sleep(1.0)
             primary.switch_and_push()
             _sleep(1.2)
         yield {"primary": primary, "backup": backup, "beats": beats, "s3": s3, "local": local, "repo_dir": repo_dir,
