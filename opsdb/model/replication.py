@@ -17,6 +17,14 @@ from opsdb.model.results import Status, worst
 from opsdb.model.units import human_bytes
 
 
+def _status_doc(item: Any) -> dict[str, Any]:
+    """A measured item as JSON: its fields, the status as text and the reasons as a list."""
+    doc = dataclasses.asdict(item)
+    doc["status"] = item.status.value
+    doc["reasons"] = list(item.reasons)
+    return doc
+
+
 @dataclasses.dataclass(frozen=True)
 class LagThresholds:
     warning_bytes: int
@@ -81,10 +89,7 @@ class WalSender:
     reasons: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        doc = dataclasses.asdict(self)
-        doc["status"] = self.status.value
-        doc["reasons"] = list(self.reasons)
-        return doc
+        return _status_doc(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +113,7 @@ class ReplicaLag:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        doc = dataclasses.asdict(self)
-        doc["status"] = self.status.value
-        doc["reasons"] = list(self.reasons)
-        return doc
+        return _status_doc(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,10 +129,7 @@ class SlotInfo:
     reasons: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        doc = dataclasses.asdict(self)
-        doc["status"] = self.status.value
-        doc["reasons"] = list(self.reasons)
-        return doc
+        return _status_doc(self)
 
 
 @dataclasses.dataclass(frozen=True)
