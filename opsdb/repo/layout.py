@@ -66,7 +66,7 @@ def wal_object(cluster: str, wal_name: str) -> str:
 
 
 def lock_object(cluster: str, kind: str) -> str:
-    """kind: 'backup', 'dump', 'retention'."""
+    """kind: 'backup' or 'dump' (retention holds both while it deletes)."""
     return f"clusters/{cluster}/locks/{kind}.lock"
 
 
