@@ -47,8 +47,12 @@ def _wal_fetch_command(settings: Any, cluster: str, os_user: str | None, runner:
     if not os.path.exists(exe) or settings.config_path is None:
         return ""
     run_as = os_user if os.geteuid() == 0 else None
-    # probe exactly what recovery will do, as the server's user: load the config, open the repository
-    # and the key, and look up a file that never exists ("not archived" = exit 1 means all of that works)
+    # first: can the server's user run opsdb at all (runuser's own failure also exits 1)
+    version = runner.run(Cmd((exe, "--version"), run_as=run_as, timeout=60), check=False)
+    if version.returncode != 0:
+        return ""
+    # then probe exactly what recovery will do, as that user: load the config, open the repository and
+    # the key, and look up a file that never exists ("not archived" = exit 1 means all of that works)
     argv = (exe, "--config", str(settings.config_path), "--cluster", cluster, "wal-fetch", "00000000.history", "/dev/null")
     probe = runner.run(Cmd(argv, run_as=run_as, timeout=60), check=False)
     if probe.returncode != 1:
