@@ -10,9 +10,10 @@ from typer import _click as click  # typer vendors click; its exceptions live he
 from typer.exceptions import Abort, Exit
 
 from opsdb import __version__
-from opsdb.cli import output
+from opsdb.cli import fastpath, output
+from opsdb.cli.fastpath import WAL_FETCH_MISSING_EXIT, WAL_FETCH_UNREADABLE_EXIT
 from opsdb.cli.state import AppState
-from opsdb.errors import IntegrityError, NotFound, OpsdbError, RepositoryUnavailable
+from opsdb.errors import OpsdbError
 
 app = typer.Typer(
     name="opsdb",
@@ -24,9 +25,8 @@ app = typer.Typer(
 )
 
 # wal-fetch must tell PostgreSQL "repository unreadable" apart from "file not archived": exit codes
-# above 125 make PostgreSQL abort recovery instead of ending it early at the wrong point.
-WAL_FETCH_UNREADABLE_EXIT = 128
-WAL_FETCH_MISSING_EXIT = 1
+# above 125 make PostgreSQL abort recovery instead of ending it early at the wrong point. The mapping
+# lives with the lean wal path (cli/fastpath.py) and is used from here too: one mapping, not two.
 
 
 # commands that must work without (or before) a configuration file
@@ -83,19 +83,12 @@ _register_commands()
 
 def exit_code_for(exc: OpsdbError, command: str | None) -> int:
     """The one place that decides exit codes (SPEC: Exit codes)."""
-    if command == "wal-fetch":
-        if isinstance(exc, NotFound):
-            return WAL_FETCH_MISSING_EXIT
-        if isinstance(exc, RepositoryUnavailable | IntegrityError):
-            return WAL_FETCH_UNREADABLE_EXIT
-    return exc.exit_code
+    return fastpath.exit_code_for(exc, command or "")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     # wal-push / wal-fetch: the lean path (same code, exit codes per SPEC); see opsdb/cli/fastpath.py
-    from opsdb.cli import fastpath
-
     if (code := fastpath.dispatch(args)) is not None:
         sys.exit(code)
     command = _guess_command(args)
