@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -53,7 +54,9 @@ def _wal_fetch_command(settings: Any, cluster: str, os_user: str | None, runner:
         return ""
     # then probe exactly what recovery will do, as that user: load the config, open the repository and
     # the key, and look up a file that never exists ("not archived" = exit 1 means all of that works)
-    argv = (exe, "--config", str(settings.config_path), "--cluster", cluster, "wal-fetch", "00000000.history", "/dev/null")
+    # (the destination must be writable by that user: wal-fetch checks it before looking the file up)
+    dest = os.path.join(tempfile.gettempdir(), f"opsdb-wal-probe-{os.getpid()}")
+    argv = (exe, "--config", str(settings.config_path), "--cluster", cluster, "wal-fetch", "00000000.history", dest)
     probe = runner.run(Cmd(argv, run_as=run_as, timeout=60), check=False)
     if probe.returncode != 1:
         return ""
