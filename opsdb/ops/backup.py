@@ -81,12 +81,16 @@ class BackupRequest:
 
 @dataclasses.dataclass(frozen=True)
 class BackupResult:
+    """What one `backup` or `dump` run committed (dumps reuse it as ops.dump.DumpResult)."""
+
     record: BackupRecord
     seconds: float
     cleaned: tuple[str, ...]  # ids of leftovers of killed runs that were deleted first
 
     def to_dict(self) -> dict[str, Any]:
         doc = self.record.to_json()
+        if self.record.kind == "logical":
+            doc["databases"] = [d.name for d in self.record.databases]
         doc.update({"seconds": round(self.seconds, 3), "cleaned_leftovers": list(self.cleaned)})
         return doc
 

@@ -38,6 +38,7 @@ from opsdb.model.catalog import (
     next_backup_id,
 )
 from opsdb.model.units import human_bytes
+from opsdb.ops.backup import BackupResult
 from opsdb.pg import conn as pgconn
 from opsdb.pg.conninfo import redact, with_dbname
 from opsdb.pg.tools import PgTools
@@ -61,22 +62,7 @@ class DumpRequest:
     lock_ttl_seconds: float = 300.0
 
 
-@dataclasses.dataclass(frozen=True)
-class DumpResult:
-    record: BackupRecord
-    seconds: float
-    cleaned: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        doc = self.record.to_json()
-        doc.update(
-            {
-                "databases": [d.name for d in self.record.databases],
-                "seconds": round(self.seconds, 3),
-                "cleaned_leftovers": list(self.cleaned),
-            }
-        )
-        return doc
+DumpResult = BackupResult  # one result shape for both kinds of run
 
 
 def run_dump(
