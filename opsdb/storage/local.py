@@ -85,9 +85,7 @@ class LocalStorage:
         except IsADirectoryError as e:
             raise Conflict(f"unable to put {self._where(key)}: a directory of that name exists") from e
         except NotADirectoryError as e:
-            raise Conflict(
-                f"unable to put {self._where(key)}: a parent of the key is an object, not a directory"
-            ) from e
+            raise self._parent_is_object(key) from e
         except OSError as e:
             raise self._unavailable("put", key, e) from e
         finally:
@@ -95,6 +93,9 @@ class LocalStorage:
                 if leftover is not None:
                     _unlink_quietly(leftover)
         return ObjectInfo(key=key, size=size, mtime=st.st_mtime, metadata=meta)
+
+    def _parent_is_object(self, key: str) -> Conflict:
+        return Conflict(f"unable to put {self._where(key)}: a parent of the key is an object, not a directory")
 
     def _create_temp(self, directory: str, key: str) -> tuple[str, int]:
         """Create a new temp file in directory (creating the directory); return its path and fd."""
@@ -109,9 +110,7 @@ class LocalStorage:
                 if attempt == attempts - 1:
                     raise self._unavailable("put", key, e) from e
             except NotADirectoryError as e:
-                raise Conflict(
-                    f"unable to put {self._where(key)}: a parent of the key is an object, not a directory"
-                ) from e
+                raise self._parent_is_object(key) from e
             except OSError as e:
                 raise self._unavailable("put", key, e) from e
         raise AssertionError("unreachable")
