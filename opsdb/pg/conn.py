@@ -182,6 +182,7 @@ def connect(
     timeout: float = 10,
     autocommit: bool = True,
     application_name: str = "opsdb",
+    simple_protocol: bool = False,
 ) -> PgConnection:
     """Open a connection (the password, if any, goes to libpq in-process, never to a child's argv)."""
     secrets = _secrets(conninfo)
@@ -189,10 +190,11 @@ def connect(
     try:
         raw = psycopg.connect(
             conninfo,
-            autocommit=autocommit,
+            autocommit=autocommit or simple_protocol,
             row_factory=dict_row,
             connect_timeout=max(1, int(round(timeout))),
             application_name=application_name,
+            **({"cursor_factory": psycopg.ClientCursor} if simple_protocol else {}),
         )
     except psycopg.Error as exc:
         err = _db_error(f"unable to connect to {target}", exc, secrets)
@@ -207,17 +209,4 @@ def connect(
 def connect_simple(conninfo: str, *, timeout: float = 10, application_name: str = "opsdb") -> PgConnection:
     """A connection that sends every query with the simple query protocol (psycopg ClientCursor,
     autocommit), for PgBouncer's admin console, which rejects the extended protocol (psycopg#817)."""
-    secrets = _secrets(conninfo)
-    target = redact(conninfo)
-    try:
-        raw = psycopg.connect(
-            conninfo,
-            autocommit=True,
-            row_factory=dict_row,
-            cursor_factory=psycopg.ClientCursor,
-            connect_timeout=max(1, int(round(timeout))),
-            application_name=application_name,
-        )
-    except (psycopg.Error, ValueError) as exc:
-        raise _db_error(f"unable to connect to {target}", exc, secrets) from None
-    return PgConnection(raw, secrets, target)
+    return connect(conninfo, timeout=timeout, application_name=application_name, simple_protocol=True)
