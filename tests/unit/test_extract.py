@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from opsdb.errors import IntegrityError
-from opsdb.ops.extract import UnsafeTarMember, _check_member, extract_object
+from opsdb.ops.extract import extract_object
 from opsdb.repo.envelope import Codec, put_object
 from opsdb.storage.memory import MemoryStorage
 
@@ -71,19 +71,30 @@ def test_refuses_members_escaping_the_destination(tmp_path, member):
     assert not (tmp_path / "outside").exists()
 
 
-def test_fallback_check_matches_the_data_filter_on_special_files(tmp_path):
+def test_refuses_special_files_and_keeps_links_inside(tmp_path):
     fifo = tarfile.TarInfo("pipe")
     fifo.type = tarfile.FIFOTYPE
-    with pytest.raises(UnsafeTarMember, match="special file"):
-        _check_member(fifo, os.path.realpath(tmp_path))
-    ok = tarfile.TarInfo("pg_tblspc/16385")
-    ok.type = tarfile.SYMTYPE
-    ok.linkname = "../base"
-    _check_member(ok, os.path.realpath(tmp_path))  # stays inside: allowed
+    with pytest.raises(IntegrityError, match="special file"):
+        extract_object(_store(_tar((fifo, None))), "b/base.tar", {}, tmp_path)
+    ok = _link("pg_tblspc/16385", "../base")
+    extract_object(_store(_tar(ok)), "b/base.tar", {}, tmp_path)  # stays inside: allowed
+    assert os.readlink(tmp_path / "pg_tblspc/16385") == "../base"
+
+
+def test_tampered_object_fails_after_its_files_were_written(tmp_path):
+    """Files are written as they stream; the object's digest is still checked at its end."""
+    storage = _store(_tar(_file("f", b"x" * 100_000)))
+    with storage.open("b/base.tar") as fh:
+        raw = bytearray(fh.read())
+    raw[-10] ^= 1  # inside the trailer's SHA-256
+    storage.delete(["b/base.tar"])
+    storage.put("b/base.tar", [bytes(raw)])
+    with pytest.raises(IntegrityError, match="b/base.tar"):
+        extract_object(storage, "b/base.tar", {}, tmp_path)
 
 
 def test_absolute_names_never_land_outside(tmp_path):
-    """tarfile's data filter strips the leading slash; the fallback refuses. Either way nothing escapes."""
+    """Absolute names are refused (tarfile's data filter would strip the slash); nothing escapes."""
     dest = tmp_path / "restore"
     dest.mkdir()
     name = str(tmp_path / "evil")
