@@ -32,7 +32,6 @@ from typing import Any
 from opsdb.errors import DatabaseError, OperationFailed, UsageError
 from opsdb.model.catalog import BASE_OBJECT, PHYSICAL, BackupRecord, RestorePlan, RestoreStep
 from opsdb.ops.extract import extract_object
-from opsdb.pg import conn as pgconn
 from opsdb.pg.instance import Instance, quote_setting
 from opsdb.proc import Runner, pid_alive
 from opsdb.repo import catalog, layout
@@ -364,6 +363,8 @@ def start_restored(plan: RestorePlan, request: RestoreRequest, runner: Runner) -
         from opsdb.ops.pitr import start_for_restore
 
         return start_for_restore(instance, request.recovery, standby=request.standby, timeout=request.start_timeout)
+    from opsdb.pg import conn as pgconn  # psycopg (~8 MB RSS) only when a server is started
+
     instance.start(timeout=request.start_timeout)
     deadline = time.monotonic() + request.start_timeout
     while True:

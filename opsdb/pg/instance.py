@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from opsdb.errors import DatabaseError, OperationFailed, ToolError, UsageError
-from opsdb.pg import conn
 from opsdb.pg.conninfo import make_conninfo
 from opsdb.pg.tools import PgTools
 from opsdb.proc import Cmd, Completed, Runner
@@ -176,6 +175,8 @@ class Instance:
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Poll until a connection succeeds and answers; OperationFailed after `timeout` seconds."""
+        from opsdb.pg import conn  # psycopg costs ~8 MB RSS: only commands that connect load it
+
         deadline = time.monotonic() + timeout
         last = "not tried"
         while True:
