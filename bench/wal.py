@@ -8,17 +8,21 @@ One run, one machine, the same WAL bytes for every row (as in /work/shared/refer
    a plain base backup, then `pgbench -i` at a scale that writes about --segments 16 MiB segments.
 2. Drain of the .ready backlog by PostgreSQL's own archiver, per method: the .done files are renamed
    back to .ready, archive_command is set and reloaded, and the time until no burst segment is .ready
-   any more is measured. Methods: `cp` + `sync` into a local directory; opsdb sync into s3:// on a
-   moto server on 127.0.0.1; opsdb async ([wal] async, push_workers) into s3:// on moto.
-3. One cold `opsdb wal-push` call (fresh process, median of 5) per mode.
+   any more is measured. Methods: `cp` + `sync` into a local directory; opsdb sync (through the WAL
+   agent, the default) into s3:// on a moto server on 127.0.0.1; opsdb async ([wal] async,
+   push_workers) into s3:// on moto.
+3. One cold `opsdb wal-push` call (a fresh process, median of 5) per mode: sync with the agent off
+   (every call imports and connects itself), the first sync call (it starts the agent), sync calls
+   served by the running agent, async calls for files the pusher stored ahead.
 4. PITR replay of the whole burst from the base backup (restore_command), wall time from start until
-   the server left recovery: `cp` from the local directory; opsdb wal-fetch; opsdb wal-fetch with
-   [wal] prefetch.
+   the server left recovery: `cp` from the local directory; opsdb wal-fetch (through the agent);
+   opsdb wal-fetch with [wal] prefetch.
 
-opsdb runs as the `postgres` OS user (as PostgreSQL runs it): $OPSDB_BENCH_VENV (default /opt/opsdb-pgvenv,
-made with `python3 -m venv /opt/opsdb-pgvenv && /opt/opsdb-pgvenv/bin/pip install -e .`) must be
-usable by that user. It is invoked as `python -m opsdb.cli.fastpath` (the lean entry point; the
-console script should point there). Results: one JSON object on stdout, a table on stderr.
+opsdb runs as the `postgres` OS user (as PostgreSQL runs it), through the `opsdb` console script of
+$OPSDB_BENCH_VENV (default /opt/opsdb-benchvenv), which that user must be able to run. Install it as
+operators do, not editable (an editable install adds ~12 ms of import hooks to every call):
+`python3 -m venv /opt/opsdb-benchvenv && /opt/opsdb-benchvenv/bin/pip install .` (again after changes).
+Results: one JSON object on stdout, a table on stderr.
 """
 
 from __future__ import annotations
@@ -39,9 +43,9 @@ from pathlib import Path
 from typing import Any
 
 BIN = Path(os.environ.get("OPSDB_BENCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
-VENV = Path(os.environ.get("OPSDB_BENCH_VENV", "/opt/opsdb-pgvenv"))
+VENV = Path(os.environ.get("OPSDB_BENCH_VENV", "/opt/opsdb-benchvenv"))
 PGPY = str(VENV / "bin" / "python")
-LEAN = f"{PGPY} -m opsdb.cli.fastpath"
+LEAN = str(VENV / "bin" / "opsdb")  # what archive_command runs (SPEC)
 SEG = 16 * 1024 * 1024
 
 
@@ -259,19 +263,33 @@ def main() -> None:
         chown(work)
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
 
+        alone_cfg = work / "alone.toml"
+        alone_cfg.write_text(sync_cfg.read_text() + "agent = false\n")
+        alone_file_cfg = work / "alone-file.toml"
+        alone_file_cfg.write_text(file_cfg.read_text() + "agent = false\n")
+        first_cfg = work / "first.toml"
+        chown(work)
+
         def push(cfg: Path, name: str = one) -> list[str]:
-            return [PGPY, "-m", "opsdb.cli.fastpath", "--config", str(cfg), "wal-push", f"pg_wal/{name}"]
+            return [LEAN, "--config", str(cfg), "wal-push", f"pg_wal/{name}"]
+
+        def forget() -> None:
+            s3.delete_object(Bucket="walbench", Key=f"sync/clusters/main/wal/{one[:16]}/{one}")
+
+        def fresh_agent() -> None:  # a config file of its own each time: no agent serves it yet
+            forget()
+            first_cfg.write_text(sync_cfg.read_text() + f"# {time.monotonic()}\n")
+            chown(first_cfg)
 
         calls = {
             "python -c pass (the interpreter)": cold_call([PGPY, "-c", "pass"], probe),
-            "opsdb --version (Typer app)": cold_call([str(VENV / "bin" / "opsdb"), "--version"], probe),
-            "wal-push sync file:// (lean)": cold_call(
-                push(file_cfg), probe, prepare=lambda: shutil.rmtree(work / "filerepo", ignore_errors=True)
+            "opsdb --version (Typer app)": cold_call([LEAN, "--version"], probe),
+            "wal-push sync file://, agent off (in-process)": cold_call(
+                push(alone_file_cfg), probe, prepare=lambda: shutil.rmtree(work / "filerepo", ignore_errors=True)
             ),
-            "wal-push sync s3 (lean)": cold_call(
-                push(sync_cfg), probe,
-                prepare=lambda: s3.delete_object(Bucket="walbench", Key=f"sync/clusters/main/wal/{one[:16]}/{one}"),
-            ),
+            "wal-push sync s3, agent off (in-process)": cold_call(push(alone_cfg), probe, prepare=forget),
+            "wal-push sync s3, first call (starts the agent)": cold_call(push(first_cfg), probe, prepare=fresh_agent),
+            "wal-push sync s3, agent running": cold_call(push(sync_cfg), probe, prepare=forget),
         }  # fmt: skip
         # async: the running pusher stores .ready files ahead; the call then only confirms (hash + marker)
         subprocess.run(as_pg(push(async_cfg)), cwd=probe, check=True, capture_output=True)  # starts the pusher
@@ -300,7 +318,7 @@ def main() -> None:
             chown(work)
             replays = {
                 "cp from local dir": f"cp {local}/%f %p",
-                "opsdb wal-fetch (s3)": f"{LEAN} --config {async_cfg} wal-fetch %f %p",
+                "opsdb wal-fetch through the agent (s3)": f"{LEAN} --config {async_cfg} wal-fetch %f %p",
                 f"opsdb wal-fetch prefetch={args.prefetch} (s3)": f"{LEAN} --config {prefetch_cfg} wal-fetch %f %p",
             }
             out = {}

@@ -158,6 +158,7 @@ class ScheduleJob(_Section):
 
 class WalConfig(_Section):
     async_: bool = Field(False, alias="async")
+    agent: bool = True  # sync wal-push / wal-fetch through a warm per-cluster process (ops/walagent.py)
     push_workers: int = Field(4, ge=1, le=64)
     prefetch: int = Field(0, ge=0, le=256)
     spool_dir: Path = Path("/var/spool/opsdb")

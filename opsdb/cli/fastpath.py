@@ -7,8 +7,12 @@ reads are the routing keys ([wal] async/prefetch/spool_dir, repository.url, the 
 work always runs with the fully validated settings (in-process, or in the background helper, which
 reports a bad config back through the spool).
 
-Entry point: `main()` (the console script should point here; see docs/wal.md). The background helpers
-run as `python -m opsdb.cli.fastpath [global options] wal-pusher | wal-prefetcher --data-dir D`.
+In sync mode (the default) a call hands its one file to the cluster's WAL agent (ops/walagent.py), a
+warm background process that keeps settings, keys and the storage client loaded; when no agent can
+run, the call works in-process. Async mode and prefetch use the spool helpers (ops/walspool.py).
+
+Entry point: `main()` (the console script points here; see docs/wal.md). The background helpers run as
+`python -m opsdb.cli.fastpath [global options] wal-agent push|fetch | wal-pusher | wal-prefetcher --data-dir D`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ WAL_FETCH_MISSING_EXIT = 1
 WAL_FETCH_UNREADABLE_EXIT = 128
 PUSH_WAIT_SECONDS = 600.0  # how long one wal-push waits for the pusher before failing (PostgreSQL retries)
 FETCH_WAIT_SECONDS = 120.0  # how long one wal-fetch waits for the prefetcher before fetching itself
-COMMANDS = ("wal-push", "wal-fetch", "wal-pusher", "wal-prefetcher")
+COMMANDS = ("wal-push", "wal-fetch", "wal-agent", "wal-pusher", "wal-prefetcher")
 _VALUE_OPTIONS = {"--config", "-c", "--cluster", "--log-format"}
 _FLAG_OPTIONS = {"--json", "--debug"}
 DEFAULT_SPOOL = "/var/spool/opsdb"
@@ -84,6 +88,8 @@ def dispatch(args: list[str]) -> int | None:
             result = wal_push(opts.get("--config"), opts.get("--cluster"), rest[0])
         elif command == "wal-fetch":
             result = wal_fetch(opts.get("--config"), opts.get("--cluster"), rest[0], rest[1])
+        elif command == "wal-agent":
+            return run_agent(rest[0] if rest else "", opts)
         elif command == "wal-pusher":
             return run_daemon("pusher", opts, None)
         else:
@@ -163,6 +169,7 @@ class Routing:
         wal = data.get("wal", {}) if isinstance(data.get("wal", {}), dict) else {}
         repo = data.get("repository", {}) if isinstance(data.get("repository", {}), dict) else {}
         self.async_ = _boolean(os.environ.get("OPSDB_WAL__ASYNC", wal.get("async", False)))
+        self.agent = _boolean(os.environ.get("OPSDB_WAL__AGENT", wal.get("agent", True)))
         self.prefetch = int(os.environ.get("OPSDB_WAL__PREFETCH", wal.get("prefetch", 0)))
         self.spool_dir = str(os.environ.get("OPSDB_WAL__SPOOL_DIR", wal.get("spool_dir", DEFAULT_SPOOL)))
         self.repository = str(os.environ.get("OPSDB_REPOSITORY__URL", repo.get("url", "")))
@@ -220,6 +227,9 @@ def wal_push(config: str | None, cluster: str | None, path: str) -> dict[str, An
         spool = PushSpool(routing.spool_dir, routing.cluster or "")
         ahead = push_via_spool(spool, path, _starter(routing, "wal-pusher", spool.log_path), timeout=PUSH_WAIT_SECONDS)
         return {"name": name, "stored": True, "mode": "async", "pushed_ahead": ahead}
+    reply = _via_agent(routing, "push", {"op": "push", "path": os.path.abspath(path)}, PUSH_WAIT_SECONDS)
+    if reply is not None:
+        return {"name": name, "stored": True, "mode": "sync", "already_stored": bool(reply.get("already_stored"))}
     from opsdb.ops import wal as ops_wal
 
     _setup_logging()
@@ -236,11 +246,32 @@ def wal_fetch(config: str | None, cluster: str | None, name: str, dest: str) -> 
         start = _starter(routing, "wal-prefetcher", spool.log_path, ["--data-dir", os.getcwd()])
         if fetch_via_spool(spool, name, dest, start, timeout=FETCH_WAIT_SECONDS):
             return {"name": name, "fetched": True, "source": "prefetch"}
+    reply = _via_agent(
+        routing, "fetch", {"op": "fetch", "name": name, "dest": os.path.abspath(dest)}, FETCH_WAIT_SECONDS
+    )
+    if reply is not None:
+        return {"name": name, "fetched": True, "source": "repository", "size": reply.get("size")}
     from opsdb.ops import wal as ops_wal
 
     _setup_logging()
     result = ops_wal.fetch_file(_wal_repo(config, cluster, writable=False), name, dest)
     return {"name": name, "fetched": True, "source": result.source, "size": result.size}
+
+
+def _via_agent(routing: Routing | None, kind: str, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+    """The WAL agent's successful reply; None when no agent can serve (the caller works in-process).
+    An error reply is raised as the error the in-process path would have raised."""
+    if routing is None or not routing.agent:
+        return None
+    from opsdb.ops import walagent
+
+    sock = walagent.socket_path(routing.spool_dir, routing.cluster or "", kind, routing.config_path)
+    reply = walagent.call(
+        sock, request, _starter(routing, "wal-agent", sock.with_suffix(".log"), [kind]), timeout=timeout
+    )
+    if reply is not None and reply.get("status") != "ok":
+        walagent.raise_reply(reply)
+    return reply
 
 
 def _starter(routing: Routing, command: str, log_path: Path, extra: list[str] | None = None) -> Any:
@@ -267,6 +298,33 @@ def _wal_repo(config: str | None, cluster: str | None, *, writable: bool) -> Any
     settings = load_settings(config)
     name, _ = settings.cluster(cluster)
     return wal_repo_from_settings(settings, name, writable=writable)
+
+
+def run_agent(kind: str, opts: dict[str, Any]) -> int:
+    """The WAL agent (ops/walagent.py): validated settings and one storage client, then serve until idle.
+    A start-up failure ends it (its log says why); the waiting call then works in-process and reports it."""
+    from opsdb.config import load_settings
+    from opsdb.ops import wal as ops_wal
+    from opsdb.ops import walagent
+
+    if kind not in ("push", "fetch"):
+        _print_error(f"unknown WAL agent kind {kind!r}: expected push or fetch", None)
+        return 2
+    _setup_logging(opts)
+    routing = _routing(opts.get("--config"), opts.get("--cluster"))
+    if routing is None:
+        return 2
+    sock = walagent.socket_path(routing.spool_dir, routing.cluster or "", kind, routing.config_path)
+    try:
+        settings = load_settings(opts.get("--config"))
+        name, _ = settings.cluster(opts.get("--cluster"))
+        repo = ops_wal.wal_repo_from_settings(settings, name, writable=kind == "push")
+    except OpsdbError as exc:
+        _print_error(str(exc), exc.hint)
+        return exc.exit_code
+    watched = [p for p in (routing.config_path, settings.encryption.key_file) if p]
+    walagent.serve(sock, ops_wal.agent_handler(repo, kind), stale=walagent.files_changed([str(p) for p in watched]))
+    return 0
 
 
 def run_daemon(kind: str, opts: dict[str, Any], data_dir: str | None) -> int:

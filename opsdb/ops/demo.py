@@ -41,6 +41,7 @@ from opsdb.ops.drill_run import drill_from_settings
 from opsdb.ops.heartbeat import record_heartbeat
 from opsdb.ops.scratch import chown_to, free_port
 from opsdb.ops.wal import push_file, wal_repo_from_settings
+from opsdb.ops.walspool import stop_helpers
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from opsdb.pg.tools import find_bin_dir
@@ -208,6 +209,7 @@ class _Tour:
         """Stop every server under the temp dir (the demo's, and a drill's scratch server if the drill was
         interrupted before its own teardown), then remove the temp dir."""
         with _no_interrupts(), self.timed("cleanup"):
+            stop_helpers(self.workdir / "spool")  # the WAL agent archive_command started
             pid_files = sorted(self.workdir.rglob("postmaster.pid")) if self.workdir.is_dir() else []
             for pid_file in pid_files:
                 server = Instance(pid_file.parent, 0, self.bin_dir, self.user, self.runner)

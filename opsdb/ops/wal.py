@@ -122,6 +122,27 @@ def wal_repo_from_settings(settings: Any, cluster: str, *, writable: bool = Fals
     return WalRepo(repo.storage, cluster, repo.codec, repo.keys)
 
 
+def agent_handler(repo: WalRepo, kind: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """What the WAL agent (ops/walagent.py) does with one request: exactly the in-process call's work."""
+    from opsdb.ops.walagent import error_reply
+
+    def handle(request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            if kind == "push" and request.get("op") == "push":
+                pushed = push_file(repo, str(request["path"]))
+                return {"status": "ok", "already_stored": pushed.already_stored, "size": pushed.size}
+            if kind == "fetch" and request.get("op") == "fetch":
+                fetched = fetch_file(repo, str(request["name"]), str(request["dest"]))
+                return {"status": "ok", "size": fetched.size}
+            raise UsageError(f"this WAL agent serves {kind} requests, not {request.get('op')!r}")
+        except OpsdbError as exc:
+            if not isinstance(exc, NotFound):
+                log.warning("%s failed: %s", kind, exc)
+            return error_reply(exc)
+
+    return handle
+
+
 # --- async push: the background pusher -----------------------------------------------------------
 
 

@@ -125,6 +125,23 @@ class DaemonLock:
             os.close(fd)
 
 
+def stop_helpers(spool_dir: str | Path) -> int:
+    """SIGTERM every background helper (WAL agent, pusher, prefetcher) serving under spool_dir; how many.
+
+    For owners of a throwaway spool (the demo, tests): in normal operation helpers exit when idle."""
+    import signal
+
+    stopped = 0
+    root = Path(spool_dir)
+    for path in sorted(root.rglob("*.lock")) if root.is_dir() else []:
+        if not DaemonLock(path).held_by_other():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(path.read_text().strip()), signal.SIGTERM)
+            stopped += 1
+    return stopped
+
+
 class PushSpool:
     def __init__(self, spool_dir: str | Path, cluster: str) -> None:
         self.root = Path(spool_dir) / cluster / "push"

@@ -193,3 +193,41 @@ def test_fetch_with_an_unusable_key_stops_recovery(tmp_path, pgdata):
     (tmp_path / "key").unlink()  # e.g. not readable by the server's OS user
     result = opsdb(config, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=pgdata)
     assert result.returncode > 125 and "key" in result.stderr  # never "not found": that would end recovery early
+
+
+def _agent_pids(tmp_path, kind):
+    from opsdb.ops.walspool import DaemonLock
+
+    locks = (tmp_path / "spool").rglob(f"agent/{kind}-*.lock")
+    return sorted(int(lock.read_text()) for lock in locks if DaemonLock(lock).held_by_other())
+
+
+def test_sync_calls_are_served_by_one_warm_agent(tmp_path, pgdata, stop_daemons):
+    config = _config(tmp_path)
+    names = [f"0000000100000000000000{n:02X}" for n in range(1, 5)]
+    for name in names[:2]:
+        segment(pgdata, name)
+        assert opsdb(config, "wal-push", f"pg_wal/{name}", cwd=pgdata).returncode == 0
+    agents = _agent_pids(tmp_path, "push")
+    assert len(agents) == 1
+    segment(pgdata, names[2])
+    assert opsdb(config, "wal-push", f"pg_wal/{names[2]}", cwd=pgdata).returncode == 0
+    assert _agent_pids(tmp_path, "push") == agents  # the same warm process served the later call
+    os.kill(agents[0], signal.SIGKILL)  # kill -9: the next call starts a new agent and succeeds
+    segment(pgdata, names[3])
+    assert opsdb(config, "wal-push", f"pg_wal/{names[3]}", cwd=pgdata).returncode == 0
+    assert _agent_pids(tmp_path, "push") not in ([], agents)
+    for name in names:
+        fetched = opsdb(config, "wal-fetch", name, "pg_wal/RECOVERYXLOG", cwd=pgdata)
+        assert fetched.returncode == 0, fetched.stderr
+        assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == (pgdata / "pg_wal" / name).read_bytes()
+    assert len(_agent_pids(tmp_path, "fetch")) == 1
+
+
+def test_agent_off_means_every_call_works_alone(tmp_path, pgdata):
+    config = _config(tmp_path, agent=False)
+    src = segment(pgdata)
+    assert opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata).returncode == 0
+    assert opsdb(config, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=pgdata).returncode == 0
+    assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == src.read_bytes()
+    assert not list((tmp_path / "spool").rglob("agent"))
