@@ -162,11 +162,16 @@ class LocalStorage:
                 break
             d = parent
         for d in reversed(missing):
-            try:
-                os.mkdir(d, DIR_MODE)
-            except FileExistsError:
-                if not os.path.isdir(d):
-                    raise NotADirectoryError(errno.ENOTDIR, "not a directory", d) from None
+            for _ in range(10):
+                try:
+                    os.mkdir(d, DIR_MODE)
+                except FileExistsError:
+                    if os.path.isdir(d):
+                        break
+                    if os.path.lexists(d) and not os.path.isdir(d):
+                        raise NotADirectoryError(errno.ENOTDIR, "not a directory", d) from None
+                    continue  # a concurrent delete pruned it between mkdir and the check: again
+                break
             _fsync_dir(os.path.dirname(d))
 
     def delete(self, keys: Iterable[str]) -> None:
