@@ -48,7 +48,6 @@ from opsdb.model.catalog import (
     next_backup_id,
 )
 from opsdb.model.lsn import Lsn
-from opsdb.pg import conn as pgconn
 from opsdb.pg.conninfo import redact
 from opsdb.pg.tools import PgTools
 from opsdb.proc import Cmd, Runner, pid_alive
@@ -174,7 +173,7 @@ def choose_source(request: BackupRequest) -> ServerFacts:
 
 
 def server_facts(conninfo: str) -> ServerFacts:
-    with pgconn.connect(conninfo) as c:
+    with _pgconn().connect(conninfo) as c:
         spaces = tuple(Tablespace(int(t["oid"]), str(t["name"]), str(t["location"] or "")) for t in c.tablespaces())
         return ServerFacts(
             conninfo=conninfo,
@@ -186,6 +185,14 @@ def server_facts(conninfo: str) -> ServerFacts:
         )
 
 
+def _pgconn() -> Any:
+    """opsdb.pg.conn, imported on first use: psycopg's ~8 MB then land in the memory that building
+    the S3 client (parsing botocore's JSON models) has just freed, instead of on top of it."""
+    from opsdb.pg import conn
+
+    return conn
+
+
 @contextlib.contextmanager
 def _slot_session(conninfo: str) -> Iterator[ServerFacts]:
     """Hold a temporary physical slot reserving WAL from now on, for the length of the backup.
@@ -194,7 +201,7 @@ def _slot_session(conninfo: str) -> Iterator[ServerFacts]:
     run never leaves a slot behind that would retain WAL forever."""
     facts = server_facts(conninfo)  # re-read inside the lock: tablespaces may have changed
     slot = f"opsdb_backup_{uuid.uuid4().hex[:16]}"
-    c = pgconn.connect(conninfo)
+    c = _pgconn().connect(conninfo)
     try:
         try:
             c.execute("SELECT pg_create_physical_replication_slot(%s, true, true)", (slot,))
