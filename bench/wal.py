@@ -113,6 +113,18 @@ def config(work: Path, name: str, endpoint: str, bucket: str, level: int, extra:
     return path
 
 
+def cpu_seconds(pid: int) -> float:
+    """user + sys CPU seconds of one process so far (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def drain(server: Server, burst: list[str], command: str, timeout: float = 3600) -> float:
     """Re-archive the burst with `command`; seconds until none of it is .ready."""
     status = server.data / "pg_wal" / "archive_status"
@@ -246,9 +258,19 @@ def main() -> None:
         drains = {}
         for name, command in methods.items():
             log(f"drain: {name}")
+            moto_before, busy_before = cpu_seconds(moto.pid), machine_busy_seconds()
             seconds = drain(server, burst, command)
-            drains[name] = {"seconds": round(seconds, 2), "segments_per_second": round(len(burst) / seconds, 2)}
-            log(f"  {seconds:.1f} s, {len(burst) / seconds:.1f} segments/s")
+            moto_cpu, busy = cpu_seconds(moto.pid) - moto_before, machine_busy_seconds() - busy_before
+            drains[name] = {
+                "seconds": round(seconds, 2),
+                "segments_per_second": round(len(burst) / seconds, 2),
+                "moto_cpu_seconds": round(moto_cpu, 1),
+                "machine_busy_cpu_seconds": round(busy, 1),  # all processes, including moto and PostgreSQL
+            }
+            log(
+                f"  {seconds:.1f} s, {len(burst) / seconds:.1f} segments/s "
+                f"(machine busy {busy:.1f} CPU s, of which moto {moto_cpu:.1f})"
+            )
         results["drain"] = drains
         # --- one cold call ---------------------------------------------------------------------------
         seg = data / "pg_wal" / burst[len(burst) // 2]
