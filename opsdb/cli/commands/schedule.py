@@ -5,19 +5,22 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer import _click as click  # typer vendors click
 
 from opsdb.automation import history as job_history
-from opsdb.automation import playbook as playbooks
-from opsdb.automation.notify import notify_job
-from opsdb.automation.schedule import Job, crontab, k8s_manifests, load_jobs, next_runs
-from opsdb.automation.scheduler import Scheduler, install_stop_signals, refresh_metrics_hook
 from opsdb.cli import output
 from opsdb.errors import UsageError
 from opsdb.proc import LocalRunner
+
+if TYPE_CHECKING:
+    from opsdb.automation.playbook import PlaybookResult, Step, StepResult
+    from opsdb.automation.schedule import Job
+
+# The automation modules (croniter, yaml, urllib.request, ...) are imported inside the commands:
+# every opsdb command registers these, and backup/restore should not pay their start-up time and RSS.
 
 StateDir = Annotated[
     str | None,
@@ -56,6 +59,8 @@ def check_command_line(ctx: typer.Context, words: tuple[str, ...]) -> None:
 
 
 def _jobs(ctx: typer.Context) -> list[Job]:
+    from opsdb.automation.schedule import load_jobs
+
     return load_jobs(ctx.obj.settings.schedule, command_names(ctx))
 
 
@@ -76,6 +81,9 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Run the scheduler in the foreground (a container's main process); SIGTERM stops it gracefully."""
+        from opsdb.automation.notify import notify_job
+        from opsdb.automation.scheduler import Scheduler, install_stop_signals, refresh_metrics_hook
+
         state, settings = ctx.obj, ctx.obj.settings
         jobs = _jobs(ctx)
         if not jobs:
@@ -109,6 +117,8 @@ def register(app: typer.Typer) -> None:
         state_dir: StateDir = None,
     ) -> None:
         """Jobs with their next run times and last result."""
+        from opsdb.automation.schedule import next_runs
+
         now = datetime.now(UTC)
         latest = job_history.JobHistory(_state(ctx, state_dir)).latest_per_job()
         rows = []
@@ -136,6 +146,8 @@ def register(app: typer.Typer) -> None:
         lock_dir: Annotated[str, typer.Option("--lock-dir", help="Where flock files go.")] = "/run/lock",
     ) -> None:
         """The schedule as crontab lines."""
+        from opsdb.automation.schedule import crontab
+
         text = crontab(_jobs(ctx), ctx.obj.settings.config_path, opsdb_bin=opsdb_bin, lock_dir=lock_dir)
         output.emit(ctx.obj, {"crontab": text}, text)
 
@@ -153,6 +165,8 @@ def register(app: typer.Typer) -> None:
         if config_map and secret:
             raise UsageError("pass --config-map or --secret, not both")
         kind, name = ("Secret", secret) if secret else ("ConfigMap", config_map or "opsdb-config")
+        from opsdb.automation.schedule import k8s_manifests
+
         text = k8s_manifests(_jobs(ctx), image=image, config_name=name, config_kind=kind, namespace=namespace)
         output.emit(ctx.obj, {"manifests": text}, text)
 
@@ -172,6 +186,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a playbook's steps (all of it is validated before the first step runs)."""
         state = ctx.obj
+        from opsdb.automation import playbook as playbooks
+
         book = playbooks.load(file, lambda words: check_command_line(ctx, words))
         values = book.resolve(playbooks.parse_var_args(var))
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -182,7 +198,7 @@ def register(app: typer.Typer) -> None:
         if state.cluster_name:
             base += ["--cluster", state.cluster_name]
 
-        def confirm(step: playbooks.Step, line: str) -> bool:
+        def confirm(step: Step, line: str) -> bool:
             if yes:
                 return True
             if not sys.stdin.isatty():
@@ -190,7 +206,7 @@ def register(app: typer.Typer) -> None:
                 return False
             return typer.confirm(f"Run step {step.name}: opsdb {line}?", err=True)
 
-        def progress(result: playbooks.StepResult) -> None:
+        def progress(result: StepResult) -> None:
             output.info(
                 f"opsdb: step {result.name}: {result.status} (exit {result.exit_code}) in {result.duration_seconds:.1f}s"
             )
@@ -218,6 +234,8 @@ def register(app: typer.Typer) -> None:
         var: Annotated[list[str] | None, typer.Option("--var", help="name=value (repeatable).")] = None,
     ) -> None:
         """Print a playbook as a readable runbook (Markdown)."""
+        from opsdb.automation import playbook as playbooks
+
         book = playbooks.load(file, lambda words: check_command_line(ctx, words))
         given = playbooks.parse_var_args(var)
         book.resolve({**{v.name: "x" for v in book.variables}, **given})  # refuses unknown names only
@@ -238,7 +256,7 @@ def _render_list(rows: list[dict]) -> str:
     return "\n".join(lines) or "no jobs configured"
 
 
-def _render_result(result: playbooks.PlaybookResult) -> str:
+def _render_result(result: PlaybookResult) -> str:
     lines = [f"playbook {result.playbook}: {result.result} in {result.duration_seconds:.1f}s (log: {result.log_file})"]
     for step in result.steps:
         code = "" if step.exit_code is None else f" exit {step.exit_code}"
