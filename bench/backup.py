@@ -1,6 +1,6 @@
 """Benchmark: `opsdb backup` and `opsdb restore` of a pgbench database against the two pipe limits.
 
-    .venv/bin/python bench/backup.py [--scale 100] [--level 1] [--threads 2] [--keep]
+    .venv/bin/python bench/backup.py [--scale 100] [--level 1] [--threads 2] [--keep] [--out FILE.json]
 
 Builds a throwaway cluster (initdb as postgres, pgbench -i -s SCALE), starts a moto S3 server on
 127.0.0.1 and measures, in one run, each row in its own child tree (os.wait4: CPU = user+sys of the
@@ -50,7 +50,11 @@ def as_postgres(argv: list[str]) -> list[str]:
 def measure(
     name: str, argv: list[str], *, size: int, env: dict[str, str] | None = None, cwd: str | None = None
 ) -> dict[str, Any]:
-    """Run argv to completion; wall, CPU (tree) and peak RSS (largest process of the tree) via wait4."""
+    """Run argv to completion; wall, CPU (tree) and peak RSS (largest process of the tree) via wait4.
+
+    Every row starts with no dirty page cache (os.sync): otherwise a row pays for writing back what
+    the row before it extracted (1.5 GB at scale 100), which skewed the restore rows by order."""
+    os.sync()
     start = time.monotonic()
     proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
@@ -85,8 +89,12 @@ def main() -> None:
     parser.add_argument("--level", type=int, default=1, help="zstd level for opsdb (the limit uses -1)")
     parser.add_argument("--threads", type=int, default=2, help="zstd worker threads for opsdb (the limit uses -T2)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--out", help="also write the JSON summary to this file (e.g. bench/results/backup-DATE-runN.json)"
+    )
     args = parser.parse_args()
 
+    load_before = round(os.getloadavg()[0], 2)  # other work on the machine skews single runs
     work = Path(tempfile.mkdtemp(prefix="opsdb-bench-backup-", dir="/tmp"))
     if os.geteuid() == 0:
         entry = pwd.getpwnam("postgres")
@@ -183,7 +191,19 @@ def main() -> None:
     restore_ratio = rows[3]["mb_s"] / rows[2]["mb_s"]
     print(f"\nopsdb backup = {backup_ratio:.0%} of the backup limit (aim >= 70%); "
           f"opsdb restore = {restore_ratio:.0%} of the restore limit (aim >= 65%)")  # fmt: skip
-    print(json.dumps({"rows": rows, "backup_ratio": round(backup_ratio, 3), "restore_ratio": round(restore_ratio, 3)}))
+    summary = {
+        "scale": args.scale,
+        "database_bytes": size,
+        "level": args.level,
+        "threads": args.threads,
+        "load_average_before": load_before,
+        "rows": rows,
+        "backup_ratio": round(backup_ratio, 3),
+        "restore_ratio": round(restore_ratio, 3),
+    }
+    print(json.dumps(summary))
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":
