@@ -1,10 +1,13 @@
-"""The S3 driver's lean botocore loader: only S3's endpoint data, no documentation strings, same client."""
+"""The S3 driver's memory measures: a lean botocore loader (only S3's endpoint data, no documentation
+strings, same client) and request bodies read in bounded pieces."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
-from opsdb.storage.s3 import S3Storage, _S3Loader
+from opsdb.storage.s3 import BODY_READ, S3Storage, _BodyReads, _S3Loader
 
 
 @pytest.fixture(autouse=True)
@@ -53,3 +56,18 @@ def test_clients_resolve_endpoints_as_a_plain_botocore_client_does(
     params = {"Bucket": "bucket", "Key": "k"}
     url = lean.generate_presigned_url("get_object", Params=params)
     assert url.split("?")[0] == plain.generate_presigned_url("get_object", Params=params).split("?")[0]
+
+
+def test_bodies_hand_out_bounded_reads_and_stay_seekable() -> None:
+    data = bytes(range(256)) * 1024  # 256 KiB
+    body = _BodyReads(io.BytesIO(data))
+    assert len(body.read(1 << 20)) == BODY_READ  # botocore asks for 1 MiB
+    assert body.tell() == BODY_READ
+    pieces = iter(lambda: body.read(1 << 20), b"")
+    assert b"".join([data[:BODY_READ], *pieces]) == data
+    body.seek(0)
+    assert body.read() == data  # read() without a size still means everything
+    body.seek(0, io.SEEK_END)
+    assert body.tell() == len(data)
+    body.seek(10)
+    assert body.read(5) == data[10:15]
