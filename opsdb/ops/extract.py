@@ -40,7 +40,7 @@ def extract_object(
 
     def counting() -> Iterable[bytes]:
         nonlocal counted
-        for chunk in envelope.get_object(storage, key, keys):
+        for chunk in envelope.get_object(storage, key, keys, decode_ahead=QUEUE_CHUNKS):
             counted += len(chunk)
             if on_bytes is not None:
                 on_bytes(len(chunk))

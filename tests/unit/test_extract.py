@@ -10,7 +10,7 @@ import pytest
 
 from opsdb.errors import IntegrityError
 from opsdb.ops.extract import extract_object
-from opsdb.repo.envelope import Codec, put_object
+from opsdb.repo.envelope import Codec, get_object, put_object
 from opsdb.storage.memory import MemoryStorage
 
 
@@ -105,3 +105,22 @@ def test_absolute_names_never_land_outside(tmp_path):
     else:
         assert (dest / name.lstrip("/")).read_bytes() == b"x"
     assert not (tmp_path / "evil").exists()
+
+
+def test_decode_ahead_reads_the_same_plaintext_and_still_checks_it():
+    """get_object(decode_ahead=N) decodes on a worker thread; content, digest check and errors are unchanged."""
+    storage = MemoryStorage()
+    data = os.urandom(3 << 20) + bytes(5 << 20)
+    put_object(storage, "b/base.tar", [data[i : i + 65536] for i in range(0, len(data), 65536)], Codec())
+    assert b"".join(get_object(storage, "b/base.tar", {}, decode_ahead=2)) == data
+    with storage.open("b/base.tar") as fh:
+        raw = bytearray(fh.read())
+    raw[-10] ^= 1  # inside the trailer's SHA-256
+    storage.delete(["b/base.tar"])
+    storage.put("b/base.tar", [bytes(raw)])
+    with pytest.raises(IntegrityError, match="b/base.tar"):
+        for _ in get_object(storage, "b/base.tar", {}, decode_ahead=2):
+            pass
+    early = get_object(storage, "b/base.tar", {}, decode_ahead=2)
+    next(early)
+    early.close()  # a consumer that stops early stops the worker too
