@@ -81,14 +81,18 @@ def test_refuses_special_files_and_keeps_links_inside(tmp_path):
     assert os.readlink(tmp_path / "pg_tblspc/16385") == "../base"
 
 
+def _flip_digest_byte(storage: MemoryStorage, key: str) -> None:
+    with storage.open(key) as fh:
+        raw = bytearray(fh.read())
+    raw[-10] ^= 1  # inside the trailer's SHA-256
+    storage.delete([key])
+    storage.put(key, [bytes(raw)])
+
+
 def test_tampered_object_fails_after_its_files_were_written(tmp_path):
     """Files are written as they stream; the object's digest is still checked at its end."""
     storage = _store(_tar(_file("f", b"x" * 100_000)))
-    with storage.open("b/base.tar") as fh:
-        raw = bytearray(fh.read())
-    raw[-10] ^= 1  # inside the trailer's SHA-256
-    storage.delete(["b/base.tar"])
-    storage.put("b/base.tar", [bytes(raw)])
+    _flip_digest_byte(storage, "b/base.tar")
     with pytest.raises(IntegrityError, match="b/base.tar"):
         extract_object(storage, "b/base.tar", {}, tmp_path)
 
@@ -113,11 +117,7 @@ def test_decode_ahead_reads_the_same_plaintext_and_still_checks_it():
     data = os.urandom(3 << 20) + bytes(5 << 20)
     put_object(storage, "b/base.tar", [data[i : i + 65536] for i in range(0, len(data), 65536)], Codec())
     assert b"".join(get_object(storage, "b/base.tar", {}, decode_ahead=2)) == data
-    with storage.open("b/base.tar") as fh:
-        raw = bytearray(fh.read())
-    raw[-10] ^= 1  # inside the trailer's SHA-256
-    storage.delete(["b/base.tar"])
-    storage.put("b/base.tar", [bytes(raw)])
+    _flip_digest_byte(storage, "b/base.tar")
     with pytest.raises(IntegrityError, match="b/base.tar"):
         for _ in get_object(storage, "b/base.tar", {}, decode_ahead=2):
             pass
