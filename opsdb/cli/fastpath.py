@@ -292,18 +292,22 @@ def _starter(routing: Routing, command: str, log_path: Path, extra: list[str] | 
 
 
 def _wal_repo(config: str | None, cluster: str | None, *, writable: bool) -> Any:
+    return _validated(config, cluster, writable=writable)[1]
+
+
+def _validated(config: str | None, cluster: str | None, *, writable: bool) -> tuple[Any, Any]:
+    """The validated settings and the WAL repository of the cluster (the one full config load)."""
     from opsdb.config import load_settings
     from opsdb.ops.wal import wal_repo_from_settings
 
     settings = load_settings(config)
     name, _ = settings.cluster(cluster)
-    return wal_repo_from_settings(settings, name, writable=writable)
+    return settings, wal_repo_from_settings(settings, name, writable=writable)
 
 
 def run_agent(kind: str, opts: dict[str, Any]) -> int:
     """The WAL agent (ops/walagent.py): validated settings and one storage client, then serve until idle.
     A start-up failure ends it (its log says why); the waiting call then works in-process and reports it."""
-    from opsdb.config import load_settings
     from opsdb.ops import wal as ops_wal
     from opsdb.ops import walagent
 
@@ -316,9 +320,7 @@ def run_agent(kind: str, opts: dict[str, Any]) -> int:
         return 2
     sock = walagent.socket_path(routing.spool_dir, routing.cluster or "", kind, routing.config_path)
     try:
-        settings = load_settings(opts.get("--config"))
-        name, _ = settings.cluster(opts.get("--cluster"))
-        repo = ops_wal.wal_repo_from_settings(settings, name, writable=kind == "push")
+        settings, repo = _validated(opts.get("--config"), opts.get("--cluster"), writable=kind == "push")
     except OpsdbError as exc:
         _print_error(str(exc), exc.hint)
         return exc.exit_code
@@ -330,7 +332,6 @@ def run_agent(kind: str, opts: dict[str, Any]) -> int:
 def run_daemon(kind: str, opts: dict[str, Any], data_dir: str | None) -> int:
     """The background pusher / prefetcher: validated settings, then the loop in ops/wal.py.
     A start-up failure (bad config, unreadable key) is written where the waiting wal-push/fetch reads it."""
-    from opsdb.config import load_settings
     from opsdb.ops import wal as ops_wal
     from opsdb.ops.walspool import FetchSpool, PushSpool, atomic_write
 
@@ -345,9 +346,7 @@ def run_daemon(kind: str, opts: dict[str, Any], data_dir: str | None) -> int:
         spool = FetchSpool(routing.spool_dir, routing.cluster or "", data_dir or os.getcwd(), routing.repository)
         spool.ensure()
     try:
-        settings = load_settings(opts.get("--config"))
-        name, _ = settings.cluster(opts.get("--cluster"))
-        repo = ops_wal.wal_repo_from_settings(settings, name, writable=kind == "pusher")
+        settings, repo = _validated(opts.get("--config"), opts.get("--cluster"), writable=kind == "pusher")
     except OpsdbError as exc:
         atomic_write(spool.fail_path, str(exc).encode())
         _print_error(str(exc), exc.hint)
