@@ -24,16 +24,20 @@ Layout under `[wal] spool_dir`/<cluster>/agent/ (mode 0700, so only the spool's 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing, pathlib and hashlib would cost ~14 ms per WAL file at run time
+    from collections.abc import Callable, Iterator
+    from typing import Any
+
+    Handler = Callable[[dict[str, Any]], dict[str, Any]]
+    StartAgent = Callable[[], Callable[[], bool]]  # starts the agent; returns "is it still alive?"
 
 IDLE_EXIT = 60.0  # seconds without a request before the agent exits
 START_WAIT = 20.0  # how long a call waits for a freshly started agent before working in-process
@@ -42,11 +46,8 @@ SUN_PATH_MAX = 107  # sockaddr_un.sun_path, less the terminating NUL
 WORKERS = 8  # requests served at once (archiver, several restores, a standby)
 _ENV_PREFIXES = ("OPSDB_", "AWS_")
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
-StartAgent = Callable[[], Callable[[], bool]]  # starts the agent; returns "is it still alive?"
 
-
-def socket_path(spool_dir: str, cluster: str, kind: str, config_path: str | None) -> Path:
+def socket_path(spool_dir: str, cluster: str, kind: str, config_path: str | None) -> str:
     """Where the agent for this kind, cluster and configuration listens.
 
     The name carries a digest of everything the agent's settings come from (the config file's identity,
@@ -60,21 +61,29 @@ def socket_path(spool_dir: str, cluster: str, kind: str, config_path: str | None
             st = os.stat(config_path)
             identity.append([st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns])
     identity.append(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
-    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
-    return Path(spool_dir) / cluster / "agent" / f"{kind}-{digest}.sock"
+    from opsdb.ops.walspool import small_sha256
+
+    digest = small_sha256(json.dumps(identity).encode())[:16]
+    return os.path.join(spool_dir, cluster, "agent", f"{kind}-{digest}.sock")
+
+
+def sibling(sock: str, suffix: str) -> str:
+    """The agent's lock or log file beside its socket."""
+    sock = os.fspath(sock)
+    return sock[: -len(".sock")] + suffix if sock.endswith(".sock") else sock + suffix
 
 
 @contextlib.contextmanager
-def _address(sock: Path) -> Iterator[bytes]:
+def _address(sock: str) -> Iterator[bytes]:
     """sock as a sockaddr_un path: a Unix socket path is at most 107 bytes, so a deeper one is reached
     through its directory's descriptor (/proc/self/fd/N/NAME, Linux), which bind and connect follow."""
     raw = os.fsencode(sock)
     if len(raw) <= SUN_PATH_MAX:
         yield raw
         return
-    fd = os.open(sock.parent, os.O_PATH | os.O_DIRECTORY)
+    fd = os.open(os.path.dirname(sock), os.O_PATH | os.O_DIRECTORY)
     try:
-        yield os.fsencode(f"/proc/self/fd/{fd}/{sock.name}")
+        yield os.fsencode(f"/proc/self/fd/{fd}/{os.path.basename(sock)}")
     finally:
         os.close(fd)
 
@@ -86,12 +95,13 @@ class _Unreachable(Exception):
     """No agent listens there (yet)."""
 
 
-def call(sock: Path, request: dict[str, Any], start: StartAgent, *, timeout: float) -> dict[str, Any] | None:
+def call(sock: str, request: dict[str, Any], start: StartAgent, *, timeout: float) -> dict[str, Any] | None:
     """The agent's reply to request, starting the agent when none answers; None: do the work in-process.
 
     A reply is {"status": "ok", ...} or {"status": "error", "type", "message", "hint", "exit_code"}.
     A request the agent dropped (it was killed, or was leaving) is asked again of a fresh agent: both
     operations may be repeated safely (a push of the same content succeeds, a fetch rewrites DEST)."""
+    sock = os.fspath(sock)
     alive: Callable[[], bool] | None = None
     lock: Any = None
     deadline = 0.0
@@ -105,13 +115,13 @@ def call(sock: Path, request: dict[str, Any], start: StartAgent, *, timeout: flo
             pass
         if alive is None:
             try:
-                sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.makedirs(os.path.dirname(sock), mode=0o700, exist_ok=True)
                 alive = start()
             except OSError:
                 return None  # no writable spool here: in-process
             from opsdb.ops.walspool import DaemonLock
 
-            lock = DaemonLock(sock.with_suffix(".lock"))
+            lock = DaemonLock(sibling(sock, ".lock"))
             deadline = time.monotonic() + START_WAIT
         elif not alive() and not lock.held_by_other():
             return None  # it could not start (its log says why); the in-process path reports the problem
@@ -121,7 +131,7 @@ def call(sock: Path, request: dict[str, Any], start: StartAgent, *, timeout: flo
         delay = min(delay * 1.5, 0.05)
 
 
-def _ask(sock: Path, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+def _ask(sock: str, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
     """One request on one connection. _Unreachable: nobody listens; None: the agent dropped it."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -163,7 +173,7 @@ def _read_line(conn: socket.socket) -> bytes:
 
 
 def serve(
-    sock: Path,
+    sock: str,
     handle: Handler,
     *,
     stale: Callable[[], bool] = lambda: False,
@@ -178,25 +188,26 @@ def serve(
     while holding the lock: its successor waits for the lock rather than giving up."""
     from opsdb.ops.walspool import DaemonLock
 
-    sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sock = os.fspath(sock)
+    os.makedirs(os.path.dirname(sock), mode=0o700, exist_ok=True)
     deadline = clock() + START_WAIT
     while True:
-        with DaemonLock(sock.with_suffix(".lock")).hold() as mine:
+        with DaemonLock(sibling(sock, ".lock")).hold() as mine:
             if mine:
                 return _serve_locked(sock, handle, stale, idle_exit, workers, clock)
-        if sock.exists() or clock() > deadline:
+        if os.path.exists(sock) or clock() > deadline:
             return 0  # another agent serves this socket
         time.sleep(0.05)
 
 
 def _serve_locked(
-    sock: Path, handle: Handler, stale: Callable[[], bool], idle_exit: float, workers: int, clock: Callable[[], float]
+    sock: str, handle: Handler, stale: Callable[[], bool], idle_exit: float, workers: int, clock: Callable[[], float]
 ) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     served = 0
     with contextlib.suppress(FileNotFoundError):
-        sock.unlink()  # a dead agent's socket: the lock says nobody serves it
+        os.unlink(sock)  # a dead agent's socket: the lock says nobody serves it
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
@@ -233,10 +244,10 @@ def _serve_locked(
     return served
 
 
-def _unlink_if_ours(sock: Path, inode: int) -> None:
+def _unlink_if_ours(sock: str, inode: int) -> None:
     with contextlib.suppress(FileNotFoundError):
         if os.stat(sock).st_ino == inode:
-            sock.unlink()
+            os.unlink(sock)
 
 
 def _serve_one(conn: socket.socket, handle: Handler) -> None:

@@ -19,14 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 from opsdb.errors import IntegrityError, NotFound, OperationFailed, RepositoryUnavailable, UsageError
 
@@ -35,33 +31,41 @@ SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
 READ_CHUNK = 1024 * 1024
 MARKER_MAX_AGE = 24 * 3600  # ok markers nobody collected (archive_command changed) are dropped after a day
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing, pathlib and hashlib would cost ~14 ms per WAL file at run time
+    from collections.abc import Callable, Iterator
+    from typing import Any
+
+    StartDaemon = Callable[[], Callable[[], bool]]  # starts the helper, returns "is it still alive?"
+
 
 def valid_name(name: str) -> bool:
     return bool(NAME_RE.match(name))
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def small_sha256(data: bytes) -> str:
+    """SHA-256 of a few bytes without loading OpenSSL (hashlib's import costs ~6 ms per WAL file)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        from _sha2 import sha256  # Python 3.12+
+    except ImportError:
+        try:
+            from _sha256 import sha256  # Python 3.11
+        except ImportError:
+            from hashlib import sha256
+    return sha256(data).hexdigest()
 
 
-def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
-    """Write data under path so readers see the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def atomic_write(path: str, data: bytes) -> None:
+    """Write data under path so readers see the old file or the whole new one, never a part.
+
+    Not fsynced: nothing in the spool is the only copy of anything (see write_ok and serve)."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
     os.replace(tmp, path)
-    if durable:
-        fsync_dir(path.parent)
 
 
-def file_identity(path: str | Path) -> str | None:
+def file_identity(path: str) -> str | None:
     """device:inode:size:mtime_ns of a file: the same file, unchanged, has the same identity."""
     try:
         st = os.stat(path)
@@ -70,7 +74,9 @@ def file_identity(path: str | Path) -> str | None:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def sha256_file(path: str | Path) -> tuple[str, int]:
+def sha256_file(path: str) -> tuple[str, int]:
+    import hashlib
+
     sha = hashlib.sha256()
     size = 0
     with open(path, "rb") as fh:
@@ -80,7 +86,7 @@ def sha256_file(path: str | Path) -> tuple[str, int]:
     return sha.hexdigest(), size
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: str) -> dict[str, Any] | None:
     try:
         with open(path, "rb") as fh:
             doc = json.loads(fh.read())
@@ -92,7 +98,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 class DaemonLock:
     """The flock a background helper holds while it runs; others only test it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
 
     def held_by_other(self) -> bool:
@@ -125,16 +131,17 @@ class DaemonLock:
             os.close(fd)
 
 
-def stop_helpers(spool_dir: str | Path) -> int:
+def stop_helpers(spool_dir: str) -> int:
     """SIGTERM every background helper (WAL agent, pusher, prefetcher) serving under spool_dir; how many.
 
     For owners of a throwaway spool (the demo, tests): in normal operation helpers exit when idle."""
     import signal
+    from pathlib import Path
 
     stopped = 0
     root = Path(spool_dir)
     for path in sorted(root.rglob("*.lock")) if root.is_dir() else []:
-        if not DaemonLock(path).held_by_other():
+        if not DaemonLock(str(path)).held_by_other():
             continue
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(path.read_text().strip()), signal.SIGTERM)
@@ -143,24 +150,25 @@ def stop_helpers(spool_dir: str | Path) -> int:
 
 
 class PushSpool:
-    def __init__(self, spool_dir: str | Path, cluster: str) -> None:
-        self.root = Path(spool_dir) / cluster / "push"
-        self.queue = self.root / "queue"
-        self.ok = self.root / "ok"
-        self.error = self.root / "error"
-        self.lock = DaemonLock(self.root / "pusher.lock")
-        self.log_path = self.root / "pusher.log"
-        self.fail_path = self.root / "pusher.fail"
+    def __init__(self, spool_dir: str, cluster: str) -> None:
+        self.root = os.path.join(spool_dir, cluster, "push")
+        self.queue = os.path.join(self.root, "queue")
+        self.ok = os.path.join(self.root, "ok")
+        self.error = os.path.join(self.root, "error")
+        self.lock = DaemonLock(os.path.join(self.root, "pusher.lock"))
+        self.log_path = os.path.join(self.root, "pusher.log")
+        self.fail_path = os.path.join(self.root, "pusher.fail")
 
     def ensure(self) -> PushSpool:
         for d in (self.queue, self.ok, self.error):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not os.path.isdir(d):
+                os.makedirs(d, mode=0o700, exist_ok=True)
         return self
 
     # --- client side (wal-push) ---------------------------------------------------------------
 
     def request(self, name: str, source: str) -> None:
-        atomic_write(self.queue / name, os.path.abspath(source).encode())
+        atomic_write(os.path.join(self.queue, name), os.path.abspath(source).encode())
 
     def take_ok(self, name: str, path: str, digest: dict[str, str]) -> bool:
         """True (and the marker consumed) when NAME is stored with exactly the content of path.
@@ -168,12 +176,12 @@ class PushSpool:
         The marker names the file the pusher read (device, inode, size, mtime in ns): the very same
         file is accepted without reading it again; anything else must match the SHA-256, which is
         computed once per call into `digest` and only when needed."""
-        marker = self.ok / name
+        marker = os.path.join(self.ok, name)
         doc = _read_json(marker)
         if doc is None:
             return False
         with contextlib.suppress(FileNotFoundError):
-            marker.unlink()
+            os.unlink(marker)
         if doc.get("identity") and doc.get("identity") == file_identity(path):
             return True
         if "sha256" not in digest:
@@ -181,20 +189,18 @@ class PushSpool:
         return doc.get("sha256") == digest["sha256"]
 
     def take_error(self, name: str) -> str | None:
-        marker = self.error / name
+        marker = os.path.join(self.error, name)
         try:
-            text = marker.read_text("utf-8", "replace")
+            with open(marker, encoding="utf-8", errors="replace") as fh:
+                text = fh.read()
         except FileNotFoundError:
             return None
         with contextlib.suppress(FileNotFoundError):
-            marker.unlink()
+            os.unlink(marker)
         return text.strip() or f"unable to archive {name}"
 
     def start_failure(self) -> str | None:
-        try:
-            return self.fail_path.read_text("utf-8", "replace").strip() or None
-        except FileNotFoundError:
-            return None
+        return _read_text(self.fail_path)
 
     # --- pusher side ----------------------------------------------------------------------------
 
@@ -202,27 +208,30 @@ class PushSpool:
         found = {}
         for entry in os.scandir(self.queue):
             if valid_name(entry.name):
-                try:
-                    found[entry.name] = Path(entry.path).read_text()
-                except FileNotFoundError:
-                    continue
+                text = _read_text(entry.path)
+                if text:
+                    found[entry.name] = text
         return found
 
     def has_ok(self, name: str) -> bool:
-        return (self.ok / name).exists()
+        return os.path.exists(os.path.join(self.ok, name))
 
     def write_ok(self, name: str, sha256: str, size: int, identity: str | None = None) -> None:
+        """Not fsynced, on purpose: the repository holds the file durably before this is written, and a
+        marker lost or damaged in a crash only makes the next wal-push of NAME ask again (the store
+        then finds the same content already there). A marker never vouches for other content: take_ok
+        checks the file's identity or its SHA-256."""
         doc = {"sha256": sha256, "size": size, "identity": identity}
-        atomic_write(self.ok / name, json.dumps(doc).encode(), durable=True)
+        atomic_write(os.path.join(self.ok, name), json.dumps(doc).encode())
         self._done(name)
 
     def write_error(self, name: str, message: str) -> None:
-        atomic_write(self.error / name, message.encode())
+        atomic_write(os.path.join(self.error, name), message.encode())
         self._done(name)
 
     def _done(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            (self.queue / name).unlink()
+            os.unlink(os.path.join(self.queue, name))
 
     def drop_old_markers(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -246,7 +255,12 @@ def ready_files(wal_dir: str) -> list[str]:
 
 
 def fetch_spool_key(data_dir: str, repository: str) -> str:
-    return hashlib.sha256(f"{os.path.realpath(data_dir)}\0{repository}".encode()).hexdigest()[:16]
+    return small_sha256(f"{os.path.realpath(data_dir)}\0{repository}".encode())[:16]
+
+
+def boot_id() -> str | None:
+    """This boot of the machine: page-cache contents written without fsync are trusted only within it."""
+    return _read_text("/proc/sys/kernel/random/boot_id")
 
 
 def system_identifier(data_dir: str) -> int | None:
@@ -259,7 +273,7 @@ def system_identifier(data_dir: str) -> int | None:
     return int.from_bytes(raw, "little") if len(raw) == 8 else None
 
 
-def segment_system_identifier(path: str | Path) -> int | None:
+def segment_system_identifier(path: str) -> int | None:
     """A segment's first page has the long header: xlp_sysid at byte 24."""
     try:
         with open(path, "rb") as fh:
@@ -270,32 +284,39 @@ def segment_system_identifier(path: str | Path) -> int | None:
 
 
 class FetchSpool:
-    def __init__(self, spool_dir: str | Path, cluster: str, data_dir: str, repository: str) -> None:
+    def __init__(self, spool_dir: str, cluster: str, data_dir: str, repository: str) -> None:
         self.cluster = cluster
         self.repository = repository
         self.data_dir = data_dir
-        self.root = Path(spool_dir) / cluster / "fetch" / fetch_spool_key(data_dir, repository)
-        self.data = self.root / "data"
-        self.result = self.root / "result"
-        self.want_path = self.root / "want"
-        self.lock = DaemonLock(self.root / "prefetch.lock")
-        self.log_path = self.root / "prefetch.log"
-        self.fail_path = self.root / "prefetch.fail"
+        self.root = os.path.join(spool_dir, cluster, "fetch", fetch_spool_key(data_dir, repository))
+        self.data = os.path.join(self.root, "data")
+        self.result = os.path.join(self.root, "result")
+        self.want_path = os.path.join(self.root, "want")
+        self.lock = DaemonLock(os.path.join(self.root, "prefetch.lock"))
+        self.log_path = os.path.join(self.root, "prefetch.log")
+        self.fail_path = os.path.join(self.root, "prefetch.fail")
 
     def ensure(self) -> FetchSpool:
         for d in (self.data, self.result):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not os.path.isdir(d):
+                os.makedirs(d, mode=0o700, exist_ok=True)
         return self
 
     def clear(self) -> None:
         """Forget every prefetched file (a new restore into the same directory starts clean)."""
         for d in (self.data, self.result):
-            if d.is_dir():
+            if os.path.isdir(d):
                 for entry in os.scandir(d):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
         with contextlib.suppress(FileNotFoundError):
-            self.want_path.unlink()
+            os.unlink(self.want_path)
+
+    def data_path(self, name: str) -> str:
+        return os.path.join(self.data, name)
+
+    def has(self, name: str) -> bool:
+        return os.path.exists(self.data_path(f"{name}.json"))
 
     # --- client side (wal-fetch) --------------------------------------------------------------
 
@@ -304,10 +325,17 @@ class FetchSpool:
         atomic_write(self.want_path, f"{name} {token} {'served' if served else 'need'}".encode())
 
     def serve(self, name: str, dest: str) -> bool:
-        """Copy a prefetched NAME to dest atomically, only if it is exactly what was authenticated."""
-        src = self.data / name
-        doc = _read_json(self.data / f"{name}.json")
-        if doc is None or not src.exists():
+        """Move (or copy) a prefetched NAME to dest atomically, only if it is exactly what was authenticated.
+
+        The prefetcher authenticated the file and recorded its identity (device, inode, size, mtime) and
+        the boot it was written in. The very same file, unchanged, in the same boot, is renamed into
+        place without reading it again; anything else is copied only if its SHA-256 matches. No fsync:
+        PostgreSQL fsyncs a restored file itself before keeping it (durable_rename in
+        KeepFileRestoredFromArchive), and one it only reads is fetched again after a crash."""
+        src = self.data_path(name)
+        meta = self.data_path(f"{name}.json")
+        doc = _read_json(meta)
+        if doc is None or not os.path.exists(src):
             return False
         if doc.get("name") != name or doc.get("repository") != self.repository or doc.get("cluster") != self.cluster:
             self.discard(name)
@@ -318,22 +346,31 @@ class FetchSpool:
             if expected is not None and found is not None and expected != found:
                 self.discard(name)  # prefetched for another cluster: never served
                 return False
-        ok = copy_verified(src, dest, doc.get("sha256"), doc.get("size"))
+        ok = False
+        current_boot = boot_id()
+        if current_boot and doc.get("boot_id") == current_boot and doc.get("identity") == file_identity(src):
+            try:
+                os.replace(src, dest)
+                ok = True
+            except OSError:
+                ok = False  # another file system: copy it
+        if not ok:
+            ok = copy_verified(src, dest, doc.get("sha256"), doc.get("size"))
         self.discard(name)
         return ok
 
     def discard(self, name: str) -> None:
-        for p in (self.data / name, self.data / f"{name}.json"):
+        for p in (self.data_path(name), self.data_path(f"{name}.json")):
             with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+                os.unlink(p)
 
     def take_result(self, name: str, token: str) -> dict[str, Any] | None:
-        path = self.result / f"{name}.json"
+        path = os.path.join(self.result, f"{name}.json")
         doc = _read_json(path)
         if doc is None or doc.get("token") != token:
             return None
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            os.unlink(path)
         return doc
 
     # --- prefetcher side ----------------------------------------------------------------------
@@ -341,8 +378,8 @@ class FetchSpool:
     def read_want(self) -> tuple[str, str, bool] | None:
         """(name, token, served) of the latest request, or None."""
         try:
-            name, token, state = self.want_path.read_text().split()
-        except (OSError, ValueError):
+            name, token, state = (_read_text(self.want_path) or "").split()
+        except ValueError:
             return None
         return (name, token, state == "served") if valid_name(name) else None
 
@@ -351,17 +388,28 @@ class FetchSpool:
 
     def write_result(self, name: str, token: str, status: str, message: str) -> None:
         doc = {"token": token, "status": status, "message": message}
-        atomic_write(self.result / f"{name}.json", json.dumps(doc).encode())
+        atomic_write(os.path.join(self.result, f"{name}.json"), json.dumps(doc).encode())
 
-    def publish(self, name: str, tmp: Path, sha256: str, size: int) -> None:
+    def publish(self, name: str, tmp: str, sha256: str, size: int) -> None:
         """Make a fully fetched and authenticated file visible: data first, then its description."""
-        os.replace(tmp, self.data / name)
-        doc = {"name": name, "sha256": sha256, "size": size, "repository": self.repository, "cluster": self.cluster}
-        atomic_write(self.data / f"{name}.json", json.dumps(doc).encode())
+        final = self.data_path(name)
+        os.replace(tmp, final)
+        doc = {
+            "name": name,
+            "sha256": sha256,
+            "size": size,
+            "repository": self.repository,
+            "cluster": self.cluster,
+            "identity": file_identity(final),
+            "boot_id": boot_id(),
+        }
+        atomic_write(self.data_path(f"{name}.json"), json.dumps(doc).encode())
 
 
-def copy_verified(src: Path, dest: str, sha256: Any, size: Any) -> bool:
-    """Copy src to dest (temp + fsync + rename) only when its content has the expected digest and size."""
+def copy_verified(src: str, dest: str, sha256: Any, size: Any) -> bool:
+    """Copy src to dest (temp + rename) only when its content has the expected digest and size."""
+    import hashlib
+
     tmp = f"{dest}.opsdb.{os.getpid()}.tmp"
     sha = hashlib.sha256()
     n = 0
@@ -373,15 +421,21 @@ def copy_verified(src: Path, dest: str, sha256: Any, size: Any) -> bool:
                 fout.write(chunk)
             if sha.hexdigest() != sha256 or n != size:
                 raise ValueError("digest mismatch")
-            fout.flush()
-            os.fsync(fout.fileno())
         os.replace(tmp, dest)
     except (OSError, ValueError):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         return False
-    fsync_dir(Path(os.path.abspath(dest)).parent)
     return True
+
+
+def _read_text(path: str) -> str | None:
+    """A small file's text, stripped; None when missing or empty."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
 
 
 def wait_until(predicate: Any, timeout: float, poll: float = 0.005) -> Any:
@@ -399,8 +453,6 @@ def wait_until(predicate: Any, timeout: float, poll: float = 0.005) -> Any:
 
 
 # --- the client side of async mode: what one wal-push / wal-fetch call does --------------------------
-
-StartDaemon = Any  # Callable[[], Callable[[], bool]]: starts the helper, returns "is it still alive?"
 
 
 def push_via_spool(spool: PushSpool, path: str, start_pusher: StartDaemon, *, timeout: float) -> bool:
@@ -455,7 +507,7 @@ def fetch_via_spool(spool: FetchSpool, name: str, dest: str, start_prefetcher: S
     spool.ensure()
     token = os.urandom(8).hex()
     served = False
-    if (spool.data / f"{name}.json").exists():
+    if spool.has(name):
         spool.want(name, token, served=True)  # first, so the prefetcher does not fetch it again meanwhile
         served = spool.serve(name, dest)
     if not served:

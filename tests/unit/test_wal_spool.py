@@ -1,6 +1,10 @@
 """ops/walspool.py: an ok marker acknowledges only the file (or content) the pusher stored."""
 
-from opsdb.ops.walspool import PushSpool, file_identity, sha256_file, valid_name
+import hashlib
+import json
+import os
+
+from opsdb.ops.walspool import FetchSpool, PushSpool, file_identity, sha256_file, valid_name
 
 
 def test_marker_for_the_same_file_is_accepted_without_hashing(tmp_path):
@@ -30,3 +34,53 @@ def test_names():
     assert valid_name("000000010000000000000001.partial")
     assert valid_name("000000010000000000000001.00000028.backup")
     assert not valid_name("../000000010000000000000001") and not valid_name("RECOVERYXLOG")
+
+
+def _published(tmp_path, content: bytes = b"w" * 4096):
+    data_dir = tmp_path / "pgdata"
+    data_dir.mkdir(exist_ok=True)
+    spool = FetchSpool(str(tmp_path / "spool"), "main", str(data_dir), "s3://b/r").ensure()
+    tmp = tmp_path / "spool" / "fetched.tmp"
+    tmp.write_bytes(content)
+    spool.publish("000000010000000000000007.history", str(tmp), hashlib.sha256(content).hexdigest(), len(content))
+    return spool
+
+
+def test_the_published_file_itself_is_moved_into_place_without_a_copy(tmp_path):
+    spool = _published(tmp_path)
+    src = tmp_path / "spool" / "main"
+    dest = tmp_path / "RECOVERYXLOG"
+    inode = os.stat(spool.data_path("000000010000000000000007.history")).st_ino
+    assert spool.serve("000000010000000000000007.history", str(dest))
+    assert dest.read_bytes() == b"w" * 4096 and os.stat(dest).st_ino == inode  # renamed, not copied
+    assert not list(src.rglob("000000010000000000000007.history*"))  # nothing left to serve twice
+
+
+def test_a_file_from_another_boot_is_served_only_if_its_digest_matches(tmp_path):
+    spool = _published(tmp_path)
+    meta = spool.data_path("000000010000000000000007.history.json")
+    doc = json.loads(open(meta).read())
+    doc["boot_id"] = "an-earlier-boot"
+    open(meta, "w").write(json.dumps(doc))
+    # same size, same inode, content damaged (as unsynced data after a crash might be)
+    with open(spool.data_path("000000010000000000000007.history"), "r+b") as fh:
+        fh.write(b"X")
+    os.utime(spool.data_path("000000010000000000000007.history"), ns=(0, int(doc["identity"].split(":")[3])))
+    assert not spool.serve("000000010000000000000007.history", str(tmp_path / "dest"))
+    assert not (tmp_path / "dest").exists()
+
+    intact = _published(tmp_path)
+    meta = intact.data_path("000000010000000000000007.history.json")
+    doc = json.loads(open(meta).read())
+    doc["boot_id"] = "an-earlier-boot"
+    open(meta, "w").write(json.dumps(doc))
+    assert intact.serve("000000010000000000000007.history", str(tmp_path / "dest"))  # verified copy
+    assert (tmp_path / "dest").read_bytes() == b"w" * 4096
+
+
+def test_a_file_changed_after_it_was_published_is_never_moved_into_place(tmp_path):
+    spool = _published(tmp_path)
+    with open(spool.data_path("000000010000000000000007.history"), "ab") as fh:
+        fh.write(b"appended")
+    assert not spool.serve("000000010000000000000007.history", str(tmp_path / "dest"))
+    assert not (tmp_path / "dest").exists()

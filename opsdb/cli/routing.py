@@ -1,0 +1,212 @@
+"""Where a wal-push / wal-fetch call's work runs: the few config keys read before any validation.
+
+PostgreSQL starts one process per WAL file, so what this module imports is paid per segment: the
+standard library only, and not even tomllib on the common path. Parsing the config with tomllib costs
+about 8 ms here (it compiles its regular expressions at import), a third of a lean call; so the keys
+read here are cached per config file in a private directory (`$XDG_RUNTIME_DIR/opsdb-UID` or
+`/tmp/opsdb-UID`, mode 0700, used only when this user owns it). The cache entry is named and checked by
+everything the keys come from: the config file's path and identity (device, inode, size, mtime and
+ctime in ns) and every OPSDB_* environment variable, so an edited config or a changed environment is
+read again, never served stale. Nothing secret is cached (spool directory, repository URL, cluster name,
+three switches). Routing never replaces validation: the real work always runs with the fully validated
+settings, in the agent, in a background helper or in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import zlib
+
+DEFAULT_SPOOL = "/var/spool/opsdb"
+CACHE_VERSION = 1
+CACHE_MAX_AGE = 7 * 24 * 3600  # entries of configs long since edited are dropped when a new one is written
+_FIELDS = ("config_path", "async_", "agent", "prefetch", "spool_dir", "repository", "cluster")
+
+
+class Routing:
+    """[wal] async / agent / prefetch / spool_dir, repository.url and the cluster name, read without pydantic."""
+
+    def __init__(self, **fields: object) -> None:
+        self.config_path: str | None = None
+        self.async_ = False
+        self.agent = True
+        self.prefetch = 0
+        self.spool_dir = DEFAULT_SPOOL
+        self.repository = ""
+        self.cluster: str | None = None
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def as_dict(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in _FIELDS}
+
+
+def find_config(explicit: str | None) -> str | None:
+    """The SPEC's discovery order (config.find_config_file does the same with full error messages)."""
+    for candidate in (explicit, os.environ.get("OPSDB_CONFIG") or None):
+        if candidate:
+            return candidate
+    for candidate in ("opsdb.toml", "/etc/opsdb/opsdb.toml"):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def read_routing(config: str | None, cluster: str | None) -> Routing | None:
+    """The routing keys, from the cache when it matches; None: anything unusual (the validated path
+    reports it properly)."""
+    path = find_config(config)
+    key = _cache_key(path, cluster)
+    cached = _cache_read(key) if key is not None else None
+    if cached is not None:
+        return cached
+    try:
+        found = _parse(path, cluster)
+    except (OSError, ValueError, TypeError):  # tomllib.TOMLDecodeError is a ValueError
+        return None
+    if not found.cluster:
+        return None
+    if key is not None:
+        _cache_write(key, found)
+    return found
+
+
+def _parse(path: str | None, cluster: str | None) -> Routing:
+    data: dict[str, object] = {}
+    if path is not None:
+        import tomllib  # only on a cache miss
+
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    wal = data.get("wal", {})
+    wal = wal if isinstance(wal, dict) else {}
+    repo = data.get("repository", {})
+    repo = repo if isinstance(repo, dict) else {}
+    env = os.environ.get
+    return Routing(
+        config_path=os.path.realpath(path) if path is not None else None,
+        async_=boolean(env("OPSDB_WAL__ASYNC", wal.get("async", False))),
+        agent=boolean(env("OPSDB_WAL__AGENT", wal.get("agent", True))),
+        prefetch=int(env("OPSDB_WAL__PREFETCH", wal.get("prefetch", 0))),
+        spool_dir=str(env("OPSDB_WAL__SPOOL_DIR", wal.get("spool_dir", DEFAULT_SPOOL))),
+        repository=str(env("OPSDB_REPOSITORY__URL", repo.get("url", ""))),
+        cluster=cluster or _only_cluster(data),
+    )
+
+
+def boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _only_cluster(data: dict[str, object]) -> str | None:
+    if any(k.startswith("OPSDB_CLUSTERS__") for k in os.environ):
+        return None  # clusters from the environment: let the validated settings decide
+    clusters = data.get("clusters", {})
+    if isinstance(clusters, dict) and len(clusters) == 1:
+        return str(next(iter(clusters)))
+    return None
+
+
+# --- the cache ------------------------------------------------------------------------------------
+
+
+def cache_dir() -> str | None:
+    """This user's private cache directory, made 0700 when missing; None when it is not safely ours."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    path = os.path.join(base, f"opsdb-{os.geteuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        return None  # a symlink, someone else's, or readable by others: never trusted
+    return path
+
+
+def _cache_key(path: str | None, cluster: str | None) -> str | None:
+    parts: list[str] = [str(CACHE_VERSION), cluster or ""]
+    if path is not None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # unreadable config: the validated path says why
+        parts += [os.path.realpath(path), f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"]
+    parts += sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("OPSDB_"))
+    return "\0".join(parts)
+
+
+def _cache_file(key: str) -> str | None:
+    directory = cache_dir()
+    if directory is None:
+        return None
+    return os.path.join(directory, f"routing-{zlib.crc32(key.encode()):08x}.json")
+
+
+def _cache_read(key: str) -> Routing | None:
+    path = _cache_file(key)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("key") != key or not isinstance(doc.get("routing"), dict):
+        return None  # another key with the same crc, or an older format
+    fields = doc["routing"]
+    if set(fields) != set(_FIELDS):
+        return None
+    return Routing(**fields)
+
+
+def _cache_write(key: str, found: Routing) -> None:
+    path = _cache_file(key)
+    if path is None:
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"key": key, "routing": found.as_dict()}, fh)
+        os.replace(tmp, path)  # readers see the old entry or the whole new one
+    except OSError:
+        _unlink(tmp)
+        return
+    _drop_old(os.path.dirname(path))
+
+
+def _drop_old(directory: str) -> None:
+    import time
+
+    now = time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.name.startswith("routing-") and now - entry.stat().st_mtime > CACHE_MAX_AGE:
+                os.unlink(entry.path)
+        except OSError:
+            continue
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
