@@ -113,6 +113,17 @@ def config(work: Path, name: str, endpoint: str, bucket: str, level: int, extra:
     return path
 
 
+def helper_cpu_seconds(spool: Path) -> float:
+    """CPU seconds so far of the opsdb helpers (WAL agent, pusher) running under spool (pids in their .lock)."""
+    total = 0.0
+    for lock in spool.rglob("*.lock") if spool.is_dir() else []:
+        try:
+            total += cpu_seconds(int(lock.read_text().strip()))
+        except (OSError, ValueError):
+            continue  # no longer running
+    return total
+
+
 def cpu_seconds(pid: int) -> float:
     """user + sys CPU seconds of one process so far (/proc/PID/stat fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -258,18 +269,22 @@ def main() -> None:
         drains = {}
         for name, command in methods.items():
             log(f"drain: {name}")
+            spool = work / ("spool-async" if "async" in name else "spool-sync")
             moto_before, busy_before = cpu_seconds(moto.pid), machine_busy_seconds()
+            helper_before = helper_cpu_seconds(spool)
             seconds = drain(server, burst, command)
             moto_cpu, busy = cpu_seconds(moto.pid) - moto_before, machine_busy_seconds() - busy_before
+            helper_cpu = helper_cpu_seconds(spool) - helper_before  # the helpers outlive the drain (idle exit)
             drains[name] = {
                 "seconds": round(seconds, 2),
                 "segments_per_second": round(len(burst) / seconds, 2),
                 "moto_cpu_seconds": round(moto_cpu, 1),
                 "machine_busy_cpu_seconds": round(busy, 1),  # all processes, including moto and PostgreSQL
+                "opsdb_helper_cpu_seconds": round(helper_cpu, 1),  # the WAL agent / background pusher
             }
             log(
                 f"  {seconds:.1f} s, {len(burst) / seconds:.1f} segments/s "
-                f"(machine busy {busy:.1f} CPU s, of which moto {moto_cpu:.1f})"
+                f"(machine busy {busy:.1f} CPU s, of which moto {moto_cpu:.1f}, opsdb helper {helper_cpu:.1f})"
             )
         results["drain"] = drains
         # --- one cold call ---------------------------------------------------------------------------

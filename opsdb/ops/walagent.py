@@ -195,9 +195,23 @@ def serve(
         with DaemonLock(sibling(sock, ".lock")).hold() as mine:
             if mine:
                 return _serve_locked(sock, handle, stale, idle_exit, workers, clock)
-        if os.path.exists(sock) or clock() > deadline:
+        if _listening(sock) or clock() > deadline:
             return 0  # another agent serves this socket
         time.sleep(0.05)
+
+
+def _listening(sock: str) -> bool:
+    """Whether an agent accepts connections on sock (a leaving one's socket may linger a moment)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.settimeout(1.0)
+        with _address(sock) as address:
+            conn.connect(address)
+        return True
+    except OSError:
+        return False
+    finally:
+        conn.close()
 
 
 def _serve_locked(
@@ -230,7 +244,10 @@ def _serve_locked(
                     continue
                 last_request = clock()
                 if stale():
-                    _reply(conn, {"status": "restart"})
+                    # the socket goes first: a successor started on this reply must not find it and step aside
+                    _unlink_if_ours(sock, bound)
+                    with contextlib.suppress(OSError):
+                        _reply(conn, {"status": "restart"})
                     conn.close()
                     break
                 pool.submit(_serve_one, conn, handle)
