@@ -5,9 +5,9 @@ standard library only, and not even tomllib on the common path. Parsing the conf
 about 8 ms here (it compiles its regular expressions at import), a third of a lean call; so the keys
 read here are cached per config file in a private directory (`$XDG_RUNTIME_DIR/opsdb-UID` or
 `/tmp/opsdb-UID`, mode 0700, used only when this user owns it). The cache entry is named and checked by
-everything the keys come from: the config file's path and identity (device, inode, size, mtime and
-ctime in ns) and every OPSDB_* environment variable, so an edited config or a changed environment is
-read again, never served stale. Nothing secret is cached (spool directory, repository URL, cluster name,
+everything the keys come from: the config file's real path and content (length and CRC-32 of the bytes,
+read on every call) and every OPSDB_* environment variable, so an edited config or a changed environment
+is parsed again, never served stale. Nothing secret is cached (spool directory, repository URL, cluster name,
 three switches). Routing never replaces validation: the real work always runs with the fully validated
 settings, in the agent, in a background helper or in-process.
 """
@@ -58,28 +58,33 @@ def read_routing(config: str | None, cluster: str | None) -> Routing | None:
     """The routing keys, from the cache when it matches; None: anything unusual (the validated path
     reports it properly)."""
     path = find_config(config)
-    key = _cache_key(path, cluster)
-    cached = _cache_read(key) if key is not None else None
+    content = b""
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                content = fh.read()
+        except OSError:
+            return None  # the validated path says why
+    key = _cache_key(path, content, cluster)
+    cached = _cache_read(key)
     if cached is not None:
         return cached
     try:
-        found = _parse(path, cluster)
-    except (OSError, ValueError, TypeError):  # tomllib.TOMLDecodeError is a ValueError
+        found = _parse(path, content, cluster)
+    except (ValueError, TypeError, UnicodeDecodeError):  # tomllib.TOMLDecodeError is a ValueError
         return None
     if not found.cluster:
         return None
-    if key is not None:
-        _cache_write(key, found)
+    _cache_write(key, found)
     return found
 
 
-def _parse(path: str | None, cluster: str | None) -> Routing:
+def _parse(path: str | None, content: bytes, cluster: str | None) -> Routing:
     data: dict[str, object] = {}
     if path is not None:
         import tomllib  # only on a cache miss
 
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+        data = tomllib.loads(content.decode())
     wal = data.get("wal", {})
     wal = wal if isinstance(wal, dict) else {}
     repo = data.get("repository", {})
@@ -138,14 +143,12 @@ def cache_dir() -> str | None:
     return path
 
 
-def _cache_key(path: str | None, cluster: str | None) -> str | None:
+def _cache_key(path: str | None, content: bytes, cluster: str | None) -> str:
+    """Everything the keys come from: the config's real path and content (its length and CRC-32, read
+    each call: a config is small), the cluster option and the OPSDB_* environment."""
     parts: list[str] = [str(CACHE_VERSION), cluster or ""]
     if path is not None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None  # unreadable config: the validated path says why
-        parts += [os.path.realpath(path), f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"]
+        parts += [os.path.realpath(path), f"{len(content)}:{zlib.crc32(content):08x}"]
     parts += sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("OPSDB_"))
     return "\0".join(parts)
 
