@@ -3,9 +3,10 @@
 Start-up cost is archiving throughput here, so this module avoids typer/rich (and, in async/prefetch mode,
 pydantic and boto3 too): it parses the few global options itself and hands anything unusual (--help,
 unknown options, other commands) to the Typer app. Validation is never duplicated: the only raw config
-reads are the routing keys ([wal] async/prefetch/spool_dir, repository.url, the cluster name); the real
-work always runs with the fully validated settings (in-process, or in the background helper, which
-reports a bad config back through the spool).
+reads are the routing keys (cli/routing.py: [wal] agent/async/prefetch/spool_dir, repository.url, the
+cluster name; cached per config); the real work always runs with the fully validated settings
+(in-process, or in the background helper, which reports a bad config back through the spool).
+Every import here is paid once per WAL file: only small parts of the standard library load with it.
 
 In sync mode (the default) a call hands its one file to the cluster's WAL agent (ops/walagent.py), a
 warm background process that keeps settings, keys and the storage client loaded; when no agent can

@@ -179,7 +179,11 @@ class PushSpool:
         file is accepted without reading it again; anything else must match the SHA-256, which is
         computed once per call into `digest` and only when needed."""
         marker = os.path.join(self.ok, name)
-        lines = (_read_text(marker) or "").split("\n")
+        try:
+            with open(marker, encoding="utf-8", errors="replace") as fh:
+                lines = fh.read().split("\n")
+        except OSError:
+            return False
         if len(lines) != 4 or lines[0] != OK_MARKER:
             return False
         _, sha256, _size, identity = lines

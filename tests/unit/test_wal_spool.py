@@ -84,3 +84,11 @@ def test_a_file_changed_after_it_was_published_is_never_moved_into_place(tmp_pat
         fh.write(b"appended")
     assert not spool.serve("000000010000000000000007.history", str(tmp_path / "dest"))
     assert not (tmp_path / "dest").exists()
+
+
+def test_marker_of_a_file_that_changed_while_it_was_pushed_is_checked_by_content(tmp_path):
+    spool = PushSpool(tmp_path / "spool", "main").ensure()
+    f = tmp_path / "000000010000000000000001"
+    f.write_bytes(b"segment")
+    spool.write_ok(f.name, sha256_file(f)[0], 7, None)  # the pusher could not name the file it read
+    assert spool.take_ok(f.name, str(f), {})
