@@ -373,6 +373,7 @@ class LocalRunner:
             for chunk in chunks:
                 try:
                     proc.stdin.write(chunk)
+                    proc.stdin.flush()  # each chunk reaches the child now (a psql script waiting on more input)
                 except BrokenPipeError:
                     broken = True  # the child exited or closed stdin: its exit status tells why
                     break

@@ -11,8 +11,8 @@ How the bytes flow (nothing but backup_manifest is staged on disk):
 
 The WAL from start to stop LSN: `-X fetch` puts it into base.tar (pg_wal/), so every backup restores
 to a consistent state on its own, without the WAL archive. To keep the server from recycling that
-WAL while the backup runs, this session holds a temporary physical replication slot (dropped by
-the server when the session ends, even if opsdb is killed).
+WAL while the backup runs, a psql session holds a temporary physical replication slot (dropped by
+the server when the session ends, even if opsdb is killed; see ops/backup_source.py).
 """
 
 from __future__ import annotations
@@ -29,26 +29,24 @@ import socket
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from opsdb import __version__
-from opsdb.errors import DatabaseError, IntegrityError, OperationFailed, OpsdbError, ToolError, UsageError
+from opsdb.errors import IntegrityError, OperationFailed, OpsdbError, ToolError
 from opsdb.model.catalog import (
     BASE_OBJECT,
     MANIFEST_OBJECT,
     PHYSICAL,
     BackupRecord,
     StoredFile,
-    Tablespace,
     new_backup_id,
     next_backup_id,
 )
 from opsdb.model.lsn import Lsn
-from opsdb.pg.conninfo import redact
+from opsdb.ops.backup_source import ServerFacts, choose_source, slot_session
 from opsdb.pg.tools import PgTools
 from opsdb.proc import Cmd, Runner, pid_alive
 from opsdb.repo import catalog, envelope, layout
@@ -97,16 +95,6 @@ class BackupResult:
         return doc
 
 
-@dataclasses.dataclass(frozen=True)
-class ServerFacts:
-    conninfo: str
-    version: str
-    version_num: int
-    system_identifier: str
-    in_recovery: bool
-    tablespaces: tuple[Tablespace, ...]
-
-
 # --- the use case --------------------------------------------------------------------------------
 
 
@@ -122,7 +110,9 @@ def run_backup(
 ) -> BackupResult:
     """Take one physical backup and commit it. Raises LockHeld when another backup runs."""
     started_mono = time.monotonic()
-    source = choose_source(request)
+    source = choose_source(
+        request.conninfo, request.standby_conninfos, request.from_standby, request.cluster, request.bin_dir, runner
+    )
     lock = RepositoryLock(
         storage, request.cluster, "backup", command="backup", ttl=timedelta(seconds=request.lock_ttl_seconds)
     )
@@ -134,7 +124,7 @@ def run_backup(
         backup_id = new_backup_id(clock(), PHYSICAL)
         while catalog.id_taken(storage, request.cluster, backup_id):
             backup_id = next_backup_id(backup_id)
-        with _slot_session(source.conninfo) as facts:
+        with slot_session(source.conninfo, request.bin_dir, runner) as facts:
             start_time = clock()
             stored, manifest = _stream_basebackup(
                 request, source, facts, backup_id, storage, codec, runner, on_bytes, tmp_root
@@ -144,75 +134,6 @@ def run_backup(
         lock.check()
         catalog.commit(storage, record, codec)
     return BackupResult(record, time.monotonic() - started_mono, tuple(lo.backup_id for lo in cleaned))
-
-
-def choose_source(request: BackupRequest) -> ServerFacts:
-    """The server to back up: the cluster's conninfo, or with --from-standby a standby (the
-    conninfo itself when it is one, else the first configured replica in recovery)."""
-    facts = server_facts(request.conninfo)
-    if not request.from_standby or facts.in_recovery:
-        return facts
-    tried = []
-    for conninfo in request.standby_conninfos:
-        try:
-            candidate = server_facts(conninfo)
-        except DatabaseError as exc:
-            tried.append(str(exc))
-            continue
-        if candidate.in_recovery:
-            if candidate.system_identifier != facts.system_identifier:
-                raise UsageError(
-                    f"unable to back up from a standby: replica {redact(conninfo)} belongs to another "
-                    f"cluster (system identifier {candidate.system_identifier}, primary {facts.system_identifier})"
-                )
-            return candidate
-        tried.append(f"{redact(conninfo)} is not in recovery")
-    detail = "; ".join(tried) if tried else "no replicas configured"
-    raise UsageError(
-        f"unable to back up cluster {request.cluster} from a standby: the conninfo points at a primary and no "
-        f"configured replica is a usable standby ({detail})",
-        hint="add [[clusters.NAME.replicas]] entries, or run without --from-standby",
-    )
-
-
-def server_facts(conninfo: str) -> ServerFacts:
-    with _pgconn().connect(conninfo) as c:
-        spaces = tuple(Tablespace(int(t["oid"]), str(t["name"]), str(t["location"] or "")) for t in c.tablespaces())
-        return ServerFacts(
-            conninfo=conninfo,
-            version=c.server_version().split()[0],
-            version_num=c.server_version_num(),
-            system_identifier=str(c.system_identifier()),
-            in_recovery=c.in_recovery(),
-            tablespaces=spaces,
-        )
-
-
-def _pgconn() -> Any:
-    """opsdb.pg.conn, imported on first use: psycopg's ~8 MB then land in the memory that building
-    the S3 client (parsing botocore's JSON models) has just freed, instead of on top of it."""
-    from opsdb.pg import conn
-
-    return conn
-
-
-@contextlib.contextmanager
-def _slot_session(conninfo: str) -> Iterator[ServerFacts]:
-    """Hold a temporary physical slot reserving WAL from now on, for the length of the backup.
-
-    It lives as long as this connection: the server drops it when the session ends, so a killed
-    run never leaves a slot behind that would retain WAL forever."""
-    facts = server_facts(conninfo)  # re-read inside the lock: tablespaces may have changed
-    slot = f"opsdb_backup_{uuid.uuid4().hex[:16]}"
-    c = _pgconn().connect(conninfo)
-    try:
-        try:
-            c.execute("SELECT pg_create_physical_replication_slot(%s, true, true)", (slot,))
-        except DatabaseError as exc:
-            log.warning("no temporary replication slot (%s): WAL may be recycled during a long backup", exc)
-        yield facts
-    finally:
-        c.close()
 
 
 # --- pg_basebackup into named pipes -----------------------------------------------------------------

@@ -38,6 +38,9 @@ def env(pg_cluster: Instance, tmp_path_factory: pytest.TempPathFactory) -> Itera
     yield {"config": config, "repo": repo}
 
 
+SLOT_COUNT = "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'opsdb_backup_%'"
+
+
 def _start_backup(config: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [OPSDB, "--config", str(config), "--json", "backup"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -58,7 +61,7 @@ def _bytes_in_flight(repo: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0
 
 
-def test_killed_backup_leaves_nothing_complete_and_the_next_succeeds(env: dict[str, Any]) -> None:
+def test_killed_backup_leaves_nothing_complete_and_the_next_succeeds(env: dict[str, Any], pg_cluster: Instance) -> None:
     storage = LocalStorage(str(env["repo"]))
     before = catalog.committed_ids(storage, "main")
     proc = _start_backup(env["config"])
@@ -68,6 +71,9 @@ def test_killed_backup_leaves_nothing_complete_and_the_next_succeeds(env: dict[s
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(30)
+    # the slot-holding psql reads end of input once opsdb is gone: its session and slot end with it
+    with connect(pg_cluster.conninfo()) as c:
+        _wait_for(lambda: not c.fetchval(SLOT_COUNT), "the killed run's replication slot to be dropped", timeout=30)
     assert {b["id"] for b in opsdb_json(env["config"], "backups", "list")["backups"]} == before
     ids = {p.name for p in (env["repo"] / "clusters" / "main" / "backups").iterdir()}
     assert ids - before, "the killed run stored nothing: the test did not kill it midway"
