@@ -62,8 +62,8 @@ def fetch_to(repo: WalRepo, name: str, dest: str) -> tuple[str, int]:
 
     The temp file is renamed only after the whole object was read and authenticated, so dest never
     holds a partial or unauthenticated file. No fsync, on purpose: a restore_command's file needs none.
-    PostgreSQL fsyncs a restored file itself before it keeps it (KeepFileRestoredFromArchive renames it
-    with durable_rename), and a file it only replays (RECOVERYXLOG) is fetched again after a crash.
+    PostgreSQL moves every restored file into pg_wal itself (KeepFileRestoredFromArchive) with
+    durable_rename, which fsyncs it first; until then it is a temporary fetched again after a crash.
     Syncing 16 MiB per segment cost recovery several seconds per 200 segments here."""
     tmp = f"{dest}.opsdb.{os.getpid()}.{id(dest)}.tmp"
     sha = hashlib.sha256()

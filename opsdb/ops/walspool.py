@@ -336,8 +336,8 @@ class FetchSpool:
         The prefetcher authenticated the file and recorded its identity (device, inode, size, mtime) and
         the boot it was written in. The very same file, unchanged, in the same boot, is renamed into
         place without reading it again; anything else is copied only if its SHA-256 matches. No fsync:
-        PostgreSQL fsyncs a restored file itself before keeping it (durable_rename in
-        KeepFileRestoredFromArchive), and one it only reads is fetched again after a crash."""
+        PostgreSQL moves every restored file into pg_wal itself with durable_rename, which fsyncs it
+        first (KeepFileRestoredFromArchive); until then it is a temporary fetched again after a crash."""
         src = self.data_path(name)
         meta = self.data_path(f"{name}.json")
         doc = _read_json(meta)
