@@ -163,8 +163,11 @@ def wal_push(config: str | None, cluster: str | None, path: str) -> dict[str, An
         from opsdb.ops.walspool import PushSpool, push_via_spool
 
         spool = PushSpool(routing.spool_dir, routing.cluster or "")
-        ahead = push_via_spool(spool, path, _starter(routing, "wal-pusher", spool.log_path), timeout=PUSH_WAIT_SECONDS)
-        return {"name": name, "stored": True, "mode": "async", "pushed_ahead": ahead}
+        if _spool_usable(spool):
+            start = _starter(routing, "wal-pusher", spool.log_path)
+            ahead = push_via_spool(spool, path, start, timeout=PUSH_WAIT_SECONDS)
+            return {"name": name, "stored": True, "mode": "async", "pushed_ahead": ahead}
+        routing = None  # the agent would need the same spool: in-process
     reply = _via_agent(routing, "push", {"op": "push", "path": os.path.abspath(path)}, PUSH_WAIT_SECONDS)
     if reply is not None:
         return {"name": name, "stored": True, "mode": "sync", "already_stored": bool(reply.get("already_stored"))}
@@ -181,9 +184,12 @@ def wal_fetch(config: str | None, cluster: str | None, name: str, dest: str) -> 
         from opsdb.ops.walspool import FetchSpool, fetch_via_spool
 
         spool = FetchSpool(routing.spool_dir, routing.cluster or "", os.getcwd(), routing.repository)
-        start = _starter(routing, "wal-prefetcher", spool.log_path, ["--data-dir", os.getcwd()])
-        if fetch_via_spool(spool, name, dest, start, timeout=FETCH_WAIT_SECONDS):
-            return {"name": name, "fetched": True, "source": "prefetch"}
+        if _spool_usable(spool):
+            start = _starter(routing, "wal-prefetcher", spool.log_path, ["--data-dir", os.getcwd()])
+            if fetch_via_spool(spool, name, dest, start, timeout=FETCH_WAIT_SECONDS):
+                return {"name": name, "fetched": True, "source": "prefetch"}
+        else:
+            routing = None  # the agent would need the same spool: in-process
     reply = _via_agent(
         routing, "fetch", {"op": "fetch", "name": name, "dest": os.path.abspath(dest)}, FETCH_WAIT_SECONDS
     )
@@ -204,12 +210,31 @@ def _via_agent(routing: Routing | None, kind: str, request: dict[str, Any], time
     from opsdb.ops import walagent
 
     sock = walagent.socket_path(routing.spool_dir, routing.cluster or "", kind, routing.config_path)
-    reply = walagent.call(
-        sock, request, _starter(routing, "wal-agent", walagent.sibling(sock, ".log"), [kind]), timeout=timeout
-    )
+    start = _starter(routing, "wal-agent", walagent.sibling(sock, ".log"), [kind])
+    reply = walagent.call(sock, request, start, timeout=timeout, warn=_warn_spool)
     if reply is not None and reply.get("status") != "ok":
         walagent.raise_reply(reply)
     return reply
+
+
+def _spool_usable(spool: Any) -> bool:
+    """Whether the async / prefetch spool can be made here; if not, warn (the call works in-process)."""
+    try:
+        spool.ensure()
+    except OSError as exc:
+        where = exc.filename or spool.root
+        _warn_spool(
+            f"the WAL spool cannot be used: {exc.strerror or exc} ({where}); working in-process, which is slower"
+        )
+        return False
+    return True
+
+
+def _warn_spool(message: str) -> None:
+    # archive_command's stderr lands in PostgreSQL's log: one line per call until the spool is fixed
+    sys.stderr.write(f"opsdb: warning: {message}\n")
+    sys.stderr.write("hint: make [wal] spool_dir writable by the OS user PostgreSQL runs as (it is created 0700)\n")
+    sys.stderr.flush()
 
 
 def _starter(routing: Routing, command: str, log_path: str, extra: list[str] | None = None) -> Any:

@@ -69,7 +69,8 @@ def fetch_to(repo: WalRepo, name: str, dest: str) -> tuple[str, int]:
     sha = hashlib.sha256()
     size = 0
     try:
-        with open(tmp, "wb") as fh:
+        # 0600 like PostgreSQL's own WAL files: a WAL file holds table data
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
             for chunk in repo_wal.fetch(repo.storage, repo.cluster, name, repo.keys):
                 fh.write(chunk)
                 sha.update(chunk)

@@ -95,7 +95,14 @@ class _Unreachable(Exception):
     """No agent listens there (yet)."""
 
 
-def call(sock: str, request: dict[str, Any], start: StartAgent, *, timeout: float) -> dict[str, Any] | None:
+def call(
+    sock: str,
+    request: dict[str, Any],
+    start: StartAgent,
+    *,
+    timeout: float,
+    warn: Callable[[str], None] | None = None,
+) -> dict[str, Any] | None:
     """The agent's reply to request, starting the agent when none answers; None: do the work in-process.
 
     A reply is {"status": "ok", ...} or {"status": "error", "type", "message", "hint", "exit_code"}.
@@ -117,8 +124,13 @@ def call(sock: str, request: dict[str, Any], start: StartAgent, *, timeout: floa
             try:
                 os.makedirs(os.path.dirname(sock), mode=0o700, exist_ok=True)
                 alive = start()
-            except OSError:
-                return None  # no writable spool here: in-process
+            except OSError as exc:  # no writable spool here: in-process, and say so (it is much slower)
+                if warn is not None:
+                    where = exc.filename or os.path.dirname(sock)
+                    warn(
+                        f"the WAL agent cannot run: {exc.strerror or exc} ({where}); working in-process, which is slower"
+                    )
+                return None
             from opsdb.ops.walspool import DaemonLock
 
             lock = DaemonLock(sibling(sock, ".lock"))

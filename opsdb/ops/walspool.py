@@ -424,7 +424,8 @@ def copy_verified(src: str, dest: str, sha256: Any, size: Any) -> bool:
     sha = hashlib.sha256()
     n = 0
     try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a WAL file holds table data
+        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
             while chunk := fin.read(READ_CHUNK):
                 sha.update(chunk)
                 n += len(chunk)

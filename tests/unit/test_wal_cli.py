@@ -74,6 +74,7 @@ def test_sync_push_fetch_exit_codes(tmp_path, pgdata):
     assert opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata).returncode == 0  # same content again
     fetched = opsdb(config, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=pgdata)
     assert fetched.returncode == 0 and (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == src.read_bytes()
+    assert (pgdata / "pg_wal" / "RECOVERYXLOG").stat().st_mode & 0o777 == 0o600  # WAL holds table data
     missing = opsdb(config, "wal-fetch", "00000002.history", "pg_wal/RECOVERYHISTORY", cwd=pgdata)
     assert (missing.returncode, missing.stderr) == (1, "")
     stored = next((tmp_path / "repo").rglob(SEG)).read_bytes()
@@ -231,3 +232,16 @@ def test_agent_off_means_every_call_works_alone(tmp_path, pgdata):
     assert opsdb(config, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=pgdata).returncode == 0
     assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == src.read_bytes()
     assert not list((tmp_path / "spool").rglob("agent"))
+
+
+@pytest.mark.parametrize("mode", [{"async": True}, {"prefetch": 2}, {}])
+def test_an_unusable_spool_makes_calls_work_in_process_with_a_warning(tmp_path, pgdata, mode):
+    config = _config(tmp_path, **mode)
+    (tmp_path / "spool").write_text("a file where the spool directory should be")
+    src = segment(pgdata)
+    pushed = opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata)
+    assert pushed.returncode == 0 and "working in-process" in pushed.stderr
+    assert next((tmp_path / "repo").rglob(SEG)).is_file()
+    fetched = opsdb(config, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=pgdata)
+    assert fetched.returncode == 0 and "working in-process" in fetched.stderr
+    assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == src.read_bytes()

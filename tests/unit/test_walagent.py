@@ -150,3 +150,18 @@ def test_a_socket_deeper_than_sockaddr_allows_still_works(tmp_path):
     assert walagent.call(sock, {"op": "deep"}, agent.start, timeout=5)["echo"] == "deep"
     assert os.path.exists(sock)
     agent.thread.join(10)
+
+
+def test_no_writable_spool_means_in_process_with_a_warning(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    sock = str(blocker / "main" / "agent" / "push-x.sock")
+    warnings: list[str] = []
+    started: list[bool] = []
+
+    def start():
+        started.append(True)
+        return lambda: True
+
+    assert walagent.call(sock, {"op": "a"}, start, timeout=5, warn=warnings.append) is None
+    assert not started and len(warnings) == 1 and "working in-process" in warnings[0]
