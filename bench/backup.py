@@ -95,6 +95,12 @@ def main() -> None:
         "at level 1 with the other stages on the second core; 2 uses zstd workers as the limit's -T2 does "
         "(same speed here, about 5 MB more RSS)",
     )
+    parser.add_argument(
+        "--opsdb",
+        default=OPSDB,
+        help="the opsdb console script to measure (another interpreter's install; moto and "
+        "the bench keep running on this one)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
         "--out", help="also write the JSON summary to this file (e.g. bench/results/backup-DATE-runN.json)"
@@ -156,7 +162,7 @@ def main() -> None:
                             ["bash", "-c", f"set -o pipefail; {basebackup} | zstd -q -1 -T2 > /dev/null"], size=size))  # fmt: skip
         moto_before = proc_cpu(moto.pid)
         row = measure(
-            "opsdb backup (zstd, AES-256-GCM) -> moto S3", [OPSDB, "--config", str(config), "backup"], size=size
+            "opsdb backup (zstd, AES-256-GCM) -> moto S3", [args.opsdb, "--config", str(config), "backup"], size=size
         )
         row["moto_cpu_s"] = round(proc_cpu(moto.pid) - moto_before, 2)
         rows.append(row)
@@ -173,7 +179,7 @@ def main() -> None:
         target = work / "restored"
         moto_before = proc_cpu(moto.pid)
         row = measure("opsdb restore <- moto S3 (decrypt, verify, extract)",
-                      [OPSDB, "--config", str(config), "restore", "--target-dir", str(target)], size=restored_size)  # fmt: skip
+                      [args.opsdb, "--config", str(config), "restore", "--target-dir", str(target)], size=restored_size)  # fmt: skip
         row["moto_cpu_s"] = round(proc_cpu(moto.pid) - moto_before, 2)
         row["mb_s"] = round(dir_size(target) / row["wall_s"] / 1e6, 1)
         rows.append(row)
@@ -203,6 +209,7 @@ def main() -> None:
         "database_bytes": size,
         "level": args.level,
         "threads": args.threads,
+        "opsdb": args.opsdb,
         "load_average_before": load_before,
         "rows": rows,
         "backup_ratio": round(backup_ratio, 3),
