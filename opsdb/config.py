@@ -9,26 +9,21 @@ Every error becomes one ConfigError line naming the key and the problem.
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
-import types
-import typing
-from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from opsdb.errors import ConfigError, UsageError
 from opsdb.model.units import parse_duration, parse_size
 
 DEFAULT_REPOSITORY_URL = "file:///var/lib/opsdb/repo"
 SEARCH_PATHS = (Path("opsdb.toml"), Path("/etc/opsdb/opsdb.toml"))
-ENV_PREFIX = "OPSDB_"
-ENV_NESTING = "__"
 
 
 class _Section(BaseModel):
@@ -142,9 +137,9 @@ class ClusterConfig(_Section):
 
     _tz = field_validator("timezone")(classmethod(lambda cls, v: _timezone(v)))
     _wait = field_validator("archive_wait", mode="before")(classmethod(lambda cls, v: _duration(v)))
-    _sizes = field_validator("lag_warning_bytes", "lag_critical_bytes", "slot_retained_warning_bytes", mode="before")(
-        classmethod(lambda cls, v: parse_size(v))
-    )
+    _sizes = field_validator(
+        "lag_warning_bytes", "lag_critical_bytes", "slot_retained_warning_bytes", mode="before"
+    )(classmethod(lambda cls, v: parse_size(v)))
 
 
 class ScheduleJob(_Section):
@@ -289,10 +284,12 @@ class MetricsConfig(_Section):
     textfile: Path | None = None  # refreshed after each scheduled job when set
 
 
-class Settings(BaseModel):
-    """The whole configuration. Built only by load_settings() (file, then OPSDB_ environment overrides)."""
+class Settings(BaseSettings):
+    """The whole configuration. Built only by load_settings()."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="OPSDB_", env_nested_delimiter="__", extra="forbid", populate_by_name=True
+    )
 
     repository: RepositoryConfig = RepositoryConfig()
     encryption: EncryptionConfig = EncryptionConfig()
@@ -309,6 +306,18 @@ class Settings(BaseModel):
 
     # where the settings came from (not a config key): used to build archive/restore commands
     config_path: Path | None = Field(None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # environment beats the file (passed as init kwargs); no .env or secrets dirs
+        return (env_settings, init_settings)
 
     def cluster(self, name: str | None) -> tuple[str, ClusterConfig]:
         """The cluster named on the command line, or the only one configured."""
@@ -360,69 +369,6 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return f"invalid configuration in {source}: {loc}: {msg}{suffix}"
 
 
-def _is_table(annotation: Any) -> bool:
-    """Whether a key of this type takes a TOML table or array (so its environment value is JSON)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return True
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_table(a) for a in typing.get_args(annotation) if a is not type(None))
-    return origin in (dict, list, tuple, set) or annotation in (dict, list, tuple, set)
-
-
-def _child(annotation: Any, key: str) -> Any:
-    """The type of `key` inside a value of type `annotation` (None when unknown: validation says so)."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        found = [_child(a, key) for a in typing.get_args(annotation) if a is not type(None)]
-        return next((f for f in found if f is not None), None)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        field = annotation.model_fields.get(key)
-        return field.annotation if field is not None else None
-    if origin is dict:
-        return typing.get_args(annotation)[1]
-    return None
-
-
-def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The OPSDB_ variables as nested keys: OPSDB_CLUSTERS__MAIN__CONNINFO -> clusters.main.conninfo.
-
-    Names are case-insensitive (keys are lower-cased); a value for a table or array key is JSON
-    (OPSDB_CLUSTERS__MAIN__REPLICAS='[{"conninfo": "..."}]'); other values are strings that validation
-    converts ("8" -> 8, "false" -> False). Names whose first part is no section (OPSDB_CONFIG) are not
-    configuration keys and are left alone."""
-    out: dict[str, Any] = {}
-    for name, value in sorted(environ.items()):
-        if not name.upper().startswith(ENV_PREFIX):
-            continue
-        path = name[len(ENV_PREFIX) :].lower().split(ENV_NESTING)
-        if path[0] not in Settings.model_fields or not all(path):
-            continue
-        annotation: Any = Settings
-        for key in path:
-            annotation = _child(annotation, key)
-        decoded: Any = value
-        if _is_table(annotation):
-            try:
-                decoded = json.loads(value)
-            except ValueError as exc:
-                raise ConfigError(f"invalid configuration in the environment: {name}: not JSON ({exc})") from None
-        node = out
-        for key in path[:-1]:
-            if not isinstance(node.get(key), dict):
-                node[key] = {}
-            node = node[key]
-        node[path[-1]] = _merged(node.get(path[-1]), decoded)
-    return out
-
-
-def _merged(base: Any, override: Any) -> Any:
-    """override on top of base, tables merged key by key (the environment beats the file)."""
-    if isinstance(base, dict) and isinstance(override, dict):
-        return {**base, **{k: _merged(base.get(k), v) for k, v in override.items()}}
-    return override
-
-
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """Find, parse and validate the configuration. Raises ConfigError with one line."""
     file = find_config_file(path)
@@ -435,11 +381,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
             raise ConfigError(f"unable to parse config {file}: {exc}") from None
         except OSError as exc:
             raise ConfigError(f"unable to read config {file}: {exc.strerror}") from None
-    overrides = env_overrides(os.environ)
-    data = _merged(data, overrides)
     source = str(file) if file else "the environment"
-    if file and overrides:
-        source += " (with OPSDB_ environment overrides)"
     try:
         settings = Settings(**data)
     except ValidationError as exc:

@@ -89,12 +89,10 @@ def test_several_clusters_and_cluster_selection(tmp_path):
         ('[repositry]\nurl = "s3://x"\n', r"repositry: unknown key"),
         ('[clusters.main]\nconinfo = "x"\n', r"clusters\.main\.coninfo: unknown key"),
         ('[clusters.main.retention]\nwindow = "fortnight"\n', r"clusters\.main\.retention\.window: invalid duration"),
-        (
-            '[schedule.nightly]\ncron = "0 2 * * *"\ncommand = "backup"\ntimezone = "Mars/Base"\n',
-            r"schedule\.nightly\.timezone: unknown timezone 'Mars/Base'",
-        ),
-        ("[encryption]\nrequired = true\n", r"encryption: .*required = true but no key_file or key_env"),
-        ("[wal]\npush_workers = 0\n", r"wal\.push_workers: Input should be greater than or equal to 1"),
+        ('[schedule.nightly]\ncron = "0 2 * * *"\ncommand = "backup"\ntimezone = "Mars/Base"\n',
+         r"schedule\.nightly\.timezone: unknown timezone 'Mars/Base'"),
+        ('[encryption]\nrequired = true\n', r"encryption: .*required = true but no key_file or key_env"),
+        ('[wal]\npush_workers = 0\n', r"wal\.push_workers: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(tmp_path, text, expected):
@@ -135,30 +133,9 @@ def test_example_config_loads_and_documents_every_key():
     text = EXAMPLE.read_text()
     # every leaf key name appears in the example, either set or as a commented line
     missing = sorted(
-        path
-        for path in _field_paths(Settings)
+        path for path in _field_paths(Settings)
         if not re.search(rf"^\s*#?\s*{re.escape(path.split('.')[-1])}\s*=", text, re.MULTILINE)
         and not re.search(rf"\[{re.escape(path)}\]|\[\[.*{re.escape(path.split('.')[-1])}\]\]", text)
         and path.split(".")[-1] not in {"clusters", "schedule", "databases", "assertions", "replicas", "retention"}
     )
     assert missing == []
-
-
-def test_env_overrides_merge_into_file_tables_and_decode_json_for_tables(tmp_path, monkeypatch):
-    path = write(tmp_path, '[clusters.main]\nconninfo = "host=a"\npg_bin_dir = "/usr/lib/postgresql/15/bin"\n')
-    monkeypatch.setenv("OPSDB_CONFIG", str(path))  # discovery, not a configuration key
-    monkeypatch.setenv("opsdb_clusters__main__replicas", '[{"name": "r1", "conninfo": "host=r"}]')
-    settings = load_settings(path)
-    main = settings.clusters["main"]
-    assert main.conninfo == "host=a" and str(main.pg_bin_dir) == "/usr/lib/postgresql/15/bin"  # file keys kept
-    assert [r.conninfo for r in main.replicas] == ["host=r"]
-
-
-def test_env_override_that_is_not_json_for_a_table_is_one_config_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("OPSDB_CLUSTERS__MAIN__REPLICAS", "host=r")
-    with pytest.raises(ConfigError, match="OPSDB_CLUSTERS__MAIN__REPLICAS: not JSON"):
-        load_settings(write(tmp_path, '[clusters.main]\nconninfo = "host=a"\n'))
-    monkeypatch.delenv("OPSDB_CLUSTERS__MAIN__REPLICAS")
-    monkeypatch.setenv("OPSDB_WAL__PUSH_WORKERS", "many")
-    with pytest.raises(ConfigError, match=r"environment overrides\): wal\.push_workers: "):
-        load_settings(write(tmp_path, '[clusters.main]\nconninfo = "host=a"\n'))
