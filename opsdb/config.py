@@ -137,9 +137,9 @@ class ClusterConfig(_Section):
 
     _tz = field_validator("timezone")(classmethod(lambda cls, v: _timezone(v)))
     _wait = field_validator("archive_wait", mode="before")(classmethod(lambda cls, v: _duration(v)))
-    _sizes = field_validator(
-        "lag_warning_bytes", "lag_critical_bytes", "slot_retained_warning_bytes", mode="before"
-    )(classmethod(lambda cls, v: parse_size(v)))
+    _sizes = field_validator("lag_warning_bytes", "lag_critical_bytes", "slot_retained_warning_bytes", mode="before")(
+        classmethod(lambda cls, v: parse_size(v))
+    )
 
 
 class ScheduleJob(_Section):

@@ -17,5 +17,6 @@ if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
 fi
 
 .venv/bin/ruff check opsdb tests bench scripts
+.venv/bin/ruff format --check opsdb tests bench scripts
 .venv/bin/lint-imports
 .venv/bin/pytest -n "${OPSDB_TEST_WORKERS:-2}" --dist loadfile "$@"

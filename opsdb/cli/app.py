@@ -42,12 +42,21 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     ctx: typer.Context,
-    config: Annotated[str | None, typer.Option("--config", "-c", help="Config file (else $OPSDB_CONFIG, ./opsdb.toml, /etc/opsdb/opsdb.toml).")] = None,
-    cluster: Annotated[str | None, typer.Option("--cluster", help="Cluster name; optional when the config has one.")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else there.")] = False,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", "-c", help="Config file (else $OPSDB_CONFIG, ./opsdb.toml, /etc/opsdb/opsdb.toml)."),
+    ] = None,
+    cluster: Annotated[
+        str | None, typer.Option("--cluster", help="Cluster name; optional when the config has one.")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else there.")
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
     log_format: Annotated[str | None, typer.Option("--log-format", help="text or json logs on stderr.")] = None,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
 ) -> None:
     ctx.obj = AppState(config_path=config, cluster_name=cluster, json=json_output, debug=debug, log_format=log_format)
     if ctx.invoked_subcommand not in COMMANDS_WITHOUT_CONFIG:

@@ -31,9 +31,27 @@ def test_help_lists_every_command_group():
     result = opsdb("--help")
     assert result.returncode == 0
     for command in (
-        "key", "check", "backup", "dump", "backups", "wal-push", "wal-fetch", "info", "restore", "restore-dump",
-        "verify", "heartbeat", "drill", "report", "retention", "schedule", "playbook", "pgbouncer", "replicas",
-        "metrics", "demo",
+        "key",
+        "check",
+        "backup",
+        "dump",
+        "backups",
+        "wal-push",
+        "wal-fetch",
+        "info",
+        "restore",
+        "restore-dump",
+        "verify",
+        "heartbeat",
+        "drill",
+        "report",
+        "retention",
+        "schedule",
+        "playbook",
+        "pgbouncer",
+        "replicas",
+        "metrics",
+        "demo",
     ):
         assert f" {command} " in result.stdout, command
 

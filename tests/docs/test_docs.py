@@ -16,7 +16,8 @@ def test_repository_format_doc_names_every_layout_key():
     names = [
         name
         for name, value in vars(layout).items()
-        if not name.startswith("_") and (inspect.isfunction(value) or name.isupper())
+        if not name.startswith("_")
+        and (inspect.isfunction(value) or name.isupper())
         and getattr(value, "__module__", layout.__name__) == layout.__name__
     ]
     assert names, "layout.py exposes no keys?"

@@ -89,10 +89,12 @@ def test_several_clusters_and_cluster_selection(tmp_path):
         ('[repositry]\nurl = "s3://x"\n', r"repositry: unknown key"),
         ('[clusters.main]\nconinfo = "x"\n', r"clusters\.main\.coninfo: unknown key"),
         ('[clusters.main.retention]\nwindow = "fortnight"\n', r"clusters\.main\.retention\.window: invalid duration"),
-        ('[schedule.nightly]\ncron = "0 2 * * *"\ncommand = "backup"\ntimezone = "Mars/Base"\n',
-         r"schedule\.nightly\.timezone: unknown timezone 'Mars/Base'"),
-        ('[encryption]\nrequired = true\n', r"encryption: .*required = true but no key_file or key_env"),
-        ('[wal]\npush_workers = 0\n', r"wal\.push_workers: Input should be greater than or equal to 1"),
+        (
+            '[schedule.nightly]\ncron = "0 2 * * *"\ncommand = "backup"\ntimezone = "Mars/Base"\n',
+            r"schedule\.nightly\.timezone: unknown timezone 'Mars/Base'",
+        ),
+        ("[encryption]\nrequired = true\n", r"encryption: .*required = true but no key_file or key_env"),
+        ("[wal]\npush_workers = 0\n", r"wal\.push_workers: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(tmp_path, text, expected):
@@ -133,7 +135,8 @@ def test_example_config_loads_and_documents_every_key():
     text = EXAMPLE.read_text()
     # every leaf key name appears in the example, either set or as a commented line
     missing = sorted(
-        path for path in _field_paths(Settings)
+        path
+        for path in _field_paths(Settings)
         if not re.search(rf"^\s*#?\s*{re.escape(path.split('.')[-1])}\s*=", text, re.MULTILINE)
         and not re.search(rf"\[{re.escape(path)}\]|\[\[.*{re.escape(path.split('.')[-1])}\]\]", text)
         and path.split(".")[-1] not in {"clusters", "schedule", "databases", "assertions", "replicas", "retention"}

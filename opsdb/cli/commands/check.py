@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 def render(report: CheckReport) -> str:
     """One line per check ("OK       repository  s3://b/p writable (12 ms)"), then the overall status."""
     from opsdb.model.results import Status
+
     width = max((len(c.name) for c in report.checks), default=0)
     lines = [f"{c.status.value:<8} {c.name:<{width}}  {c.detail}" for c in report.checks]
     counts = {s: sum(1 for c in report.checks if c.status is s) for s in Status}
