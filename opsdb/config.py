@@ -88,7 +88,9 @@ class EncryptionConfig(_Section):
 class CompressionConfig(_Section):
     algorithm: Literal["zstd", "gzip", "none"] = "zstd"
     level: int = Field(3, ge=0, le=22)
-    threads: int = Field(0, ge=0, le=64)  # zstd worker threads; 0 = single-threaded
+    # zstd worker threads for backups and dumps (as `zstd -T2`); 0 = compress on the reading thread.
+    # WAL files are always compressed single-threaded: the pusher and agent parallelise across files.
+    threads: int = Field(2, ge=0, le=64)
 
     @model_validator(mode="after")
     def _level_range(self) -> CompressionConfig:

@@ -116,7 +116,10 @@ def wal_repo_from_settings(settings: Any, cluster: str, *, writable: bool = Fals
     from opsdb.ops.codec import repository
 
     repo = repository(settings, writable=writable)
-    return WalRepo(repo.storage, cluster, repo.codec, repo.keys)
+    # single-threaded zstd for WAL: a 16 MiB file gains nothing from a worker pool started per object,
+    # and async mode already compresses push_workers files at once
+    codec = dataclasses.replace(repo.codec, threads=0)
+    return WalRepo(repo.storage, cluster, codec, repo.keys)
 
 
 def agent_handler(repo: WalRepo, kind: str) -> Callable[[dict[str, Any]], dict[str, Any]]:

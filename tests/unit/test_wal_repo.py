@@ -136,3 +136,19 @@ def test_conflicting_partial_is_kept_beside_and_never_blocks(repo, tmp_path):
     dest = tmp_path / "first"
     ops_wal.fetch_file(repo, name, str(dest))
     assert dest.read_bytes() == b"first promotion" * 100
+
+
+def test_wal_objects_are_compressed_single_threaded_whatever_backups_use(tmp_path):
+    from opsdb.config import load_settings
+    from opsdb.ops.codec import repository
+    from opsdb.ops.wal import wal_repo_from_settings
+
+    config = tmp_path / "opsdb.toml"
+    config.write_text(
+        f'[repository]\nurl = "file://{tmp_path}/repo"\n[encryption]\nrequired = false\n'
+        '[clusters.main]\nconninfo = "host=/tmp"\n'
+    )
+    settings = load_settings(config)
+    assert settings.compression.threads == 2  # the default: backups and dumps use zstd workers
+    assert repository(settings, writable=True).codec.threads == 2
+    assert wal_repo_from_settings(settings, "main", writable=True).codec.threads == 0
