@@ -129,13 +129,13 @@ def cache_dir() -> str | None:
     base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
     path = os.path.join(base, f"opsdb-{os.geteuid()}")
     try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError:
-        return None
-    try:
-        st = os.lstat(path)
+        st = os.lstat(path)  # one stat per WAL file; mkdir only the first time
+    except FileNotFoundError:
+        try:
+            os.mkdir(path, 0o700)
+            st = os.lstat(path)
+        except OSError:
+            return None
     except OSError:
         return None
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:

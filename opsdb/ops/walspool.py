@@ -162,9 +162,7 @@ class PushSpool:
         self.fail_path = os.path.join(self.root, "pusher.fail")
 
     def ensure(self) -> PushSpool:
-        for d in (self.queue, self.ok, self.error):
-            if not os.path.isdir(d):
-                os.makedirs(d, mode=0o700, exist_ok=True)
+        _make_dirs(self.queue, self.ok, self.error)
         return self
 
     # --- client side (wal-push) ---------------------------------------------------------------
@@ -303,9 +301,7 @@ class FetchSpool:
         self.fail_path = os.path.join(self.root, "prefetch.fail")
 
     def ensure(self) -> FetchSpool:
-        for d in (self.data, self.result):
-            if not os.path.isdir(d):
-                os.makedirs(d, mode=0o700, exist_ok=True)
+        _make_dirs(self.data, self.result)
         return self
 
     def clear(self) -> None:
@@ -440,6 +436,13 @@ def copy_verified(src: str, dest: str, sha256: Any, size: Any) -> bool:
     return True
 
 
+def _make_dirs(*dirs: str) -> None:
+    """The spool's directories, mode 0700 (a stat each when they exist: this runs once per WAL file)."""
+    for d in dirs:
+        if not os.path.isdir(d):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+
+
 def _read_text(path: str) -> str | None:
     """A small file's text, stripped; None when missing or empty."""
     try:
@@ -468,6 +471,7 @@ def wait_until(predicate: Any, timeout: float, poll: float = 0.005) -> Any:
 
 def push_via_spool(spool: PushSpool, path: str, start_pusher: StartDaemon, *, timeout: float) -> bool:
     """Hand PATH to the background pusher and wait until it is durably stored (or failed).
+    The caller has made the spool (`spool.ensure()`).
 
     Returns True when the pusher had already stored it ahead of this call. Raises OperationFailed on
     failure or timeout (PostgreSQL retries the file later)."""
@@ -477,7 +481,6 @@ def push_via_spool(spool: PushSpool, path: str, start_pusher: StartDaemon, *, ti
     if not os.path.isfile(path):
         raise UsageError(f"unable to archive {path}: no such file", hint="archive_command must pass %p")
     digest: dict[str, str] = {}
-    spool.ensure()
     if spool.take_ok(name, path, digest):
         return True
     spool.take_error(name)  # an earlier attempt's failure: this attempt retries
@@ -508,14 +511,13 @@ def push_via_spool(spool: PushSpool, path: str, start_pusher: StartDaemon, *, ti
 
 
 def fetch_via_spool(spool: FetchSpool, name: str, dest: str, start_prefetcher: StartDaemon, *, timeout: float) -> bool:
-    """Serve NAME from the prefetch spool, asking the prefetcher for it if needed.
+    """Serve NAME from the prefetch spool (made by the caller), asking the prefetcher for it if needed.
 
     True: dest written. False: no answer in time (the caller fetches in-process). Raises NotFound when
     the prefetcher found NAME is not archived, RepositoryUnavailable / IntegrityError when it could not
     be read."""
     if not valid_name(name):
         raise UsageError(f"invalid WAL file name {name!r}")
-    spool.ensure()
     token = os.urandom(8).hex()
     served = False
     if spool.has(name):
