@@ -93,8 +93,11 @@ class StoredFile:
     name: str
     size: int  # plaintext bytes
     stored_size: int  # bytes in the repository (envelope, compressed, encrypted)
-    sha256: str  # of the plaintext
+    sha256: str  # the object's trailer digest: of what sha256_of says
     role: str = "data"  # base | tablespace | manifest | dump | globals
+    # "plaintext" (envelope version 1, and every record written before version 2 existed) or
+    # "compressed" (version 2: backups and dumps, see repo/envelope.py)
+    sha256_of: str = "plaintext"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,6 +110,7 @@ class StoredFile:
             stored_size=int(doc.get("stored_size") or 0),
             sha256=str(doc.get("sha256") or ""),
             role=str(doc.get("role") or "data"),
+            sha256_of=str(doc.get("sha256_of") or "plaintext"),
         )
 
 

@@ -5,9 +5,10 @@ How the bytes flow (nothing but backup_manifest is staged on disk):
   opens them, <tmp>/out is filled with named pipes of those names (pg_basebackup insists on creating
   or finding an empty directory, so the pipes are made the moment it has created the directory,
   which is before it even asks the server for the backup). One reader thread per pipe streams it
-  through put_object (compress, encrypt, checksum) into backups/<id>/. backup_manifest is small and
-  lands as a regular file; it is stored after pg_basebackup exits. Any tar that still arrived as a
-  regular file (a tablespace created during the backup) is uploaded from disk as a fallback.
+  through put_object (compress, encrypt, SHA-256 of the compressed bytes: envelope version 2) into
+  backups/<id>/. backup_manifest is small and lands as a regular file; it is stored after
+  pg_basebackup exits. Any tar that still arrived as a regular file (a tablespace created during
+  the backup) is uploaded from disk as a fallback.
 
 The WAL from start to stop LSN: `-X fetch` puts it into base.tar (pg_wal/), so every backup restores
 to a consistent state on its own, without the WAL archive. To keep the server from recycling that
@@ -164,7 +165,13 @@ class _PipeReader(threading.Thread):
                     return  # never written: pg_basebackup failed, or this tablespace is gone
                 self.got_bytes = True
                 self.result = envelope.put_object(
-                    self.storage, self.key, _chain(first, pipe), self.codec, if_absent=True, on_bytes=self.on_bytes
+                    self.storage,
+                    self.key,
+                    _chain(first, pipe),
+                    self.codec,
+                    if_absent=True,
+                    on_bytes=self.on_bytes,
+                    plaintext_digest=False,
                 )
         except BaseException as exc:  # closing the pipe makes pg_basebackup fail (EPIPE) instead of hang
             self.error = exc
@@ -253,7 +260,7 @@ def _stream_basebackup(
         except ValueError as exc:
             raise IntegrityError(f"backup_manifest of backup {backup_id} is not JSON: {exc}") from None
         key = layout.backup_object(request.cluster, backup_id, MANIFEST_OBJECT)
-        obj = envelope.put_object(storage, key, [raw], codec, if_absent=True)
+        obj = envelope.put_object(storage, key, [raw], codec, if_absent=True, plaintext_digest=False)
         stored.append(_stored_file(obj, key, role="manifest"))
         return stored, manifest
     finally:
@@ -329,7 +336,7 @@ def _upload_regular_tars(
         key = layout.backup_object(cluster, backup_id, object_name)
         with open(path, "rb") as fh:
             obj = envelope.put_object(storage, key, iter(lambda: fh.read(CHUNK_SIZE), b""), codec, if_absent=True,
-                                      on_bytes=on_bytes)  # fmt: skip
+                                      on_bytes=on_bytes, plaintext_digest=False)  # fmt: skip
         stored.append(_stored_file(obj, key))
     return stored
 
@@ -339,7 +346,7 @@ def _stored_file(obj: StoredObject | None, key: str, role: str | None = None) ->
     name = key.rsplit("/", 1)[-1]
     if role is None:
         role = "base" if name == BASE_OBJECT else "tablespace"
-    return StoredFile(name, obj.size, obj.stored_size, obj.sha256, role)
+    return StoredFile(name, obj.size, obj.stored_size, obj.sha256, role, obj.digest_of)
 
 
 # --- the record ------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 from opsdb.errors import IntegrityError, UsageError
 from opsdb.repo import envelope
 from opsdb.storage.base import Storage
-from opsdb.stream.stages import IterReader, Meter
+from opsdb.stream.stages import IterReader
 
 READ = 1024 * 1024
 _SHA = {"SHA224": "sha224", "SHA256": "sha256", "SHA384": "sha384", "SHA512": "sha512"}
@@ -123,9 +123,9 @@ def check_tar_stream(
     storage: Storage, key: str, keys: Mapping[str, Any], manifest: ManifestCheck
 ) -> tuple[int, int, str]:
     """Stream one tar object (authenticated) through tarfile; record each file against the manifest.
-    Returns (plaintext size, stored size, plaintext sha256) like envelope.verify_object."""
-    meter = Meter()
-    chunks = meter.wrap(envelope.get_object(storage, key, keys))
+    Returns (plaintext size, stored size, trailer digest) like envelope.verify_object."""
+    readback = envelope.Readback()
+    chunks = envelope.get_object(storage, key, keys, readback=readback)
     reader = IterReader(chunks)
     prefix = tar_prefix(key)
     try:
@@ -147,4 +147,4 @@ def check_tar_stream(
         pass
     reader.read()
     info = storage.stat(key)
-    return meter.size, info.size if info else 0, meter.sha256
+    return readback.size, info.size if info else 0, readback.sha256

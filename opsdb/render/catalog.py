@@ -84,6 +84,7 @@ def backup_details(r: BackupRecord) -> str:
     for o in r.objects:
         lines.append(
             f"  {o.name:<28} {human_bytes(o.size):>10}  stored {human_bytes(o.stored_size):>10}  sha256 {o.sha256[:16]}"
+            + ("" if o.sha256_of == "plaintext" else f" (of the {o.sha256_of} bytes)")
         )
     return "\n".join(lines)
 

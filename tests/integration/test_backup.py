@@ -62,6 +62,9 @@ def test_backup_is_listed_with_the_spec_fields(env: dict[str, Any], backup: dict
     assert any(n.startswith("pg_tblspc-") for n in names)
     assert shown["system_identifier"] and shown["pg_version"].startswith("15")
     assert shown["wal_included"] is True and shown["from_standby"] is False
+    # every object of a backup is written as envelope version 2: its digest is of the compressed bytes
+    assert {o["sha256_of"] for o in shown["objects"]} == {"compressed"}
+    assert "(of the compressed bytes)" in opsdb(env["config"], "backups", "show", backup["id"]).stdout
     human = opsdb(env["config"], "backups", "list").stdout
     assert backup["id"] in human and "physical" in human
 

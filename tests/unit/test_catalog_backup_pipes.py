@@ -80,7 +80,14 @@ def test_tars_stream_through_the_pipes_into_objects(tmp_path: Path) -> None:
     stored, manifest = run(ScriptedBasebackup({"16385.tar": space, "base.tar": base}), storage, tmp_path)
     by_name = {s.name: s for s in stored}
     assert set(by_name) == {"base.tar", "pg_tblspc-16385.tar", "backup_manifest"}
-    assert by_name["base.tar"].sha256 == hashlib.sha256(base).hexdigest() and by_name["base.tar"].role == "base"
+    assert by_name["base.tar"].role == "base" and by_name["base.tar"].size == len(base)
+    base_key = layout.backup_object("main", "20261121T101500Z-F", "base.tar")
+    # backup objects carry the digest of their compressed bytes (envelope version 2), and reading
+    # one back yields the plaintext and that same digest
+    readback = envelope.Readback()
+    assert b"".join(envelope.get_object(storage, base_key, {}, readback=readback)) == base
+    assert by_name["base.tar"].sha256_of == "compressed" == readback.digest_of
+    assert readback.sha256 == by_name["base.tar"].sha256 != hashlib.sha256(base).hexdigest()
     key = layout.backup_object("main", "20261121T101500Z-F", "pg_tblspc-16385.tar")
     assert b"".join(envelope.get_object(storage, key, {})) == space
     assert wal_range(manifest)[0] == 1

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
+import zlib
 
 import pytest
 
 from opsdb.errors import Conflict, IntegrityError, NotFound, UsageError
 from opsdb.repo.envelope import (
+    TRAILER_SIZE,
     Codec,
+    Readback,
     StoredObject,
     get_json,
     get_object,
@@ -19,6 +23,7 @@ from opsdb.repo.envelope import (
     read_header,
     verify_object,
 )
+from opsdb.repo.wal import stored_plain_sha256
 from opsdb.storage.memory import MemoryStorage
 from opsdb.stream.crypto import EncryptionKey
 from opsdb.stream.stages import CHUNK_SIZE
@@ -29,6 +34,8 @@ KEYS = {KEY.id: KEY}
 NAME = "clusters/main/backups/20240101T000000Z/base.tar"
 SIZES = [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 2 * CHUNK_SIZE]
 COMBOS = [(c, k) for c in ("zstd", "gzip", "none") for k in (None, KEY)]
+# envelope version 1 (digest of the plaintext) and 2 (digest of the compressed bytes)
+DIGESTS = pytest.mark.parametrize("plaintext_digest", [True, False], ids=["v1", "v2"])
 
 
 def _data(n: int) -> bytes:
@@ -36,10 +43,20 @@ def _data(n: int) -> bytes:
 
 
 def _store(
-    storage: MemoryStorage, data: bytes, compression: str = "zstd", key: EncryptionKey | None = KEY
+    storage: MemoryStorage,
+    data: bytes,
+    compression: str = "zstd",
+    key: EncryptionKey | None = KEY,
+    plaintext_digest: bool = True,
 ) -> StoredObject:
     pieces = [data[i : i + 300_000] for i in range(0, len(data), 300_000)]
-    return put_object(storage, NAME, pieces, Codec(compression=compression, level=3, key=key))
+    codec = Codec(compression=compression, level=3, key=key)
+    return put_object(storage, NAME, pieces, codec, plaintext_digest=plaintext_digest)
+
+
+def _header_size(blob: bytes) -> int:
+    (n,) = struct.unpack_from(">H", blob, 9)  # magic (8) | version (1) | n (2) | JSON | CRC-32 (4)
+    return 11 + n + 4
 
 
 def _raw(storage: MemoryStorage) -> bytes:
@@ -60,17 +77,26 @@ def _read(storage: MemoryStorage, keys: dict[str, EncryptionKey] = KEYS) -> byte
     "compression,key", COMBOS, ids=lambda v: getattr(v, "id", v) and ("enc" if isinstance(v, EncryptionKey) else v)
 )
 @pytest.mark.parametrize("size", SIZES)
-def test_roundtrip(compression: str, key: EncryptionKey | None, size: int) -> None:
+@DIGESTS
+def test_roundtrip(compression: str, key: EncryptionKey | None, size: int, plaintext_digest: bool) -> None:
     storage = MemoryStorage()
     data = _data(size)
-    stored = _store(storage, data, compression, key)
-    assert stored.size == size and stored.sha256 == hashlib.sha256(data).hexdigest()
-    assert stored.stored_size == storage.stat(NAME).size
+    stored = _store(storage, data, compression, key, plaintext_digest)
+    assert stored.size == size and stored.stored_size == storage.stat(NAME).size
+    if plaintext_digest or compression == "none":
+        assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    if not plaintext_digest and key is None:  # the bytes between the header and the trailer
+        blob = _raw(storage)
+        assert stored.sha256 == hashlib.sha256(blob[_header_size(blob) : -TRAILER_SIZE]).hexdigest()
+    assert stored.digest_of == ("plaintext" if plaintext_digest else "compressed")
     assert stored.key_id == (key.id if key else None)
-    assert _read(storage) == data
+    readback = Readback()
+    assert b"".join(get_object(storage, NAME, KEYS, readback=readback)) == data
+    assert (readback.size, readback.sha256, readback.digest_of) == (size, stored.sha256, stored.digest_of)
     assert verify_object(storage, NAME, KEYS) == stored
     header = read_header(storage, NAME)
     assert header.stages == stored.stages and header.compression == compression and header.key_id == stored.key_id
+    assert header.version == (1 if plaintext_digest else 2)
 
 
 def test_stages_recorded_in_order() -> None:
@@ -90,9 +116,12 @@ def test_a_fetch_reads_the_header_not_the_name() -> None:
 
 
 @pytest.mark.parametrize("compression,key", COMBOS)
-def test_every_flipped_byte_of_a_small_object_is_detected(compression: str, key: EncryptionKey | None) -> None:
+@DIGESTS
+def test_every_flipped_byte_of_a_small_object_is_detected(
+    compression: str, key: EncryptionKey | None, plaintext_digest: bool
+) -> None:
     storage = MemoryStorage()
-    _store(storage, b"a small catalog document " * 4, compression, key)
+    _store(storage, b"a small catalog document " * 4, compression, key, plaintext_digest)
     blob = _raw(storage)
     for pos in range(len(blob)):
         bad = bytearray(blob)
@@ -103,9 +132,12 @@ def test_every_flipped_byte_of_a_small_object_is_detected(compression: str, key:
 
 
 @pytest.mark.parametrize("compression,key", COMBOS)
-def test_flipped_byte_in_a_large_object_is_detected(compression: str, key: EncryptionKey | None) -> None:
+@DIGESTS
+def test_flipped_byte_in_a_large_object_is_detected(
+    compression: str, key: EncryptionKey | None, plaintext_digest: bool
+) -> None:
     storage = MemoryStorage()
-    _store(storage, _data(3 * CHUNK_SIZE), compression, key)
+    _store(storage, _data(3 * CHUNK_SIZE), compression, key, plaintext_digest)
     blob = _raw(storage)
     for pos in (200, len(blob) // 2, len(blob) - 60, len(blob) - 1):
         bad = bytearray(blob)
@@ -116,9 +148,10 @@ def test_flipped_byte_in_a_large_object_is_detected(compression: str, key: Encry
 
 
 @pytest.mark.parametrize("compression,key", COMBOS)
-def test_truncation_anywhere_is_detected(compression: str, key: EncryptionKey | None) -> None:
+@DIGESTS
+def test_truncation_anywhere_is_detected(compression: str, key: EncryptionKey | None, plaintext_digest: bool) -> None:
     storage = MemoryStorage()
-    _store(storage, _data(2 * CHUNK_SIZE + 7), compression, key)
+    _store(storage, _data(2 * CHUNK_SIZE + 7), compression, key, plaintext_digest)
     blob = _raw(storage)
     for cut in (1, 20, 48, 49, 1000, len(blob) // 2, len(blob) - 10):
         _replace(storage, blob[: len(blob) - cut])
@@ -127,9 +160,10 @@ def test_truncation_anywhere_is_detected(compression: str, key: EncryptionKey | 
 
 
 @pytest.mark.parametrize("compression,key", COMBOS)
-def test_appended_bytes_are_detected(compression: str, key: EncryptionKey | None) -> None:
+@DIGESTS
+def test_appended_bytes_are_detected(compression: str, key: EncryptionKey | None, plaintext_digest: bool) -> None:
     storage = MemoryStorage()
-    _store(storage, _data(1000), compression, key)
+    _store(storage, _data(1000), compression, key, plaintext_digest)
     _replace(storage, _raw(storage) + b"\x00" * 49)
     with pytest.raises(IntegrityError, match=f"^object {NAME} "):
         _read(storage)
@@ -171,6 +205,52 @@ def test_corrupt_compression_inside_the_envelope() -> None:
         _read(storage)
 
 
+def _set_version(blob: bytes, version: int) -> bytes:
+    """The object with another envelope version byte, its header CRC-32 recomputed to match."""
+    end = _header_size(blob)
+    header = bytearray(blob[:end])
+    header[8] = version
+    header[-4:] = struct.pack(">I", zlib.crc32(bytes(header[:-4])))
+    return bytes(header) + blob[end:]
+
+
+def test_an_encrypted_version_2_object_cannot_pass_for_version_1() -> None:
+    """The version byte is in the authenticated header: relabelling what the digest covers fails."""
+    storage = MemoryStorage()
+    _store(storage, _data(5000), "zstd", KEY, plaintext_digest=False)
+    _replace(storage, _set_version(_raw(storage), 1))
+    with pytest.raises(IntegrityError, match=f"object {NAME} failed authentication"):
+        _read(storage)
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_an_unencrypted_object_relabelled_to_the_other_version_is_detected(compression: str) -> None:
+    """Without a key the header is only CRC-protected, but the digest itself then no longer matches."""
+    for written, relabelled in ((True, 2), (False, 1)):
+        storage = MemoryStorage()
+        _store(storage, _data(5000), compression, None, plaintext_digest=written)
+        _replace(storage, _set_version(_raw(storage), relabelled))
+        with pytest.raises(IntegrityError, match="content does not match its checksum"):
+            _read(storage)
+
+
+def test_an_unknown_envelope_version_is_refused() -> None:
+    storage = MemoryStorage()
+    _store(storage, b"x", "zstd", None)
+    _replace(storage, _set_version(_raw(storage), 3))
+    with pytest.raises(IntegrityError, match=f"object {NAME} has envelope version 3; this opsdb reads versions 1, 2"):
+        _read(storage)
+
+
+def test_the_plaintext_digest_of_a_version_2_object_is_computed_when_asked() -> None:
+    """A WAL push compares plaintext digests; an object with a compressed-bytes digest still answers."""
+    storage = MemoryStorage()
+    data = _data(CHUNK_SIZE + 5)
+    stored = _store(storage, data, "zstd", KEY, plaintext_digest=False)
+    assert stored.sha256 != hashlib.sha256(data).hexdigest()
+    assert stored_plain_sha256(storage, NAME, KEYS) == hashlib.sha256(data).hexdigest()
+
+
 def test_not_an_opsdb_object() -> None:
     storage = MemoryStorage()
     storage.put(NAME, [b"PGDMP plain file written by something else"])
@@ -210,6 +290,8 @@ def test_metadata() -> None:
     _store(storage, data, "zstd", None)
     meta = storage.stat(NAME).metadata
     assert meta["opsdb-stages"] == "zstd" and meta["opsdb-envelope"] == "1"
+    _store(storage, data, "zstd", None, plaintext_digest=False)
+    assert storage.stat(NAME).metadata["opsdb-envelope"] == "2"
     assert meta["opsdb-size"] == str(len(data)) and meta["opsdb-sha256"] == hashlib.sha256(data).hexdigest()
     _store(storage, data, "zstd", KEY)
     meta = storage.stat(NAME).metadata

@@ -71,14 +71,19 @@ FILES = {
 
 
 def build_repo(
-    *, manifest_files: dict[str, bytes] | None = None, algorithm: str = "SHA256"
+    *, manifest_files: dict[str, bytes] | None = None, algorithm: str = "SHA256", plaintext_digest: bool = False
 ) -> tuple[MemoryStorage, Record]:
+    """A backup as opsdb writes it (envelope version 2: digests of the compressed bytes; version 1
+    with plaintext_digest=True, as before version 2 existed), its manifest and WAL 2-5."""
     storage = MemoryStorage()
     record = Record("20261121T090000Z", "0/2000028", "0/3000100")
     objects = {"base.tar": make_tar(FILES), "backup_manifest": make_manifest(manifest_files or FILES, algorithm)}
     for name, data in objects.items():
-        stored = put_object(storage, layout.backup_object("main", record.id, name), [data], CODEC)
-        record.objects.append({"name": name, "size": stored.size, "sha256": stored.sha256})
+        key = layout.backup_object("main", record.id, name)
+        stored = put_object(storage, key, [data], CODEC, plaintext_digest=plaintext_digest)
+        record.objects.append(
+            {"name": name, "size": stored.size, "sha256": stored.sha256, "sha256_of": stored.digest_of}
+        )
     put_object(storage, layout.catalog_entry("main", record.id), [b"{}"], CODEC)
     for segno in range(2, 6):  # 000000010000000000000002 .. 05
         name = segment_name(1, segno)
@@ -99,6 +104,27 @@ def test_clean_repository_passes_with_a_summary() -> None:
     assert result.objects == 7 and result.backups == 1 and result.wal_segments == 4
     assert result.manifest_files == 3
     assert result.to_dict()["result"] == "pass"
+
+
+def test_a_repository_written_with_plaintext_digests_still_verifies() -> None:
+    storage, record = build_repo(plaintext_digest=True)
+    assert {o["sha256_of"] for o in record.objects} == {"plaintext"}
+    result = verify_repository(storage, "main", KEYS, [record])
+    assert result.ok, result.problems
+    assert result.objects == 7 and result.manifest_files == 3
+
+
+def test_a_backup_object_replaced_by_another_valid_one_is_named_by_its_digest() -> None:
+    """Authentic, intact, same size, but not the object the catalog recorded."""
+    storage, record = build_repo()
+    assert {o["sha256_of"] for o in record.objects} == {"compressed"}
+    tar_key = layout.backup_object("main", record.id, "base.tar")
+    other = make_tar(FILES | {"global/1262": os.urandom(20000)})
+    storage.delete([tar_key])
+    put_object(storage, tar_key, [other], CODEC, plaintext_digest=False)
+    result = verify_repository(storage, "main", KEYS, [record])
+    named = {p.key: p.what for p in result.problems}
+    assert named[tar_key].startswith("sha256 ") and "differs from the catalog's" in named[tar_key]
 
 
 def test_flipped_byte_in_backup_object_and_in_wal_object_are_each_named() -> None:
