@@ -48,9 +48,48 @@ def main(argv: list[str] | None = None) -> None:
     if code is None:
         from opsdb.cli.app import main as full_main
 
-        full_main(args)
+        try:
+            full_main(args)
+        except SystemExit as exc:
+            if argv is None:  # the console script or `python -m opsdb`: the process ends here
+                end_process(exc.code)
+            raise
         return
     sys.exit(code)
+
+
+def end_process(status: object) -> None:
+    """Exit with SystemExit's `status` without tearing the interpreter down, when that is safe.
+
+    After a Typer command the interpreter holds pydantic, botocore, rich and their caches; freeing
+    them module by module took 80-120 ms at exit (measured after `opsdb backup`), 3 % of a 1.5 GB
+    backup. Nothing of opsdb's needs that teardown: stored objects, catalog entries and locks are
+    finished in `finally` blocks and child processes are waited for before a command returns.
+    So: flush stdio and the log handlers, then os._exit. When a non-daemon thread is still running,
+    Python would wait for it at exit; then this returns and the caller exits normally.
+    """
+    import threading
+
+    main_thread = threading.main_thread()
+    if any(t.is_alive() and not t.daemon and t is not main_thread for t in threading.enumerate()):
+        return
+    if status is None:
+        code = 0
+    elif isinstance(status, int):
+        code = status
+    else:  # sys.exit("message"): Python prints it on stderr and exits 1
+        sys.stderr.write(f"{status}\n")
+        code = 1
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`) or stream; Python exits 120 then
+            if stream is sys.stdout and code == 0:
+                code = 120
+    os._exit(code & 0xFF)
 
 
 def _parse(args: list[str]) -> tuple[dict[str, Any], str, list[str]]:
