@@ -142,3 +142,41 @@ def test_example_config_loads_and_documents_every_key():
         and path.split(".")[-1] not in {"clusters", "schedule", "databases", "assertions", "replicas", "retention"}
     )
     assert missing == []
+
+
+def test_which_variables_are_overrides():
+    from opsdb.config import has_environment_overrides
+
+    assert not has_environment_overrides({"OPSDB_CONFIG": "/etc/x.toml", "OPSDB_TEST_WORKERS": "2", "PATH": "/bin"})
+    assert not has_environment_overrides({"OPSDB_CONFIG_PATH": "/x"})  # where the file was: not a config key
+    assert has_environment_overrides({"OPSDB_REPOSITORY__URL": "s3://b/p"})
+    assert has_environment_overrides({"opsdb_log__level": "debug"})  # pydantic-settings ignores case too
+    assert has_environment_overrides({"OPSDB_CLUSTERS__MAIN__CONNINFO": "host=x"})
+
+
+def _load_in_child(tmp_path: Path, env: dict[str, str]) -> dict[str, object]:
+    """load_settings in a fresh interpreter: which settings class, whether pydantic-settings loaded."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    config = write(tmp_path, '[repository]\nurl = "file:///srv/from-file"\n')
+    code = (
+        "import json, sys\n"
+        "from opsdb.config import Settings, load_settings\n"
+        f"s = load_settings({str(config)!r})\n"
+        "print(json.dumps({'url': s.repository.url, 'is_settings': isinstance(s, Settings),\n"
+        "                  'pydantic_settings': 'pydantic_settings' in sys.modules}))\n"
+    )
+    child_env = {k: v for k, v in os.environ.items() if not k.upper().startswith("OPSDB_")} | env
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_pydantic_settings_is_loaded_only_for_overrides(tmp_path):
+    plain = _load_in_child(tmp_path, {"OPSDB_TEST_WORKERS": "2"})
+    assert plain == {"url": "file:///srv/from-file", "is_settings": True, "pydantic_settings": False}
+    overridden = _load_in_child(tmp_path, {"OPSDB_REPOSITORY__URL": "s3://bucket/from-env"})
+    assert overridden == {"url": "s3://bucket/from-env", "is_settings": True, "pydantic_settings": True}
