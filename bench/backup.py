@@ -1,6 +1,6 @@
 """Benchmark: `opsdb backup` and `opsdb restore` of a pgbench database against the two pipe limits.
 
-    .venv/bin/python bench/backup.py [--scale 100] [--level 1] [--threads 2] [--keep] [--out FILE.json]
+    .venv/bin/python bench/backup.py [--scale 100] [--level 1] [--threads 2] [--repeat 3] [--keep] [--out FILE.json]
 
 Builds a throwaway cluster (initdb as postgres, pgbench -i -s SCALE), starts a moto S3 server on
 127.0.0.1 and measures, in one run, each row in its own child tree (os.wait4: CPU = user+sys of the
@@ -14,6 +14,10 @@ whole tree, peak RSS = the largest process in it):
 MB/s = database size (sum of pg_database_size) / wall for backups, restored directory size / wall for
 restores (10^6 bytes), as in /work/shared/reference/peer-performance.md. moto runs on the same 2 cores
 and its CPU is not in the opsdb figures; its own CPU time is shown separately.
+
+--repeat N runs each pair (limit, then opsdb) N times, interleaved, and reports for each row the run
+with the median wall time (peak RSS: the largest of the N); every sample is kept in the JSON. On a
+shared 2-core machine one row of a single pair can be off by 50 % when a neighbour wakes up.
 """
 
 from __future__ import annotations
@@ -83,6 +87,16 @@ def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+def median_row(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sample with the median wall time (the lower middle one for an even count), with the
+    largest peak RSS of all samples and every sample's wall, MB/s and RSS kept alongside."""
+    ordered = sorted(samples, key=lambda r: r["wall_s"])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in samples)
+    row["samples"] = [{k: r[k] for k in ("wall_s", "mb_s", "cpu_s", "peak_rss_mb") if k in r} for r in samples]
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=int, default=100)
@@ -99,6 +113,9 @@ def main() -> None:
         default=OPSDB,
         help="the opsdb console script to measure (another interpreter's install; moto and "
         "the bench keep running on this one)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="run each limit/opsdb pair this many times, interleaved; medians"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
@@ -157,31 +174,38 @@ def main() -> None:
         )
         basebackup = f"{BIN}/pg_basebackup -d '{conninfo}' -Ft -X fetch -c fast -D -"
 
-        rows.append(measure("backup limit: pg_basebackup | zstd -1 -T2 > /dev/null",
-                            ["bash", "-c", f"set -o pipefail; {basebackup} | zstd -q -1 -T2 > /dev/null"], size=size))  # fmt: skip
-        moto_before = proc_cpu(moto.pid)
-        row = measure(
-            "opsdb backup (zstd, AES-256-GCM) -> moto S3", [args.opsdb, "--config", str(config), "backup"], size=size
-        )
-        row["moto_cpu_s"] = round(proc_cpu(moto.pid) - moto_before, 2)
-        rows.append(row)
+        samples: list[list[dict[str, Any]]] = [[], [], [], []]
+        for _ in range(args.repeat):
+            samples[0].append(measure("backup limit: pg_basebackup | zstd -1 -T2 > /dev/null",
+                              ["bash", "-c", f"set -o pipefail; {basebackup} | zstd -q -1 -T2 > /dev/null"], size=size))  # fmt: skip
+            moto_before = proc_cpu(moto.pid)
+            row = measure(
+                "opsdb backup (zstd, AES-256-GCM) -> moto S3",
+                [args.opsdb, "--config", str(config), "backup"],
+                size=size,
+            )
+            row["moto_cpu_s"] = round(proc_cpu(moto.pid) - moto_before, 2)
+            samples[1].append(row)
 
         stream = work / "base.tar.zst"
         subprocess.run(["bash", "-c", f"set -o pipefail; {basebackup} | zstd -q -1 -T2 > {stream}"], check=True)
-        limit_dir = work / "limit-restore"
-        limit_dir.mkdir()
-        rows.append(measure("restore limit: zstd -d | tar -x", ["bash", "-c", f"zstd -q -d -c {stream} | tar -x -C {limit_dir}"],
-                            size=dir_size(work / "data")))  # fmt: skip
-        restored_size = dir_size(limit_dir)
-        rows[-1]["mb_s"] = round(restored_size / rows[-1]["wall_s"] / 1e6, 1)
-        shutil.rmtree(limit_dir)
-        target = work / "restored"
-        moto_before = proc_cpu(moto.pid)
-        row = measure("opsdb restore <- moto S3 (decrypt, verify, extract)",
-                      [args.opsdb, "--config", str(config), "restore", "--target-dir", str(target)], size=restored_size)  # fmt: skip
-        row["moto_cpu_s"] = round(proc_cpu(moto.pid) - moto_before, 2)
-        row["mb_s"] = round(dir_size(target) / row["wall_s"] / 1e6, 1)
-        rows.append(row)
+        for _ in range(args.repeat):
+            limit_dir = work / "limit-restore"
+            limit_dir.mkdir()
+            row = measure("restore limit: zstd -d | tar -x", ["bash", "-c", f"zstd -q -d -c {stream} | tar -x -C {limit_dir}"],
+                          size=dir_size(work / "data"))  # fmt: skip
+            row["mb_s"] = round(dir_size(limit_dir) / row["wall_s"] / 1e6, 1)
+            samples[2].append(row)
+            shutil.rmtree(limit_dir)
+            target = work / "restored"
+            moto_before = proc_cpu(moto.pid)
+            row = measure("opsdb restore <- moto S3 (decrypt, verify, extract)",
+                          [args.opsdb, "--config", str(config), "restore", "--target-dir", str(target)], size=0)  # fmt: skip
+            row["moto_cpu_s"] = round(proc_cpu(moto.pid) - moto_before, 2)
+            row["mb_s"] = round(dir_size(target) / row["wall_s"] / 1e6, 1)
+            samples[3].append(row)
+            shutil.rmtree(target)
+        rows = [median_row(kind) for kind in samples]
     finally:
         subprocess.run(as_postgres([str(BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -192,7 +216,8 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     print(
-        f"\npgbench scale {args.scale}: {size / 1e6:.0f} MB; opsdb zstd level {args.level}, {args.threads} threads, encrypted\n"
+        f"\npgbench scale {args.scale}: {size / 1e6:.0f} MB; opsdb zstd level {args.level}, {args.threads} threads, "
+        f"encrypted; median of {args.repeat} interleaved run(s) per row\n"
     )
     print(f"{'row':<52} {'wall s':>7} {'MB/s':>7} {'CPU s':>7} {'RSS MB':>7} {'moto CPU s':>10}")
     for r in rows:
@@ -201,18 +226,29 @@ def main() -> None:
         )
     backup_ratio = rows[1]["mb_s"] / rows[0]["mb_s"]
     restore_ratio = rows[3]["mb_s"] / rows[2]["mb_s"]
+    backup_pairs = [
+        round(o["mb_s"] / lim["mb_s"], 3) for lim, o in zip(rows[0]["samples"], rows[1]["samples"], strict=True)
+    ]
+    restore_pairs = [
+        round(o["mb_s"] / lim["mb_s"], 3) for lim, o in zip(rows[2]["samples"], rows[3]["samples"], strict=True)
+    ]
     print(f"\nopsdb backup = {backup_ratio:.0%} of the backup limit (aim >= 70%); "
           f"opsdb restore = {restore_ratio:.0%} of the restore limit (aim >= 65%)")  # fmt: skip
+    print(f"each pair: backup {', '.join(f'{r:.0%}' for r in backup_pairs)}; "
+          f"restore {', '.join(f'{r:.0%}' for r in restore_pairs)}")  # fmt: skip
     summary = {
         "scale": args.scale,
         "database_bytes": size,
         "level": args.level,
         "threads": args.threads,
+        "repeat": args.repeat,
         "opsdb": args.opsdb,
         "load_average_before": load_before,
         "rows": rows,
         "backup_ratio": round(backup_ratio, 3),
         "restore_ratio": round(restore_ratio, 3),
+        "backup_pair_ratios": backup_pairs,
+        "restore_pair_ratios": restore_pairs,
     }
     print(json.dumps(summary))
     if args.out:
