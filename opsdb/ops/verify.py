@@ -87,6 +87,7 @@ class _Expected:
 
     size: int | None = None
     sha256: str | None = None
+    sha256_of: str = "plaintext"  # catalog entries written before envelope version 2 have no sha256_of
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -103,7 +104,7 @@ def backup_objects(cluster: str, record: Any) -> dict[str, _Expected]:
         if not name:
             continue
         key = name if "/" in name and name.startswith("clusters/") else layout.backup_object(cluster, record.id, name)
-        out[key] = _Expected(_get(obj, "size"), _get(obj, "sha256"))
+        out[key] = _Expected(_get(obj, "size"), _get(obj, "sha256"), _get(obj, "sha256_of") or "plaintext")
     return out
 
 
@@ -161,23 +162,23 @@ def verify_repository(
                 if is_manifest_tar(key):
                     tar_checks[key] = manifest
 
-    def read_one(key: str) -> tuple[str, int, int, str | None, str | None]:
+    def read_one(key: str) -> tuple[str, int, int, str | None, str, str | None]:
         try:
             if key in tar_checks:
-                size, stored, sha = check_tar_stream(storage, key, keys, tar_checks[key])
+                size, stored, sha, sha_of = check_tar_stream(storage, key, keys, tar_checks[key])
             else:
                 obj = envelope.verify_object(storage, key, keys)
-                size, stored, sha = obj.size, obj.stored_size, obj.sha256
-            return key, size, stored, sha, None
+                size, stored, sha, sha_of = obj.size, obj.stored_size, obj.sha256, obj.digest_of
+            return key, size, stored, sha, sha_of, None
         except NotFound:
-            return key, 0, 0, None, "missing: listed in the catalog but not in the repository"
+            return key, 0, 0, None, "", "missing: listed in the catalog but not in the repository"
         except IntegrityError as exc:
-            return key, 0, 0, None, _strip(key, exc.message)
+            return key, 0, 0, None, "", _strip(key, exc.message)
         except OpsdbError as exc:
-            return key, 0, 0, None, f"unreadable: {exc.message}"
+            return key, 0, 0, None, "", f"unreadable: {exc.message}"
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="opsdb-verify") as pool:
-        for key, size, stored, sha, error in pool.map(read_one, sorted(keys_to_read)):
+        for key, size, stored, sha, sha_of, error in pool.map(read_one, sorted(keys_to_read)):
             result.objects += 1
             if error:
                 result.problems.append(Problem(key, error))
@@ -187,6 +188,12 @@ def verify_repository(
             want = keys_to_read[key]
             if want.size is not None and want.size != size:
                 result.problems.append(Problem(key, f"size {size} differs from the catalog's {want.size}"))
+            elif want.sha256 and sha and want.sha256_of != sha_of:
+                what = (
+                    f"carries a digest of its {sha_of} bytes where the catalog recorded one of the "
+                    f"{want.sha256_of} bytes: not the object this backup stored"
+                )
+                result.problems.append(Problem(key, what))
             elif want.sha256 and sha and want.sha256 != sha:
                 result.problems.append(
                     Problem(key, f"sha256 {sha[:16]}... differs from the catalog's {want.sha256[:16]}...")

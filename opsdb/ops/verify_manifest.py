@@ -121,9 +121,9 @@ def _check_member(member: tarfile.TarInfo, reader: Any, entry: dict[str, Any]) -
 
 def check_tar_stream(
     storage: Storage, key: str, keys: Mapping[str, Any], manifest: ManifestCheck
-) -> tuple[int, int, str]:
+) -> tuple[int, int, str, str]:
     """Stream one tar object (authenticated) through tarfile; record each file against the manifest.
-    Returns (plaintext size, stored size, trailer digest) like envelope.verify_object."""
+    Returns (plaintext size, stored size, trailer digest, what it is of) like envelope.verify_object."""
     readback = envelope.Readback()
     chunks = envelope.get_object(storage, key, keys, readback=readback)
     reader = IterReader(chunks)
@@ -147,4 +147,4 @@ def check_tar_stream(
         pass
     reader.read()
     info = storage.stat(key)
-    return readback.size, info.size if info else 0, readback.sha256
+    return readback.size, info.size if info else 0, readback.sha256, readback.digest_of

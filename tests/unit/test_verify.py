@@ -127,6 +127,20 @@ def test_a_backup_object_replaced_by_another_valid_one_is_named_by_its_digest() 
     assert named[tar_key].startswith("sha256 ") and "differs from the catalog's" in named[tar_key]
 
 
+def test_an_object_rewritten_with_the_other_digest_kind_is_named() -> None:
+    """Same plaintext, written again as envelope version 1: intact, but not what the catalog recorded."""
+    storage, record = build_repo()
+    tar_key = layout.backup_object("main", record.id, "base.tar")
+    storage.delete([tar_key])
+    put_object(storage, tar_key, [make_tar(FILES)], CODEC)  # version 1: a plaintext digest
+    result = verify_repository(storage, "main", KEYS, [record])
+    named = {p.key: p.what for p in result.problems}
+    assert named == {
+        tar_key: "carries a digest of its plaintext bytes where the catalog recorded one of the compressed "
+        "bytes: not the object this backup stored"
+    }
+
+
 def test_flipped_byte_in_backup_object_and_in_wal_object_are_each_named() -> None:
     storage, record = build_repo()
     tar_key = layout.backup_object("main", record.id, "base.tar")
