@@ -147,8 +147,7 @@ def put_object(
         metadata["opsdb-size"] = str(sum(len(p) for p in head))
         metadata["opsdb-sha256"] = sha.hexdigest()
 
-    plain: Meter | _Counter = Meter() if plaintext_digest else _Counter()
-    digest = plain if isinstance(plain, Meter) else Meter()
+    plain, digest = _meters(version)
     finished: list[bool] = []
 
     def plaintext() -> Iterator[bytes]:
@@ -276,8 +275,7 @@ def _decode(
         if header.encrypted:
             inner = cipher_stage(keys=keys, context=header.raw).decode(inner)
         payload = _Crc32(_hold_back(inner, TRAILER_SIZE, trailer))
-        plain: Meter | _Counter = Meter() if header.version == PLAINTEXT_DIGEST else _Counter()
-        meter = plain if isinstance(plain, Meter) else Meter()
+        plain, meter = _meters(header.version)
         compressed: Iterable[bytes] = payload if meter is plain else meter.wrap(payload)
         compressor = compression_stage(header.compression, 3)
         plaintext = compressor.decode(compressed)  # drains `compressed` to its end before it ends
@@ -353,6 +351,15 @@ def _parse_header(key: str, raw: bytes, version: int) -> EnvelopeHeader:
             f"object {key} uses stages {list(stages)} that this opsdb does not know (written by {created_by})"
         )
     return EnvelopeHeader(version, stages, compression, key_id, created_by, raw)
+
+
+def _meters(version: int) -> tuple[Meter | _Counter, Meter]:
+    """(what counts the plaintext, what hashes the digest): one Meter for both in version 1; in
+    version 2 a size counter for the plaintext and a Meter for the compressed bytes."""
+    if version == PLAINTEXT_DIGEST:
+        meter = Meter()
+        return meter, meter
+    return _Counter(), Meter()
 
 
 def _hold_back(chunks: Iterable[bytes], n: int, tail: bytearray) -> Iterator[bytes]:

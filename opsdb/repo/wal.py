@@ -141,9 +141,8 @@ def _push_partial_variant(
 def stored_plain_sha256(storage: Storage, key: str, keys: Mapping[str, Any]) -> str:
     """SHA-256 of an archived object's plaintext, read back through authentication."""
     try:
-        obj = envelope.verify_object(storage, key, keys)
-        if obj.digest_of == "plaintext":  # what opsdb writes for WAL (envelope version 1)
-            return obj.sha256
+        # hashed here, not taken from the trailer: an envelope version 2 object's digest is of its
+        # compressed bytes (one read either way; this path runs only for a repeated push)
         sha = hashlib.sha256()
         for chunk in envelope.get_object(storage, key, keys):
             sha.update(chunk)
