@@ -8,8 +8,8 @@ whole tree, peak RSS = the largest process in it):
 
   backup limit   pg_basebackup -Ft -X fetch -D - | zstd -1 -T2 > /dev/null
   opsdb backup   opsdb backup (zstd, AES-256-GCM) into s3:// on moto
-  restore limit  zstd -d -c base.tar.zst | tar -x -C DIR   (the same stream, kept in a local file)
-  opsdb restore  opsdb restore --target-dir DIR (from moto, decrypt, verify, extract)
+  restore limit  zstd -d -c base.tar.zst | tar -x -C DIR && sync -f DIR   (the same stream, kept in a local file)
+  opsdb restore  opsdb restore --target-dir DIR (from moto, decrypt, verify, extract, fsync)
 
 MB/s = database size (sum of pg_database_size) / wall for backups, restored directory size / wall for
 restores (10^6 bytes), as in /work/shared/reference/peer-performance.md. moto runs on the same 2 cores
@@ -192,7 +192,9 @@ def main() -> None:
         for _ in range(args.repeat):
             limit_dir = work / "limit-restore"
             limit_dir.mkdir()
-            row = measure("restore limit: zstd -d | tar -x", ["bash", "-c", f"zstd -q -d -c {stream} | tar -x -C {limit_dir}"],
+            # synced like opsdb restore (fsync by default since issue 16): `sync -f` is syncfs(2)
+            row = measure("restore limit: zstd -d | tar -x; sync -f",
+                          ["bash", "-c", f"zstd -q -d -c {stream} | tar -x -C {limit_dir} && sync -f {limit_dir}"],
                           size=dir_size(work / "data"))  # fmt: skip
             row["mb_s"] = round(dir_size(limit_dir) / row["wall_s"] / 1e6, 1)
             samples[2].append(row)

@@ -6,7 +6,7 @@
 execute: create the target (0700) and tablespace directories, stream each tar object into place
 (ops/extract.py), point tablespace_map at the restored locations, write the recovery settings
 (`write_recovery_settings`, the one place they are written), hand everything to os_user when run
-as root, and with --start start the server and wait until it accepts connections and has left
+as root, sync it all to disk (ops/durable.py: fsync or syncfs; --no-sync skips), and with --start start the server and wait until it accepts connections and has left
 recovery. If anything fails before the server starts, what this run created is removed again.
 
 Recovery target: without a point-in-time target the server replays the WAL carried in the backup
@@ -31,6 +31,7 @@ from typing import Any
 
 from opsdb.errors import DatabaseError, OperationFailed, UsageError
 from opsdb.model.catalog import BASE_OBJECT, PHYSICAL, BackupRecord, RestorePlan, RestoreStep
+from opsdb.ops.durable import DEFAULT_SYNC_METHOD, SyncReport, sync_trees
 from opsdb.ops.extract import extract_object
 from opsdb.pg.instance import Instance, quote_setting
 from opsdb.proc import Runner, pid_alive
@@ -58,6 +59,7 @@ class RestoreRequest:
     primary_conninfo: str | None = None
     slot: str | None = None
     restore_command: str = "false"  # `opsdb ... wal-fetch %f %p` when the archive is used
+    sync_method: str | None = DEFAULT_SYNC_METHOD  # ops/durable.py; None: --no-sync
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,7 @@ class RestoreResult:
     bytes_read: int
     seconds: float
     recovery_point: dict[str, str | None] | None = None  # what the started server reached
+    sync: SyncReport | None = None  # None: not synced (--no-sync)
 
     def to_dict(self) -> dict[str, Any]:
         """The SPEC's `restore --json` object (plus sizes)."""
@@ -76,6 +79,8 @@ class RestoreResult:
             "target_dir": self.plan.target_dir,
             "bytes_read": self.bytes_read,
             "seconds": round(self.seconds, 3),
+            "synced": self.sync is not None,
+            "sync": self.sync.to_dict() if self.sync is not None else None,
         }
 
 
@@ -260,16 +265,18 @@ def execute_restore(
         write_tablespace_map(target, plan.tablespace_map)
         _drop_recovery_targets(target)
         write_recovery_settings(target, plan.recovery_settings, plan.signal_file)
-        for path in [target, *(Path(p) for p in plan.tablespace_map.values())]:
+        roots = [target, *(Path(p) for p in plan.tablespace_map.values())]
+        for path in roots:
             os.chmod(path, 0o700)
             _chown_tree(path, request.os_user)
+        synced = sync_trees(roots, request.sync_method) if request.sync_method else None  # durable before success
     except BaseException:
         _remove_created(created)
         raise
     point = None
     if plan.start:
         point = start_restored(plan, request, runner)
-    return RestoreResult(plan, total, time.monotonic() - started, point)
+    return RestoreResult(plan, total, time.monotonic() - started, point, synced)
 
 
 def _make_dirs(target: Path, spaces: Any) -> list[tuple[Path, bool]]:
@@ -419,6 +426,7 @@ def restore_from_settings(
     standby: bool = False,
     primary_conninfo: str | None = None,
     slot: str | None = None,
+    sync_method: str | None = DEFAULT_SYNC_METHOD,
 ) -> tuple[RestorePlan, RestoreResult | None]:
     """The CLI's one call: plan, and unless dry_run, execute. Returns (plan, result or None)."""
     from opsdb.ops.codec import repository
@@ -441,6 +449,7 @@ def restore_from_settings(
         primary_conninfo=primary_conninfo,
         slot=slot,
         restore_command=_restore_command(settings, cluster),
+        sync_method=sync_method,
     )
     plan = plan_restore(request, storage=repo.storage, keys=repo.keys)
     if dry_run:

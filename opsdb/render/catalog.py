@@ -111,7 +111,9 @@ def restore_plan_text(plan: RestorePlan) -> str:
 def restore_result_text(doc: dict[str, Any], seconds: float, size: int) -> str:
     point = doc.get("recovery_point")
     reached = f"; reached LSN {point.get('lsn')} at {point.get('time') or 'unknown time'}" if point else ""
+    sync = doc.get("sync")
+    synced = f"; synced ({sync['method']}, {sync['seconds']:.1f} s)" if sync else "; not synced (--no-sync)"
     return (
         f"restored backup {doc['backup_id']} into {doc['target_dir']}: {human_bytes(size)} in {seconds:.1f} s, "
-        f"{_rate(size, seconds)}{reached}"
+        f"{_rate(size, seconds)}{synced}{reached}"
     )

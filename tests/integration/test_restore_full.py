@@ -1,7 +1,8 @@
 """opsdb restore refusals and details, on a file:// repository (gzip, unencrypted):
 
 non-empty target, a running server's directory, a tablespace location in use: exit 2, nothing
-changed; a tampered object: the restore fails and removes what it extracted; default = latest."""
+changed; a tampered object: the restore fails and removes what it extracted; default = latest;
+the restored files are synced (fsync of each, syncfs per filesystem) unless --no-sync."""
 
 from __future__ import annotations
 
@@ -141,3 +142,39 @@ def test_default_is_the_latest_backup_and_it_starts(env: dict[str, Any]) -> None
     finally:
         restored.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _regular_files(*roots: Path) -> int:
+    return sum(1 for root in roots for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def test_restore_syncs_every_restored_file_unless_no_sync(env: dict[str, Any], tmp_path: Path) -> None:
+    runs = {"fsync": (), "syncfs": ("--sync-method", "syncfs"), "none": ("--no-sync",)}
+    for name, options in runs.items():
+        target, space = tmp_path / name / "data", tmp_path / name / "ts"
+        result = opsdb_json(
+            env["config"], "restore", "--target-dir", str(target), "--tablespace-map", f"extra={space}", *options
+        )
+        again = tmp_path / name / "text"  # the same restore, for the human line
+        human = opsdb(env["config"], "restore", "--target-dir", str(again / "data"),
+                      "--tablespace-map", f"extra={again / 'ts'}", *options).stdout  # fmt: skip
+        if name == "none":
+            assert result["synced"] is False and result["sync"] is None and "not synced (--no-sync)" in human
+            continue
+        assert result["synced"] is True and result["sync"]["method"] == name and f"synced ({name}," in human
+        if name == "fsync":  # every file the restore wrote, in the data directory and the tablespace
+            assert result["sync"]["files"] == _regular_files(target, space) > 100
+            assert result["sync"]["directories"] > 10
+        else:
+            assert (result["sync"]["files"], result["sync"]["filesystems"]) == (0, 1)
+
+
+def test_sync_options_are_checked_before_anything_is_written(env: dict[str, Any], tmp_path: Path) -> None:
+    target = tmp_path / "t"
+    for options, message in (
+        (("--no-sync", "--sync-method", "syncfs"), "--no-sync and --sync-method cannot be used together"),
+        (("--sync-method", "fdatasync"), "invalid --sync-method 'fdatasync': expected fsync or syncfs"),
+    ):
+        proc = opsdb(env["config"], "restore", "--target-dir", str(target), *options, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+        assert not target.exists()

@@ -45,9 +45,17 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--primary-conninfo", help="With --standby: the primary to stream from.")
         ] = None,
         slot: Annotated[str | None, typer.Option("--slot", help="With --standby: replication slot name.")] = None,
+        sync_method: Annotated[
+            str | None,
+            typer.Option("--sync-method", help="fsync (default: every file and directory) or syncfs (per filesystem)."),
+        ] = None,
+        no_sync: Annotated[
+            bool, typer.Option("--no-sync", help="Do not sync the restored files (throwaway targets only).")
+        ] = False,
     ) -> None:
         """Physical restore, optionally to a point in time."""
         from opsdb.model.target import RecoveryTarget
+        from opsdb.ops.durable import check_sync_method
         from opsdb.ops.pitr import plan_text
         from opsdb.ops.restore import restore_from_settings
         from opsdb.render.catalog import restore_plan_text, restore_result_text
@@ -66,11 +74,12 @@ def register(app: typer.Typer) -> None:
             )  # fmt: skip
         if (primary_conninfo or slot) and not standby:
             raise UsageError("--primary-conninfo and --slot need --standby")
+        sync = check_sync_method(sync_method, no_sync=no_sync)
         with output.progress(f"restore {name}", enabled=not dry_run) as on_bytes:
             plan, result = restore_from_settings(
                 state.settings, name, target_dir=target_dir, backup_id=backup_id, tablespace_map=tablespace_map,
                 start=start, port=port, dry_run=dry_run, on_bytes=on_bytes, recovery=recovery, standby=standby,
-                primary_conninfo=primary_conninfo, slot=slot,
+                primary_conninfo=primary_conninfo, slot=slot, sync_method=sync,
             )  # fmt: skip
         if result is None:
             doc = {"backup_id": plan.backup.id, "target": plan.target, "recovery_point": None,
