@@ -78,6 +78,8 @@ class EncryptionConfig(_Section):
     key_file: Path | None = None
     key_env: str | None = None
     required: bool = False
+    # Older keys, for reading only (a rotation keeps the previous key here until nothing needs it).
+    read_key_files: list[Path] = []
 
     @model_validator(mode="after")
     def _one_source(self) -> EncryptionConfig:

@@ -111,6 +111,8 @@ def plan_pools(req: SizingRequest) -> SizingPlan:
 
     n_db = len(req.databases)
     n_users = req.users
+    if n_users == 0:
+        raise ConfigError("unable to size pgbouncer pools: there are no users to pool", hint="set pgbouncer.users")
     pool_users = n_users if n_users is not None else 1
     if req.default_pool_size is None:
         pairs = n_db * pool_users

@@ -43,14 +43,15 @@ def open_repository(settings: Any, *, writable: bool = False) -> Storage:
     return storage if writable else ReadOnlyStorage(storage)
 
 
-def encryption_key(settings: Any) -> EncryptionKey | None:
-    """The configured key (KeyFileError when configured but unusable), or None when none is set."""
+def encryption_key(settings: Any, *, for_reading: bool = False) -> EncryptionKey | None:
+    """The configured (writing) key (KeyFileError when configured but unusable), or None when none
+    is set. `for_reading`: a missing file is not answered with "generate one"."""
     from opsdb.stream.crypto import load_key
 
     enc = settings.encryption
     if not (enc.key_file or enc.key_env):
         return None
-    return load_key(key_file=enc.key_file, key_env=enc.key_env)
+    return load_key(key_file=enc.key_file, key_env=enc.key_env, for_reading=for_reading)
 
 
 def codec_from_settings(settings: Any, key: EncryptionKey | None = None) -> Codec:
@@ -63,14 +64,20 @@ def codec_from_settings(settings: Any, key: EncryptionKey | None = None) -> Code
 
 
 def keyring_from_settings(settings: Any, key: EncryptionKey | None = None) -> dict[str, EncryptionKey]:
-    """Keys for reading, by key id (objects name the key that wrote them)."""
+    """Keys for reading, by key id (objects name the key that wrote them): the writing key and
+    every key in encryption.read_key_files (older keys kept after a rotation)."""
+    from opsdb.stream.crypto import load_key
+
     if key is None:
-        key = encryption_key(settings)
-    return {key.id: key} if key is not None else {}
+        key = encryption_key(settings, for_reading=True)
+    ring = {old.id: old for old in (load_key(key_file=p, for_reading=True) for p in settings.encryption.read_key_files)}
+    if key is not None:
+        ring[key.id] = key
+    return ring
 
 
 def repository(settings: Any, *, writable: bool = False) -> Repository:
-    key = encryption_key(settings)
+    key = encryption_key(settings, for_reading=not writable)
     return Repository(
         open_repository(settings, writable=writable),
         codec_from_settings(settings, key),

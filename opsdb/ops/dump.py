@@ -6,10 +6,11 @@ backups/<id>/pg_dump/<db>.dump, then `pg_dumpall --globals-only` (roles without 
 hashes unless --with-passwords) into globals.sql; one catalog entry lists them all and is
 committed last (repo/catalog.py), as for physical backups.
 
-restore-dump: every target database is checked first (missing: created; existing and holding
-relations: refused without --clean), then globals (when asked) are fed to psql and each dump to
-pg_restore on its stdin. pg_restore --jobs needs a seekable file, so with --jobs > 1 each dump is
-first written to a temporary file (mode 0600, removed afterwards).
+restore-dump: every target database is checked first (missing: created with the properties the
+dump recorded, see ops/dump_database.py; existing and holding relations: refused without --clean),
+then globals (when asked) are fed to psql and each dump to pg_restore on its stdin. pg_restore
+--jobs needs a seekable file, so with --jobs > 1 (or --as, which reads the archive twice) each dump
+is first written to a temporary file (mode 0600, removed afterwards).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from opsdb.model.catalog import (
 )
 from opsdb.model.units import human_bytes
 from opsdb.ops.backup import BackupResult
+from opsdb.ops.dump_database import database_sql
 from opsdb.pg import conn as pgconn
 from opsdb.pg.conninfo import redact, with_dbname
 from opsdb.pg.tools import PgTools
@@ -201,6 +203,7 @@ def restore_dump(
     jobs: int = 1,
     clean: bool = False,
     with_globals: bool = False,
+    rename: str | None = None,
     on_bytes: OnBytes | None = None,
     tmp_root: str | None = None,
 ) -> RestoreDumpResult:
@@ -214,7 +217,13 @@ def restore_dump(
     if unknown:
         raise UsageError(f"dump {dump_id} has no database {unknown[0]!r} (has: {', '.join(by_name) or 'none'})")
     chosen = [by_name[d] for d in dict.fromkeys(databases)] if databases else list(record.databases)
-    to_create = _check_targets(conninfo, [d.name for d in chosen], clean)
+    if rename is not None and len(chosen) != 1:
+        raise UsageError(
+            f"--as renames one database, but {len(chosen)} are chosen from dump {dump_id}",
+            hint="choose the database to rename with --database NAME",
+        )
+    targets = [(entry, rename or entry.name) for entry in chosen]
+    to_create = _check_targets(conninfo, [target for _, target in targets], clean)
     tools = PgTools(bin_dir)
     total = 0
     if with_globals:
@@ -226,21 +235,26 @@ def restore_dump(
         # "role ... already exists" is expected on a populated server: do not stop at the first error
         runner.feed(tools.psql(conninfo, on_error_stop=False), chunks, doing="restoring roles and tablespaces")
         total += chunks.count
-    with pgconn.connect(conninfo) as c:
-        for name in to_create:
-            c.execute(f"CREATE DATABASE {_ident(name)} TEMPLATE template0")
-    for entry in chosen:
+    for entry, target in targets:
         key = layout.backup_object(cluster, dump_id, entry.object)
-        cmd_conninfo = with_dbname(conninfo, entry.name)
         chunks = _counted(envelope.get_object(storage, key, keys), on_bytes)
-        if jobs > 1:
-            total += _restore_staged(runner, tools, cmd_conninfo, chunks, jobs, clean, entry.name, tmp_root)
+        into = with_dbname(conninfo, target)
+        doing = f"restoring database {entry.name}" + (f" as {target}" if target != entry.name else "")
+        if target not in to_create:
+            total += _pg_restore(runner, tools, into, chunks, jobs, doing, tmp_root, clean=clean)
+        elif target == entry.name:
+            # --create from the maintenance database: CREATE DATABASE with the dump's encoding, locale
+            # and owner, then its comment, ACL and settings, then the contents
+            total += _pg_restore(runner, tools, conninfo, chunks, jobs, doing, tmp_root, create=True)
         else:
-            cmd = tools.pg_restore(cmd_conninfo, clean=clean)
-            runner.feed(cmd, chunks, doing=f"restoring database {entry.name}")
-            total += chunks.count
+
+            def create_renamed(archive: str, old: str = entry.name, new: str = target) -> None:
+                sql = database_sql(runner, tools, archive, old, new)
+                runner.feed(tools.psql(conninfo), [sql.encode()], doing=f"creating database {new} as {old} was")
+
+            total += _pg_restore(runner, tools, into, chunks, jobs, doing, tmp_root, prepare=create_renamed)
     return RestoreDumpResult(
-        dump_id, tuple(d.name for d in chosen), tuple(to_create), with_globals, total, time.monotonic() - started
+        dump_id, tuple(t for _, t in targets), tuple(to_create), with_globals, total, time.monotonic() - started
     )
 
 
@@ -263,31 +277,36 @@ class _counted:
         return chunk
 
 
-def _restore_staged(
+def _pg_restore(
     runner: Runner,
     tools: PgTools,
     conninfo: str,
     chunks: _counted,
     jobs: int,
-    clean: bool,
-    name: str,
+    doing: str,
     tmp_root: str | None,
+    *,
+    clean: bool = False,
+    create: bool = False,
+    prepare: Callable[[str], None] | None = None,
 ) -> int:
+    """pg_restore fed from the stream; staged in a temp file (0600, removed after) when it needs a
+    seekable file: parallel jobs, or `prepare` reading the archive first. Returns bytes read."""
+    if jobs <= 1 and prepare is None:
+        runner.feed(tools.pg_restore(conninfo, clean=clean, create=create), chunks, doing=doing)
+        return chunks.count
     fd, path = tempfile.mkstemp(prefix="opsdb-restore-dump-", suffix=".dump", dir=tmp_root)
     try:
         with os.fdopen(fd, "wb") as fh:
             for chunk in chunks:
                 fh.write(chunk)
-        runner.run(
-            tools.pg_restore(conninfo, input_path=path, clean=clean, jobs=jobs), doing=f"restoring database {name}"
-        )
+        if prepare is not None:
+            prepare(path)
+        cmd = tools.pg_restore(conninfo, input_path=path, clean=clean, create=create, jobs=jobs if jobs > 1 else None)
+        runner.run(cmd, doing=doing)
     finally:
         os.unlink(path)
     return chunks.count
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _check_targets(conninfo: str, names: list[str], clean: bool) -> list[str]:
@@ -341,6 +360,7 @@ def restore_dump_from_settings(
     jobs: int = 1,
     clean: bool = False,
     with_globals: bool = False,
+    rename: str | None = None,
     on_bytes: OnBytes | None = None,
 ) -> RestoreDumpResult:
     from opsdb.ops.codec import repository
@@ -352,5 +372,5 @@ def restore_dump_from_settings(
     return restore_dump(
         dump_id, cluster=cluster, storage=repo.storage, keys=repo.keys, runner=LocalRunner(),
         bin_dir=find_bin_dir(cfg.pg_bin_dir), conninfo=conninfo, databases=databases, jobs=jobs, clean=clean,
-        with_globals=with_globals, on_bytes=on_bytes,
+        with_globals=with_globals, rename=rename, on_bytes=on_bytes,
     )  # fmt: skip

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from opsdb import __version__
 from opsdb.config import PgbouncerConfig
-from opsdb.errors import UsageError
+from opsdb.errors import ConfigError, UsageError
 from opsdb.model.pgbouncer import DatabasePools, ServerLimits, SizingPlan, SizingRequest, fd_estimate, plan_pools
 from opsdb.model.pgbouncer_hba import check_hba
 from opsdb.model.pgbouncer_ini import NEWEST_KNOWN, PGBOUNCER_KEYS, UserEntry, Version, parse_version, version_str
@@ -364,6 +364,12 @@ def discover(conn: PgConnection, cfg: PgbouncerConfig, *, with_catalog: bool) ->
     if not with_catalog:
         return ServerFacts(limits)
     users = tuple(cfg.users) if cfg.users is not None else tuple(pooler.login_roles(conn))
+    if not users:
+        # A fresh cluster: superusers are not pooled, so there is nobody to size pools for.
+        raise ConfigError(
+            "unable to size pgbouncer pools: --discover found no login role other than superusers (they are not pooled)",
+            hint="create the application's role (CREATE ROLE app LOGIN PASSWORD '...'), or list the users in pgbouncer.users",
+        )
     console = set(cfg.admin_users) | set(cfg.stats_users)
     wanted = sorted(set(users) | console | ({cfg.auth_user} if cfg.auth_user else set()))
     verifiers = pooler.password_verifiers(conn, wanted) if wanted else {}

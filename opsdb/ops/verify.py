@@ -18,6 +18,7 @@ Exit 1 names every bad object and what is wrong with it; exit 0 prints a summary
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -149,8 +150,9 @@ def verify_repository(
     for key in wal_keys:
         keys_to_read.setdefault(key, _Expected())
     if backup_id is None:  # the whole repository: also every other object stored for this cluster
+        leftovers = _interrupted_deletions(storage, cluster, result)
         for info in storage.list(layout.cluster_prefix(cluster)):
-            if "/locks/" not in info.key:
+            if "/locks/" not in info.key and not info.key.startswith(leftovers):
                 keys_to_read.setdefault(info.key, _Expected())
 
     parsed = _read_manifests(storage, manifests, keys, result)
@@ -208,6 +210,30 @@ def verify_repository(
     result.problems.sort(key=lambda p: p.key)
     result.seconds = clock() - started
     return result
+
+
+def _interrupted_deletions(storage: Storage, cluster: str, result: VerifyResult) -> tuple[str, ...]:
+    """Retention's deletion markers (plain JSON, not envelopes) name backups a killed `retention
+    apply` was deleting: reported as such, and what is left of those backups is not read (it is
+    no backup any more; the next run deletes it). Returns the prefixes to skip (markers included)."""
+    skip = [layout.deleting_prefix(cluster)]
+    for info in storage.list(layout.deleting_prefix(cluster)):
+        backup_id = info.key.rsplit("/", 1)[-1].removesuffix(".json")
+        try:
+            with storage.open(info.key) as fh:
+                doc = json.loads(fh.read(64 * 1024))
+            if doc["id"] != backup_id:
+                raise ValueError(backup_id)
+        except (ValueError, KeyError, TypeError):
+            result.problems.append(Problem(info.key, "not a retention deletion marker (not JSON naming this id)"))
+            continue
+        left = sum(1 for _ in storage.list(layout.backup_prefix(cluster, backup_id)))
+        result.notes.append(
+            f"interrupted retention run: {doc.get('kind', 'backup')} {backup_id} was being deleted "
+            f"({left} of its objects are left); `opsdb retention apply` finishes the deletion"
+        )
+        skip.append(layout.backup_prefix(cluster, backup_id))
+    return tuple(skip)
 
 
 def _strip(key: str, message: str) -> str:

@@ -99,13 +99,22 @@ def generate_key_file(path: str | os.PathLike[str]) -> EncryptionKey:
     return key
 
 
-def load_key(*, key_file: str | os.PathLike[str] | None = None, key_env: str | None = None) -> EncryptionKey:
+# A missing key file on a path that only reads: a new key cannot read what another key wrote.
+READ_KEY_MISSING_HINT = (
+    "put back the key file from your copy of it (a newly generated key cannot read existing objects)"
+)
+
+
+def load_key(
+    *, key_file: str | os.PathLike[str] | None = None, key_env: str | None = None, for_reading: bool = False
+) -> EncryptionKey:
     """The key from a key file (refused when group/others may read or write it) or from the
-    environment variable named `key_env`; both hold 64 hex digits (or base64 of 32 bytes)."""
+    environment variable named `key_env`; both hold 64 hex digits (or base64 of 32 bytes).
+    `for_reading`: a missing file's hint says to put it back rather than to generate one."""
     if key_file and key_env:
         raise KeyFileError("set only one of encryption.key_file and encryption.key_env")
     if key_file:
-        return _load_key_file(Path(key_file))
+        return _load_key_file(Path(key_file), for_reading)
     if key_env:
         value = os.environ.get(key_env)
         if value is None:
@@ -114,11 +123,12 @@ def load_key(*, key_file: str | os.PathLike[str] | None = None, key_env: str | N
     raise KeyFileError("no encryption key configured: set encryption.key_file or encryption.key_env")
 
 
-def _load_key_file(p: Path) -> EncryptionKey:
+def _load_key_file(p: Path, for_reading: bool = False) -> EncryptionKey:
     try:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
-        raise KeyFileError(f"key file {p} does not exist", hint=f"create one with: opsdb key generate {p}") from None
+        hint = READ_KEY_MISSING_HINT if for_reading else f"create one with: opsdb key generate {p}"
+        raise KeyFileError(f"key file {p} does not exist", hint=hint) from None
     except OSError as exc:
         raise KeyFileError(f"unable to open key file {p}: {exc.strerror}") from None
     try:
@@ -259,7 +269,7 @@ class CipherStage:
             loaded = ", ".join(sorted(self.keys)) or "none"
             raise IntegrityError(
                 f"stream is encrypted with key {key_id}, which is not loaded (loaded: {loaded})",
-                hint=f"point encryption.key_file or encryption.key_env at the key whose id is {key_id}",
+                hint=f"add the key file whose id is {key_id} to encryption.read_key_files (its first lines name its id)",
             )
         return _Opener(_subkey(key, salt), prefix, self.context + header)
 

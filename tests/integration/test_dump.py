@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -90,3 +92,66 @@ def test_dump_of_named_databases_and_unknown_names(env: dict[str, Any]) -> None:
         env["config"], "restore", "--target-dir", "/tmp/never-created", "--backup", dump["id"], check=False
     )
     assert wrong_kind.returncode == 2 and "restore-dump" in wrong_kind.stderr
+
+
+def _database_ddl(pg_bin_dir: Path, conninfo: str, name: str, rename_to: str | None = None) -> list[str]:
+    """`pg_dump --create --schema-only` of one database: what a restore must reproduce (comments,
+    blank lines and psql's per-run \\restrict keys left out; the name made the same when renamed)."""
+    out = subprocess.run(
+        [str(pg_bin_dir / "pg_dump"), "--create", "--schema-only", "-d", with_dbname(conninfo, name)],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    lines = [ln for ln in out.splitlines() if ln.strip() and not ln.startswith(("--", "\\restrict", "\\unrestrict"))]
+    if rename_to is not None:
+        lines = [
+            ln.replace('"prop db"', f'"{rename_to}"').replace("dbname='prop db'", f"dbname='{rename_to}'")
+            for ln in lines
+        ]
+    return lines
+
+
+def test_restore_dump_recreates_the_database_with_its_properties(
+    env: dict[str, Any], make_cluster: Any, pg_bin_dir: Path
+) -> None:
+    with connect(env["source"].conninfo()) as c:
+        c.execute("CREATE ROLE prop_owner LOGIN")
+        c.execute("CREATE ROLE prop_reader")
+        c.execute(
+            "CREATE DATABASE \"prop db\" OWNER prop_owner TEMPLATE template0 ENCODING 'LATIN1' "
+            "LC_COLLATE 'C' LC_CTYPE 'C' CONNECTION LIMIT 7"
+        )
+        c.execute("COMMENT ON DATABASE \"prop db\" IS 'orders archive, owned by billing'")
+        c.execute('REVOKE ALL ON DATABASE "prop db" FROM PUBLIC')
+        c.execute('GRANT CONNECT, TEMPORARY ON DATABASE "prop db" TO prop_reader')
+        c.execute("ALTER DATABASE \"prop db\" SET work_mem = '7MB'")
+        c.execute('ALTER DATABASE "prop db" SET search_path = archive, public')
+        c.execute("ALTER ROLE prop_reader IN DATABASE \"prop db\" SET statement_timeout = '5s'")
+    source_db = with_dbname(env["source"].conninfo(), "prop db")
+    with connect(source_db) as c:
+        c.execute("CREATE TABLE kept (id int PRIMARY KEY, note text)")
+        c.execute("INSERT INTO kept SELECT g, 'row ' || g FROM generate_series(1, 100) g")
+    expected = _database_ddl(pg_bin_dir, env["source"].conninfo(), "prop db")
+    assert any("LATIN1" in ln for ln in expected) and any("work_mem" in ln for ln in expected)
+    dump = opsdb_json(env["config"], "dump", "--database", "prop db")
+
+    target = make_cluster()
+    done = opsdb_json(
+        env["config"], "restore-dump", dump["id"], "--dbname", target.conninfo(), "-d", "prop db", "--globals"
+    )
+    assert done["created"] == ["prop db"]
+    assert _database_ddl(pg_bin_dir, target.conninfo(), "prop db") == expected
+
+    # under another name, next to the original (its contents and properties, not its name)
+    renamed = opsdb_json(
+        env["config"], "restore-dump", dump["id"], "--dbname", target.conninfo(), "-d", "prop db", "--as", "prop copy"
+    )
+    assert renamed["databases"] == ["prop copy"] and renamed["created"] == ["prop copy"]
+    assert _database_ddl(pg_bin_dir, target.conninfo(), "prop copy") == [
+        ln for ln in _database_ddl(pg_bin_dir, env["source"].conninfo(), "prop db", rename_to="prop copy")
+    ]
+    with connect(with_dbname(target.conninfo(), "prop copy")) as c:
+        assert c.fetchval("SELECT count(*) FROM kept") == 100
+
+    both = opsdb_json(env["config"], "dump", "--database", "prop db", "--database", "odd name")
+    refused = opsdb(env["config"], "restore-dump", both["id"], "--dbname", target.conninfo(), "--as", "x", check=False)
+    assert refused.returncode == 2 and "--as renames one database, but 2 are chosen" in refused.stderr

@@ -217,3 +217,53 @@ def test_tampered_manifest_checksum_is_named() -> None:
     ]
     result = verify_repository(storage, "main", KEYS, [record])
     assert any(p.key == key and "checksum does not match" in p.what for p in result.problems)
+
+
+class _KilledAfterObjects:
+    """A storage through which a retention run is killed after it deleted a backup's objects,
+    before it removed its marker (everything else passes through to the real storage)."""
+
+    def __init__(self, inner: MemoryStorage) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def delete(self, keys: Any) -> None:
+        keys = list(keys)
+        if any("/deleting/" in k for k in keys):
+            raise KeyboardInterrupt("killed")
+        self.inner.delete(keys)
+
+
+def test_an_interrupted_retention_run_is_reported_as_such_not_as_a_bad_object() -> None:
+    from datetime import UTC, datetime
+
+    from opsdb.model.retention import Decision
+    from opsdb.ops.retention import delete_backup, resume
+
+    storage, record = build_repo()
+    killed: Any = _KilledAfterObjects(storage)
+    old = "20261120T090000Z"
+    put_object(storage, layout.backup_object("main", old, "base.tar"), [b"old"], CODEC)
+    put_object(storage, layout.catalog_entry("main", old), [b"{}"], CODEC)
+    now = datetime(2026, 11, 21, tzinfo=UTC)
+    with pytest.raises(KeyboardInterrupt):
+        delete_backup(killed, "main", Decision(old, False, ("expired",), now, now), "physical")
+    assert [i.key for i in storage.list(layout.deleting_prefix("main"))]
+    assert not list(storage.list(layout.backup_prefix("main", old)))
+
+    result = verify_repository(storage, "main", KEYS, [record])
+    assert result.ok, result.problems
+    assert any(f"interrupted retention run: physical {old} was being deleted" in n for n in result.notes)
+    assert not any("bad magic" in p.what for p in result.problems)
+
+    resume(storage, "main")  # the next retention run finishes it; verify is then silent about it
+    assert not any("interrupted" in n for n in verify_repository(storage, "main", KEYS, [record]).notes)
+
+
+def test_a_stray_file_among_deletion_markers_is_named() -> None:
+    storage, record = build_repo()
+    storage.put(layout.deleting_marker("main", "20261120T090000Z"), [b"garbage"])
+    result = verify_repository(storage, "main", KEYS, [record])
+    assert [p.what for p in result.problems] == ["not a retention deletion marker (not JSON naming this id)"]

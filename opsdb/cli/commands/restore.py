@@ -117,6 +117,10 @@ def register(app: typer.Typer) -> None:
         globals_: Annotated[
             bool, typer.Option("--globals", help="Restore roles and tablespaces (globals) first.")
         ] = False,
+        rename: Annotated[
+            str | None,
+            typer.Option("--as", metavar="NAME", help="Restore the one chosen database under this name."),
+        ] = None,
     ) -> None:
         """Restore a logical dump with pg_restore."""
         from opsdb.ops.dump import restore_dump_from_settings
@@ -126,6 +130,6 @@ def register(app: typer.Typer) -> None:
         with output.progress(f"restore-dump {dump_id}") as on_bytes:
             result = restore_dump_from_settings(
                 state.settings, name, dump_id, conninfo=dbname, databases=tuple(database or ()), jobs=jobs,
-                clean=clean, with_globals=globals_, on_bytes=on_bytes,
+                clean=clean, with_globals=globals_, rename=rename, on_bytes=on_bytes,
             )  # fmt: skip
         output.emit(state, result.to_dict(), result.summary())
