@@ -338,6 +338,9 @@ class RestorePlan:
     start: bool = False
     port: int | None = None
     recovery: dict[str, Any] | None = None  # PITR plan (ops/pitr.py RecoveryPlan.to_json): window, WAL, target
+    # whether the restored copy archives: "off" (never into the repository), "keep" (as the backup's
+    # configuration says: a restore that replaces the primary), "standby" (a standby keeps it)
+    archive_mode: str = "off"
 
     @property
     def bytes_to_read(self) -> int:
@@ -361,4 +364,5 @@ class RestorePlan:
             "start": self.start,
             "port": self.port,
             "recovery": self.recovery,
+            "archive_mode": self.archive_mode,
         }

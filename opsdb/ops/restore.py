@@ -60,6 +60,7 @@ class RestoreRequest:
     slot: str | None = None
     restore_command: str = "false"  # `opsdb ... wal-fetch %f %p` when the archive is used
     sync_method: str | None = DEFAULT_SYNC_METHOD  # ops/durable.py; None: --no-sync
+    archive_mode: str | None = None  # "off" | "keep"; None: off, or unchanged for a standby
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,7 @@ class RestoreResult:
             "target": self.plan.target,
             "recovery_point": self.recovery_point,
             "target_dir": self.plan.target_dir,
+            "archive_mode": self.plan.archive_mode,
             "bytes_read": self.bytes_read,
             "seconds": round(self.seconds, 3),
             "synced": self.sync is not None,
@@ -92,6 +94,7 @@ def plan_restore(request: RestoreRequest, *, storage: Storage, keys: Mapping[str
     UsageError (exit 2) for a target that is not empty or belongs to a running server."""
     if request.start and request.port is None:
         raise UsageError("--start needs --port P (the port the restored server listens on)")
+    archive_mode = _archive_mode(request)
     pitr_plan = _pitr_plan(request, storage, keys)
     if pitr_plan is not None:
         record = pitr_plan.backup
@@ -126,6 +129,10 @@ def plan_restore(request: RestoreRequest, *, storage: Storage, keys: Mapping[str
         )  # fmt: skip
     else:
         target_name, settings, signal = recovery_for(record)
+    if archive_mode == "off":
+        # a copy restored next to the primary must not archive its new timeline into the primary's
+        # repository as the same cluster (info, restore and drills would follow that timeline)
+        settings = {**settings, "archive_mode": "off"}
     return RestorePlan(
         backup=record,
         target_dir=str(target),
@@ -137,7 +144,20 @@ def plan_restore(request: RestoreRequest, *, storage: Storage, keys: Mapping[str
         start=request.start,
         port=request.port,
         recovery=pitr_plan.to_json() if pitr_plan is not None else None,
+        archive_mode=archive_mode,
     )
+
+
+def _archive_mode(request: RestoreRequest) -> str:
+    if request.archive_mode not in (None, "off", "keep"):
+        raise UsageError(f"--archive-mode must be off or keep, not {request.archive_mode!r}")
+    if request.standby:
+        if request.archive_mode is not None:
+            raise UsageError(
+                "--archive-mode is for a restore that promotes; a standby keeps the archive settings of its backup"
+            )
+        return "standby"
+    return request.archive_mode or "off"
 
 
 def _pitr_plan(request: RestoreRequest, storage: Storage, keys: Mapping[str, Any]) -> Any:
@@ -427,6 +447,7 @@ def restore_from_settings(
     primary_conninfo: str | None = None,
     slot: str | None = None,
     sync_method: str | None = DEFAULT_SYNC_METHOD,
+    archive_mode: str | None = None,
 ) -> tuple[RestorePlan, RestoreResult | None]:
     """The CLI's one call: plan, and unless dry_run, execute. Returns (plan, result or None)."""
     from opsdb.ops.codec import repository
@@ -450,6 +471,7 @@ def restore_from_settings(
         slot=slot,
         restore_command=_restore_command(settings, cluster),
         sync_method=sync_method,
+        archive_mode=archive_mode,
     )
     plan = plan_restore(request, storage=repo.storage, keys=repo.keys)
     if dry_run:

@@ -89,6 +89,13 @@ def backup_details(r: BackupRecord) -> str:
     return "\n".join(lines)
 
 
+ARCHIVE_MODE_TEXT = {
+    "off": "off: the restored copy does not archive (archive_mode=off; --archive-mode keep to replace the primary)",
+    "keep": "keep: the restored copy archives as the backup's configuration says (it replaces the primary)",
+    "standby": "as configured (a standby archives only with archive_mode=always)",
+}
+
+
 def restore_plan_text(plan: RestorePlan) -> str:
     lines = [
         f"restore backup {plan.backup.id} (stopped {format_time(plan.backup.stop_time)}, LSN {plan.backup.stop_lsn})",
@@ -103,6 +110,7 @@ def restore_plan_text(plan: RestorePlan) -> str:
     if plan.recovery_settings:
         settings = ", ".join(f"{k}={v}" for k, v in plan.recovery_settings.items())
         lines.append(f"  recovery  {settings}" + (f" + {plan.signal_file}" if plan.signal_file else ""))
+    lines.append(f"  archive   {ARCHIVE_MODE_TEXT.get(plan.archive_mode, plan.archive_mode)}")
     if plan.start:
         lines.append(f"  then start the server on port {plan.port}")
     return "\n".join(lines)

@@ -224,7 +224,7 @@ def test_pitr_after_the_oldest_retained_backup_gives_exactly_its_rows(env):
     factory._made.append((Instance(dest, port, factory.bin_dir, os_user(), LocalRunner()), dest.parent))
     proc = run(
         env, "--json", "restore", "--target-dir", str(dest), "--to-time", env["t2"], "--start", "--port", str(port),
-        as_root=True,
+        "--archive-mode", "keep", as_root=True,  # it archives timeline 2, which the second run expires
     )  # fmt: skip
     doc = json.loads(proc.stdout)
     assert doc["backup_id"] == env["b2"]["id"]

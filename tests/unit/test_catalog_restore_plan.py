@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -61,11 +62,23 @@ def test_plan_picks_the_latest_physical_and_maps_tablespaces(storage: MemoryStor
         ("base.tar", str(tmp_path / "data")), ("pg_tblspc-16385.tar", str(tmp_path / "ts")),
     ]  # fmt: skip
     assert plan.bytes_to_read == 300 and plan.bytes_to_write == 3000
-    assert plan.recovery_settings == {"restore_command": "false", "recovery_target_timeline": "current"}
+    assert plan.recovery_settings == {
+        "restore_command": "false", "recovery_target_timeline": "current", "archive_mode": "off",
+    }  # fmt: skip
     assert plan.signal_file == "recovery.signal" and plan.target == "immediate"
     text = restore_plan_text(plan)
     assert "extract   pg_tblspc-16385.tar" in text and "recovery.signal" in text
+    assert "archive   off: the restored copy does not archive" in text and plan.to_dict()["archive_mode"] == "off"
     assert not (tmp_path / "data").exists()  # planning writes nothing
+
+    keep = plan_restore(dataclasses.replace(request, archive_mode="keep"), storage=storage, keys={})
+    assert "archive_mode" not in keep.recovery_settings and keep.to_dict()["archive_mode"] == "keep"
+    for wrong in (
+        dataclasses.replace(request, archive_mode="on"),
+        dataclasses.replace(request, archive_mode="off", standby=True),
+    ):
+        with pytest.raises(UsageError):
+            plan_restore(wrong, storage=storage, keys={})
 
 
 def test_plan_refusals(storage: MemoryStorage, tmp_path: Path) -> None:

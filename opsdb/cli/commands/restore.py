@@ -52,6 +52,14 @@ def register(app: typer.Typer) -> None:
         no_sync: Annotated[
             bool, typer.Option("--no-sync", help="Do not sync the restored files (throwaway targets only).")
         ] = False,
+        archive_mode: Annotated[
+            str | None,
+            typer.Option(
+                "--archive-mode",
+                help="off (default): the restored copy never archives; keep: it archives as configured "
+                "(a restore that replaces the primary).",
+            ),
+        ] = None,
     ) -> None:
         """Physical restore, optionally to a point in time."""
         from opsdb.model.target import RecoveryTarget
@@ -79,7 +87,7 @@ def register(app: typer.Typer) -> None:
             plan, result = restore_from_settings(
                 state.settings, name, target_dir=target_dir, backup_id=backup_id, tablespace_map=tablespace_map,
                 start=start, port=port, dry_run=dry_run, on_bytes=on_bytes, recovery=recovery, standby=standby,
-                primary_conninfo=primary_conninfo, slot=slot, sync_method=sync,
+                primary_conninfo=primary_conninfo, slot=slot, sync_method=sync, archive_mode=archive_mode,
             )  # fmt: skip
         if result is None:
             doc = {"backup_id": plan.backup.id, "target": plan.target, "recovery_point": None,
