@@ -49,5 +49,5 @@ def test_rename_rewrites_the_statements_naming_the_database_and_nothing_else() -
 
 
 def test_a_quoted_name_is_recognised() -> None:
-    sql = rename_database_sql('ALTER DATABASE "prop db" SET work_mem TO \'1MB\';', "prop db", "copy")
+    sql = rename_database_sql("ALTER DATABASE \"prop db\" SET work_mem TO '1MB';", "prop db", "copy")
     assert sql == "ALTER DATABASE \"copy\" SET work_mem TO '1MB';\n"
