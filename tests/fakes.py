@@ -109,3 +109,27 @@ class FakeRunner:
 
     def spawn(self, cmd: Cmd, *, log_path: Path | None = None) -> _FakeSpawned:
         return _FakeSpawned(self._result(cmd).returncode)
+
+
+# --- WAL files as PostgreSQL writes them ------------------------------------------------------------
+
+TEST_SYSTEM_IDENTIFIER = 7300000000000000001
+
+
+def wal_segment(
+    name: str, body: bytes | None = None, *, system_identifier: int = TEST_SYSTEM_IDENTIFIER, size: int = 65536
+) -> bytes:
+    """A WAL file named `name` (segment or .partial) whose first page starts with the long page header
+    PostgreSQL writes (timeline, segment address, system identifier), followed by `body` (random when
+    None). `name` decides the header, so a file made for one name is caught when stored under another."""
+    import os
+    import struct
+
+    base = name.split(".", 1)[0]
+    tli, log, seg = int(base[:8], 16), int(base[8:16], 16), int(base[16:24], 16)
+    seg_size = 16 * 1024 * 1024
+    pageaddr = (log * (0x100000000 // seg_size) + seg) * seg_size
+    header = struct.pack("<HHIQI4xQII", 0xD116, 0x0002, tli, pageaddr, 0, system_identifier, seg_size, 8192)
+    if body is None:
+        body = os.urandom(max(0, size - len(header)))
+    return header + body

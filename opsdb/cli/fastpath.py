@@ -358,7 +358,9 @@ def run_daemon(kind: str, opts: dict[str, Any], data_dir: str | None) -> int:
         ops_wal.run_pusher(spool, ops_wal.pusher_push_one(repo), workers=workers)
     else:
         depth = max(1, settings.wal.prefetch)
-        ops_wal.run_prefetcher(spool, ops_wal.prefetch_fetch_one(repo), depth=depth, workers=min(workers, depth))
+        ops_wal.run_prefetcher(
+            spool, ops_wal.prefetch_fetch_one(repo, data_dir), depth=depth, workers=min(workers, depth)
+        )
     return 0
 
 

@@ -50,7 +50,7 @@ from opsdb.model.lsn import Lsn
 from opsdb.ops.backup_source import ServerFacts, choose_source, slot_session
 from opsdb.pg.tools import PgTools
 from opsdb.proc import Cmd, Runner, pid_alive
-from opsdb.repo import catalog, envelope, layout
+from opsdb.repo import catalog, envelope, layout, marker
 from opsdb.repo.envelope import Codec, StoredObject
 from opsdb.repo.lock import RepositoryLock
 from opsdb.storage.base import Storage
@@ -117,7 +117,8 @@ def run_backup(
     lock = RepositoryLock(
         storage, request.cluster, "backup", command="backup", ttl=timedelta(seconds=request.lock_ttl_seconds)
     )
-    catalog.ensure_repository_marker(storage, clock().isoformat(), f"opsdb {__version__}")
+    # the repository and cluster markers; a server of another system identifier is refused here
+    marker.ensure_cluster_marker(storage, request.cluster, source.system_identifier, what="back up into this cluster")
     with lock:
         cleaned = catalog.clean_leftovers(storage, request.cluster, kind=PHYSICAL, older_than=lock.acquired_at)
         for leftover in cleaned:

@@ -45,7 +45,7 @@ from opsdb.pg import conn as pgconn
 from opsdb.pg.conninfo import redact, with_dbname
 from opsdb.pg.tools import PgTools
 from opsdb.proc import Runner
-from opsdb.repo import catalog, envelope, layout
+from opsdb.repo import catalog, envelope, layout, marker
 from opsdb.repo.envelope import Codec
 from opsdb.repo.lock import RepositoryLock
 from opsdb.storage.base import Storage
@@ -92,7 +92,7 @@ def run_dump(
     lock = RepositoryLock(
         storage, request.cluster, "dump", command="dump", ttl=timedelta(seconds=request.lock_ttl_seconds)
     )
-    catalog.ensure_repository_marker(storage, clock().isoformat(), f"opsdb {__version__}")
+    marker.ensure_cluster_marker(storage, request.cluster, system_identifier, what="dump into this cluster")
     with lock:
         cleaned = catalog.clean_leftovers(storage, request.cluster, kind=LOGICAL, older_than=lock.acquired_at)
         dump_id = new_backup_id(clock(), LOGICAL)

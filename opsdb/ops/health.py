@@ -21,7 +21,7 @@ from opsdb.pg import conn as pg_conn
 from opsdb.pg.conninfo import redact
 from opsdb.pg.tools import PgTools, find_bin_dir
 from opsdb.proc import LocalRunner, Runner
-from opsdb.repo import layout
+from opsdb.repo import layout, marker
 from opsdb.storage import Storage
 from opsdb.storage import open_storage as _open_storage
 
@@ -122,6 +122,31 @@ def _check_repository(
         return
     elapsed_ms = (clock() - started) * 1000
     report.add("repository", OK, f"{repo.url} writable ({elapsed_ms:.0f} ms)")
+    _check_markers(report, storage, cluster)
+
+
+def _check_markers(report: CheckReport, storage: Storage, cluster: str | None) -> None:
+    """The repository and cluster markers (repo/marker.py): absent is fine before the first write."""
+    try:
+        repository = marker.read_repository_marker(storage)
+        found = marker.read_cluster_marker(storage, cluster) if cluster else None
+    except Exception as exc:
+        report.add("marker", CRITICAL, f"unable to read the repository markers: {_describe(exc)}")
+        return
+    if repository is None and found is None:
+        report.add("marker", OK, "none yet: the first wal-push, backup or dump creates the repository")
+        return
+    parts = []
+    if repository is not None:
+        caps = ", ".join(f"{k}={v}" for k, v in sorted(repository.capabilities.items()))
+        parts.append(
+            f"repository format {repository.format} since {repository.created}" + (f" ({caps})" if caps else "")
+        )
+    if found is not None:
+        parts.append(f"cluster {found.cluster}: system identifier {found.system_identifier}")
+    elif cluster:
+        parts.append(f"cluster {cluster}: no marker yet (its first wal-push or backup writes it)")
+    report.add("marker", OK, "; ".join(parts))
 
 
 def _check_encryption(report: CheckReport, settings: Settings) -> None:

@@ -2,6 +2,9 @@
 
 Errors are distinct on purpose (cli/app.py maps them for wal-fetch): NotFound -> 1 (not archived, quiet),
 RepositoryUnavailable / IntegrityError -> above 125 (recovery must abort rather than end early).
+NotFound is only answered once the cluster's marker (repo/marker.py) proved the repository and the
+cluster are there; every fetched segment's page header is checked against its name before it is
+handed to PostgreSQL, and every pushed segment's system identifier against the cluster's.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from opsdb.errors import IntegrityError, NotFound, OpsdbError, RepositoryUnavailable, UsageError
+from opsdb.model import walheader
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, parse_wal_name, segment_name
 from opsdb.ops.walspool import FetchSpool, PushSpool, file_identity, ready_files
+from opsdb.repo import layout, marker
 from opsdb.repo import wal as repo_wal
 from opsdb.storage.base import Storage
 
@@ -27,6 +32,27 @@ log = logging.getLogger("opsdb.wal")
 FETCH_ATTEMPTS = 3
 PUSHER_IDLE_EXIT = 30.0  # seconds without work before the background pusher exits
 PREFETCH_IDLE_EXIT = 30.0
+# A "not archived" answer trusts a proof of the repository at most this old: a one-shot wal-fetch
+# read the marker a moment ago; a long-lived helper reads it again before answering a miss.
+PROOF_TTL = 5.0
+
+
+@dataclasses.dataclass
+class ArchiveState:
+    """What this process knows of the cluster's marker: read once, then reused (helpers live long)."""
+
+    proof: marker.ArchiveProof | None = None
+    proven_at: float = 0.0
+
+    def prove(self, storage: Storage, cluster: str, *, max_age: float | None = None) -> marker.ArchiveProof:
+        now = time.monotonic()
+        if self.proof is None or (max_age is not None and now - self.proven_at > max_age):
+            self.proof = marker.prove_archive(storage, cluster)
+            self.proven_at = now
+        return self.proof
+
+    def forget(self) -> None:
+        self.proof = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +63,7 @@ class WalRepo:
     cluster: str
     codec: Any  # repo.envelope.Codec
     keys: Mapping[str, Any]  # key id -> EncryptionKey, for reading
+    state: ArchiveState = dataclasses.field(default_factory=ArchiveState, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,10 +81,41 @@ def push_file(repo: WalRepo, path: str) -> repo_wal.PushResult:
     repo_wal.check_name(name)
     if not os.path.isfile(path):
         raise UsageError(f"unable to archive {path}: no such file", hint="archive_command must pass %p")
+    return _push(repo, name, path)
+
+
+def _push(repo: WalRepo, name: str, path: str) -> repo_wal.PushResult:
+    """Check the file's system identifier against the cluster's marker (creating the marker on the
+    cluster's first push), then store it."""
+    _check_push_identity(repo, name, path)
     return repo_wal.push(repo.storage, repo.cluster, name, lambda: repo_wal.read_file(path), repo.codec, repo.keys)
 
 
-def fetch_to(repo: WalRepo, name: str, dest: str) -> tuple[str, int]:
+def _check_push_identity(repo: WalRepo, name: str, path: str) -> None:
+    """A segment names its cluster in its first page header (no connection needed). The marker is
+    read once per process; a mismatch reads it again first (an `opsdb reinit` meanwhile)."""
+    sysid = _file_system_identifier(name, path)
+    if sysid is None:
+        return  # a .history or .backup file: it names no cluster; the segments around it do
+    cached = repo.state.proof.marker if repo.state.proof is not None else None
+    if cached is not None and cached.system_identifier == str(sysid):
+        return
+    found = marker.ensure_cluster_marker(repo.storage, repo.cluster, sysid, what=f"archive {name}")
+    repo.state.proof = marker.ArchiveProof(found, f"cluster marker {layout.cluster_marker(repo.cluster)}")
+    repo.state.proven_at = time.monotonic()
+
+
+def _file_system_identifier(name: str, path: str) -> int | None:
+    if parse_wal_name(name).kind not in ("segment", "partial"):
+        return None
+    with open(path, "rb") as fh:
+        header = walheader.parse_segment_header(fh.read(walheader.LONG_HEADER_SIZE))
+    if header is None:
+        raise UsageError(f"unable to archive {path}: it does not start with a WAL segment header")
+    return header.system_identifier
+
+
+def fetch_to(repo: WalRepo, name: str, dest: str, system_identifiers: frozenset[int] = frozenset()) -> tuple[str, int]:
     """Fetch NAME into dest atomically (temp + rename); (sha256, size) of the plaintext.
 
     The temp file is renamed only after the whole object was read and authenticated, so dest never
@@ -70,11 +128,14 @@ def fetch_to(repo: WalRepo, name: str, dest: str) -> tuple[str, int]:
     size = 0
     try:
         # 0600 like PostgreSQL's own WAL files: a WAL file holds table data
+        content = _ContentCheck(name, layout.wal_object(repo.cluster, name), system_identifiers)
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
             for chunk in repo_wal.fetch(repo.storage, repo.cluster, name, repo.keys):
+                content.feed(chunk)
                 fh.write(chunk)
                 sha.update(chunk)
                 size += len(chunk)
+        content.finish()
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -96,11 +157,12 @@ def fetch_file(
     last: OpsdbError | None = None
     for attempt in range(attempts):
         try:
-            sha, size = fetch_to(repo, name, dest)
+            sha, size = fetch_checked(repo, name, dest, data_dir_of(dest))
             return FetchResult(name, dest, size, sha, "repository")
-        except NotFound:
+        except (NotFound, marker.RepositoryMissing):
             raise
         except (RepositoryUnavailable, IntegrityError) as exc:
+            repo.state.forget()  # the next attempt reads the marker again (reinit, a remount)
             last = exc
             log.warning("fetching %s failed (attempt %d of %d): %s", name, attempt + 1, attempts, exc)
             if attempt + 1 < attempts:
@@ -109,6 +171,73 @@ def fetch_file(
             raise RepositoryUnavailable(f"unable to write {dest}: {exc.strerror}") from None
     assert last is not None
     raise last
+
+
+def fetch_checked(repo: WalRepo, name: str, dest: str, data_dir: str | None) -> tuple[str, int]:
+    """fetch_to, with the repository proven first: NotFound only when the cluster's marker (read at
+    most PROOF_TTL ago) shows the repository and the cluster are there; RepositoryMissing otherwise.
+    A segment's system identifier is checked against the marker's (or, in a repository written
+    before markers, the restoring server's pg_control)."""
+    proof = repo.state.prove(repo.storage, repo.cluster)
+    # the restoring server's own identifier is exact (PostgreSQL compares with it too, but ends
+    # recovery at a mismatch instead of failing); else the cluster's, current or retired
+    own = control_system_identifier(data_dir) if data_dir is not None else None
+    sysids = frozenset({own}) if own is not None else proof.system_identifiers
+    try:
+        return fetch_to(repo, name, dest, sysids)
+    except NotFound:
+        repo.state.prove(repo.storage, repo.cluster, max_age=PROOF_TTL)
+        raise
+
+
+def data_dir_of(dest: str) -> str | None:
+    """The data directory of a restore_command's %p (pg_wal/RECOVERYXLOG), when it is one."""
+    wal_dir = os.path.dirname(os.path.abspath(dest))
+    return os.path.dirname(wal_dir) if os.path.basename(wal_dir) == "pg_wal" else None
+
+
+def control_system_identifier(data_dir: str) -> int | None:
+    try:
+        with open(os.path.join(data_dir, "global", "pg_control"), "rb") as fh:
+            return walheader.control_system_identifier(fh.read(8))
+    except OSError:
+        return None
+
+
+class _ContentCheck:
+    """Checks a fetched file's own content against its name before it is handed to PostgreSQL:
+    a segment's long page header (timeline, address, system identifier), a history file's lines."""
+
+    def __init__(self, name: str, key: str, system_identifiers: frozenset[int]) -> None:
+        self.name, self.key, self.sysids = name, key, system_identifiers
+        self.kind = parse_wal_name(name).kind
+        self.head = bytearray()
+        self.checked = self.kind not in ("segment", "partial", "history")
+
+    def feed(self, chunk: bytes) -> None:
+        if self.checked:
+            return
+        self.head += chunk
+        if self.kind != "history" and len(self.head) >= walheader.LONG_HEADER_SIZE:
+            self._judge(walheader.segment_mismatch(self.name, bytes(self.head), self.sysids))
+
+    def finish(self) -> None:
+        if self.checked:
+            return
+        if self.kind == "history":
+            self._judge(walheader.history_mismatch(self.name, bytes(self.head)))
+        else:
+            self._judge(walheader.segment_mismatch(self.name, bytes(self.head), self.sysids))
+
+    def _judge(self, problem: str | None) -> None:
+        self.checked = True
+        self.head = bytearray()
+        if problem is not None:
+            raise IntegrityError(
+                f"object {self.key} is not the WAL file it is stored as: {problem}",
+                hint="the archive was tampered with or mixed up (swapped, copied or foreign objects): "
+                "run `opsdb verify` and restore from a repository you trust",
+            )
 
 
 def wal_repo_from_settings(settings: Any, cluster: str, *, writable: bool = False) -> WalRepo:
@@ -225,7 +354,7 @@ def _push_identified(
 
 def pusher_push_one(repo: WalRepo) -> Callable[[str, str], repo_wal.PushResult]:
     def push_one(name: str, path: str) -> repo_wal.PushResult:
-        return repo_wal.push(repo.storage, repo.cluster, name, lambda: repo_wal.read_file(path), repo.codec, repo.keys)
+        return _push(repo, name, path)
 
     return push_one
 
@@ -315,15 +444,16 @@ def run_prefetcher(
                     fetched += 1
 
 
-def prefetch_fetch_one(repo: WalRepo) -> Callable[[str, str], tuple[str, int]]:
+def prefetch_fetch_one(repo: WalRepo, data_dir: str | None = None) -> Callable[[str, str], tuple[str, int]]:
     def fetch_one(name: str, tmp: str) -> tuple[str, int]:
         last: Exception | None = None
         for attempt in range(FETCH_ATTEMPTS):
             try:
-                return fetch_to(repo, name, tmp)
-            except NotFound:
+                return fetch_checked(repo, name, tmp, data_dir)
+            except (NotFound, marker.RepositoryMissing):
                 raise
             except (RepositoryUnavailable, IntegrityError) as exc:
+                repo.state.forget()
                 last = exc
                 time.sleep(0.5 * 2**attempt)
         assert last is not None

@@ -14,7 +14,6 @@ than its lock with `clean_leftovers`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -184,28 +183,3 @@ def clean_leftovers(storage: Storage, cluster: str, *, kind: str, older_than: fl
         storage.delete([o.key for o in leftover.objects])
         removed.append(leftover)
     return removed
-
-
-def ensure_repository_marker(storage: Storage, created: str, created_by: str) -> dict[str, Any]:
-    """Write opsdb-repository.json once (create-only) and refuse a repository of a newer format.
-
-    It is plain JSON, readable without keys: {"format": 1, "created": ..., "created_by": ...}."""
-    doc = {"format": layout.FORMAT_VERSION, "created": created, "created_by": created_by}
-    try:
-        storage.put(layout.REPO_MARKER, [json.dumps(doc, sort_keys=True).encode()], if_absent=True)
-        return doc
-    except Conflict:
-        pass
-    with storage.open(layout.REPO_MARKER) as fh:
-        raw = fh.read()
-    try:
-        found = json.loads(raw)
-        version = int(found["format"])
-    except (ValueError, KeyError, TypeError):
-        raise IntegrityError(f"object {layout.REPO_MARKER} is not a repository marker") from None
-    if version > layout.FORMAT_VERSION:
-        raise OperationFailed(
-            f"the repository has format {version}, newer than this opsdb supports ({layout.FORMAT_VERSION})",
-            hint="upgrade opsdb before writing to this repository",
-        )
-    return dict(found)

@@ -15,6 +15,11 @@ def cluster_prefix(cluster: str) -> str:
     return f"clusters/{cluster}/"
 
 
+def cluster_marker(cluster: str) -> str:
+    """The cluster's marker (repo/marker.py): its system identifier; proof that the cluster exists."""
+    return f"clusters/{cluster}/opsdb-cluster.json"
+
+
 # --- physical backups and logical dumps -------------------------------------------------------
 # A backup's objects live under backups/<id>/; it is committed only when catalog/<id>.json exists.
 

@@ -66,6 +66,7 @@ def test_all_ok_exits_0(archiving_cluster: Instance, tmp_path: Path) -> None:
     assert list(_statuses(doc)) == [
         "config",
         "repository",
+        "marker",
         "encryption",
         "server",
         "binaries",
@@ -83,7 +84,7 @@ def test_human_output_one_line_per_check(archiving_cluster: Instance, tmp_path: 
     assert code == 0
     lines = str(text).splitlines()
     assert lines[1].startswith("OK       repository") and "writable (" in lines[1] and lines[1].endswith(" ms)")
-    assert lines[-1].startswith("OK: 9 ok")
+    assert lines[-1].startswith("OK: 10 ok")
 
 
 def test_archive_mode_off_is_critical(pg_cluster: Instance, tmp_path: Path) -> None:

@@ -10,12 +10,14 @@ import pytest
 
 from opsdb.repo import layout
 from opsdb.stream.crypto import generate_key_file
+from tests.fakes import wal_segment
 
 SEG = "000000010000000000000001"
 
 
 def write_config(tmp_path, url, endpoint, **wal):
-    generate_key_file(tmp_path / "key")
+    if not (tmp_path / "key").exists():
+        generate_key_file(tmp_path / "key")
     text = (
         f'[repository]\nurl = "{url}"\nendpoint_url = "{endpoint}"\nregion = "us-east-1"\nmax_attempts = 2\n'
         f'[encryption]\nkey_file = "{tmp_path}/key"\nrequired = true\n'
@@ -23,7 +25,7 @@ def write_config(tmp_path, url, endpoint, **wal):
         '[clusters.main]\nconninfo = "host=127.0.0.1"\n'
         f'[wal]\nspool_dir = "{tmp_path}/spool"\n' + "".join(f"{k} = {str(v).lower()}\n" for k, v in wal.items())
     )
-    path = tmp_path / "opsdb.toml"
+    path = tmp_path / f"opsdb-{url.split('/', 3)[2]}-{url.rsplit('/', 1)[-1]}.toml"
     path.write_text(text)
     return path
 
@@ -36,7 +38,7 @@ def opsdb(config, *args, cwd):
 @pytest.fixture
 def pgdata(tmp_path):
     (tmp_path / "pgdata" / "pg_wal").mkdir(parents=True)
-    (tmp_path / "pgdata" / "pg_wal" / SEG).write_bytes(os.urandom(1 << 16) * 256)
+    (tmp_path / "pgdata" / "pg_wal" / SEG).write_bytes(wal_segment(SEG, os.urandom(1 << 16) * 256))
     return tmp_path / "pgdata"
 
 
@@ -52,7 +54,7 @@ def test_push_fetch_and_exit_codes_on_s3(tmp_path, pgdata, moto_endpoint, s3_buc
     # different content under the same name: refused, the stored object untouched
     key = "wal-test/" + layout.wal_object("main", SEG)
     before = s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
-    (pgdata / "pg_wal" / SEG).write_bytes(b"x" * 4096)
+    (pgdata / "pg_wal" / SEG).write_bytes(wal_segment(SEG, b"x" * 4096))
     conflict = opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata)
     assert conflict.returncode == 1 and "different content" in conflict.stderr
     assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == before
@@ -62,6 +64,19 @@ def test_push_fetch_and_exit_codes_on_s3(tmp_path, pgdata, moto_endpoint, s3_buc
     s3_client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(tampered))
     bad = opsdb(config, "wal-fetch", SEG, "pg_wal/TAMPERED", cwd=pgdata)
     assert bad.returncode > 125 and not (pgdata / "pg_wal" / "TAMPERED").exists()
+
+
+def test_a_mistyped_prefix_or_missing_bucket_is_not_an_empty_archive(tmp_path, pgdata, moto_endpoint, s3_bucket):
+    config = write_config(tmp_path, f"s3://{s3_bucket}/real", moto_endpoint)
+    assert opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata).returncode == 0
+    missing = opsdb(config, "wal-fetch", "000000010000000000000002", "pg_wal/RECOVERYXLOG", cwd=pgdata)
+    assert (missing.returncode, missing.stderr) == (1, "")  # proven archive: a real "not archived"
+    typo = write_config(tmp_path, f"s3://{s3_bucket}/rael", moto_endpoint)
+    result = opsdb(typo, "wal-fetch", "000000010000000000000002", "pg_wal/RECOVERYXLOG", cwd=pgdata)
+    assert result.returncode > 125 and f"no opsdb repository at s3://{s3_bucket}/rael" in result.stderr
+    nobucket = write_config(tmp_path, "s3://no-such-bucket-here/real", moto_endpoint)
+    result = opsdb(nobucket, "wal-fetch", "000000010000000000000002", "pg_wal/RECOVERYXLOG", cwd=pgdata)
+    assert result.returncode > 125 and "no-such-bucket-here" in result.stderr
 
 
 def test_unreachable_endpoint_exits_above_125(tmp_path, pgdata, moto_endpoint):
@@ -78,7 +93,7 @@ def test_async_push_and_prefetch_on_s3(tmp_path, pgdata, moto_endpoint, s3_bucke
     names = [f"0000000100000000000000{n:02X}" for n in range(1, 5)]
     (pgdata / "pg_wal" / "archive_status").mkdir()
     for name in names:
-        (pgdata / "pg_wal" / name).write_bytes(os.urandom(1 << 16) * 16)
+        (pgdata / "pg_wal" / name).write_bytes(wal_segment(name, os.urandom(1 << 16) * 16))
         (pgdata / "pg_wal" / "archive_status" / f"{name}.ready").touch()
     try:
         for name in names:

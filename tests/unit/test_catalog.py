@@ -162,16 +162,3 @@ def test_leftovers_of_the_same_kind_older_than_the_lock_are_cleaned() -> None:
     # the committed backup and the dump's leftover are untouched
     assert catalog.list_backups(storage, "main", KEYS)[0].id == "20261121T101500Z-F"
     assert [lo.backup_id for lo in catalog.find_leftovers(storage, "main")] == ["20261121T120000Z-D"]
-
-
-def test_repository_marker_is_written_once_and_newer_formats_are_refused() -> None:
-    import json
-
-    storage = MemoryStorage()
-    first = catalog.ensure_repository_marker(storage, "2026-11-21T10:15:00+00:00", "opsdb test")
-    again = catalog.ensure_repository_marker(storage, "2027-01-01T00:00:00+00:00", "opsdb later")
-    assert first == again and json.loads(storage.open(layout.REPO_MARKER).read())["format"] == layout.FORMAT_VERSION
-    storage.delete([layout.REPO_MARKER])
-    storage.put(layout.REPO_MARKER, [b'{"format": 99}'])
-    with pytest.raises(OperationFailed, match="format 99"):
-        catalog.ensure_repository_marker(storage, "x", "y")

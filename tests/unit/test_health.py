@@ -12,6 +12,7 @@ from opsdb.config import Settings
 from opsdb.errors import ConfigError, DatabaseError, RepositoryUnavailable
 from opsdb.model.results import CheckReport, Status, worst
 from opsdb.ops import health
+from opsdb.repo import layout, marker
 from opsdb.storage.memory import MemoryStorage
 from tests.fakes import FakeRunner
 
@@ -124,6 +125,20 @@ def test_all_ok_and_probe_removed() -> None:
     assert report.status is Status.OK and report.exit_code == 0
     assert list(store.list("")) == []
     assert report.to_dict()["checks"][1]["name"] == "repository"
+
+
+def test_markers_are_reported() -> None:
+    store = MemoryStorage()
+    fresh = _run({"host=db password=pw": FakeConn()}, storage=store).get("marker")
+    assert fresh is not None and fresh.status is Status.OK and "none yet" in fresh.detail
+    marker.ensure_cluster_marker(store, "main", 7441620935618519234, what="test")
+    marker.update_capabilities(store, {"conditional_writes": True})
+    found = _run({"host=db password=pw": FakeConn()}, storage=store).get("marker")
+    assert found is not None and found.status is Status.OK
+    assert "cluster main: system identifier 7441620935618519234" in found.detail
+    assert "conditional_writes=True" in found.detail
+    store.put(layout.cluster_marker("main"), [b"garbage"])
+    assert _status(_run({"host=db password=pw": FakeConn()}, storage=store), "marker") is Status.CRITICAL
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from opsdb.stream.crypto import generate_key_file
+from tests.fakes import TEST_SYSTEM_IDENTIFIER, wal_segment
 
 SEG = "000000010000000000000001"
 
@@ -53,7 +54,7 @@ def pgdata(tmp_path):
 
 def segment(pgdata, name=SEG, content=None, ready=False):
     path = pgdata / "pg_wal" / name
-    path.write_bytes(content if content is not None else os.urandom(4096) * 256)
+    path.write_bytes(wal_segment(name, content, size=1024 * 1024))
     if ready:
         (pgdata / "pg_wal" / "archive_status" / f"{name}.ready").touch()
     return path
@@ -78,7 +79,7 @@ def test_sync_push_fetch_exit_codes(tmp_path, pgdata):
     missing = opsdb(config, "wal-fetch", "00000002.history", "pg_wal/RECOVERYHISTORY", cwd=pgdata)
     assert (missing.returncode, missing.stderr) == (1, "")
     stored = next((tmp_path / "repo").rglob(SEG)).read_bytes()
-    src.write_bytes(b"other" * 1000)
+    src.write_bytes(wal_segment(SEG, b"other" * 1000))
     conflict = opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata)
     assert conflict.returncode == 1 and "different content" in conflict.stderr
     assert next((tmp_path / "repo").rglob(SEG)).read_bytes() == stored
@@ -96,6 +97,41 @@ def test_fetch_tampered_exits_above_125(tmp_path, pgdata):
     result = opsdb(config, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=pgdata)
     assert result.returncode > 125 and ("corrupt" in result.stderr or "authentic" in result.stderr)
     assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+
+
+def test_fetch_answers_not_archived_only_from_a_proven_repository(tmp_path, pgdata):
+    config = _config(tmp_path)
+    with config.open("a") as fh:
+        fh.write("[clusters.other]\nconninfo = 'host=127.0.0.1'\n")
+
+    def fetch(cluster="main"):
+        return opsdb(config, "--cluster", cluster, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=pgdata)
+
+    missing = fetch()  # the repository directory does not exist (an unmounted file system, a typo)
+    assert missing.returncode > 125 and f"no opsdb repository at file://{tmp_path}/repo" in missing.stderr
+    assert missing.stderr.count("error:") == 1
+    (tmp_path / "repo").mkdir()
+    empty = fetch()
+    assert empty.returncode > 125 and "no opsdb repository" in empty.stderr
+    segment(pgdata, "000000010000000000000002")
+    assert opsdb(config, "--cluster", "main", "wal-push", "pg_wal/000000010000000000000002", cwd=pgdata).returncode == 0
+    unknown = fetch("other")
+    assert unknown.returncode > 125 and "has no cluster 'other'" in unknown.stderr
+    proven = fetch()
+    assert (proven.returncode, proven.stderr) == (1, "")
+    assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+
+
+def test_push_from_another_system_identifier_is_refused(tmp_path, pgdata):
+    config = _config(tmp_path)
+    segment(pgdata)
+    assert opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata).returncode == 0
+    foreign = pgdata / "pg_wal" / "000000010000000000000002"
+    foreign.write_bytes(wal_segment(foreign.name, system_identifier=7300000000000000999))
+    refused = opsdb(config, "wal-push", f"pg_wal/{foreign.name}", cwd=pgdata)
+    assert refused.returncode == 1
+    assert "7300000000000000999" in refused.stderr and str(TEST_SYSTEM_IDENTIFIER) in refused.stderr
+    assert not list((tmp_path / "repo").rglob(foreign.name))
 
 
 def test_bad_config_is_exit_2(tmp_path, pgdata):
@@ -134,7 +170,7 @@ def test_async_push_conflict_fails_and_keeps_original(tmp_path, pgdata, stop_dae
     src = segment(pgdata)
     assert opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata).returncode == 0
     stored = next((tmp_path / "repo").rglob(SEG)).read_bytes()
-    src.write_bytes(b"different" * 1000)
+    src.write_bytes(wal_segment(SEG, b"different" * 1000))
     result = opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata)
     assert result.returncode == 1 and "different content" in result.stderr
     assert next((tmp_path / "repo").rglob(SEG)).read_bytes() == stored

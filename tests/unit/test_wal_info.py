@@ -8,6 +8,7 @@ from opsdb.ops.info import cluster_info
 from opsdb.render.info import info_json, info_text
 from opsdb.repo.envelope import Codec
 from opsdb.storage.memory import MemoryStorage
+from tests.fakes import wal_segment
 
 
 @dataclasses.dataclass
@@ -25,7 +26,7 @@ def test_info_timelines_gaps_and_window(tmp_path):
     repo = ops_wal.WalRepo(MemoryStorage(), "main", Codec("none", 0), {})
 
     def push(name, content=b"x"):
-        (tmp_path / name).write_bytes(content)
+        (tmp_path / name).write_bytes(content if name.endswith(".history") else wal_segment(name, content))
         ops_wal.push_file(repo, str(tmp_path / name))
 
     for n in (2, 3, 4, 5, 8):

@@ -6,12 +6,13 @@ import pytest
 
 from opsdb.errors import Conflict, IntegrityError, NotFound, RepositoryUnavailable, UsageError
 from opsdb.ops import wal as ops_wal
-from opsdb.repo import layout
+from opsdb.repo import layout, marker
 from opsdb.repo import wal as repo_wal
 from opsdb.repo.envelope import Codec
 from opsdb.storage.local import LocalStorage
 from opsdb.storage.memory import MemoryStorage
 from opsdb.stream.crypto import EncryptionKey
+from tests.fakes import wal_segment
 
 SEG = "000000010000000000000003"
 
@@ -29,7 +30,7 @@ def repo(key):
 def wal_file(tmp_path, name=SEG, content=None):
     path = tmp_path / "pg_wal" / name
     path.parent.mkdir(exist_ok=True)
-    path.write_bytes(content if content is not None else os.urandom(1024) * 64)
+    path.write_bytes(content if name.endswith(".history") else wal_segment(name, content))
     return path
 
 
@@ -56,7 +57,7 @@ def test_push_different_content_conflicts_and_keeps_the_original(repo, tmp_path)
     src = wal_file(tmp_path, content=b"a" * 70000)
     ops_wal.push_file(repo, str(src))
     before = repo.storage.open(layout.wal_object("main", SEG)).read()
-    src.write_bytes(b"b" * 70000)
+    src.write_bytes(wal_segment(SEG, b"b" * 70000))
     with pytest.raises(Conflict, match="different content"):
         ops_wal.push_file(repo, str(src))
     assert repo.storage.open(layout.wal_object("main", SEG)).read() == before
@@ -77,10 +78,13 @@ def test_bad_names_refused(repo, tmp_path, name):
         ops_wal.fetch_file(repo, name, str(tmp_path / "x"))
 
 
-def test_fetch_missing_is_not_found_and_leaves_nothing(repo, tmp_path):
+def test_fetch_missing_is_not_found_only_in_a_proven_archive(repo, tmp_path):
+    with pytest.raises(marker.RepositoryMissing, match="no opsdb repository at memory://"):
+        ops_wal.fetch_file(repo, SEG, str(tmp_path / "dest"))  # an empty repository proves nothing
+    ops_wal.push_file(repo, str(wal_file(tmp_path, "000000010000000000000002")))  # writes the cluster marker
     with pytest.raises(NotFound):
         ops_wal.fetch_file(repo, SEG, str(tmp_path / "dest"))
-    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "dest").exists()
 
 
 def test_fetch_tampered_is_integrity_error_and_writes_nothing(tmp_path, key):
@@ -129,13 +133,13 @@ def test_conflicting_partial_is_kept_beside_and_never_blocks(repo, tmp_path):
     name = SEG + ".partial"
     src = wal_file(tmp_path, name, b"first promotion" * 100)
     ops_wal.push_file(repo, str(src))
-    src.write_bytes(b"second promotion" * 100)
+    src.write_bytes(wal_segment(name, b"second promotion" * 100))
     result = ops_wal.push_file(repo, str(src))
     assert result.key.startswith(layout.wal_object("main", name) + ".")
     assert ops_wal.push_file(repo, str(src)).already_stored
     dest = tmp_path / "first"
     ops_wal.fetch_file(repo, name, str(dest))
-    assert dest.read_bytes() == b"first promotion" * 100
+    assert dest.read_bytes() == wal_segment(name, b"first promotion" * 100)
 
 
 def test_wal_objects_are_compressed_single_threaded_whatever_backups_use(tmp_path):
@@ -152,3 +156,44 @@ def test_wal_objects_are_compressed_single_threaded_whatever_backups_use(tmp_pat
     assert settings.compression.threads == 2  # the default: backups and dumps use zstd workers
     assert repository(settings, writable=True).codec.threads == 2
     assert wal_repo_from_settings(settings, "main", writable=True).codec.threads == 0
+
+
+def _legacy_copy(repo, src_name, dst_name):
+    """What an operator or a broken sync does: copy one stored object under another name."""
+    data = repo.storage.open(layout.wal_object("main", src_name)).read()
+    repo.storage.put(layout.wal_object("main", dst_name), [data])
+
+
+def test_fetch_names_a_replayed_or_foreign_segment_before_handing_it_over(repo, tmp_path):
+    older, newer = "000000010000000000000003", "000000010000000000000004"
+    ops_wal.push_file(repo, str(wal_file(tmp_path, older)))
+    _legacy_copy(repo, older, newer)
+    with pytest.raises(IntegrityError, match="holds the segment at 0/3000000, not 0/4000000"):
+        ops_wal.fetch_file(repo, newer, str(tmp_path / "dest"), sleep=lambda s: None)
+    assert not (tmp_path / "dest").exists()
+    foreign = wal_file(tmp_path, "000000010000000000000005")
+    foreign.write_bytes(wal_segment(foreign.name, system_identifier=99))
+    other = ops_wal.WalRepo(repo.storage, "other", repo.codec, repo.keys)
+    ops_wal.push_file(other, str(foreign))
+    data = repo.storage.open(layout.wal_object("other", foreign.name)).read()
+    repo.storage.put(layout.wal_object("main", foreign.name), [data])
+    with pytest.raises(IntegrityError, match="another cluster: system identifier 99"):
+        ops_wal.fetch_file(repo, foreign.name, str(tmp_path / "dest"), sleep=lambda s: None)
+
+
+def test_fetch_checks_a_history_file_against_its_timeline(repo, tmp_path):
+    ops_wal.push_file(repo, str(wal_file(tmp_path)))
+    ops_wal.push_file(repo, str(wal_file(tmp_path, "00000003.history", b"1\t0/5000100\tx\n2\t0/7000000\ty\n")))
+    _legacy_copy(repo, "00000003.history", "00000002.history")
+    with pytest.raises(IntegrityError, match="00000002.history names timeline 2 as a parent"):
+        ops_wal.fetch_file(repo, "00000002.history", str(tmp_path / "dest"), sleep=lambda s: None)
+
+
+def test_the_restoring_servers_pg_control_decides_the_identity(repo, tmp_path):
+    ops_wal.push_file(repo, str(wal_file(tmp_path)))
+    data_dir = tmp_path / "restore"
+    (data_dir / "global").mkdir(parents=True)
+    (data_dir / "pg_wal").mkdir()
+    (data_dir / "global" / "pg_control").write_bytes((77).to_bytes(8, "little") + bytes(100))
+    with pytest.raises(IntegrityError, match="expected 77"):
+        ops_wal.fetch_file(repo, SEG, str(data_dir / "pg_wal" / "RECOVERYXLOG"), sleep=lambda s: None)

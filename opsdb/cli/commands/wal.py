@@ -46,6 +46,26 @@ def register(app: typer.Typer) -> None:
         result = cluster_info(repo, catalog_backups(repo))
         output.emit(state, info_json(result), lambda: info_text(result))
 
+    @app.command("reinit")
+    def reinit(
+        ctx: typer.Context,
+        yes: Annotated[bool, typer.Option("--yes", help="Confirm moving the cluster to a new identity.")] = False,
+    ) -> None:
+        """After initdb or pg_upgrade: bind the cluster to its server's new system identifier."""
+        from opsdb.ops.codec import repository
+        from opsdb.ops.identity import reinit as run_reinit
+
+        state = ctx.obj
+        name, cluster = state.cluster()
+        result = run_reinit(repository(state.settings, writable=True).storage, name, cluster.conninfo, confirm=yes)
+        if not result.changed:
+            text = f"cluster {name} already has system identifier {result.after}: nothing to do"
+        elif result.before is None:
+            text = f"cluster {name} initialised with system identifier {result.after}"
+        else:
+            text = f"cluster {name} moved from system identifier {result.before} to {result.after}; take a backup now"
+        output.emit(state, result.to_dict(), text)
+
 
 def catalog_backups(repo: Any) -> list[Any]:
     """The committed backups of the cluster (repo/catalog.py, written by the backups work)."""
