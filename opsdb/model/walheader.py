@@ -16,7 +16,7 @@ import dataclasses
 import struct
 from collections.abc import Collection
 
-from opsdb.errors import UsageError
+from opsdb.errors import IntegrityError, UsageError
 from opsdb.model.lsn import Lsn, WalName, parse_history, parse_wal_name
 
 LONG_HEADER_SIZE = 40
@@ -98,3 +98,40 @@ def history_mismatch(name: str, content: bytes) -> str | None:
             return f"{name} lists its parent timelines out of order"
         previous_tli, previous_lsn = entry.parent_timeline, entry.switch_lsn.value
     return None
+
+
+class ContentCheck:
+    """Feed a WAL file's plaintext as it streams; `finish()` at the end. Raises IntegrityError
+    naming the object when its content is not the file `name` (a segment's long page header, a
+    history file's lines): before the file is handed to PostgreSQL, or while verify reads it."""
+
+    def __init__(self, name: str, key: str, system_identifiers: Collection[int] = ()) -> None:
+        self.name, self.key, self.sysids = name, key, system_identifiers
+        self.kind = parse_wal_name(name).kind
+        self.head = bytearray()
+        self.checked = self.kind not in ("segment", "partial", "history")
+
+    def feed(self, chunk: bytes) -> None:
+        if self.checked:
+            return
+        self.head += chunk
+        if self.kind != "history" and len(self.head) >= LONG_HEADER_SIZE:
+            self._judge(segment_mismatch(self.name, bytes(self.head), self.sysids))
+
+    def finish(self) -> None:
+        if self.checked:
+            return
+        if self.kind == "history":
+            self._judge(history_mismatch(self.name, bytes(self.head)))
+        else:
+            self._judge(segment_mismatch(self.name, bytes(self.head), self.sysids))
+
+    def _judge(self, problem: str | None) -> None:
+        self.checked = True
+        self.head = bytearray()
+        if problem is not None:
+            raise IntegrityError(
+                f"object {self.key} is not the WAL file it is stored as: {problem}",
+                hint="the archive was tampered with or mixed up (swapped, copied or foreign objects): "
+                "run `opsdb verify` and restore from a repository you trust",
+            )

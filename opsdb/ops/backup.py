@@ -119,6 +119,7 @@ def run_backup(
     )
     # the repository and cluster markers; a server of another system identifier is refused here
     marker.ensure_cluster_marker(storage, request.cluster, source.system_identifier, what="back up into this cluster")
+    codec = dataclasses.replace(codec, system_identifier=str(source.system_identifier))  # bound into every object
     with lock:
         cleaned = catalog.clean_leftovers(storage, request.cluster, kind=PHYSICAL, older_than=lock.acquired_at)
         for leftover in cleaned:

@@ -177,6 +177,9 @@ class _Tour:
         self.step(f"setup: {self.timings['setup']:.1f} s")
 
         with self.timed("backup"):
+            # the first archived segment creates the repository's markers as the server's user, who
+            # must read them on every later push and fetch (a backup run as root would own them)
+            archiver.switch_and_wait()
             backup = backup_from_settings(settings, CLUSTER)
             archiver.switch_and_wait()  # the segment the backup ended in, so the archive reaches past it
         self.step(f"{summary_line('backup', backup.record, backup.seconds)} (zstd + AES-256-GCM, via `opsdb backup`)")

@@ -93,6 +93,7 @@ def run_dump(
         storage, request.cluster, "dump", command="dump", ttl=timedelta(seconds=request.lock_ttl_seconds)
     )
     marker.ensure_cluster_marker(storage, request.cluster, system_identifier, what="dump into this cluster")
+    codec = dataclasses.replace(codec, system_identifier=system_identifier)  # bound into every object
     with lock:
         cleaned = catalog.clean_leftovers(storage, request.cluster, kind=LOGICAL, older_than=lock.acquired_at)
         dump_id = new_backup_id(clock(), LOGICAL)

@@ -10,7 +10,12 @@ What is checked, per object (in parallel, each read streamed in bounded memory):
   size, no stray files, and each file's checksum when the manifest uses SHA-2 (CRC-32C manifests get
   names and sizes here; their checksums are checked by pg_verifybackup in `opsdb drill`);
 - WAL continuity: from each backup's start segment to the newest archived segment of its timeline
-  path, no segment missing (a missing one cuts every restore through it short).
+  path, no segment missing (a missing one cuts every restore through it short);
+- that every object is the one its name says: objects written since envelope version 3 carry their
+  identity (cluster, system identifier, kind, name), so a swapped, replayed or foreign object fails
+  its identity check naming both; objects written before are checked by content: each WAL segment's
+  long page header against its name (timeline, segment address, system identifier), each history
+  file against its timeline, each catalog entry's id against its file name.
 
 Exit 1 names every bad object and what is wrong with it; exit 0 prints a summary.
 """
@@ -25,11 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from opsdb.errors import IntegrityError, NotFound, OpsdbError, UsageError
-from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, segment_name
+from opsdb.model import walheader
+from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, parse_wal_name, segment_name
 from opsdb.model.target import as_lsn
 from opsdb.model.window import timeline_of_segment, walk
 from opsdb.ops.verify_manifest import ManifestCheck, check_tar_stream, is_manifest_tar, parse_manifest
-from opsdb.repo import envelope, layout
+from opsdb.repo import envelope, layout, marker
 from opsdb.repo import wal as walrepo
 from opsdb.storage.base import Storage
 
@@ -130,6 +136,7 @@ def verify_repository(
                 f"no backup {backup_id!r} in the catalog of cluster {cluster!r}", hint="see `opsdb backups list`"
             )
     result = VerifyResult(cluster, f"backup {backup_id}" if backup_id else "repository", backups=len(records))
+    sysids = _identities(storage, cluster, records, result)
     scan = walrepo.scan(storage, cluster, keys, segment_size)
     result.timelines = scan.timelines
 
@@ -152,7 +159,11 @@ def verify_repository(
     if backup_id is None:  # the whole repository: also every other object stored for this cluster
         leftovers = _interrupted_deletions(storage, cluster, result)
         for info in storage.list(layout.cluster_prefix(cluster)):
-            if "/locks/" not in info.key and not info.key.startswith(leftovers):
+            if (
+                "/locks/" not in info.key
+                and not info.key.startswith(leftovers)
+                and info.key != layout.cluster_marker(cluster)  # plain JSON
+            ):
                 keys_to_read.setdefault(info.key, _Expected())
 
     parsed = _read_manifests(storage, manifests, keys, result)
@@ -164,12 +175,27 @@ def verify_repository(
                 if is_manifest_tar(key):
                     tar_checks[key] = manifest
 
+    unbound: list[str] = []  # objects written before envelope version 3 (checked by content)
+
     def read_one(key: str) -> tuple[str, int, int, str | None, str, str | None]:
         try:
             if key in tar_checks:
                 size, stored, sha, sha_of = check_tar_stream(storage, key, keys, tar_checks[key])
             else:
-                obj = envelope.verify_object(storage, key, keys)
+                content = _content_check(key, sysids)
+                readback = envelope.Readback()
+                obj = envelope.verify_object(
+                    storage,
+                    key,
+                    keys,
+                    system_identifiers={str(s) for s in sysids},
+                    inspect=content.feed if content else None,
+                    readback=readback,
+                )
+                if content is not None:
+                    content.finish()
+                if readback.version < envelope.IDENTITY_BOUND:
+                    unbound.append(key)
                 size, stored, sha, sha_of = obj.size, obj.stored_size, obj.sha256, obj.digest_of
             return key, size, stored, sha, sha_of, None
         except NotFound:
@@ -204,6 +230,11 @@ def verify_repository(
         result.manifest_files += manifest.files_seen
         for path, what in manifest.finish():
             result.problems.append(Problem(manifest.describe(path), what))
+    if unbound:
+        result.notes.append(
+            f"{len(unbound)} objects were written before objects were bound to their names (envelope version "
+            "1 or 2): WAL checked by its page headers, history files by their timelines, catalog entries by their ids"
+        )
     if backup_id is None:
         _continuity(scan, records, result, segment_size)
     result.wal_segments = sum(1 for k in keys_to_read if "/wal/" in k and not k.endswith((".history", ".backup")))
@@ -234,6 +265,60 @@ def _interrupted_deletions(storage: Storage, cluster: str, result: VerifyResult)
         )
         skip.append(layout.backup_prefix(cluster, backup_id))
     return tuple(skip)
+
+
+def _identities(storage: Storage, cluster: str, records: list[Any], result: VerifyResult) -> frozenset[int]:
+    """The system identifiers this cluster's objects may carry: its marker's (current and retired by
+    `opsdb reinit`), or, in a repository written before markers, those its backups recorded."""
+    try:
+        found = marker.read_cluster_marker(storage, cluster)
+    except IntegrityError as exc:
+        result.problems.append(
+            Problem(layout.cluster_marker(cluster), _strip(layout.cluster_marker(cluster), exc.message))
+        )
+        found = None
+    if found is not None:
+        return marker.ArchiveProof(found, "").system_identifiers
+    result.notes.append(
+        f"no cluster marker {layout.cluster_marker(cluster)} yet (written by the next wal-push or backup)"
+    )
+    recorded = (str(_get(r, "system_identifier") or "") for r in records)
+    return frozenset(int(s) for s in recorded if s.isdigit())
+
+
+class _CatalogIdCheck:
+    """A catalog entry's own id must be the id in its file name (one copied under another id is not)."""
+
+    def __init__(self, key: str) -> None:
+        self.key, self.data = key, bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self.data += chunk
+
+    def finish(self) -> None:
+        expected = layout.object_identity(self.key)[2]
+        try:
+            found = json.loads(self.data).get("id")
+        except (ValueError, AttributeError):
+            return  # not JSON: the catalog listing names it
+        if found != expected:
+            raise IntegrityError(
+                f"object {self.key} holds the catalog entry of backup {found!r}, not of {expected!r} "
+                "(copied under another id)"
+            )
+
+
+def _content_check(key: str, sysids: frozenset[int]) -> walheader.ContentCheck | _CatalogIdCheck | None:
+    cluster, kind, name = layout.object_identity(key)
+    if kind == "catalog":
+        return _CatalogIdCheck(key)
+    if kind != "wal":
+        return None
+    try:
+        parse_wal_name(name)
+    except UsageError:
+        return None  # a kept-beside .partial variant (NAME.partial.<sha>): its envelope binds it
+    return walheader.ContentCheck(name, key, sysids)
 
 
 def _strip(key: str, message: str) -> str:

@@ -87,20 +87,32 @@ def push_file(repo: WalRepo, path: str) -> repo_wal.PushResult:
 def _push(repo: WalRepo, name: str, path: str) -> repo_wal.PushResult:
     """Check the file's system identifier against the cluster's marker (creating the marker on the
     cluster's first push), then store it."""
-    _check_push_identity(repo, name, path)
-    return repo_wal.push(repo.storage, repo.cluster, name, lambda: repo_wal.read_file(path), repo.codec, repo.keys)
+    sysid = _push_identity(repo, name, path)
+    source = lambda: repo_wal.read_file(path)  # noqa: E731
+    return repo_wal.push(repo.storage, repo.cluster, name, source, repo.codec, repo.keys, sysid)
 
 
-def _check_push_identity(repo: WalRepo, name: str, path: str) -> None:
-    """A segment names its cluster in its first page header (no connection needed). The marker is
-    read once per process; a mismatch reads it again first (an `opsdb reinit` meanwhile)."""
+def _push_identity(repo: WalRepo, name: str, path: str) -> str | None:
+    """The system identifier the file is archived under. A segment names its cluster in its first
+    page header (no connection needed) and must match the cluster's marker, created on the first
+    push; a .history or .backup file names none and takes the marker's. The marker is read once per
+    process; a mismatch reads it again first (an `opsdb reinit` meanwhile)."""
     sysid = _file_system_identifier(name, path)
-    if sysid is None:
-        return  # a .history or .backup file: it names no cluster; the segments around it do
     cached = repo.state.proof.marker if repo.state.proof is not None else None
+    if sysid is None:
+        if cached is None:
+            cached = marker.read_cluster_marker(repo.storage, repo.cluster)
+            if cached is None:
+                return None  # nothing pushed yet: bound to its name only
+            _remember(repo, cached)
+        return cached.system_identifier
     if cached is not None and cached.system_identifier == str(sysid):
-        return
-    found = marker.ensure_cluster_marker(repo.storage, repo.cluster, sysid, what=f"archive {name}")
+        return cached.system_identifier
+    _remember(repo, marker.ensure_cluster_marker(repo.storage, repo.cluster, sysid, what=f"archive {name}"))
+    return str(sysid)
+
+
+def _remember(repo: WalRepo, found: marker.ClusterMarker) -> None:
     repo.state.proof = marker.ArchiveProof(found, f"cluster marker {layout.cluster_marker(repo.cluster)}")
     repo.state.proven_at = time.monotonic()
 
@@ -128,9 +140,10 @@ def fetch_to(repo: WalRepo, name: str, dest: str, system_identifiers: frozenset[
     size = 0
     try:
         # 0600 like PostgreSQL's own WAL files: a WAL file holds table data
-        content = _ContentCheck(name, layout.wal_object(repo.cluster, name), system_identifiers)
+        content = walheader.ContentCheck(name, layout.wal_object(repo.cluster, name), system_identifiers)
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
-            for chunk in repo_wal.fetch(repo.storage, repo.cluster, name, repo.keys):
+            bound_to = {str(s) for s in system_identifiers}
+            for chunk in repo_wal.fetch(repo.storage, repo.cluster, name, repo.keys, bound_to):
                 content.feed(chunk)
                 fh.write(chunk)
                 sha.update(chunk)
@@ -202,42 +215,6 @@ def control_system_identifier(data_dir: str) -> int | None:
             return walheader.control_system_identifier(fh.read(8))
     except OSError:
         return None
-
-
-class _ContentCheck:
-    """Checks a fetched file's own content against its name before it is handed to PostgreSQL:
-    a segment's long page header (timeline, address, system identifier), a history file's lines."""
-
-    def __init__(self, name: str, key: str, system_identifiers: frozenset[int]) -> None:
-        self.name, self.key, self.sysids = name, key, system_identifiers
-        self.kind = parse_wal_name(name).kind
-        self.head = bytearray()
-        self.checked = self.kind not in ("segment", "partial", "history")
-
-    def feed(self, chunk: bytes) -> None:
-        if self.checked:
-            return
-        self.head += chunk
-        if self.kind != "history" and len(self.head) >= walheader.LONG_HEADER_SIZE:
-            self._judge(walheader.segment_mismatch(self.name, bytes(self.head), self.sysids))
-
-    def finish(self) -> None:
-        if self.checked:
-            return
-        if self.kind == "history":
-            self._judge(walheader.history_mismatch(self.name, bytes(self.head)))
-        else:
-            self._judge(walheader.segment_mismatch(self.name, bytes(self.head), self.sysids))
-
-    def _judge(self, problem: str | None) -> None:
-        self.checked = True
-        self.head = bytearray()
-        if problem is not None:
-            raise IntegrityError(
-                f"object {self.key} is not the WAL file it is stored as: {problem}",
-                hint="the archive was tampered with or mixed up (swapped, copied or foreign objects): "
-                "run `opsdb verify` and restore from a repository you trust",
-            )
 
 
 def wal_repo_from_settings(settings: Any, cluster: str, *, writable: bool = False) -> WalRepo:

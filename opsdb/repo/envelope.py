@@ -4,6 +4,7 @@
     header  = magic "OPSDBOBJ" (8) | envelope version (1) | n (2) | JSON (n bytes) | CRC-32 of all before (4)
     body    = encrypt?( compress( plaintext ) | trailer )
     trailer = "OPSDBEND" (8) | plaintext size (8) | SHA-256 (32) | CRC-32 of the compressed bytes (4)
+              [ | SHA-256 of the object's identity (32), version 3 ]
 
 The JSON names the stages, the compression, the key id and the opsdb version that wrote it, so a
 fetch never guesses from the file name. The trailer sits inside the encryption (when there is
@@ -18,6 +19,14 @@ trailer's SHA-256 covers:
      (zstd's content checksum, which our writer always sets, gzip's CRC-32 and length) and the
      trailer's plaintext size; decompression is deterministic, so a digest of the compressed
      bytes pins the plaintext as firmly as one of the plaintext.
+  3  what the header's "digest_of" says (plaintext or compressed, as above), and the object is bound
+     to where it belongs: the header names its identity (cluster, the cluster's system identifier,
+     kind and logical name, derived from its key by layout.object_identity) and the trailer ends
+     with the SHA-256 of that identity. Encrypted, the header is the cipher's associated data, so
+     the identity is authenticated; unencrypted, header and trailer must agree. A reader derives
+     the identity it expects from the key it reads, so an object read under any other name fails
+     with both identities named. Versions 1 and 2 (written before) stay readable; WAL read from
+     them is checked by content instead (model/walheader.py).
 
 The CRC-32 also catches flips in compressed bytes that do not change the output (a zstd window
 size, gzip's timestamp) before the digest is compared. An encrypted object authenticates its
@@ -31,11 +40,12 @@ import hashlib
 import json
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from opsdb import __version__
 from opsdb.errors import IntegrityError, UsageError
+from opsdb.repo.layout import object_identity
 from opsdb.storage.base import Storage
 from opsdb.stream.compress import ALGORITHMS, compression_stage
 from opsdb.stream.crypto import EncryptionKey, cipher_stage
@@ -44,13 +54,16 @@ from opsdb.stream.stages import CHUNK_SIZE, Meter, prefetch, read_chunks
 MAGIC = b"OPSDBOBJ"
 PLAINTEXT_DIGEST = 1  # envelope version whose trailer digest is of the plaintext
 COMPRESSED_DIGEST = 2  # ... of the compressed bytes
-ENVELOPE_VERSIONS = (PLAINTEXT_DIGEST, COMPRESSED_DIGEST)
+IDENTITY_BOUND = 3  # ... of what the header says, and the object bound to its identity (written now)
+ENVELOPE_VERSIONS = (PLAINTEXT_DIGEST, COMPRESSED_DIGEST, IDENTITY_BOUND)
 DIGEST_OF = {PLAINTEXT_DIGEST: "plaintext", COMPRESSED_DIGEST: "compressed"}
 _PREFIX = struct.Struct(">8sBH")
 _CRC = struct.Struct(">I")
 TRAILER_MAGIC = b"OPSDBEND"
 _TRAILER = struct.Struct(">8sQ32sI")
-TRAILER_SIZE = _TRAILER.size  # 52
+_TRAILER_BOUND = struct.Struct(">8sQ32sI32s")
+TRAILER_SIZE = _TRAILER.size  # 52 (versions 1 and 2)
+TRAILER_SIZE_BOUND = _TRAILER_BOUND.size  # 84 (version 3)
 CIPHER = "aes256gcm"
 # Objects whose whole plaintext arrives within this many bytes also get their size and digest in
 # the storage metadata (a put must send metadata before the data, so only small ones can).
@@ -67,6 +80,46 @@ class Codec:
     threads: int = 0
     key: EncryptionKey | None = None
     require_encryption: bool = False
+    # the cluster's system identifier, bound into every object written with this codec (version 3)
+    system_identifier: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectIdentity:
+    """Where an object belongs. `system_identifier` is None when the writer did not know it (a
+    history file pushed before the cluster had a marker) or the reader does not check it."""
+
+    cluster: str
+    system_identifier: str | None
+    kind: str  # wal, backup, catalog, report (layout.object_identity)
+    name: str
+
+    @classmethod
+    def of_key(cls, key: str, system_identifier: int | str | None = None) -> ObjectIdentity:
+        cluster, kind, name = object_identity(key)
+        return cls(cluster, None if system_identifier is None else str(system_identifier), kind, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "system_identifier": self.system_identifier,
+            "kind": self.kind,
+            "name": self.name,
+        }
+
+    def digest(self) -> bytes:
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(b"opsdb object identity v1\0" + text).digest()
+
+    def describe(self, system_identifiers: Collection[str] = ()) -> str:
+        sysids = [self.system_identifier] if self.system_identifier else sorted(system_identifiers)
+        owner = f" (system identifier {' or '.join(sysids)})" if sysids else ""
+        return f"{self.kind} {self.name} of cluster {self.cluster!r}{owner}"
+
+    def belongs(self, expected: ObjectIdentity, system_identifiers: Collection[str] = ()) -> bool:
+        if (self.cluster, self.kind, self.name) != (expected.cluster, expected.kind, expected.name):
+            return False
+        return not system_identifiers or self.system_identifier is None or self.system_identifier in system_identifiers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +144,8 @@ class Readback:
     size: int = 0
     sha256: str = ""
     digest_of: str = ""
+    version: int = 0
+    identity: ObjectIdentity | None = None  # version 3: where the object says it belongs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +156,8 @@ class EnvelopeHeader:
     key_id: str | None
     created_by: str
     raw: bytes  # the exact header bytes (authenticated by the cipher as its context)
+    digest_of: str = "plaintext"
+    identity: ObjectIdentity | None = None  # version 3
 
     @property
     def encrypted(self) -> bool:
@@ -119,11 +176,15 @@ def put_object(
     if_absent: bool = False,
     on_bytes: Callable[[int], None] | None = None,
     plaintext_digest: bool = True,
+    system_identifier: int | str | None = None,
+    bind: bool = True,
 ) -> StoredObject:
     """Compress, encrypt (when codec.key) and store `chunks` under `key` in bounded memory.
 
-    plaintext_digest=False writes envelope version 2 (the digest is of the compressed bytes): for
-    big objects nobody compares with a local file's SHA-256 (backups, dumps)."""
+    plaintext_digest=False makes the trailer digest one of the compressed bytes: for big objects
+    nobody compares with a local file's SHA-256 (backups, dumps). The object is bound to its key's
+    identity and `system_identifier` (envelope version 3); bind=False writes the versions 1 and 2
+    of earlier releases (for compatibility tests)."""
     if codec.key is None and codec.require_encryption:
         raise UsageError(
             f"unable to store {key}: encryption.required is set but no key is configured",
@@ -131,8 +192,13 @@ def put_object(
         )
     compressor = compression_stage(codec.compression, codec.level, codec.threads)
     stages = tuple(s for s in (compressor.name, CIPHER if codec.key else None) if s and s != "none")
-    version = PLAINTEXT_DIGEST if plaintext_digest else COMPRESSED_DIGEST
-    header = encode_header(stages, codec.compression, codec.key.id if codec.key else None, version)
+    digest_of = "plaintext" if plaintext_digest else "compressed"
+    sysid = system_identifier if system_identifier is not None else codec.system_identifier
+    identity = ObjectIdentity.of_key(key, sysid) if bind else None
+    version = IDENTITY_BOUND if bind else (PLAINTEXT_DIGEST if plaintext_digest else COMPRESSED_DIGEST)
+    header = encode_header(
+        stages, codec.compression, codec.key.id if codec.key else None, version, identity=identity, digest_of=digest_of
+    )
 
     head, rest = _lookahead(chunks, METADATA_DIGEST_LIMIT)
     metadata = {"opsdb-envelope": str(version), "opsdb-stages": ",".join(stages) or "none"}
@@ -147,7 +213,7 @@ def put_object(
         metadata["opsdb-size"] = str(sum(len(p) for p in head))
         metadata["opsdb-sha256"] = sha.hexdigest()
 
-    plain, digest = _meters(version)
+    plain, digest = _meters(digest_of)
     finished: list[bool] = []
 
     def plaintext() -> Iterator[bytes]:
@@ -165,7 +231,10 @@ def put_object(
         for piece in pieces:
             crc = zlib.crc32(piece, crc)
             yield piece
-        yield _TRAILER.pack(TRAILER_MAGIC, plain.size, bytes.fromhex(digest.sha256), crc)
+        if identity is None:
+            yield _TRAILER.pack(TRAILER_MAGIC, plain.size, bytes.fromhex(digest.sha256), crc)
+        else:
+            yield _TRAILER_BOUND.pack(TRAILER_MAGIC, plain.size, bytes.fromhex(digest.sha256), crc, identity.digest())
         finished.append(True)
 
     body: Iterable[bytes] = inner()
@@ -176,23 +245,40 @@ def put_object(
     if not finished:  # a driver that stops reading early must not pass for a stored object
         raise IntegrityError(f"unable to store {key}: the storage driver did not consume the whole stream")
     key_id = codec.key.id if codec.key else None
-    return StoredObject(key, plain.size, stored.size, digest.sha256, stages, key_id, DIGEST_OF[version])
+    return StoredObject(key, plain.size, stored.size, digest.sha256, stages, key_id, digest_of)
 
 
-def put_json(storage: Storage, key: str, doc: Any, codec: Codec, *, if_absent: bool = False) -> StoredObject:
+def put_json(
+    storage: Storage,
+    key: str,
+    doc: Any,
+    codec: Codec,
+    *,
+    if_absent: bool = False,
+    system_identifier: int | str | None = None,
+) -> StoredObject:
     data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    return put_object(storage, key, [data], codec, if_absent=if_absent)
+    return put_object(storage, key, [data], codec, if_absent=if_absent, system_identifier=system_identifier)
 
 
 def encode_header(
-    stages: tuple[str, ...], compression: str, key_id: str | None, version: int = PLAINTEXT_DIGEST
+    stages: tuple[str, ...],
+    compression: str,
+    key_id: str | None,
+    version: int = PLAINTEXT_DIGEST,
+    *,
+    identity: ObjectIdentity | None = None,
+    digest_of: str = "plaintext",
 ) -> bytes:
-    doc = {
+    doc: dict[str, Any] = {
         "compression": compression,
         "created_by": f"opsdb {__version__}",
         "key_id": key_id,
         "stages": list(stages),
     }
+    if identity is not None:
+        doc["identity"] = identity.to_dict()
+        doc["digest_of"] = digest_of
     text = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     prefix = _PREFIX.pack(MAGIC, version, len(text)) + text
     return prefix + _CRC.pack(zlib.crc32(prefix))
@@ -208,6 +294,7 @@ def get_object(
     *,
     decode_ahead: int = 0,
     readback: Readback | None = None,
+    system_identifiers: Collection[str] = (),
 ) -> Iterator[bytes]:
     """The plaintext of `key`, decrypted and checked. Raises NotFound at once; IntegrityError
     (naming the object) as soon as a problem is seen. Encrypted chunks are authenticated before
@@ -217,37 +304,54 @@ def get_object(
     decode_ahead > 0 reads, decrypts and decompresses on a worker thread, at most that many chunks
     ahead, while the caller's thread goes on with the plaintext: for big objects on 2+ cores
     (restores), where one thread doing all of it is the bottleneck. `readback` receives the
-    object's size and digest once the end has been read and checked."""
+    object's size and digest once the end has been read and checked.
+
+    A version 3 object must belong to `key` (and, when given, to one of `system_identifiers`):
+    one that does not fails here, before any byte is returned, naming both identities."""
     fh = storage.open(key)
     try:
         raw = read_chunks(fh, _READ_SIZE)
         header, body = _read_header(key, raw)
+        check_identity(key, header, system_identifiers)
     except BaseException:
         fh.close()
         raise
     return _decode(key, fh, header, body, keys, readback or Readback(), decode_ahead)
 
 
-def get_json(storage: Storage, key: str, keys: Mapping[str, EncryptionKey]) -> Any:
-    data = b"".join(get_object(storage, key, keys))
+def get_json(
+    storage: Storage, key: str, keys: Mapping[str, EncryptionKey], *, system_identifiers: Collection[str] = ()
+) -> Any:
+    data = b"".join(get_object(storage, key, keys, system_identifiers=system_identifiers))
     try:
         return json.loads(data)
     except ValueError as exc:
         raise IntegrityError(f"object {key} is not valid JSON: {exc}") from None
 
 
-def verify_object(storage: Storage, key: str, keys: Mapping[str, EncryptionKey]) -> StoredObject:
-    """Read `key` to the end, checking everything; return its plaintext size and digest."""
+def verify_object(
+    storage: Storage,
+    key: str,
+    keys: Mapping[str, EncryptionKey],
+    *,
+    system_identifiers: Collection[str] = (),
+    inspect: Callable[[bytes], None] | None = None,
+    readback: Readback | None = None,
+) -> StoredObject:
+    """Read `key` to the end, checking everything (its identity as get_object does); return its
+    plaintext size and digest. `inspect` sees every plaintext chunk (a content check may raise)."""
     fh = storage.open(key)
     stored = _Counter()
     try:
         header, body = _read_header(key, stored.wrap(read_chunks(fh, _READ_SIZE)))
+        check_identity(key, header, system_identifiers)
     except BaseException:
         fh.close()
         raise
-    readback = Readback()
-    for _ in _decode(key, fh, header, body, keys, readback):
-        pass
+    readback = readback or Readback()
+    for chunk in _decode(key, fh, header, body, keys, readback):
+        if inspect is not None:
+            inspect(chunk)
     return StoredObject(
         key, readback.size, stored.size, readback.sha256, header.stages, header.key_id, readback.digest_of
     )
@@ -258,6 +362,20 @@ def read_header(storage: Storage, key: str) -> EnvelopeHeader:
     with storage.open(key) as fh:
         header, _ = _read_header(key, read_chunks(fh, 4096))
     return header
+
+
+def check_identity(key: str, header: EnvelopeHeader, system_identifiers: Collection[str] = ()) -> None:
+    """A version 3 object read under `key` must be that key's object (versions 1-2 carry no identity)."""
+    if header.identity is None:
+        return
+    expected = ObjectIdentity.of_key(key)
+    if not header.identity.belongs(expected, system_identifiers):
+        raise IntegrityError(
+            f"object {key} failed its identity check: it is {header.identity.describe()}, "
+            f"expected {expected.describe(system_identifiers)}",
+            hint="the object was swapped, copied or moved here from another name or cluster: "
+            "run `opsdb verify`, and restore from objects stored under their own names",
+        )
 
 
 def _decode(
@@ -274,8 +392,9 @@ def _decode(
         inner: Iterable[bytes] = body
         if header.encrypted:
             inner = cipher_stage(keys=keys, context=header.raw).decode(inner)
-        payload = _Crc32(_hold_back(inner, TRAILER_SIZE, trailer))
-        plain, meter = _meters(header.version)
+        trailer_size = TRAILER_SIZE_BOUND if header.identity is not None else TRAILER_SIZE
+        payload = _Crc32(_hold_back(inner, trailer_size, trailer))
+        plain, meter = _meters(header.digest_of)
         compressed: Iterable[bytes] = payload if meter is plain else meter.wrap(payload)
         compressor = compression_stage(header.compression, 3)
         plaintext = compressor.decode(compressed)  # drains `compressed` to its end before it ends
@@ -287,9 +406,9 @@ def _decode(
             close = getattr(plaintext, "close", None)
             if close is not None:
                 close()
-        if len(trailer) != TRAILER_SIZE:
+        if len(trailer) != trailer_size:
             raise IntegrityError("stream is truncated: shorter than its trailer")
-        magic, size, digest, crc = _TRAILER.unpack(trailer)
+        magic, size, digest, crc = _TRAILER.unpack_from(trailer)
         if magic != TRAILER_MAGIC:
             raise IntegrityError("stream is corrupt: bad trailer (truncated or damaged)")
         if crc != payload.crc:
@@ -299,7 +418,10 @@ def _decode(
                 f"stream is corrupt: content does not match its checksum (stored {size} bytes sha256 "
                 f"{digest.hex()[:16]}..., read {plain.size} bytes sha256 {meter.sha256[:16]}...)"
             )
-        readback.size, readback.sha256, readback.digest_of = plain.size, meter.sha256, DIGEST_OF[header.version]
+        if header.identity is not None and bytes(trailer[_TRAILER.size :]) != header.identity.digest():
+            raise IntegrityError("stream is corrupt: its trailer binds another identity than its header names")
+        readback.size, readback.sha256, readback.digest_of = plain.size, meter.sha256, header.digest_of
+        readback.version, readback.identity = header.version, header.identity
     except IntegrityError as exc:
         raise IntegrityError(f"object {key} {exc.message.removeprefix('stream ')}", hint=exc.hint) from None
     finally:
@@ -343,20 +465,31 @@ def _parse_header(key: str, raw: bytes, version: int) -> EnvelopeHeader:
         compression = str(doc["compression"])
         key_id = doc["key_id"]
         created_by = str(doc.get("created_by", "?"))
+        identity = None
+        digest_of = DIGEST_OF.get(version, "")
+        if version == IDENTITY_BOUND:
+            found = doc["identity"]
+            sysid = found["system_identifier"]
+            identity = ObjectIdentity(
+                str(found["cluster"]), None if sysid is None else str(sysid), str(found["kind"]), str(found["name"])
+            )
+            digest_of = str(doc["digest_of"])
     except (ValueError, KeyError, TypeError):
         raise IntegrityError(f"object {key} is corrupt: unreadable envelope header") from None
+    if digest_of not in ("plaintext", "compressed"):
+        raise IntegrityError(f"object {key} is corrupt: unknown digest kind {digest_of!r} in its envelope header")
     expected = tuple(s for s in (compression, CIPHER if key_id else None) if s and s != "none")
     if compression not in ALGORITHMS or stages != expected:
         raise IntegrityError(
             f"object {key} uses stages {list(stages)} that this opsdb does not know (written by {created_by})"
         )
-    return EnvelopeHeader(version, stages, compression, key_id, created_by, raw)
+    return EnvelopeHeader(version, stages, compression, key_id, created_by, raw, digest_of, identity)
 
 
-def _meters(version: int) -> tuple[Meter | _Counter, Meter]:
-    """(what counts the plaintext, what hashes the digest): one Meter for both in version 1; in
-    version 2 a size counter for the plaintext and a Meter for the compressed bytes."""
-    if version == PLAINTEXT_DIGEST:
+def _meters(digest_of: str) -> tuple[Meter | _Counter, Meter]:
+    """(what counts the plaintext, what hashes the digest): one Meter for both for a plaintext
+    digest; for a compressed one a size counter for the plaintext and a Meter for the compressed bytes."""
+    if digest_of == "plaintext":
         meter = Meter()
         return meter, meter
     return _Counter(), Meter()

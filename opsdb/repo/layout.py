@@ -98,3 +98,25 @@ def locks_prefix(cluster: str) -> str:
 
 
 BACKUP_MANIFEST_OBJECT = "opsdb-manifest.json"  # backups/<id>/opsdb-manifest.json: the record, before the entry
+
+
+# --- what an object is, by its key (the identity envelope version 3 binds it to) ----------------
+
+
+def object_identity(key: str) -> tuple[str, str, str]:
+    """(cluster, kind, logical name) of a key: ('main', 'wal', '000000010000000A000000FF'),
+    ('main', 'backup', '<id>/base.tar'), ('main', 'catalog', '<id>'), ('main', 'report', '<id>.json');
+    any other key is ('', 'object', key)."""
+    parts = key.split("/")
+    if len(parts) >= 4 and parts[0] == "clusters":
+        cluster, area, rest = parts[1], parts[2], parts[3:]
+        if area == "wal":
+            return cluster, "wal", rest[-1]
+        if area == "backups" and len(rest) >= 2:
+            return cluster, "backup", "/".join(rest)
+        if area == "catalog" and len(rest) == 1 and rest[0].endswith(".json"):
+            return cluster, "catalog", rest[0].removesuffix(".json")
+        if area == "reports" and len(rest) == 1:
+            return cluster, "report", rest[0]
+        return cluster, area, "/".join(rest)
+    return "", "object", key

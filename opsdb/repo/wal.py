@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from opsdb.errors import Conflict, IntegrityError, NotFound, UsageError
@@ -85,15 +85,17 @@ def push(
     source: Callable[[], Iterable[bytes]],
     codec: Any,
     keys: Mapping[str, Any],
+    system_identifier: int | str | None = None,
 ) -> PushResult:
     """Store one WAL file create-only. Same content already stored -> success; different -> Conflict.
+    The object is bound to its name and the cluster's `system_identifier` (envelope version 3).
 
     source() returns the file's chunks; it is called again only for a conflicting .partial."""
     check_name(name)
     key = layout.wal_object(cluster, name)
     try:
         # the envelope hashes the plaintext once on the way (no second SHA-256 pass per segment)
-        stored = envelope.put_object(storage, key, source(), codec, if_absent=True)
+        stored = envelope.put_object(storage, key, source(), codec, if_absent=True, system_identifier=system_identifier)
     except Conflict:
         hashing = _Hashing(source())  # the rare path (a retry after a crash): read the file again
         for _ in hashing:
@@ -101,7 +103,7 @@ def push(
         local = hashing.sha.hexdigest()
         existing = stored_plain_sha256(storage, key, keys)
         if existing != local and name.endswith(".partial"):
-            return _push_partial_variant(storage, name, key, local, source, codec, keys)
+            return _push_partial_variant(storage, name, key, local, source, codec, keys, system_identifier)
         if existing != local:
             raise Conflict(
                 f"unable to archive {name}: {storage.url.rstrip('/')}/{key} already exists with different content "
@@ -122,6 +124,7 @@ def _push_partial_variant(
     source: Callable[[], Iterable[bytes]],
     codec: Any,
     keys: Mapping[str, Any],
+    system_identifier: int | str | None = None,
 ) -> PushResult:
     """Two promotions from the same timeline (two PITRs) archive the same .partial name with different
     content. Recovery never reads .partial files, and refusing would stall the new primary's archiver
@@ -129,7 +132,9 @@ def _push_partial_variant(
     NAME.<sha256 prefix>: nothing is overwritten and nothing is lost."""
     variant = f"{key}.{local[:16]}"
     try:
-        stored = envelope.put_object(storage, variant, source(), codec, if_absent=True)
+        stored = envelope.put_object(
+            storage, variant, source(), codec, if_absent=True, system_identifier=system_identifier
+        )
     except Conflict:
         if stored_plain_sha256(storage, variant, keys) != local:
             raise Conflict(f"unable to archive {name}: {variant} exists with different content") from None
@@ -152,10 +157,13 @@ def stored_plain_sha256(storage: Storage, key: str, keys: Mapping[str, Any]) -> 
         return f"unreadable ({exc})"
 
 
-def fetch(storage: Storage, cluster: str, name: str, keys: Mapping[str, Any]) -> Iterator[bytes]:
-    """The plaintext of an archived WAL file, authenticated. NotFound when it is not archived."""
+def fetch(
+    storage: Storage, cluster: str, name: str, keys: Mapping[str, Any], system_identifiers: Collection[str] = ()
+) -> Iterator[bytes]:
+    """The plaintext of an archived WAL file, authenticated and (envelope version 3) bound to this
+    name, cluster and one of `system_identifiers` (any, when empty). NotFound when it is not archived."""
     check_name(name)
-    return envelope.get_object(storage, layout.wal_object(cluster, name), keys)
+    return envelope.get_object(storage, layout.wal_object(cluster, name), keys, system_identifiers=system_identifiers)
 
 
 def exists(storage: Storage, cluster: str, name: str) -> ObjectInfo | None:

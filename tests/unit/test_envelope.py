@@ -13,6 +13,7 @@ import pytest
 from opsdb.errors import Conflict, IntegrityError, NotFound, UsageError
 from opsdb.repo.envelope import (
     TRAILER_SIZE,
+    TRAILER_SIZE_BOUND,
     Codec,
     Readback,
     StoredObject,
@@ -34,8 +35,13 @@ KEYS = {KEY.id: KEY}
 NAME = "clusters/main/backups/20240101T000000Z/base.tar"
 SIZES = [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 2 * CHUNK_SIZE]
 COMBOS = [(c, k) for c in ("zstd", "gzip", "none") for k in (None, KEY)]
-# envelope version 1 (digest of the plaintext) and 2 (digest of the compressed bytes)
-DIGESTS = pytest.mark.parametrize("plaintext_digest", [True, False], ids=["v1", "v2"])
+# envelope versions 1 (digest of the plaintext) and 2 (of the compressed bytes), written by earlier
+# releases and still read; version 3 (either digest, and the object bound to its identity)
+DIGESTS = pytest.mark.parametrize(
+    ("plaintext_digest", "bind"),
+    [(True, False), (False, False), (True, True), (False, True)],
+    ids=["v1", "v2", "v3-plaintext", "v3-compressed"],
+)
 
 
 def _data(n: int) -> bytes:
@@ -48,10 +54,11 @@ def _store(
     compression: str = "zstd",
     key: EncryptionKey | None = KEY,
     plaintext_digest: bool = True,
+    bind: bool = True,
 ) -> StoredObject:
     pieces = [data[i : i + 300_000] for i in range(0, len(data), 300_000)]
     codec = Codec(compression=compression, level=3, key=key)
-    return put_object(storage, NAME, pieces, codec, plaintext_digest=plaintext_digest)
+    return put_object(storage, NAME, pieces, codec, plaintext_digest=plaintext_digest, bind=bind)
 
 
 def _header_size(blob: bytes) -> int:
@@ -78,16 +85,17 @@ def _read(storage: MemoryStorage, keys: dict[str, EncryptionKey] = KEYS) -> byte
 )
 @pytest.mark.parametrize("size", SIZES)
 @DIGESTS
-def test_roundtrip(compression: str, key: EncryptionKey | None, size: int, plaintext_digest: bool) -> None:
+def test_roundtrip(compression: str, key: EncryptionKey | None, size: int, plaintext_digest: bool, bind: bool) -> None:
     storage = MemoryStorage()
     data = _data(size)
-    stored = _store(storage, data, compression, key, plaintext_digest)
+    stored = _store(storage, data, compression, key, plaintext_digest, bind)
     assert stored.size == size and stored.stored_size == storage.stat(NAME).size
     if plaintext_digest or compression == "none":
         assert stored.sha256 == hashlib.sha256(data).hexdigest()
     if not plaintext_digest and key is None:  # the bytes between the header and the trailer
         blob = _raw(storage)
-        assert stored.sha256 == hashlib.sha256(blob[_header_size(blob) : -TRAILER_SIZE]).hexdigest()
+        trailer = TRAILER_SIZE_BOUND if bind else TRAILER_SIZE
+        assert stored.sha256 == hashlib.sha256(blob[_header_size(blob) : -trailer]).hexdigest()
     assert stored.digest_of == ("plaintext" if plaintext_digest else "compressed")
     assert stored.key_id == (key.id if key else None)
     readback = Readback()
@@ -96,7 +104,8 @@ def test_roundtrip(compression: str, key: EncryptionKey | None, size: int, plain
     assert verify_object(storage, NAME, KEYS) == stored
     header = read_header(storage, NAME)
     assert header.stages == stored.stages and header.compression == compression and header.key_id == stored.key_id
-    assert header.version == (1 if plaintext_digest else 2)
+    assert header.version == (3 if bind else 1 if plaintext_digest else 2)
+    assert (readback.version, readback.identity) == (header.version, header.identity)
 
 
 def test_stages_recorded_in_order() -> None:
@@ -118,10 +127,10 @@ def test_a_fetch_reads_the_header_not_the_name() -> None:
 @pytest.mark.parametrize("compression,key", COMBOS)
 @DIGESTS
 def test_every_flipped_byte_of_a_small_object_is_detected(
-    compression: str, key: EncryptionKey | None, plaintext_digest: bool
+    compression: str, key: EncryptionKey | None, plaintext_digest: bool, bind: bool
 ) -> None:
     storage = MemoryStorage()
-    _store(storage, b"a small catalog document " * 4, compression, key, plaintext_digest)
+    _store(storage, b"a small catalog document " * 4, compression, key, plaintext_digest, bind)
     blob = _raw(storage)
     for pos in range(len(blob)):
         bad = bytearray(blob)
@@ -134,10 +143,10 @@ def test_every_flipped_byte_of_a_small_object_is_detected(
 @pytest.mark.parametrize("compression,key", COMBOS)
 @DIGESTS
 def test_flipped_byte_in_a_large_object_is_detected(
-    compression: str, key: EncryptionKey | None, plaintext_digest: bool
+    compression: str, key: EncryptionKey | None, plaintext_digest: bool, bind: bool
 ) -> None:
     storage = MemoryStorage()
-    _store(storage, _data(3 * CHUNK_SIZE), compression, key, plaintext_digest)
+    _store(storage, _data(3 * CHUNK_SIZE), compression, key, plaintext_digest, bind)
     blob = _raw(storage)
     for pos in (200, len(blob) // 2, len(blob) - 60, len(blob) - 1):
         bad = bytearray(blob)
@@ -149,9 +158,11 @@ def test_flipped_byte_in_a_large_object_is_detected(
 
 @pytest.mark.parametrize("compression,key", COMBOS)
 @DIGESTS
-def test_truncation_anywhere_is_detected(compression: str, key: EncryptionKey | None, plaintext_digest: bool) -> None:
+def test_truncation_anywhere_is_detected(
+    compression: str, key: EncryptionKey | None, plaintext_digest: bool, bind: bool
+) -> None:
     storage = MemoryStorage()
-    _store(storage, _data(2 * CHUNK_SIZE + 7), compression, key, plaintext_digest)
+    _store(storage, _data(2 * CHUNK_SIZE + 7), compression, key, plaintext_digest, bind)
     blob = _raw(storage)
     for cut in (1, 20, 48, 49, 1000, len(blob) // 2, len(blob) - 10):
         _replace(storage, blob[: len(blob) - cut])
@@ -161,9 +172,11 @@ def test_truncation_anywhere_is_detected(compression: str, key: EncryptionKey | 
 
 @pytest.mark.parametrize("compression,key", COMBOS)
 @DIGESTS
-def test_appended_bytes_are_detected(compression: str, key: EncryptionKey | None, plaintext_digest: bool) -> None:
+def test_appended_bytes_are_detected(
+    compression: str, key: EncryptionKey | None, plaintext_digest: bool, bind: bool
+) -> None:
     storage = MemoryStorage()
-    _store(storage, _data(1000), compression, key, plaintext_digest)
+    _store(storage, _data(1000), compression, key, plaintext_digest, bind)
     _replace(storage, _raw(storage) + b"\x00" * 49)
     with pytest.raises(IntegrityError, match=f"^object {NAME} "):
         _read(storage)
@@ -198,7 +211,7 @@ def test_corrupt_compression_inside_the_envelope() -> None:
     storage = MemoryStorage()
     _store(storage, _data(100_000), "zstd", None)
     blob = bytearray(_raw(storage))
-    header_len = blob.index(b"}") + 5
+    header_len = _header_size(bytes(blob))
     blob[header_len] ^= 0xFF  # the zstd magic number
     _replace(storage, bytes(blob))
     with pytest.raises(IntegrityError, match=f"object {NAME} is corrupt: not a zstd frame"):
@@ -217,7 +230,7 @@ def _set_version(blob: bytes, version: int) -> bytes:
 def test_an_encrypted_version_2_object_cannot_pass_for_version_1() -> None:
     """The version byte is in the authenticated header: relabelling what the digest covers fails."""
     storage = MemoryStorage()
-    _store(storage, _data(5000), "zstd", KEY, plaintext_digest=False)
+    _store(storage, _data(5000), "zstd", KEY, plaintext_digest=False, bind=False)
     _replace(storage, _set_version(_raw(storage), 1))
     with pytest.raises(IntegrityError, match=f"object {NAME} failed authentication"):
         _read(storage)
@@ -228,7 +241,7 @@ def test_an_unencrypted_object_relabelled_to_the_other_version_is_detected(compr
     """Without a key the header is only CRC-protected, but the digest itself then no longer matches."""
     for written, relabelled in ((True, 2), (False, 1)):
         storage = MemoryStorage()
-        _store(storage, _data(5000), compression, None, plaintext_digest=written)
+        _store(storage, _data(5000), compression, None, plaintext_digest=written, bind=False)
         _replace(storage, _set_version(_raw(storage), relabelled))
         with pytest.raises(IntegrityError, match="content does not match its checksum"):
             _read(storage)
@@ -237,9 +250,73 @@ def test_an_unencrypted_object_relabelled_to_the_other_version_is_detected(compr
 def test_an_unknown_envelope_version_is_refused() -> None:
     storage = MemoryStorage()
     _store(storage, b"x", "zstd", None)
-    _replace(storage, _set_version(_raw(storage), 3))
-    with pytest.raises(IntegrityError, match=f"object {NAME} has envelope version 3; this opsdb reads versions 1, 2"):
+    _replace(storage, _set_version(_raw(storage), 4))
+    with pytest.raises(
+        IntegrityError, match=f"object {NAME} has envelope version 4; this opsdb reads versions 1, 2, 3"
+    ):
         _read(storage)
+
+
+# --- version 3: bound to where it belongs ------------------------------------------------------
+
+WAL_A = "clusters/main/wal/0000000100000000/000000010000000000000003"
+WAL_B = "clusters/main/wal/0000000100000000/000000010000000000000004"
+
+
+@pytest.mark.parametrize("key", [None, KEY], ids=["plain", "enc"])
+def test_an_object_read_under_another_name_names_both_identities(key: EncryptionKey | None) -> None:
+    storage = MemoryStorage()
+    put_object(storage, WAL_A, [b"segment three"], Codec("zstd", 1, key=key), system_identifier=7001)
+    storage.put(WAL_B, [storage.open(WAL_A).read()])  # swapped or copied by hand
+    with pytest.raises(IntegrityError) as caught:
+        b"".join(get_object(storage, WAL_B, KEYS))
+    assert caught.value.message == (
+        f"object {WAL_B} failed its identity check: it is wal 000000010000000000000003 of cluster 'main' "
+        "(system identifier 7001), expected wal 000000010000000000000004 of cluster 'main'"
+    )
+    with pytest.raises(IntegrityError, match="identity check"):
+        verify_object(storage, WAL_B, KEYS)
+    other_cluster = WAL_A.replace("/main/", "/other/")
+    storage.put(other_cluster, [storage.open(WAL_A).read()])
+    with pytest.raises(IntegrityError, match="expected wal 000000010000000000000003 of cluster 'other'"):
+        b"".join(get_object(storage, other_cluster, KEYS))
+
+
+def test_a_foreign_system_identifier_is_refused_when_the_reader_knows_its_own() -> None:
+    storage = MemoryStorage()
+    put_object(storage, WAL_A, [b"x"], Codec("zstd", 1, key=KEY), system_identifier=7001)
+    assert b"".join(get_object(storage, WAL_A, KEYS, system_identifiers={"7001", "6999"})) == b"x"
+    with pytest.raises(IntegrityError, match=r"\(system identifier 7001\), expected .* \(system identifier 7002\)"):
+        b"".join(get_object(storage, WAL_A, KEYS, system_identifiers={"7002"}))
+    assert b"".join(get_object(storage, WAL_A, KEYS)) == b"x"  # a reader that does not know: name only
+
+
+def _edit_identity(blob: bytes, old: bytes, new: bytes) -> bytes:
+    end = _header_size(blob)
+    header = bytearray(blob[:end].replace(old, new))
+    header[9:11] = struct.pack(">H", len(header) - 15)
+    header[-4:] = struct.pack(">I", zlib.crc32(bytes(header[:-4])))
+    return bytes(header) + blob[end:]
+
+
+def test_an_edited_identity_fails_authentication_or_the_trailer_binding() -> None:
+    for key, expected in ((KEY, "failed authentication"), (None, "trailer binds another identity")):
+        storage = MemoryStorage()
+        put_object(storage, WAL_A, [b"segment three"], Codec("zstd", 1, key=key), system_identifier=7001)
+        moved = _edit_identity(storage.open(WAL_A).read(), b"000000010000000000000003", b"000000010000000000000004")
+        storage.put(WAL_B, [moved])  # header rewritten to match its new name, CRC recomputed
+        with pytest.raises(IntegrityError, match=expected):
+            b"".join(get_object(storage, WAL_B, KEYS))
+
+
+def test_objects_of_every_version_stay_readable_side_by_side() -> None:
+    storage = MemoryStorage()
+    codec = Codec("zstd", 1, key=KEY)
+    for n, (plaintext_digest, bind) in enumerate([(True, False), (False, False), (True, True), (False, True)]):
+        name = f"clusters/main/backups/20240101T000000Z-F/part{n}"
+        put_object(storage, name, [b"payload %d" % n], codec, plaintext_digest=plaintext_digest, bind=bind)
+        assert b"".join(get_object(storage, name, KEYS, system_identifiers={"1"})) == b"payload %d" % n
+        assert read_header(storage, name).version == (3 if bind else 1 if plaintext_digest else 2)
 
 
 def test_the_plaintext_digest_of_a_version_2_object_is_computed_when_asked() -> None:
@@ -289,8 +366,8 @@ def test_metadata() -> None:
     data = b'{"small": "doc"}'
     _store(storage, data, "zstd", None)
     meta = storage.stat(NAME).metadata
-    assert meta["opsdb-stages"] == "zstd" and meta["opsdb-envelope"] == "1"
-    _store(storage, data, "zstd", None, plaintext_digest=False)
+    assert meta["opsdb-stages"] == "zstd" and meta["opsdb-envelope"] == "3"
+    _store(storage, data, "zstd", None, plaintext_digest=False, bind=False)
     assert storage.stat(NAME).metadata["opsdb-envelope"] == "2"
     assert meta["opsdb-size"] == str(len(data)) and meta["opsdb-sha256"] == hashlib.sha256(data).hexdigest()
     _store(storage, data, "zstd", KEY)

@@ -19,6 +19,7 @@ from opsdb.repo import layout
 from opsdb.repo.envelope import Codec, put_object
 from opsdb.storage.memory import MemoryStorage
 from opsdb.stream.crypto import EncryptionKey, key_id_of
+from tests.fakes import TEST_SYSTEM_IDENTIFIER, wal_segment
 
 SECRET = os.urandom(32)
 KEY = EncryptionKey(key_id_of(SECRET), SECRET)
@@ -71,7 +72,11 @@ FILES = {
 
 
 def build_repo(
-    *, manifest_files: dict[str, bytes] | None = None, algorithm: str = "SHA256", plaintext_digest: bool = False
+    *,
+    manifest_files: dict[str, bytes] | None = None,
+    algorithm: str = "SHA256",
+    plaintext_digest: bool = False,
+    bind: bool = True,
 ) -> tuple[MemoryStorage, Record]:
     """A backup as opsdb writes it (envelope version 2: digests of the compressed bytes; version 1
     with plaintext_digest=True, as before version 2 existed), its manifest and WAL 2-5."""
@@ -80,14 +85,15 @@ def build_repo(
     objects = {"base.tar": make_tar(FILES), "backup_manifest": make_manifest(manifest_files or FILES, algorithm)}
     for name, data in objects.items():
         key = layout.backup_object("main", record.id, name)
-        stored = put_object(storage, key, [data], CODEC, plaintext_digest=plaintext_digest)
+        stored = put_object(storage, key, [data], CODEC, plaintext_digest=plaintext_digest, bind=bind)
         record.objects.append(
             {"name": name, "size": stored.size, "sha256": stored.sha256, "sha256_of": stored.digest_of}
         )
-    put_object(storage, layout.catalog_entry("main", record.id), [b"{}"], CODEC)
+    entry = json.dumps({"id": record.id}).encode()
+    put_object(storage, layout.catalog_entry("main", record.id), [entry], CODEC, bind=bind)
     for segno in range(2, 6):  # 000000010000000000000002 .. 05
         name = segment_name(1, segno)
-        put_object(storage, layout.wal_object("main", name), [os.urandom(4096)], CODEC)
+        put_object(storage, layout.wal_object("main", name), [wal_segment(name, size=4096)], CODEC, bind=bind)
     return storage, record
 
 
@@ -210,8 +216,8 @@ def test_tampered_manifest_checksum_is_named() -> None:
     key = layout.backup_object("main", record.id, "backup_manifest")
     data = bytearray(make_manifest(FILES))
     data[data.index(b'"Size": ') + 8] = ord("7")
-    put = put_object(storage, key + ".new", [bytes(data)], CODEC)
-    storage.put(key, [storage.open(put.key).read()])
+    storage.delete([key])
+    put = put_object(storage, key, [bytes(data)], CODEC)  # rewritten by someone holding the key
     record.objects = [
         o | {"size": put.size, "sha256": put.sha256} if o["name"] == "backup_manifest" else o for o in record.objects
     ]
@@ -267,3 +273,74 @@ def test_a_stray_file_among_deletion_markers_is_named() -> None:
     storage.put(layout.deleting_marker("main", "20261120T090000Z"), [b"garbage"])
     result = verify_repository(storage, "main", KEYS, [record])
     assert [p.what for p in result.problems] == ["not a retention deletion marker (not JSON naming this id)"]
+
+
+# --- swapped, replayed and foreign objects (bound ones by identity, older ones by content) ---------
+
+W3, W4, W5 = (layout.wal_object("main", segment_name(1, n)) for n in (3, 4, 5))
+
+
+def _swap(storage: MemoryStorage, a: str, b: str) -> None:
+    da, db = storage.open(a).read(), storage.open(b).read()
+    storage.put(a, [db])
+    storage.put(b, [da])
+
+
+def _problems(storage: MemoryStorage, record: Record) -> dict[str, str]:
+    result = verify_repository(storage, "main", KEYS, [record])
+    assert not result.ok and result.to_dict()["result"] == "fail"
+    return {p.key: p.what for p in result.problems}
+
+
+@pytest.mark.parametrize("bind", [True, False], ids=["bound", "legacy"])
+def test_swapped_wal_objects_are_both_named(bind: bool) -> None:
+    storage, record = build_repo(bind=bind)
+    _swap(storage, W3, W4)
+    problems = _problems(storage, record)
+    assert set(problems) == {W3, W4}
+    if bind:
+        assert "it is wal 000000010000000000000004 of cluster 'main'" in problems[W3]
+        assert "expected wal 000000010000000000000003" in problems[W3]
+    else:
+        assert "holds the segment at 0/4000000, not 0/3000000" in problems[W3]
+
+
+@pytest.mark.parametrize("bind", [True, False], ids=["bound", "legacy"])
+def test_an_older_segment_replayed_under_a_newer_name_is_named(bind: bool) -> None:
+    storage, record = build_repo(bind=bind)
+    storage.put(W5, [storage.open(W3).read()])
+    problems = _problems(storage, record)
+    assert list(problems) == [W5]
+    assert ("wal 000000010000000000000003" if bind else "holds the segment at 0/3000000") in problems[W5]
+
+
+@pytest.mark.parametrize("bind", [True, False], ids=["bound", "legacy"])
+def test_a_segment_of_another_cluster_is_named_with_both_identifiers(bind: bool) -> None:
+    storage, record = build_repo(bind=bind)
+    from opsdb.repo import marker
+
+    marker.ensure_cluster_marker(storage, "main", TEST_SYSTEM_IDENTIFIER, what="test")
+    name = segment_name(1, 4)
+    foreign = wal_segment(name, size=4096, system_identifier=4242)
+    put_object(storage, W4, [foreign], Codec(key=KEY, system_identifier="4242"), bind=bind)
+    problems = _problems(storage, record)
+    assert list(problems) == [W4]
+    assert "4242" in problems[W4] and str(TEST_SYSTEM_IDENTIFIER) in problems[W4]
+
+
+@pytest.mark.parametrize("bind", [True, False], ids=["bound", "legacy"])
+def test_a_catalog_entry_copied_under_another_id_is_named(bind: bool) -> None:
+    storage, record = build_repo(bind=bind)
+    copy = layout.catalog_entry("main", "20261122T090000Z")
+    storage.put(copy, [storage.open(layout.catalog_entry("main", record.id)).read()])
+    problems = _problems(storage, record)
+    assert list(problems) == [copy]
+    expected = "expected catalog 20261122T090000Z" if bind else "holds the catalog entry of backup '20261121T090000Z'"
+    assert expected in problems[copy]
+
+
+def test_objects_written_before_the_binding_are_noted() -> None:
+    storage, record = build_repo(bind=False)
+    result = verify_repository(storage, "main", KEYS, [record])
+    assert result.ok, result.problems
+    assert any("6 objects were written before objects were bound" in n for n in result.notes), result.notes

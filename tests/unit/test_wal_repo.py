@@ -8,7 +8,7 @@ from opsdb.errors import Conflict, IntegrityError, NotFound, RepositoryUnavailab
 from opsdb.ops import wal as ops_wal
 from opsdb.repo import layout, marker
 from opsdb.repo import wal as repo_wal
-from opsdb.repo.envelope import Codec
+from opsdb.repo.envelope import Codec, put_object
 from opsdb.storage.local import LocalStorage
 from opsdb.storage.memory import MemoryStorage
 from opsdb.stream.crypto import EncryptionKey
@@ -158,33 +158,47 @@ def test_wal_objects_are_compressed_single_threaded_whatever_backups_use(tmp_pat
     assert wal_repo_from_settings(settings, "main", writable=True).codec.threads == 0
 
 
-def _legacy_copy(repo, src_name, dst_name):
+def _legacy_store(repo, name, data):
+    """An object as releases before identity binding wrote it (envelope version 1)."""
+    put_object(repo.storage, layout.wal_object(repo.cluster, name), [data], repo.codec, bind=False)
+
+
+def _copy(repo, src_name, dst_name):
     """What an operator or a broken sync does: copy one stored object under another name."""
     data = repo.storage.open(layout.wal_object("main", src_name)).read()
     repo.storage.put(layout.wal_object("main", dst_name), [data])
 
 
-def test_fetch_names_a_replayed_or_foreign_segment_before_handing_it_over(repo, tmp_path):
+def test_fetch_names_a_swapped_or_replayed_bound_object_by_both_identities(repo, tmp_path):
     older, newer = "000000010000000000000003", "000000010000000000000004"
     ops_wal.push_file(repo, str(wal_file(tmp_path, older)))
-    _legacy_copy(repo, older, newer)
+    _copy(repo, older, newer)
+    with pytest.raises(IntegrityError, match=f"it is wal {older} of cluster 'main'.*expected wal {newer}"):
+        ops_wal.fetch_file(repo, newer, str(tmp_path / "dest"), sleep=lambda s: None)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_fetch_names_a_replayed_or_foreign_legacy_segment_by_its_page_header(repo, tmp_path):
+    older, newer = "000000010000000000000003", "000000010000000000000004"
+    ops_wal.push_file(repo, str(wal_file(tmp_path, "000000010000000000000002")))  # the cluster marker
+    genuine = wal_segment(older)
+    _legacy_store(repo, older, genuine)
+    _legacy_store(repo, newer, genuine)  # an older segment under a newer name
     with pytest.raises(IntegrityError, match="holds the segment at 0/3000000, not 0/4000000"):
         ops_wal.fetch_file(repo, newer, str(tmp_path / "dest"), sleep=lambda s: None)
     assert not (tmp_path / "dest").exists()
-    foreign = wal_file(tmp_path, "000000010000000000000005")
-    foreign.write_bytes(wal_segment(foreign.name, system_identifier=99))
-    other = ops_wal.WalRepo(repo.storage, "other", repo.codec, repo.keys)
-    ops_wal.push_file(other, str(foreign))
-    data = repo.storage.open(layout.wal_object("other", foreign.name)).read()
-    repo.storage.put(layout.wal_object("main", foreign.name), [data])
+    dest = tmp_path / "ok"
+    ops_wal.fetch_file(repo, older, str(dest))  # the genuine legacy object still restores
+    assert dest.read_bytes() == genuine
+    foreign = "000000010000000000000005"
+    _legacy_store(repo, foreign, wal_segment(foreign, system_identifier=99))
     with pytest.raises(IntegrityError, match="another cluster: system identifier 99"):
-        ops_wal.fetch_file(repo, foreign.name, str(tmp_path / "dest"), sleep=lambda s: None)
+        ops_wal.fetch_file(repo, foreign, str(tmp_path / "dest"), sleep=lambda s: None)
 
 
-def test_fetch_checks_a_history_file_against_its_timeline(repo, tmp_path):
+def test_fetch_checks_a_legacy_history_file_against_its_timeline(repo, tmp_path):
     ops_wal.push_file(repo, str(wal_file(tmp_path)))
-    ops_wal.push_file(repo, str(wal_file(tmp_path, "00000003.history", b"1\t0/5000100\tx\n2\t0/7000000\ty\n")))
-    _legacy_copy(repo, "00000003.history", "00000002.history")
+    _legacy_store(repo, "00000002.history", b"1\t0/5000100\tx\n2\t0/7000000\ty\n")  # 3's history as 2's
     with pytest.raises(IntegrityError, match="00000002.history names timeline 2 as a parent"):
         ops_wal.fetch_file(repo, "00000002.history", str(tmp_path / "dest"), sleep=lambda s: None)
 
@@ -195,5 +209,5 @@ def test_the_restoring_servers_pg_control_decides_the_identity(repo, tmp_path):
     (data_dir / "global").mkdir(parents=True)
     (data_dir / "pg_wal").mkdir()
     (data_dir / "global" / "pg_control").write_bytes((77).to_bytes(8, "little") + bytes(100))
-    with pytest.raises(IntegrityError, match="expected 77"):
+    with pytest.raises(IntegrityError, match=r"expected wal 0+10+3 of cluster .main. \(system identifier 77\)"):
         ops_wal.fetch_file(repo, SEG, str(data_dir / "pg_wal" / "RECOVERYXLOG"), sleep=lambda s: None)
