@@ -7,7 +7,9 @@ import io
 
 import pytest
 
-from opsdb.storage.s3 import BODY_READ, S3Storage, _BodyReads, _S3Loader
+from opsdb.storage.s3 import S3Storage, _S3Loader
+from opsdb.storage.s3parts import BODY_READ
+from opsdb.storage.s3parts import BodyReads as _BodyReads
 
 
 @pytest.fixture(autouse=True)

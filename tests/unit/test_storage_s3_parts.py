@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from opsdb.storage.s3 import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, max_object_size, part_size_for
+from opsdb.storage.s3parts import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, max_object_size, part_size_for
 
 MiB, GiB, TiB = 2**20, 2**30, 2**40
 
