@@ -58,6 +58,9 @@ class RepositoryConfig(_Section):
     part_size: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024)
     upload_concurrency: int = Field(2, ge=1, le=32)
     max_attempts: int = Field(5, ge=1, le=20)
+    # A store that ignores If-None-Match: * (create-only writes): "fallback" guards them (docs/storage.md),
+    # "refuse" refuses every create-only write there.
+    conditional_writes: Literal["fallback", "refuse"] = "fallback"
 
     @field_validator("url")
     @classmethod

@@ -39,6 +39,7 @@ def open_repository(settings: Any, *, writable: bool = False) -> Storage:
         max_attempts=r.max_attempts,
         object_lock_days=r.object_lock_days,
         upload_concurrency=r.upload_concurrency,
+        conditional_writes=r.conditional_writes,
     )
     return storage if writable else ReadOnlyStorage(storage)
 

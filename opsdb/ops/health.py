@@ -100,6 +100,7 @@ def _check_repository(
             max_attempts=repo.max_attempts,
             object_lock_days=repo.object_lock_days,
             upload_concurrency=repo.upload_concurrency,
+            conditional_writes=repo.conditional_writes,
         )
         stage = "write"
         storage.put(key, [payload], if_absent=True)

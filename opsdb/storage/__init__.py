@@ -43,6 +43,7 @@ def open_storage(
     max_attempts: int = 5,
     object_lock_days: int = 0,
     upload_concurrency: int = 2,
+    conditional_writes: str = "fallback",
 ) -> Storage:
     """The Storage for a repository URL. The S3 options are ignored by the other drivers.
     A malformed or unsupported URL raises UsageError with one line naming it."""
@@ -73,6 +74,7 @@ def open_storage(
             max_attempts=max_attempts,
             object_lock_days=object_lock_days,
             upload_concurrency=upload_concurrency,
+            conditional_writes=conditional_writes,
         )
     if parts.scheme == "memory":
         return _memory(parts.netloc + parts.path)

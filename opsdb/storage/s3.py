@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import datetime
 import io
 import json
 import os
 import random
-import tempfile
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import botocore.loaders
 import botocore.session
@@ -30,6 +31,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from opsdb.errors import OperationFailed, UsageError
+from opsdb.storage import createonly
 from opsdb.storage.base import (
     Conflict,
     NotFound,
@@ -40,16 +42,22 @@ from opsdb.storage.base import (
     check_prefix,
     object_url,
 )
+from opsdb.storage.s3parts import (
+    MAX_PART_SIZE,
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    PARTS_PER_SIZE_STEP,
+    BodyReads,
+    PartReader,
+    Spool,
+    max_object_size,
+    part_size_for,
+)
 
-MIN_PART_SIZE = 5 * 2**20  # S3: every part but the last must be at least 5 MiB
-MAX_PART_SIZE = 5 * 2**30  # S3: at most 5 GiB per part
-MAX_PARTS = 10_000
-PARTS_PER_SIZE_STEP = 1000  # the part size doubles after every this many parts
 PART_ATTEMPTS = 3  # whole-part retries on top of botocore's own per-request retries
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
-SPOOL_IN_MEMORY = 2**20  # a part is kept in RAM up to this size, then spooled to a temp file
-BODY_READ = 64 * 1024  # the largest read botocore gets from a part's body (see _BodyReads)
 CHECKSUM_MODES = ("when_required", "when_supported")
+WRITE_ID = "opsdb-write-id"  # user metadata a guarded put stamps on its object (hidden from stat())
 _RETRYABLE_CODES = {
     "SlowDown",
     "Throttling",
@@ -60,17 +68,9 @@ _RETRYABLE_CODES = {
 }
 
 
-def part_size_for(part_number: int, base: int, step: int = PARTS_PER_SIZE_STEP) -> int:
-    """Size of part `part_number` (1-based) when streaming with `base` as the first part size:
-    base for parts 1-1000, 2*base for 1001-2000, ... capped at S3's 5 GiB."""
-    if not 1 <= part_number <= MAX_PARTS:
-        raise ValueError(f"part number {part_number} outside 1..{MAX_PARTS}")
-    return min(base << ((part_number - 1) // step), MAX_PART_SIZE)
-
-
-def max_object_size(base: int, step: int = PARTS_PER_SIZE_STEP) -> int:
-    """The largest object a stream can become with first part size `base` (all 10,000 parts full)."""
-    return sum(part_size_for(n, base, step) for n in range(1, MAX_PARTS + 1))
+class _Guard(NamedTuple):
+    on: bool  # the guarded fallback: check, publish with one Complete, read back the write id
+    header: bool  # send If-None-Match: * (not to a store that rejects the header itself)
 
 
 class S3Storage:
@@ -90,6 +90,7 @@ class S3Storage:
         upload_concurrency: int = 2,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        conditional_writes: str = "fallback",
     ) -> None:
         if checksum_mode not in CHECKSUM_MODES:
             raise UsageError(f"invalid checksum_mode {checksum_mode!r}: expected one of {', '.join(CHECKSUM_MODES)}")
@@ -111,6 +112,10 @@ class S3Storage:
         self.list_page_size = 1000  # tests lower it to exercise pagination
         self.delete_batch = DELETE_BATCH  # tests lower it to exercise batching
         self.parts_per_step = PARTS_PER_SIZE_STEP  # tests lower it to watch the part size grow
+        self.conditional_writes = createonly.check_policy(conditional_writes)
+        # What the store was found to honour (the repository marker's probe result, or this process's
+        # own probe); None: not known, so create-only writes take the guarded path.
+        self.create_only: createonly.CreateOnlyProbe | None = None
         config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
@@ -144,31 +149,67 @@ class S3Storage:
     ) -> ObjectInfo:
         check_key(key)
         meta = check_metadata(metadata)
-        reader = _PartReader(chunks)
+        reader = PartReader(chunks)
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._name(key), "Metadata": meta, **self._lock_args()}
-        pending: list[_Spool] = []
+        pending: list[Spool] = []
         try:
             pending.append(reader.read(self.part_size))
             if pending[0].size == self.part_size:
                 pending.append(reader.read(part_size_for(2, self.part_size, self.parts_per_step)))
             if pending[-1].size == 0 and len(pending) == 2:
                 pending.pop().close()
-            if len(pending) == 1:  # it fits one request
-                if if_absent:
+            request = "put" if len(pending) == 1 else "multipart"
+            guard = self._guard(key, request) if if_absent else _Guard(False, False)
+            if if_absent and request == "multipart" and self.stat(key) is not None:
+                # fail before uploading gigabytes; Complete (and the guarded path's last check) decides
+                raise Conflict(f"unable to put {object_url(self.url, key)}: object already exists")
+            if guard.on:  # our own marker on the object tells whose it is after publishing
+                args["Metadata"] = {**meta, WRITE_ID: secrets.token_hex(16)}
+            if request == "put" and not (guard.on and pending[0].size):
+                if guard.header:
                     args["IfNoneMatch"] = "*"
-                self._call("put", key, self.client.put_object, Body=_BodyReads(pending[0].file), **args)
+                self._call("put", key, self.client.put_object, Body=BodyReads(pending[0].file), **args)
                 size = pending[0].size
-            else:
-                if if_absent and self.stat(key) is not None:  # fail before uploading gigabytes; Complete decides
-                    raise Conflict(f"unable to put {object_url(self.url, key)}: object already exists")
-                size = self._multipart(key, args, reader, pending, if_absent)
+            else:  # a guarded small object goes up as a one-part upload: only Complete publishes it
+                size = self._multipart(key, args, reader, pending, guard)
+            if guard.on:
+                self._check_published(key, args["Metadata"][WRITE_ID])
         finally:
             for spool in pending:
                 spool.close()
         return ObjectInfo(key=key, size=size, mtime=time.time(), metadata=meta)
 
+    def _guard(self, key: str, request: str) -> _Guard:
+        """How a create-only `request` ("put" or "multipart") is made safe on this store.
+
+        Known to refuse: the store decides (If-None-Match: *). Otherwise the guarded fallback: the
+        object is published by one CompleteMultipartUpload right after a check that the name is
+        still free, then read back by HEAD; it must carry this put's write id (docs/storage.md)."""
+        known = self.create_only
+        if known is None and self.conditional_writes == "refuse":
+            known = self.create_only = self.probe_create_only(createonly.probe_key())
+        if known is not None and known.refuses(request):
+            return _Guard(False, True)
+        if known is not None and self.conditional_writes == "refuse":
+            raise OperationFailed(
+                f"unable to put {object_url(self.url, key)} create-only: {known.describe()}, "
+                'and [repository] conditional_writes = "refuse"',
+                hint='use a store that honours conditional writes, or conditional_writes = "fallback" '
+                "(a guarded check-then-publish; docs/storage.md)",
+            )
+        return _Guard(True, known is None or not known.rejects_header("multipart"))
+
+    def _check_published(self, key: str, write_id: str) -> None:
+        """After a guarded publish: the object under key must be the one this put wrote."""
+        r = self._call("put", key, self.client.head_object, Bucket=self.bucket, Key=self._name(key))
+        if r.get("Metadata", {}).get(WRITE_ID) != write_id:
+            raise Conflict(
+                f"unable to put {object_url(self.url, key)}: another writer published it at the same time "
+                "(the stored object is not the one this put wrote)"
+            )
+
     def _multipart(
-        self, key: str, args: dict[str, Any], reader: _PartReader, pending: list[_Spool], if_absent: bool
+        self, key: str, args: dict[str, Any], reader: PartReader, pending: list[Spool], guard: _Guard
     ) -> int:
         """Upload parts as they are read. `pending` holds parts already read; every part is closed
         (its temp file freed) by the worker that uploaded it, or by the caller on failure."""
@@ -205,8 +246,10 @@ class S3Storage:
                     break
             parts.extend(f.result() for f in in_flight)
             complete: dict[str, Any] = {"MultipartUpload": {"Parts": parts}, **where}
-            if if_absent:
+            if guard.header:
                 complete["IfNoneMatch"] = "*"
+            if guard.on and self.stat(key) is not None:  # the last look, as close to publishing as can be
+                raise Conflict(f"unable to put {object_url(self.url, key)}: object already exists")
             self._call("put", key, self.client.complete_multipart_upload, **complete)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -223,13 +266,13 @@ class S3Storage:
     def _part_size(self, number: int) -> int:
         return part_size_for(number, self.part_size, self.parts_per_step)
 
-    def _upload_part(self, key: str, where: dict[str, Any], number: int, spool: _Spool) -> dict[str, Any]:
+    def _upload_part(self, key: str, where: dict[str, Any], number: int, spool: Spool) -> dict[str, Any]:
         extra = {"ChecksumAlgorithm": "SHA256"} if self.object_lock_days else {}
         try:
             for attempt in range(PART_ATTEMPTS):
                 spool.file.seek(0)
                 try:
-                    r = self.client.upload_part(PartNumber=number, Body=_BodyReads(spool.file), **where, **extra)
+                    r = self.client.upload_part(PartNumber=number, Body=BodyReads(spool.file), **where, **extra)
                 except (ClientError, BotoCoreError) as e:
                     if attempt + 1 < PART_ATTEMPTS and _retryable(e):
                         time.sleep(min(8.0, 0.5 * 2**attempt) * (0.5 + random.random()))
@@ -270,6 +313,46 @@ class S3Storage:
                     f"{e.get('Code')}: {e.get('Message')} ({len(errors)} of {len(batch)} objects not deleted)"
                 )
 
+    def probe_create_only(self, key: str) -> createonly.CreateOnlyProbe:
+        """Send the raw create-only requests twice to `key` (PutObject, then a one-part multipart
+        upload): what does the store do with the second? The key is deleted afterwards."""
+        check_key(key)
+        where = {"Bucket": self.bucket, "Key": self._name(key)}
+        self._call("probe", key, self.client.put_object, Body=b"first", IfNoneMatch="*", **where)
+        try:
+            put = self._probe_outcome(key, lambda: self.client.put_object(Body=b"2", IfNoneMatch="*", **where))
+            upload_id = self._call("probe", key, self.client.create_multipart_upload, **where)["UploadId"]
+            try:
+                part = self._call(
+                    "probe", key, self.client.upload_part, UploadId=upload_id, PartNumber=1, Body=b"3", **where
+                )
+                done = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}
+                multipart = self._probe_outcome(
+                    key,
+                    lambda: self.client.complete_multipart_upload(
+                        UploadId=upload_id, MultipartUpload=done, IfNoneMatch="*", **where
+                    ),
+                )
+            finally:
+                with contextlib.suppress(ClientError, BotoCoreError):  # gone already when Complete succeeded
+                    self.client.abort_multipart_upload(UploadId=upload_id, **where)
+        finally:
+            with contextlib.suppress(RepositoryUnavailable):  # a writer without delete rights: a harmless leftover
+                self.delete([key])
+        return createonly.CreateOnlyProbe(put=put, multipart=multipart)
+
+    def _probe_outcome(self, key: str, second_write: Callable[[], Any]) -> str:
+        try:
+            second_write()
+        except (ClientError, BotoCoreError) as e:
+            mapped = self._error("probe", key, e)
+            if isinstance(mapped, Conflict):
+                return createonly.REFUSED
+            if isinstance(mapped, RepositoryUnavailable) and _retryable(e):
+                raise mapped from e  # the store is down, which says nothing about conditional writes
+            return createonly.ERROR_PREFIX + str(mapped).split(": ", 1)[-1]
+        return createonly.IGNORED
+
     # --- reading ------------------------------------------------------------------------------
 
     def open(self, key: str) -> BinaryIO:
@@ -284,7 +367,10 @@ class S3Storage:
         except NotFound:
             return None
         return ObjectInfo(
-            key=key, size=r["ContentLength"], mtime=r["LastModified"].timestamp(), metadata=dict(r.get("Metadata", {}))
+            key=key,
+            size=r["ContentLength"],
+            mtime=r["LastModified"].timestamp(),
+            metadata={k: v for k, v in r.get("Metadata", {}).items() if k != WRITE_ID},
         )
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
@@ -296,14 +382,22 @@ class S3Storage:
             Bucket=self.bucket, Prefix=self._base + prefix, PaginationConfig={"PageSize": self.list_page_size}
         )
         cut = len(self._base)
+        listed, pages_read, last = 0, 0, ""
         try:
             for page in pages:  # S3 lists in UTF-8 byte order, which is the contract's order
+                pages_read += 1
                 for obj in page.get("Contents", []):
+                    if obj["Key"][cut:] <= last and listed:  # code point order is UTF-8 byte order
+                        raise _out_of_order(object_url(self.url, prefix), last, obj["Key"][cut:])
+                    last = obj["Key"][cut:]
+                    listed += 1
                     if obj["Key"].endswith("/"):
                         continue  # "folder" placeholders made by consoles are not objects
-                    yield ObjectInfo(key=obj["Key"][cut:], size=obj["Size"], mtime=obj["LastModified"].timestamp())
+                    yield ObjectInfo(key=last, size=obj["Size"], mtime=obj["LastModified"].timestamp())
         except (ClientError, BotoCoreError) as e:
-            raise self._error("list", prefix, e) from e
+            # past the first page the caller has seen part of the listing: say how far it got
+            so_far = f"page {pages_read + 1}, after {listed} keys listed up to {last!r}" if pages_read else ""
+            raise self._error("list", prefix, e, detail=so_far) from e
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -377,85 +471,20 @@ def _lean_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return {k: "" if k == "documentation" and isinstance(v, str) else v for k, v in pairs}
 
 
+def _out_of_order(where: str, before: str, after: str) -> RepositoryUnavailable:
+    """A store that does not list in S3's order (s3rver lists '/' before '-' and '.'): callers rely on
+    the order (the storage contract), so this is an error rather than a silently different listing."""
+    return RepositoryUnavailable(
+        f"unable to list {where}: the store listed {after!r} after {before!r}, not in the byte order of "
+        "S3's ListObjectsV2 that opsdb relies on"
+    )
+
+
 def _retryable(e: Exception) -> bool:
     if isinstance(e, ClientError):
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         return status >= 500 or e.response.get("Error", {}).get("Code") in _RETRYABLE_CODES
     return isinstance(e, BotoCoreError)  # connection reset, timeouts, endpoint unreachable
-
-
-class _Spool:
-    """One part's bytes: in memory up to SPOOL_IN_MEMORY, then in an unlinked temp file, so memory
-    stays flat whatever the part size (parts grow to 5 GiB on very long streams)."""
-
-    def __init__(self) -> None:
-        self.file: Any = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - closed by owner
-        self.size = 0
-
-    @property
-    def closed(self) -> bool:
-        return bool(self.file.closed)
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class _BodyReads:
-    """A part's spool as a request body, giving out at most BODY_READ bytes per read().
-
-    botocore reads a body in 1 MiB pieces to hash it (SigV4 signs the payload on http:// endpoints,
-    and object-lock checksums), in every upload thread at once; those short-lived 1 MiB buffers cost
-    about 2.5 MB of RSS per concurrent upload (measured: a 100 MiB put with 2 in flight peaks 9.1 MB
-    above its start with 1 MiB reads, 3.7 MB with 64 KiB ones), for no speed. read() without a size
-    still returns everything, as a file does."""
-
-    def __init__(self, file: Any) -> None:
-        self._file = file
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is not None and size > BODY_READ:
-            size = BODY_READ
-        return bytes(self._file.read(size))
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return int(self._file.seek(offset, whence))
-
-    def tell(self) -> int:
-        return int(self._file.tell())
-
-
-class _PartReader:
-    """Cuts a chunk iterator into spools of an exact size (the last may be shorter, or empty at the end)."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._it = iter(chunks)
-        self._rest = b""
-
-    def read(self, n: int) -> _Spool:
-        spool = _Spool()
-        try:
-            while spool.size < n:
-                if self._rest:
-                    chunk, self._rest = self._rest, b""
-                else:
-                    try:
-                        chunk = next(self._it)
-                    except StopIteration:
-                        break
-                room = n - spool.size
-                if len(chunk) > room:
-                    with memoryview(chunk) as view:
-                        spool.file.write(view[:room])
-                        self._rest = bytes(view[room:])
-                    spool.size += room
-                else:
-                    spool.file.write(chunk)
-                    spool.size += len(chunk)
-            spool.file.seek(0)
-        except BaseException:
-            spool.close()
-            raise
-        return spool
 
 
 class _BodyReader(io.RawIOBase):

@@ -1,9 +1,8 @@
-"""S3-only behaviour against the moto server: multipart details, pagination, batching, Object Lock,
-conditional-write races and failure paths."""
+"""S3 behaviour tested on the moto server only: part sizes, Object Lock, checksums, memory and failure
+paths (what also runs on s3rver is in test_storage_s3_stores.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import time
@@ -13,49 +12,16 @@ from typing import Any
 
 import pytest
 
-from opsdb.errors import Conflict, NotFound, RepositoryUnavailable, UsageError
+from opsdb.errors import NotFound, RepositoryUnavailable, UsageError
 from opsdb.storage import open_storage
 from opsdb.storage.s3 import S3Storage
-
-MiB = 2**20
-PART = 5 * MiB
-
-
-def chunks_of(data: bytes, size: int = MiB + 3) -> Iterator[bytes]:
-    for i in range(0, len(data), size):
-        yield data[i : i + size]
+from tests.contract.s3_helpers import PART, MiB, chunks_of, read_all
+from tests.fixtures.s3 import S3Server
 
 
 @pytest.fixture
-def s3(moto_endpoint: str, s3_url: str) -> S3Storage:
-    storage = open_storage(
-        f"{s3_url}/{uuid.uuid4().hex[:8]}", endpoint_url=moto_endpoint, part_size=PART, max_attempts=2
-    )
-    assert isinstance(storage, S3Storage)
-    return storage
-
-
-def count_calls(storage: S3Storage, operation: str) -> list[int]:
-    calls: list[int] = []
-    storage.client.meta.events.register(f"before-call.s3.{operation}", lambda **_: calls.append(1))
-    return calls
-
-
-def read_all(storage: S3Storage, key: str) -> bytes:
-    with storage.open(key) as f:
-        return f.read()
-
-
-def test_many_parts_with_concurrency(s3: S3Storage, s3_client: Any) -> None:
-    s3.upload_concurrency = 3
-    data = os.urandom(12 * PART + 777)
-    parts = count_calls(s3, "UploadPart")
-    info = s3.put("big.bin", chunks_of(data))
-    assert info.size == len(data)
-    assert len(parts) == 13
-    head = s3_client.head_object(Bucket=s3.bucket, Key=f"{s3._base}big.bin")
-    assert head["ETag"].strip('"').endswith("-13")  # a 13-part multipart object
-    assert hashlib.sha256(read_all(s3, "big.bin")).digest() == hashlib.sha256(data).digest()
+def s3(moto_server: S3Server, s3_url: str) -> S3Storage:
+    return moto_server.storage(f"{s3_url}/{uuid.uuid4().hex[:8]}", part_size=PART, max_attempts=2)
 
 
 def test_part_size_grows_as_parts_accumulate(s3: S3Storage, s3_client: Any) -> None:
@@ -69,64 +35,8 @@ def test_part_size_grows_as_parts_accumulate(s3: S3Storage, s3_client: Any) -> N
     assert read_all(s3, "grow.bin") == data
 
 
-def test_single_request_below_part_size(s3: S3Storage) -> None:
-    puts, creates = count_calls(s3, "PutObject"), count_calls(s3, "CreateMultipartUpload")
-    s3.put("small", chunks_of(os.urandom(PART - 1)))
-    s3.put("exact", chunks_of(os.urandom(PART)))  # exactly one part still fits one PutObject
-    assert (len(puts), len(creates)) == (2, 0)
-
-
-def test_failed_multipart_is_aborted(s3: S3Storage, s3_client: Any) -> None:
-    def failing() -> Iterator[bytes]:
-        yield os.urandom(3 * PART)
-        raise RuntimeError("pg_basebackup died")
-
-    with pytest.raises(RuntimeError, match="pg_basebackup died"):
-        s3.put("backups/x/base.tar", failing())
-    uploads = s3_client.list_multipart_uploads(Bucket=s3.bucket, Prefix=s3._base).get("Uploads", [])
-    assert uploads == []
-    assert s3.stat("backups/x/base.tar") is None
-
-
-def test_create_only_decided_at_complete(s3: S3Storage, s3_client: Any) -> None:
-    """Another writer creates the key while our multipart upload is in progress: Complete's
-    If-None-Match refuses, ours is aborted, and theirs stays."""
-
-    def racing() -> Iterator[bytes]:
-        yield os.urandom(2 * PART + 1)  # both first parts are read: the early existence check has passed
-        s3_client.put_object(Bucket=s3.bucket, Key=f"{s3._base}wal/seg", Body=b"the other writer")
-        yield os.urandom(PART)
-
-    with pytest.raises(Conflict, match="already exists"):
-        s3.put("wal/seg", racing(), if_absent=True)
-    assert read_all(s3, "wal/seg") == b"the other writer"
-    assert s3_client.list_multipart_uploads(Bucket=s3.bucket, Prefix=s3._base).get("Uploads", []) == []
-
-
-def test_list_paginates(s3: S3Storage) -> None:
-    s3.list_page_size = 3
-    names = [f"wal/{i:04d}" for i in range(10)]
-    for n in reversed(names):
-        s3.put(n, [n.encode()])
-    calls = count_calls(s3, "ListObjectsV2")
-    assert [i.key for i in s3.list("wal/")] == names
-    assert len(calls) == 4
-
-
-def test_delete_batches(s3: S3Storage) -> None:
-    s3.delete_batch = 4
-    names = [f"d/{i}" for i in range(10)]
-    for n in names:
-        s3.put(n, [b"x"])
-    calls = count_calls(s3, "DeleteObjects")
-    s3.delete(names + ["d/missing"])
-    assert len(calls) == 3
-    assert list(s3.list("")) == []
-
-
-def test_object_lock_governance(moto_endpoint: str, s3_lock_bucket: str, s3_client: Any) -> None:
-    s3 = open_storage(f"s3://{s3_lock_bucket}/repo", endpoint_url=moto_endpoint, part_size=PART, object_lock_days=7)
-    assert isinstance(s3, S3Storage)
+def test_object_lock_governance(moto_server: S3Server, s3_lock_bucket: str, s3_client: Any) -> None:
+    s3 = moto_server.storage(f"s3://{s3_lock_bucket}/repo", part_size=PART, object_lock_days=7)
     s3.put("catalog/1.json", [b"{}"], if_absent=True)
     head = s3_client.head_object(Bucket=s3_lock_bucket, Key="repo/catalog/1.json")
     assert head["ObjectLockMode"] == "GOVERNANCE"
@@ -180,14 +90,6 @@ def test_missing_bucket(moto_endpoint: str) -> None:
 def test_bad_options_are_usage_errors(moto_endpoint: str, options: dict[str, Any]) -> None:
     with pytest.raises(UsageError):
         open_storage("s3://bucket/repo", endpoint_url=moto_endpoint, **options)
-
-
-def test_root_of_bucket_and_folder_placeholders(moto_endpoint: str, s3_bucket: str, s3_client: Any) -> None:
-    s3 = open_storage(f"s3://{s3_bucket}", endpoint_url=moto_endpoint)
-    assert s3.url == f"s3://{s3_bucket}"
-    s3_client.put_object(Bucket=s3_bucket, Key="zz-folder/", Body=b"")
-    s3.put("zz-folder/a", [b"1"])
-    assert [i.key for i in s3.list("zz-folder")] == ["zz-folder/a"]
 
 
 RSS_PROBE = """

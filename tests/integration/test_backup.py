@@ -1,4 +1,4 @@
-"""opsdb backup -> backups list/show -> restore --start against a real cluster and the moto S3 endpoint.
+"""opsdb backup -> backups list/show -> restore --start against a real cluster, on moto and on s3rver.
 
 The cluster has a user tablespace; the backup is encrypted. Restored data must be identical (md5 of
 ordered rows), and no stored object may contain the plaintext of a known marker row.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,27 +18,33 @@ from opsdb.pg.instance import Instance
 from opsdb.proc import LocalRunner
 from opsdb.repo import envelope, layout
 from opsdb.stream.crypto import load_key
-from tests.fixtures.pg import free_port, make_temp_dir, os_user
+from tests.fixtures.pg import ClusterFactory, free_port, make_temp_dir, os_user
+from tests.fixtures.s3 import both_s3_servers
 from tests.integration.backup_env import MARKER, make_tables, opsdb, opsdb_json, table_checksums, write_config
 
 pytestmark = pytest.mark.integration
 TABLES = ["orders", "customers", "archived"]
 
 
+s3_server = both_s3_servers()  # moto, and s3rver (which ignores conditional writes)
+
+
 @pytest.fixture(scope="module")
 def env(
-    pg_cluster: Instance, s3_url: str, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+    pg_bin_dir: Path, s3_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
+    factory = ClusterFactory(pg_bin_dir)  # a cluster per S3 store: each run ends by stopping it
     space = make_temp_dir("opsdb-ts-")
-    with connect(pg_cluster.conninfo()) as c:
-        c.execute(f"CREATE TABLESPACE extra LOCATION '{space}'")
-    make_tables(pg_cluster.conninfo(), tablespace="extra")
-    work = tmp_path_factory.mktemp("backup")
-    config = write_config(work, url=s3_url, conninfo=pg_cluster.conninfo(), endpoint_url=moto_endpoint)
     try:
-        yield {"config": config, "work": work, "space": space, "instance": pg_cluster}
+        cluster = factory()
+        with connect(cluster.conninfo()) as c:
+            c.execute(f"CREATE TABLESPACE extra LOCATION '{space}'")
+        make_tables(cluster.conninfo(), tablespace="extra")
+        work = tmp_path_factory.mktemp("backup")
+        config = write_config(work, url=s3_url, conninfo=cluster.conninfo(), endpoint_url=s3_endpoint)
+        yield {"config": config, "work": work, "space": space, "instance": cluster}
     finally:
-        pg_cluster.stop()  # the tablespace directory goes away with it
+        factory.close()  # the tablespace directory goes away with the cluster
         shutil.rmtree(space, ignore_errors=True)
 
 

@@ -1,4 +1,6 @@
-"""wal-push / wal-fetch against the moto S3 endpoint: exit codes 0 / 1 / >125 (unreachable, tampered)."""
+"""wal-push / wal-fetch on both S3 implementations (moto, which refuses a second create-only write, and
+s3rver, which ignores If-None-Match): exit codes 0 / 1 / >125 (unreachable, tampered), and a different
+file under an archived name is refused with nothing replaced on either."""
 
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ import pytest
 from opsdb.repo import layout
 from opsdb.stream.crypto import generate_key_file
 from tests.fakes import wal_segment
+from tests.fixtures.s3 import both_s3_servers
+
+s3_server = both_s3_servers()
 
 SEG = "000000010000000000000001"
 
@@ -42,8 +47,8 @@ def pgdata(tmp_path):
     return tmp_path / "pgdata"
 
 
-def test_push_fetch_and_exit_codes_on_s3(tmp_path, pgdata, moto_endpoint, s3_bucket, s3_client):
-    config = write_config(tmp_path, f"s3://{s3_bucket}/wal-test", moto_endpoint)
+def test_push_fetch_and_exit_codes_on_s3(tmp_path, pgdata, s3_endpoint, s3_bucket, s3_client):
+    config = write_config(tmp_path, f"s3://{s3_bucket}/wal-test", s3_endpoint)
     assert opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata).returncode == 0
     assert opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata).returncode == 0
     ok = opsdb(config, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=pgdata)
@@ -66,15 +71,15 @@ def test_push_fetch_and_exit_codes_on_s3(tmp_path, pgdata, moto_endpoint, s3_buc
     assert bad.returncode > 125 and not (pgdata / "pg_wal" / "TAMPERED").exists()
 
 
-def test_a_mistyped_prefix_or_missing_bucket_is_not_an_empty_archive(tmp_path, pgdata, moto_endpoint, s3_bucket):
-    config = write_config(tmp_path, f"s3://{s3_bucket}/real", moto_endpoint)
+def test_a_mistyped_prefix_or_missing_bucket_is_not_an_empty_archive(tmp_path, pgdata, s3_endpoint, s3_bucket):
+    config = write_config(tmp_path, f"s3://{s3_bucket}/real", s3_endpoint)
     assert opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata).returncode == 0
     missing = opsdb(config, "wal-fetch", "000000010000000000000002", "pg_wal/RECOVERYXLOG", cwd=pgdata)
     assert (missing.returncode, missing.stderr) == (1, "")  # proven archive: a real "not archived"
-    typo = write_config(tmp_path, f"s3://{s3_bucket}/rael", moto_endpoint)
+    typo = write_config(tmp_path, f"s3://{s3_bucket}/rael", s3_endpoint)
     result = opsdb(typo, "wal-fetch", "000000010000000000000002", "pg_wal/RECOVERYXLOG", cwd=pgdata)
     assert result.returncode > 125 and f"no opsdb repository at s3://{s3_bucket}/rael" in result.stderr
-    nobucket = write_config(tmp_path, "s3://no-such-bucket-here/real", moto_endpoint)
+    nobucket = write_config(tmp_path, "s3://no-such-bucket-here/real", s3_endpoint)
     result = opsdb(nobucket, "wal-fetch", "000000010000000000000002", "pg_wal/RECOVERYXLOG", cwd=pgdata)
     assert result.returncode > 125 and "no-such-bucket-here" in result.stderr
 
@@ -88,8 +93,8 @@ def test_unreachable_endpoint_exits_above_125(tmp_path, pgdata, moto_endpoint):
     assert 0 < push.returncode < 126  # archive_command: an ordinary failure, PostgreSQL retries
 
 
-def test_async_push_and_prefetch_on_s3(tmp_path, pgdata, moto_endpoint, s3_bucket):
-    config = write_config(tmp_path, f"s3://{s3_bucket}/async", moto_endpoint, **{"async": True, "prefetch": 3})
+def test_async_push_and_prefetch_on_s3(tmp_path, pgdata, s3_endpoint, s3_bucket):
+    config = write_config(tmp_path, f"s3://{s3_bucket}/async", s3_endpoint, **{"async": True, "prefetch": 3})
     names = [f"0000000100000000000000{n:02X}" for n in range(1, 5)]
     (pgdata / "pg_wal" / "archive_status").mkdir()
     for name in names:
