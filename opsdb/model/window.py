@@ -51,10 +51,17 @@ class WalWalk:
     end_time: float | None  # upload time of that segment (an upper bound of the commit times it holds)
     first_missing: str | None  # name of the first missing segment, if the walk stopped at one
     segment_size: int = DEFAULT_SEGMENT_SIZE
+    # the first archived segment on the path after first_missing: set when the walk stopped at a gap
+    # (WAL exists beyond it that recovery cannot reach), None when it stopped at the archive's end
+    resumes_at: str | None = None
 
     @property
     def count(self) -> int:
         return max(0, self.last_segno - self.first_segno + 1)
+
+    @property
+    def has_gap(self) -> bool:
+        return self.resumes_at is not None
 
 
 def walk(
@@ -75,6 +82,13 @@ def walk(
         segno += 1
     last = segno - 1
     missing_tli = timeline_of_segment(segno, target_timeline, history, segment_size)
+    beyond = [
+        s for (t, s) in archived if s > segno and timeline_of_segment(s, target_timeline, history, segment_size) == t
+    ]
+    resumes = None
+    if beyond:
+        first = min(beyond)
+        resumes = segment_name(timeline_of_segment(first, target_timeline, history, segment_size), first, segment_size)
     return WalWalk(
         first_segno=start_segno,
         last_segno=last,
@@ -82,7 +96,22 @@ def walk(
         end_time=end_time,
         first_missing=segment_name(missing_tli, segno, segment_size),
         segment_size=segment_size,
+        resumes_at=resumes,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoveryEnd:
+    """The last points recovery can stop at in the contiguous archived WAL, read from its records.
+
+    PostgreSQL stops for recovery_target_time only at a commit or abort record whose time is at or
+    after the target, and for recovery_target_lsn only at a record starting at or after the target;
+    past those it reaches the end of WAL and fails ("recovery ended before configured recovery
+    target was reached")."""
+
+    lsn: Lsn | None  # start of the last complete record
+    time: datetime | None  # time of the last commit or abort record (None: none found)
+    record: str | None = None  # that commit/abort, as pg_waldump describes it, for messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,10 +125,20 @@ class BackupWindow:
     to_lsn: Lsn
     to_time: datetime | None
     wal: WalWalk
+    # where to_lsn/to_time come from: the archive's segment ends and upload times (an upper bound),
+    # or the WAL records themselves (what recovery can really stop at: see RecoveryEnd)
+    end_source: str = "archive"
 
     @property
     def usable(self) -> bool:
         return self.to_lsn >= self.from_lsn
+
+    def ending_at(self, end: RecoveryEnd) -> BackupWindow:
+        """This window with its end read from the WAL records (RecoveryEnd) instead of the archive."""
+        if not self.usable or self.wal.count == 0:
+            return self
+        lsn = max(end.lsn, self.from_lsn) if end.lsn is not None else self.to_lsn
+        return dataclasses.replace(self, to_lsn=lsn, to_time=end.time, end_source="records")
 
 
 def backup_window(

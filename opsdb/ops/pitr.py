@@ -13,14 +13,14 @@ import os
 import pwd
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from opsdb.errors import UsageError
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn, segment_name
 from opsdb.model.target import RecoveryTarget, as_lsn, as_time, choose_backup, format_time, physical_complete
-from opsdb.model.window import BackupWindow, backup_window, on_path, timeline_of_segment
+from opsdb.model.window import BackupWindow, RecoveryEnd, backup_window, on_path, timeline_of_segment
 from opsdb.ops.pitr_wait import RecoveryPoint, parse_log, start_and_wait, wait_for_target
 from opsdb.repo.wal import ArchiveScan
 
@@ -35,10 +35,27 @@ TARGET_SETTINGS = (
 )
 
 
+class GapRefused(UsageError):
+    """The target needs archived WAL beyond a missing segment (exit 2; --accept-gap restores up to it)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WalGap:
+    """A missing segment between the backup's end and the target, and what the restore does about it."""
+
+    first_missing: str
+    resumes_at: str  # the first archived segment after the gap
+    requested: str  # the target asked for (label)
+    accepted: bool  # --accept-gap: the restore stops at the gap instead
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclasses.dataclass(frozen=True)
 class RecoveryPlan:
     backup: Any
-    target: RecoveryTarget
+    target: RecoveryTarget  # what the server is configured for (the end before the gap when one was accepted)
     timeline: int  # the resolved target timeline
     window: BackupWindow
     wal_first: str | None  # archived WAL the recovery will read (first, last)
@@ -46,6 +63,7 @@ class RecoveryPlan:
     wal_segments: int
     wal_bytes: int  # stored bytes of those segments
     backup_bytes: int
+    gap: WalGap | None = None
 
     @property
     def bytes_to_read(self) -> int:
@@ -54,26 +72,52 @@ class RecoveryPlan:
     def window_text(self) -> str:
         return describe_window(self.window)
 
+    def reaches(self) -> dict[str, Any]:
+        """The exact point the restore will stop at, as far as the plan can know it."""
+        w = self.window
+        kind = self.target.kind
+        if kind == "immediate":
+            return {"lsn": str(w.from_lsn), "time": _fmt(w.from_time), "how": "the end of the backup"}
+        if kind == "latest":
+            how = "the end of the archived WAL"
+            if self.gap is not None:
+                how = f"the end of the WAL before the gap at {self.gap.first_missing} (accepted)"
+            if w.end_source == "records":
+                how += ": its last record and last commit"
+            return {"lsn": str(w.to_lsn), "time": _fmt(w.to_time), "how": how}
+        if kind == "time":
+            return {"lsn": None, "time": _fmt(self.target.time), "how": "the last commit at or before the target"}
+        if kind == "lsn":
+            return {"lsn": str(self.target.lsn), "time": None, "how": "the first record at or after the target LSN"}
+        return {"lsn": None, "time": None, "how": f"the target {self.target.label()} (found while replaying)"}
+
     def to_json(self) -> dict[str, Any]:
         w = self.window
         return {
             "backup_id": self.backup.id,
             "target": self.target.to_json() | {"timeline": self.timeline},
             "window": {
-                "from": format_time(w.from_time) if w.from_time else None,
-                "to": format_time(w.to_time) if w.to_time else None,
+                "from": _fmt(w.from_time),
+                "to": _fmt(w.to_time),
                 "from_lsn": str(w.from_lsn),
                 "to_lsn": str(w.to_lsn),
+                "end_from": w.end_source,
             },
+            "reaches": self.reaches(),
+            "gap": self.gap.to_json() if self.gap is not None else None,
             "wal": {"first": self.wal_first, "last": self.wal_last, "segments": self.wal_segments},
             "wal_bytes": self.wal_bytes,
             "bytes_to_read": self.bytes_to_read,
         }
 
 
+def _fmt(value: Any) -> str | None:
+    return format_time(value) if value is not None else None
+
+
 def describe_window(w: BackupWindow) -> str:
-    start = f"{format_time(w.from_time) if w.from_time else '?'} (LSN {w.from_lsn})"
-    end = f"{format_time(w.to_time) if w.to_time else '?'} (LSN {w.to_lsn})"
+    start = f"{_fmt(w.from_time) or '?'} (LSN {w.from_lsn})"
+    end = f"{_fmt(w.to_time) or '?'} (LSN {w.to_lsn})"
     return f"{start} .. {end} on timeline {w.timeline}"
 
 
@@ -103,9 +147,16 @@ def plan_recovery(
     *,
     backup_id: str | None = None,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
+    accept_gap: bool = False,
+    read_end: Callable[[Sequence[str]], RecoveryEnd | None] | None = None,
 ) -> RecoveryPlan:
     """Pick the backup, resolve the timeline and check the target is reachable with no WAL gap.
-    Every refusal is a UsageError (exit 2) that prints the recoverable window; nothing is written."""
+    Every refusal is a UsageError (exit 2) that prints the recoverable window; nothing is written.
+
+    read_end (ops/pitr_reach.py) reads where recovery can really stop in the newest archived WAL;
+    without it the window ends at the archive's segment ends and upload times. A target that needs
+    WAL beyond a missing segment is refused (GapRefused) unless accept_gap: then the restore is
+    planned to the end of the WAL before the gap, and the plan says so."""
     complete = physical_complete(backups)
     if backup_id is not None:
         chosen = [b for b in complete if b.id == backup_id]
@@ -136,6 +187,22 @@ def plan_recovery(
             f"backup {backup.id} (timeline {_tli(backup)}) does not lead to timeline {timeline}",
             hint="choose another --backup or --timeline",
         )
+    if not window.usable:
+        raise _refuse(f"the WAL needed to make backup {backup.id} consistent is not archived", window)
+    walked = [
+        segment_name(timeline_of_segment(s, timeline, history, segment_size), s, segment_size)
+        for s in range(window.wal.first_segno, window.wal.last_segno + 1)
+    ]
+    if read_end is not None and walked:
+        end = read_end(walked)
+        if end is not None:
+            window = window.ending_at(end)
+    gap = None
+    if window.wal.has_gap and _needs_wal_after(target, window):
+        gap = WalGap(window.wal.first_missing or "?", window.wal.resumes_at or "?", target.label(), accept_gap)
+        if not accept_gap:
+            raise _gap_refusal(target, window)
+        target = RecoveryTarget("latest", timeline=target.timeline)
     _check_reachable(target, backup, window)
     last_segno = _last_needed(target, window, segment_size)
     first_segno = window.wal.first_segno
@@ -150,6 +217,7 @@ def plan_recovery(
         wal_segments=len(needed),
         wal_bytes=sum(scan.sizes.get(k, 0) for k in needed),
         backup_bytes=int(getattr(backup, "stored_bytes", 0) or 0),
+        gap=gap,
     )
 
 
@@ -163,30 +231,67 @@ def _start(backup: Any) -> Lsn:
     return lsn
 
 
-def _refuse(problem: str, window: BackupWindow, extra: str = "") -> UsageError:
+def _refuse(problem: str, window: BackupWindow, extra: str = "", hint: str | None = None) -> UsageError:
     missing = ""
     if window.wal.first_missing:
         missing = f"; the archive has no {window.wal.first_missing}"
     return UsageError(
         f"{problem}: backup {window.backup.id} can reach {describe_window(window)}{missing}{extra}",
-        hint="choose a target inside that window (opsdb info shows every timeline's window)",
+        hint=hint or "choose a target inside that window (opsdb info shows every timeline's window)",
+    )
+
+
+def _needs_wal_after(target: RecoveryTarget, window: BackupWindow) -> bool:
+    """True when the target may lie beyond the end of the contiguous WAL (so beyond a gap there)."""
+    if target.kind == "immediate":
+        return False
+    if target.kind == "time" and target.time is not None:
+        return window.to_time is None or target.time > window.to_time
+    if target.kind == "lsn" and target.lsn is not None:
+        return target.lsn > window.to_lsn
+    return True  # latest; xid and name: where they are is only found while replaying
+
+
+def _gap_refusal(target: RecoveryTarget, window: BackupWindow) -> GapRefused:
+    wal = window.wal
+    end = f"LSN {window.to_lsn}" + (f", last commit {format_time(window.to_time)}" if window.to_time else "")
+    return GapRefused(
+        f"the archived WAL has a gap: {wal.first_missing} is missing (the archive resumes at {wal.resumes_at}); "
+        f"restoring to {target.describe()} would stop at the gap: backup {window.backup.id} can reach "
+        f"{describe_window(window)}",
+        hint=f"choose a target at or before {end} (--to-time/--to-lsn), or pass --accept-gap to restore up to "
+        f"the gap and lose the WAL after it; `opsdb verify` names the missing objects. Nothing was written.",
     )
 
 
 def _check_reachable(target: RecoveryTarget, backup: Any, window: BackupWindow) -> None:
-    if not window.usable:
-        raise _refuse(f"the WAL needed to make backup {backup.id} consistent is not archived", window)
+    by_records = window.end_source == "records"
     if target.kind == "time" and target.time is not None:
         start = as_time(getattr(backup, "stop_time", None))
         if start is not None and target.time <= start:
             raise _refuse(f"target {format_time(target.time)} is before the end of the backup", window)
         if window.to_time is None or target.time > window.to_time:
-            raise _refuse(f"target {format_time(target.time)} is after the newest archived WAL", window)
+            if not by_records:
+                raise _refuse(f"target {format_time(target.time)} is after the newest archived WAL", window)
+            last = format_time(window.to_time) if window.to_time else "none found"
+            raise _refuse(
+                f"target {format_time(target.time)} is after the newest archived WAL can reach "
+                f"(the last commit or abort in it: {last})",
+                window,
+                hint="PostgreSQL stops for a time only at a commit: use --latest to restore everything archived, "
+                "choose a time at or before the last commit, or wait until a later commit is archived "
+                "(archive_timeout, `opsdb heartbeat`)",
+            )
     if target.kind == "lsn" and target.lsn is not None:
         if target.lsn < window.from_lsn:
             raise _refuse(f"target LSN {target.lsn} is before the end of the backup", window)
         if target.lsn > window.to_lsn:
-            raise _refuse(f"target LSN {target.lsn} is after the newest archived WAL", window)
+            what = "the last record in it starts at" if by_records else "it ends at"
+            raise _refuse(
+                f"target LSN {target.lsn} is after the newest archived WAL ({what} {window.to_lsn})",
+                window,
+                hint="use --latest, choose an LSN inside the window, or wait until more WAL is archived",
+            )
 
 
 def _last_needed(target: RecoveryTarget, window: BackupWindow, segment_size: int) -> int:
@@ -333,18 +438,23 @@ def plan_for_restore(
     *,
     backup_id: str | None,
     standby: bool,
+    accept_gap: bool = False,
+    read_end: Callable[[Sequence[str]], RecoveryEnd | None] | None = None,
 ) -> RecoveryPlan | None:
     """The PITR plan for `opsdb restore`, or None when the restore is just the backup's own end point:
     no target given, no standby, and no archived WAL to replay after the backup (--latest, the default,
-    then reaches exactly the backup's end)."""
-    if standby:
-        return plan_recovery(target or RecoveryTarget(), backups, scan, backup_id=backup_id)
-    if target is not None:
-        return plan_recovery(target, backups, scan, backup_id=backup_id)
+    then reaches exactly the backup's end). A gap is refused for the default target too."""
+    options: dict[str, Any] = {"backup_id": backup_id, "accept_gap": accept_gap, "read_end": read_end}
+    if standby or target is not None:
+        return plan_recovery(target or RecoveryTarget(), backups, scan, **options)
     try:
-        plan = plan_recovery(RecoveryTarget(), backups, scan, backup_id=backup_id)
+        plan = plan_recovery(RecoveryTarget(), backups, scan, **options)
+    except GapRefused:
+        raise
     except UsageError:
         return None  # nothing archived for this backup: its own WAL takes it to its end point
+    if plan.gap is not None:
+        return plan  # an accepted gap is carried into the settings, the plan and the result
     return plan if plan.window.to_lsn > plan.window.from_lsn else None
 
 
@@ -388,13 +498,13 @@ def plan_text(doc: Mapping[str, Any]) -> str:
         lines.append(f"WAL from the archive: {wal['first']} .. {wal['last']} ({wal['segments']} segments)")
     else:
         lines.append("WAL from the archive: none (the backup's own WAL)")
+    reaches = doc.get("reaches") or {}
+    point = ", ".join(p for p in (reaches.get("time"), reaches.get("lsn") and f"LSN {reaches['lsn']}") if p)
+    lines.append(f"the restore reaches: {reaches.get('how', '?')}" + (f" ({point})" if point else ""))
+    if gap := doc.get("gap"):
+        lines.append(
+            f"WAL gap: {gap['first_missing']} is missing (the archive resumes at {gap['resumes_at']}); "
+            f"accepted with --accept-gap: {gap['requested']} becomes the end of the WAL before the gap"
+        )
     lines.append(f"bytes to read: {doc['bytes_to_read']}")
     return "\n".join(lines)
-
-
-def start_for_restore(instance: Any, target: RecoveryTarget | None, *, standby: bool, timeout: float) -> dict[str, Any]:
-    """--start for a PITR restore: start, wait for the target (or streaming), report the point reached."""
-    from opsdb.pg.conn import connect
-
-    point = start_and_wait(instance, target or RecoveryTarget(), standby=standby, connect=connect, timeout=timeout)
-    return point.to_json()

@@ -16,6 +16,8 @@ from opsdb.errors import OperationFailed
 from opsdb.model.lsn import Lsn
 from opsdb.model.target import RecoveryTarget, format_time
 
+STARTUP_GRACE = 15.0  # seconds a launched postmaster may take to write its pid file
+
 # --- waiting for the target ----------------------------------------------------------------------------
 
 
@@ -70,6 +72,32 @@ def _pg_time(text: str) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+_PROMOTED_RE = re.compile(r"database system is ready to accept connections")
+_READ_ONLY_RE = re.compile(r"database system is ready to accept read-only connections|started streaming WAL")
+_PAUSED_RE = re.compile(r"pausing at the end of recovery|recovery has paused")
+_REDO_DONE_RE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
+_RESTORED_RE = re.compile(r'restored log file "([0-9A-F]{24})" from archive')
+
+
+def state_from_log(text: str, *, standby: bool) -> str | None:
+    """promoted | paused | streaming from the server's own log lines (lc_messages=C), or None.
+
+    The log needs no login: a server whose pg_hba.conf refuses opsdb still says what it did."""
+    if standby:
+        return "streaming" if _READ_ONLY_RE.search(text) or _PROMOTED_RE.search(text) else None
+    if _PROMOTED_RE.search(text):
+        return "promoted"
+    if _PAUSED_RE.search(text):
+        return "paused"
+    return None
+
+
+def replay_progress_from_log(text: str) -> str | None:
+    """The newest WAL file the server restored from the archive (progress when SQL is not available)."""
+    found = _RESTORED_RE.findall(text)
+    return found[-1] if found else None
+
+
 def wait_for_target(
     *,
     action: str,
@@ -81,35 +109,90 @@ def wait_for_target(
     poll: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    window: str | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> RecoveryPoint:
     """Poll until the server promoted / paused / shut down at the target (or, for a standby, replays),
-    then read the point reached. query(sql) returns one value (raises while the server is unreachable)."""
+    then read the point reached. query(sql) returns one value (raises while the server is unreachable).
+
+    Every poll checks that the postmaster is alive and reads the server log, so a server that stopped
+    (a FATAL, a shutdown) fails the wait at once with its own log line, and one that cannot be logged
+    into is still seen promoting or pausing. window: the plan's recoverable window, for messages."""
     deadline = clock() + timeout
+    sql_ok = True
     while True:
-        running = is_running()
-        if not running:
+        log_text = read_log()
+        if not is_running():
             log = parse_log(read_log())
             if action == "shutdown" and not standby and "fatal" not in log:
                 return RecoveryPoint(
-                    log.get("last_commit"), None, log.get("timeline"), "shutdown", log.get("stop_line")
+                    log.get("last_commit"),
+                    _redo_done(read_log()),
+                    log.get("timeline"),
+                    "shutdown",
+                    log.get("stop_line"),
                 )
-            raise OperationFailed(
-                f"PostgreSQL stopped during recovery: {log.get('fatal', 'see the server log')}",
-                hint="recovery ended before the target? check the target against `opsdb info`",
-            )
+            raise _stopped(log, window)
         state = None
-        with contextlib.suppress(Exception):
-            if standby:
-                state = "streaming" if query("SELECT pg_is_in_recovery()") else "promoted"
-            elif not query("SELECT pg_is_in_recovery()"):
-                state = "promoted"
-            elif query("SELECT pg_get_wal_replay_pause_state()") == "paused":
-                state = "paused"
+        if sql_ok:
+            try:
+                state = _state_by_sql(query, standby)
+                if on_progress is not None and state is None:
+                    with contextlib.suppress(Exception):
+                        on_progress(f"replayed LSN {query('SELECT pg_last_wal_replay_lsn()::text')}")
+            except Exception as exc:  # noqa: BLE001 - any failure: fall back to the log for this poll
+                sql_ok = not _is_login_refused(exc)
+        if state is None:
+            state = state_from_log(log_text, standby=standby)
+            if state is None and on_progress is not None and (seg := replay_progress_from_log(log_text)):
+                on_progress(f"restored WAL {seg}")
         if state is not None and (standby or state in ("promoted", "paused")):
-            return _read_point(state, query, read_log)
+            return _read_point(state, query if sql_ok else _no_sql, read_log)
         if clock() >= deadline:
-            raise OperationFailed(f"recovery did not reach its target within {timeout:g} s (server still recovering)")
+            raise OperationFailed(
+                f"recovery did not reach its target within {timeout:g} s (server still recovering)",
+                hint="the server keeps running: watch its log, or pass a longer --wait-timeout",
+            )
         sleep(poll)
+
+
+def _state_by_sql(query: Callable[[str], Any], standby: bool) -> str | None:
+    if standby:
+        return "streaming" if query("SELECT pg_is_in_recovery()") else "promoted"
+    if not query("SELECT pg_is_in_recovery()"):
+        return "promoted"
+    if query("SELECT pg_get_wal_replay_pause_state()") == "paused":
+        return "paused"
+    return None
+
+
+def _is_login_refused(exc: BaseException) -> bool:
+    """An authentication or authorization failure does not go away by retrying: use the log instead."""
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    text = str(exc).lower()
+    return sqlstate.startswith("28") or "authentication failed" in text or "no password supplied" in text
+
+
+def _no_sql(sql: str) -> Any:
+    raise OperationFailed("no SQL connection to the restored server")
+
+
+def _stopped(log: dict[str, Any], window: str | None) -> OperationFailed:
+    fatal = log.get("fatal")
+    where = f"; the plan's recoverable window: {window}" if window else ""
+    if fatal and "recovery ended before configured recovery target was reached" in fatal:
+        hint = "the target is after the last point the archived WAL reaches: restore --latest, or choose a target inside the window"
+    else:
+        hint = "see the server log beside the data directory; nothing was promoted"
+    return OperationFailed(
+        f"PostgreSQL stopped during recovery: {fatal or 'it exited without a FATAL line (see the server log)'}{where}",
+        hint=hint,
+    )
+
+
+def _redo_done(text: str) -> Lsn | None:
+    found = _REDO_DONE_RE.findall(text)
+    return Lsn.parse(found[-1]) if found else None
 
 
 def _read_point(state: str, query: Callable[[str], Any], read_log: Callable[[], str]) -> RecoveryPoint:
@@ -129,35 +212,58 @@ def _read_point(state: str, query: Callable[[str], Any], read_log: Callable[[], 
         commit = commit if commit.tzinfo else commit.replace(tzinfo=UTC)
     else:
         commit = log.get("last_commit")
+    if lsn is None:
+        lsn = _redo_done(read_log())
     return RecoveryPoint(commit, lsn, log.get("timeline") or timeline, state, log.get("stop_line"))
 
 
 def start_and_wait(
-    instance: Any, target: RecoveryTarget, *, standby: bool, connect: Any, timeout: float
+    instance: Any,
+    target: RecoveryTarget,
+    *,
+    standby: bool,
+    connect: Any,
+    timeout: float,
+    conninfo: str | None = None,
+    window: str | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> RecoveryPoint:
     """Start the restored server and wait until it reached the target (promoted, paused or shut down as
-    asked) or, for a standby, until it accepts read-only connections. connect(conninfo) -> PgConnection."""
-    from opsdb.errors import ToolError
+    asked) or, for a standby, until it accepts read-only connections. connect(conninfo) -> PgConnection.
 
+    The server is launched without pg_ctl's own wait, and only the log it writes from this start on
+    is read. conninfo: how to reach it (default: instance.conninfo())."""
     action = "promote" if target.kind == "latest" else target.action
-    try:
-        instance.start(timeout=timeout)
-    except ToolError:
-        if not (action == "shutdown" and not instance.is_running()):
-            raise  # carries the server log's tail
+    offset = instance.log_size()
+    launched = time.monotonic()
+    instance.launch()
+    where = conninfo or instance.conninfo()
+    seen_running = False
+
+    def is_running() -> bool:
+        # pg_ctl -W returns before the postmaster wrote its pid file: give it a moment, unless it
+        # already logged why it stopped
+        nonlocal seen_running
+        if instance.is_running():
+            seen_running = True
+            return True
+        starting = not seen_running and time.monotonic() - launched < STARTUP_GRACE
+        return starting and "fatal" not in parse_log(read_log())
 
     def query(sql: str) -> Any:
-        with connect(instance.conninfo(), timeout=5) as conn:
+        with connect(where, timeout=3) as conn:
             return conn.fetchval(sql)
 
     def read_log() -> str:
-        return instance.log_tail(256 * 1024)
+        return instance.log_since(offset)
 
     return wait_for_target(
         action=action,
         standby=standby,
         query=query,
-        is_running=instance.is_running,
+        is_running=is_running,
         read_log=read_log,
         timeout=timeout,
+        window=window,
+        on_progress=on_progress,
     )

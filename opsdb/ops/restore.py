@@ -21,19 +21,17 @@ import contextlib
 import dataclasses
 import os
 import pwd
-import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from opsdb.errors import DatabaseError, OperationFailed, UsageError
+from opsdb.errors import OperationFailed, UsageError
 from opsdb.model.catalog import BASE_OBJECT, PHYSICAL, BackupRecord, RestorePlan, RestoreStep
 from opsdb.ops.durable import DEFAULT_SYNC_METHOD, SyncReport, sync_trees
 from opsdb.ops.extract import extract_object
-from opsdb.pg.instance import Instance, quote_setting
+from opsdb.pg.instance import quote_setting
 from opsdb.proc import Runner, pid_alive
 from opsdb.repo import catalog, layout
 from opsdb.storage.base import Storage
@@ -52,7 +50,7 @@ class RestoreRequest:
     port: int | None = None
     os_user: str | None = None  # owner of the restored files and the server, when run as root
     bin_dir: Path | None = None  # needed for --start
-    start_timeout: float = 3600.0
+    start_timeout: float = 3600.0  # --wait-timeout: how long --start waits for the target
     # point-in-time recovery (ops/pitr.py): a model.target.RecoveryTarget, or None for the default
     recovery: Any = None
     standby: bool = False
@@ -61,6 +59,8 @@ class RestoreRequest:
     restore_command: str = "false"  # `opsdb ... wal-fetch %f %p` when the archive is used
     sync_method: str | None = DEFAULT_SYNC_METHOD  # ops/durable.py; None: --no-sync
     archive_mode: str | None = None  # "off" | "keep"; None: off, or unchanged for a standby
+    accept_gap: bool = False  # --accept-gap: restore up to a gap in the archived WAL instead of refusing
+    conninfo: str | None = None  # the cluster's conninfo: its user and password open the restored server
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +68,9 @@ class RestoreResult:
     plan: RestorePlan
     bytes_read: int
     seconds: float
-    recovery_point: dict[str, str | None] | None = None  # what the started server reached
+    recovery_point: dict[str, Any] | None = None  # what the started server reached
     sync: SyncReport | None = None  # None: not synced (--no-sync)
+    manifest: str | None = None  # how the restored files were checked against backup_manifest
 
     def to_dict(self) -> dict[str, Any]:
         """The SPEC's `restore --json` object (plus sizes)."""
@@ -79,6 +80,9 @@ class RestoreResult:
             "recovery_point": self.recovery_point,
             "target_dir": self.plan.target_dir,
             "archive_mode": self.plan.archive_mode,
+            "reaches": (self.plan.recovery or {}).get("reaches"),
+            "gap": (self.plan.recovery or {}).get("gap"),
+            "manifest": self.manifest,
             "bytes_read": self.bytes_read,
             "seconds": round(self.seconds, 3),
             "synced": self.sync is not None,
@@ -89,13 +93,18 @@ class RestoreResult:
 # --- plan ------------------------------------------------------------------------------------------
 
 
-def plan_restore(request: RestoreRequest, *, storage: Storage, keys: Mapping[str, Any]) -> RestorePlan:
+def plan_restore(
+    request: RestoreRequest, *, storage: Storage, keys: Mapping[str, Any], read_end: Any = None
+) -> RestorePlan:
     """Pick the backup, check the target and tablespace directories, list the steps. Writes nothing;
-    UsageError (exit 2) for a target that is not empty or belongs to a running server."""
+    UsageError (exit 2) for a target that is not empty or belongs to a running server, or that the
+    archived WAL cannot reach (a gap, a time after the last commit). read_end: ops/pitr_reach.py."""
     if request.start and request.port is None:
         raise UsageError("--start needs --port P (the port the restored server listens on)")
     archive_mode = _archive_mode(request)
-    pitr_plan = _pitr_plan(request, storage, keys)
+    if request.backup_id:
+        catalog.load_backup(storage, request.cluster, request.backup_id, keys)  # its entry must be its own
+    pitr_plan = _pitr_plan(request, storage, keys, read_end)
     if pitr_plan is not None:
         record = pitr_plan.backup
     elif request.backup_id:
@@ -160,7 +169,7 @@ def _archive_mode(request: RestoreRequest) -> str:
     return request.archive_mode or "off"
 
 
-def _pitr_plan(request: RestoreRequest, storage: Storage, keys: Mapping[str, Any]) -> Any:
+def _pitr_plan(request: RestoreRequest, storage: Storage, keys: Mapping[str, Any], read_end: Any) -> Any:
     """ops/pitr.py's plan when the restore replays archived WAL (a target, --standby, or archived WAL
     after the backup for the default --latest); None for the backup's own end point."""
     from opsdb.ops.pitr import plan_for_restore
@@ -168,7 +177,10 @@ def _pitr_plan(request: RestoreRequest, storage: Storage, keys: Mapping[str, Any
 
     backups = catalog.list_backups(storage, request.cluster, keys, kind=PHYSICAL, skip_unreadable=True)
     scan = repo_wal.scan(storage, request.cluster, keys)
-    return plan_for_restore(request.recovery, backups, scan, backup_id=request.backup_id, standby=request.standby)
+    return plan_for_restore(
+        request.recovery, backups, scan, backup_id=request.backup_id, standby=request.standby,
+        accept_gap=request.accept_gap, read_end=read_end,
+    )  # fmt: skip
 
 
 def recovery_for(record: BackupRecord) -> tuple[str, dict[str, str], str | None]:
@@ -267,7 +279,12 @@ def execute_restore(
     keys: Mapping[str, Any],
     runner: Runner,
     on_bytes: OnBytes | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> RestoreResult:
+    """Extract, check the files against backup_manifest, write the recovery settings; with --start,
+    start and watch the server (ops/restore_start.py). on_progress: replay progress lines."""
+    from opsdb.ops.restore_manifest import check_restored_files
+
     started = time.monotonic()
     target = Path(plan.target_dir)
     check_target_dir(target)  # again: time passed since the plan
@@ -281,6 +298,9 @@ def execute_restore(
             total += extract_object(storage, key, keys, dest, on_bytes=on_bytes)
         if not (target / "PG_VERSION").is_file():
             raise OperationFailed(f"backup {plan.backup.id} restored no data directory (no PG_VERSION)")
+        manifest = check_restored_files(
+            storage, keys, plan.backup, target, plan.tablespace_map, bin_dir=request.bin_dir, runner=runner
+        )
         (target / "pg_wal" / "archive_status").mkdir(mode=0o700, parents=True, exist_ok=True)
         write_tablespace_map(target, plan.tablespace_map)
         _drop_recovery_targets(target)
@@ -295,8 +315,10 @@ def execute_restore(
         raise
     point = None
     if plan.start:
-        point = start_restored(plan, request, runner)
-    return RestoreResult(plan, total, time.monotonic() - started, point, synced)
+        from opsdb.ops.restore_start import start_restored
+
+        point = start_restored(plan, request, runner, on_progress)
+    return RestoreResult(plan, total, time.monotonic() - started, point, synced, manifest)
 
 
 def _make_dirs(target: Path, spaces: Any) -> list[tuple[Path, bool]]:
@@ -373,61 +395,6 @@ def _chown_tree(root: Path, os_user: str | None) -> None:
             os.lchown(os.path.join(base, name), entry.pw_uid, entry.pw_gid)
 
 
-# --- start -----------------------------------------------------------------------------------------
-
-_REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
-_CONSISTENT = re.compile(r"consistent recovery state reached at ([0-9A-F]+/[0-9A-F]+)")
-_LAST_TX = re.compile(r"last completed transaction was at log time (.+)$", re.M)
-
-
-def start_restored(plan: RestorePlan, request: RestoreRequest, runner: Runner) -> dict[str, str | None]:
-    """Start the restored server, wait until it accepts connections and has left recovery, and
-    return the point it reached (from its log)."""
-    if request.bin_dir is None or plan.port is None:
-        raise UsageError("--start needs the PostgreSQL binaries and --port")
-    instance = Instance(Path(plan.target_dir), plan.port, request.bin_dir, request.os_user, runner)
-    if plan.recovery is not None:  # PITR / standby: wait for the target (promoted, paused, shut down)
-        from opsdb.ops.pitr import start_for_restore
-
-        return start_for_restore(instance, request.recovery, standby=request.standby, timeout=request.start_timeout)
-    from opsdb.pg import conn as pgconn  # psycopg (~8 MB RSS) only when a server is started
-
-    instance.start(timeout=request.start_timeout)
-    deadline = time.monotonic() + request.start_timeout
-    while True:
-        try:
-            with pgconn.connect(instance.conninfo()) as c:
-                if not c.in_recovery():
-                    break
-        except DatabaseError as exc:
-            if not instance.is_running():
-                tail = instance.log_tail().strip().splitlines()
-                raise OperationFailed(
-                    f"the restored server on port {plan.port} stopped during recovery: {tail[-1] if tail else exc}",
-                    hint=f"see {instance.log_path}",
-                ) from None
-        if time.monotonic() > deadline:
-            raise OperationFailed(f"the restored server on port {plan.port} is still in recovery")
-        time.sleep(0.2)
-    return recovery_point_from_log(instance.log_tail(256 * 1024))
-
-
-def recovery_point_from_log(text: str) -> dict[str, str | None]:
-    lsn = None
-    for pattern in (_REDO_DONE, _CONSISTENT):
-        found = pattern.findall(text)
-        if found:
-            lsn = found[-1]
-            break
-    when = None
-    if match := list(_LAST_TX.finditer(text)):
-        raw = match[-1].group(1).strip()
-        with contextlib.suppress(ValueError):
-            parsed = datetime.fromisoformat(raw.replace(" ", "T", 1))
-            when = parsed.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return {"time": when, "lsn": lsn}
-
-
 # --- from settings ---------------------------------------------------------------------------------
 
 
@@ -448,14 +415,19 @@ def restore_from_settings(
     slot: str | None = None,
     sync_method: str | None = DEFAULT_SYNC_METHOD,
     archive_mode: str | None = None,
+    accept_gap: bool = False,
+    wait_timeout: float = 3600.0,
+    on_progress: Callable[[str], None] | None = None,
 ) -> tuple[RestorePlan, RestoreResult | None]:
     """The CLI's one call: plan, and unless dry_run, execute. Returns (plan, result or None)."""
     from opsdb.ops.codec import repository
-    from opsdb.pg.tools import find_bin_dir
+    from opsdb.ops.pitr_reach import end_reader
     from opsdb.proc import LocalRunner
 
     cfg = settings.clusters[cluster]
     repo = repository(settings)
+    runner = LocalRunner()
+    bin_dir = _bin_dir(cfg, required=start)
     request = RestoreRequest(
         cluster=cluster,
         target_dir=Path(target_dir),
@@ -464,7 +436,8 @@ def restore_from_settings(
         start=start,
         port=port,
         os_user=cfg.os_user if os.geteuid() == 0 else None,
-        bin_dir=find_bin_dir(cfg.pg_bin_dir) if start else None,
+        bin_dir=bin_dir,
+        start_timeout=wait_timeout,
         recovery=recovery,
         standby=standby,
         primary_conninfo=primary_conninfo,
@@ -472,8 +445,11 @@ def restore_from_settings(
         restore_command=_restore_command(settings, cluster),
         sync_method=sync_method,
         archive_mode=archive_mode,
+        accept_gap=accept_gap,
+        conninfo=getattr(cfg, "conninfo", None),
     )
-    plan = plan_restore(request, storage=repo.storage, keys=repo.keys)
+    read_end = end_reader(repo.storage, cluster, repo.keys, bin_dir, runner)
+    plan = plan_restore(request, storage=repo.storage, keys=repo.keys, read_end=read_end)
     if dry_run:
         return plan, None
     if plan.recovery is not None:  # prefetched files of an earlier restore into this directory go
@@ -481,9 +457,22 @@ def restore_from_settings(
 
         FetchSpool(settings.wal.spool_dir, cluster, plan.target_dir, settings.repository.url).clear()
     result = execute_restore(
-        plan, request, storage=repo.storage, keys=repo.keys, runner=LocalRunner(), on_bytes=on_bytes
+        plan, request, storage=repo.storage, keys=repo.keys, runner=runner, on_bytes=on_bytes, on_progress=on_progress
     )
     return plan, result
+
+
+def _bin_dir(cfg: Any, *, required: bool) -> Path | None:
+    """The cluster's PostgreSQL binaries: needed for --start, used when present for pg_waldump (the
+    window's real end) and pg_verifybackup (the manifest check)."""
+    from opsdb.pg.tools import find_bin_dir
+
+    try:
+        return find_bin_dir(cfg.pg_bin_dir)
+    except UsageError:
+        if required:
+            raise
+        return None
 
 
 def _restore_command(settings: Any, cluster: str) -> str:

@@ -128,19 +128,7 @@ class Instance:
 
     def start(self, timeout: float = 60) -> None:
         """pg_ctl start -w; then wait until it accepts connections. ToolError carries the log's tail."""
-        if self.socket_dir is not None:
-            self.socket_dir.mkdir(parents=True, exist_ok=True)
-            self._chown(self.socket_dir)
-        if not self.log_path.exists():
-            self.log_path.touch(mode=0o600)
-            self._chown(self.log_path)
-        cmd = self.tools.pg_ctl_start(
-            str(self.data_dir),
-            log_path=str(self.log_path),
-            options=self.start_options(),
-            wait_seconds=max(1, int(timeout)),
-            run_as=self.run_as,
-        )
+        cmd = self._start_cmd(timeout, wait=True)
         try:
             self._run(cmd, f"starting PostgreSQL in {self.data_dir} on port {self.port}")
         except ToolError as exc:
@@ -149,6 +137,43 @@ class Instance:
                 exc.argv0, exc.returncode, self.log_tail(), doing=f"starting PostgreSQL on port {self.port}"
             ) from exc
         self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """pg_ctl start without waiting: the caller watches the server (its process and its log), so a
+        server that cannot be logged into, or that stops, never blocks it."""
+        self._run(self._start_cmd(60, wait=False), f"starting PostgreSQL in {self.data_dir} on port {self.port}")
+
+    def _start_cmd(self, timeout: float, *, wait: bool) -> Cmd:
+        if self.socket_dir is not None:
+            self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._chown(self.socket_dir)
+        if not self.log_path.exists():
+            self.log_path.touch(mode=0o600)
+            self._chown(self.log_path)
+        return self.tools.pg_ctl_start(
+            str(self.data_dir),
+            log_path=str(self.log_path),
+            options=self.start_options(),
+            wait_seconds=max(1, int(timeout)),
+            run_as=self.run_as,
+            wait=wait,
+        )
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int, max_bytes: int = 1024 * 1024) -> str:
+        """The server log written after offset (its last max_bytes)."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                end = fh.seek(0, os.SEEK_END)
+                fh.seek(max(offset, end - max_bytes))
+                return fh.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
 
     def stop(self, mode: str = "fast", timeout: float = 60) -> None:
         """Stop the server if it runs (idempotent); falls back to immediate if a clean stop fails."""

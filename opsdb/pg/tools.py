@@ -299,10 +299,12 @@ class PgTools:
         options: Sequence[str] = (),
         wait_seconds: int = 60,
         run_as: str | None = None,
+        wait: bool = True,
     ) -> Cmd:
-        """pg_ctl start -w. `options` are postgres arguments; pg_ctl hands them to /bin/sh, so each is
-        shell-quoted here."""
-        argv = [self.path("pg_ctl"), "start", "-D", data_dir, "-l", log_path, "-w", "-t", str(wait_seconds)]
+        """pg_ctl start -w (or -W: return at once, the caller watches the server). `options` are postgres
+        arguments; pg_ctl hands them to /bin/sh, so each is shell-quoted here."""
+        waiting = ["-w", "-t", str(wait_seconds)] if wait else ["-W"]
+        argv = [self.path("pg_ctl"), "start", "-D", data_dir, "-l", log_path, *waiting]
         if options:
             argv += ["-o", " ".join(shlex.quote(o) for o in options)]
         return Cmd(tuple(argv), run_as=run_as, timeout=wait_seconds + 30)

@@ -92,7 +92,7 @@ def list_backups(
         if backup_id is None:
             continue
         try:
-            record = _read_entry(storage, info.key, keys)
+            record = _read_entry(storage, info.key, keys, backup_id)
         except IntegrityError:
             if skip_unreadable:
                 continue
@@ -106,7 +106,7 @@ def load_backup(storage: Storage, cluster: str, backup_id: str, keys: Mapping[st
     """One committed record; NotFound when the id has no catalog entry (uncommitted or unknown)."""
     key = layout.catalog_entry(cluster, backup_id)
     try:
-        return _read_entry(storage, key, keys)
+        return _read_entry(storage, key, keys, backup_id)
     except NotFound:
         raise NotFound(
             f"no backup {backup_id!r} in the catalog of cluster {cluster!r}", hint="see `opsdb backups list`"
@@ -126,14 +126,23 @@ def latest_backup(
     return records[-1]
 
 
-def _read_entry(storage: Storage, key: str, keys: Mapping[str, EncryptionKey]) -> BackupRecord:
+def _read_entry(storage: Storage, key: str, keys: Mapping[str, EncryptionKey], backup_id: str) -> BackupRecord:
+    """The record stored under key, which must be the record of backup_id: an entry copied or renamed
+    under another id would otherwise list one backup twice and restore it under the wrong name."""
     doc: Any = envelope.get_json(storage, key, keys)
     if not isinstance(doc, dict):
         raise IntegrityError(f"object {key} is not a catalog record")
     try:
-        return BackupRecord.from_dict(doc)
+        record = BackupRecord.from_dict(doc)
     except ValueError as exc:
         raise IntegrityError(f"object {key}: {exc}") from None
+    if record.id != backup_id:
+        raise IntegrityError(
+            f"catalog entry {key} is named {backup_id} but holds backup {record.id}: "
+            "it was copied or renamed, and is not used",
+            hint=f"remove {key} (backup {record.id} keeps its own entry) and run `opsdb verify`",
+        )
+    return record
 
 
 def committed_ids(storage: Storage, cluster: str) -> set[str]:

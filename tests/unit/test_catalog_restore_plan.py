@@ -15,7 +15,6 @@ from opsdb.ops.restore import (
     RestoreRequest,
     parse_tablespace_map,
     plan_restore,
-    recovery_point_from_log,
     write_recovery_settings,
 )
 from opsdb.render.catalog import backup_details, backups_table, restore_plan_text, summary_line
@@ -117,16 +116,6 @@ def test_recovery_settings_override_the_source_and_add_the_signal(tmp_path: Path
     text = (tmp_path / "postgresql.auto.conf").read_text()
     assert text.index("cp /old") < text.index("restore_command = 'it''s'")  # later lines win
     assert (tmp_path / "recovery.signal").exists()
-
-
-def test_recovery_point_from_the_server_log() -> None:
-    log = (
-        "LOG:  consistent recovery state reached at 0/4000100\n"
-        "LOG:  redo done at 0/4000100 system usage: CPU: user: 0.00 s\n"
-        "LOG:  last completed transaction was at log time 2026-11-21 10:15:09.123456+00\n"
-    )
-    assert recovery_point_from_log(log) == {"time": "2026-11-21T10:15:09.123Z", "lsn": "0/4000100"}
-    assert recovery_point_from_log("nothing") == {"time": None, "lsn": None}
 
 
 def test_renderers() -> None:

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from opsdb.cli import output
 from opsdb.errors import UsageError
+
+
+def _replay_line() -> Callable[[str], None] | None:
+    """Replay progress on one rewritten stderr line, only on a terminal (never in logs or pipes)."""
+    if not output.is_terminal():
+        return None
+
+    def show(text: str) -> None:
+        sys.stderr.write(f"\r{text}\033[K")
+        sys.stderr.flush()
+
+    return show
 
 
 def register(app: typer.Typer) -> None:
@@ -60,6 +74,15 @@ def register(app: typer.Typer) -> None:
                 "(a restore that replaces the primary).",
             ),
         ] = None,
+        accept_gap: Annotated[
+            bool,
+            typer.Option(
+                "--accept-gap", help="Restore up to a gap in the archived WAL instead of refusing (shown in the plan)."
+            ),
+        ] = False,
+        wait_timeout: Annotated[
+            float, typer.Option("--wait-timeout", min=1, help="With --start: seconds to wait for the target.")
+        ] = 3600.0,
     ) -> None:
         """Physical restore, optionally to a point in time."""
         from opsdb.model.target import RecoveryTarget
@@ -88,6 +111,8 @@ def register(app: typer.Typer) -> None:
                 state.settings, name, target_dir=target_dir, backup_id=backup_id, tablespace_map=tablespace_map,
                 start=start, port=port, dry_run=dry_run, on_bytes=on_bytes, recovery=recovery, standby=standby,
                 primary_conninfo=primary_conninfo, slot=slot, sync_method=sync, archive_mode=archive_mode,
+                accept_gap=accept_gap, wait_timeout=wait_timeout,
+                on_progress=_replay_line() if start and not dry_run else None,
             )  # fmt: skip
         if result is None:
             doc = {"backup_id": plan.backup.id, "target": plan.target, "recovery_point": None,
