@@ -100,6 +100,14 @@ def walk(
     )
 
 
+def newest_on_path(
+    archived: ArchivedSegments, target_timeline: int, history: Sequence[HistoryEntry], segment_size: int
+) -> int | None:
+    """The newest archived segment number recovery along target_timeline would read, or None."""
+    found = [s for (t, s) in archived if timeline_of_segment(s, target_timeline, history, segment_size) == t]
+    return max(found, default=None)
+
+
 @dataclasses.dataclass(frozen=True)
 class RecoveryEnd:
     """The last points recovery can stop at in the contiguous archived WAL, read from its records.

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from opsdb import __version__
 from opsdb.errors import DatabaseError, OpsdbError, UsageError
-from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn
+from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn, parse_wal_name
 from opsdb.model.report import (
     FAIL,
     PASS,
@@ -127,6 +127,9 @@ def run_drill(
                 drill_started=started, rng=rng or random.Random(), segment_size=request.segment_size,
             )  # fmt: skip
             run.checks.append(run.plan.coverage)
+            run.plan = _planned_end_from_records(
+                run.plan, storage, request.cluster, keys, bin_dir, runner, request.segment_size
+            )
             log(f"drill: {run.plan.target.describe()} from backup {run.plan.backup.id}")
         space = scratch.prepare()
         run.environment.update({"scratch_dir": str(space.workdir)})
@@ -187,6 +190,8 @@ def _restore_and_prove(
     with run.phase(PHASE_CHECKS, clock):
         with connect(scratch.conninfo(space), timeout=10) as conn:
             run.point = _point_reached(conn)
+            log_text = scratch.log_tail(space, 256 * 1024)
+            run.checks.append(drill_checks.replay_reached(plan.planned_end, run.point.lsn, plan.target_kind, log_text))
             run.environment["postgresql"] = conn.fetchval("SHOW server_version")
             databases = [r["datname"] for r in conn.fetchall(
                 "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname")]  # fmt: skip
@@ -202,6 +207,34 @@ def _restore_and_prove(
 
         run.checks.append(drill_checks.largest_tables(db_connect, databases, request.largest_tables))
         run.checks.extend(drill_checks.assertions(db_connect, request.assertions))
+
+
+def _planned_end_from_records(
+    plan: DrillPlan,
+    storage: Storage,
+    cluster: str,
+    keys: Mapping[str, Any],
+    bin_dir: Path,
+    runner: Runner,
+    segment_size: int,
+) -> DrillPlan:
+    """For the latest target with contiguous WAL: the start of the last record in it (pg_waldump), so a
+    replay that stops anywhere before the very end fails the drill."""
+    from opsdb.ops.pitr_reach import recovery_end
+
+    if plan.planned_end is None or not plan.wal_names or plan.wal_last is None:
+        return plan
+    if plan.planned_end.segment_number(segment_size) > parse_wal_name(plan.wal_last, segment_size).segno:  # type: ignore[operator]
+        return plan  # WAL beyond a gap: the lower bound already cannot be reached
+    if not (Path(bin_dir) / "pg_waldump").is_file():
+        return plan
+    try:
+        end = recovery_end(storage, cluster, keys, plan.wal_names, bin_dir=bin_dir, runner=runner)
+    except OpsdbError:
+        return plan  # the replay itself will show what cannot be read
+    if end is None or end.lsn is None or end.lsn < plan.planned_end:
+        return plan
+    return dataclasses.replace(plan, planned_end=end.lsn)
 
 
 def _write_recovery(

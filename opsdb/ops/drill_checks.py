@@ -170,3 +170,29 @@ def largest_tables(connect: Callable[[str], Any], databases: Sequence[str], limi
     except OpsdbError as exc:
         return Check("row counts", FAIL, exc.message)
     return Check("row counts", PASS, "; ".join(counted) if counted else "no user tables")
+
+
+def replay_reached(planned_end: Any, reached_lsn: str | None, target_kind: str, log: str) -> Check:
+    """The drill fails when replay ended short of its planned target: for the latest target the end of
+    the archived WAL on the timeline, for a time the server's own "recovery stopping" line."""
+    from opsdb.model.lsn import Lsn
+    from opsdb.ops.pitr_wait import parse_log
+
+    name = "replay reached the planned target"
+    if target_kind == "latest":
+        if planned_end is None:
+            return Check(name, PASS, "no archived WAL after the backup: the backup's own end was the target")
+        if reached_lsn is None:
+            return Check(name, FAIL, "the server did not say which LSN it replayed to")
+        if Lsn.parse(reached_lsn) < planned_end:
+            return Check(
+                name,
+                FAIL,
+                f"replay ended at LSN {reached_lsn}, short of the end of the archived WAL (LSN {planned_end}): "
+                "a real restore would lose the WAL after that point",
+            )
+        return Check(name, PASS, f"replayed to LSN {reached_lsn}, the end of the archived WAL (LSN {planned_end})")
+    stop = parse_log(log).get("stop_line")
+    if stop is None:
+        return Check(name, FAIL, "the server never logged stopping at the target (recovery ran to the end of WAL)")
+    return Check(name, PASS, stop)

@@ -17,7 +17,7 @@ from opsdb.errors import UsageError
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn, segment_name
 from opsdb.model.report import FAIL, PASS, BackupRef, Check, Interval, TimelinePicture
 from opsdb.model.target import RecoveryTarget, as_lsn, as_time, choose_backup, physical_complete
-from opsdb.model.window import timeline_of_segment, timeline_window, walk
+from opsdb.model.window import newest_on_path, timeline_of_segment, timeline_window, walk
 from opsdb.repo import wal as walrepo
 from opsdb.storage.base import Storage
 
@@ -34,6 +34,9 @@ class DrillPlan:
     archive_end_lsn: Lsn | None
     coverage: Check
     picture: TimelinePicture
+    # where replay must get to for the drill to pass: for the latest target the end of the archived
+    # WAL on the timeline (a lower bound here; run_drill reads the last record with pg_waldump)
+    planned_end: Lsn | None = None
 
     @property
     def wal_last(self) -> str | None:
@@ -131,6 +134,10 @@ def make_plan(
         for s in range(w.first_segno, w.last_segno + 1)
     ]
     coverage = _coverage(scan, timeline, w, target_time if target_kind != "latest" else None, backup)
+    planned_end = None
+    newest = newest_on_path(scan.segments, timeline, history, segment_size)
+    if target_kind == "latest" and newest is not None:
+        planned_end = Lsn(newest * segment_size)  # at least into the newest archived segment
     return DrillPlan(
         target=target,
         target_kind=target_kind,
@@ -142,6 +149,7 @@ def make_plan(
         archive_end_lsn=w.end_lsn if w.count else None,
         coverage=coverage,
         picture=_picture(scan, backups, timeline, window),
+        planned_end=planned_end,
     )
 
 

@@ -285,3 +285,24 @@ def test_scram_with_the_password_only_in_the_conninfo_completes(env):
         assert secret not in proc.stdout + proc.stderr
     finally:
         stop(dest, env["bin_dir"])
+
+
+# --- drills ----------------------------------------------------------------------------------------
+
+
+def drill_checks(env) -> dict[str, dict]:
+    proc = run(env, "--json", "drill", check=False, as_root=True)
+    assert proc.stdout, proc.stderr
+    return {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+
+
+def test_a_latest_drill_replays_to_the_last_archived_record(env):
+    check = drill_checks(repo_copy(env, "repo-drill"))["replay reached the planned target"]
+    assert check["status"] == "pass", check
+
+
+def test_a_latest_drill_fails_when_replay_ends_short_of_the_archive(env):
+    e = repo_copy(env, "repo-drill-gap")
+    wal_file(e, env["segments"][2]).unlink()
+    check = drill_checks(e)["replay reached the planned target"]
+    assert check["status"] == "fail" and "short of the end of the archived WAL" in check["detail"], check
