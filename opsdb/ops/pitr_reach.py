@@ -5,7 +5,7 @@ bound of the commits inside (an idle primary's last segment may hold no commit a
 stops for a time target only at a commit or abort record, so the recoverable window ends at the
 newest such record. It is read at plan time: the newest segment(s) of the contiguous WAL are
 fetched to a private temporary directory and read by pg_waldump, newest first, until a commit or
-abort is found (at most MAX_SEGMENTS). wal-push stays as fast as before: nothing is recorded when
+abort is found (at most MAX_SEGMENTS); of each segment the last TAIL_BYTES first. wal-push stays as fast as before: nothing is recorded when
 archiving (docs/pitr.md has the measurements behind this choice).
 """
 
@@ -17,14 +17,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn, parse_wal_name
 from opsdb.model.window import RecoveryEnd
 from opsdb.pg.tools import PgTools
-from opsdb.pg.waldump import dump_segment
+from opsdb.pg.waldump import SegmentRecords, dump_segment
 from opsdb.proc import Runner
 from opsdb.repo import wal as repo_wal
 from opsdb.storage.base import Storage
 
 MAX_SEGMENTS = 16  # newest segments read looking for a commit (16 x 16 MB at most)
+TAIL_BYTES = 512 * 1024  # read first: the end of the segment
 
 ReadEnd = Callable[[Sequence[str]], RecoveryEnd | None]
 
@@ -38,6 +40,7 @@ def recovery_end(
     bin_dir: Path,
     runner: Runner,
     max_segments: int = MAX_SEGMENTS,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
 ) -> RecoveryEnd | None:
     """names: the contiguous archived segments recovery will read, oldest first."""
     if not names:
@@ -51,12 +54,24 @@ def recovery_end(
             with open(path, "wb") as fh:
                 for chunk in repo_wal.fetch(storage, cluster, name, keys):
                     fh.write(chunk)
-            found = dump_segment(tools, runner, wal_dir, name)
+            found = _newest_records(tools, runner, wal_dir, name, segment_size)
             os.unlink(path)
             last_lsn = last_lsn or found.last_lsn
             if found.last_stop_time is not None:
                 return RecoveryEnd(last_lsn, found.last_stop_time, found.last_stop_record)
     return RecoveryEnd(last_lsn, None, None)
+
+
+def _newest_records(tools: PgTools, runner: Runner, wal_dir: Path, name: str, segment_size: int) -> SegmentRecords:
+    """The segment's tail first (pg_waldump's time is in printing every record: a segment of small
+    commits takes seconds whole), the whole segment only when the tail holds no commit or record."""
+    first = parse_wal_name(name, segment_size).segno
+    assert first is not None
+    tail = dump_segment(tools, runner, wal_dir, name, Lsn((first + 1) * segment_size - TAIL_BYTES))
+    if tail.last_stop_time is not None and tail.last_lsn is not None:
+        return tail
+    whole = dump_segment(tools, runner, wal_dir, name)
+    return SegmentRecords(tail.last_lsn or whole.last_lsn, whole.last_stop_time, whole.last_stop_record)
 
 
 def end_reader(

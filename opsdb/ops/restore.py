@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from opsdb.errors import OperationFailed, UsageError
+from opsdb.errors import NotFound, OperationFailed, UsageError
 from opsdb.model.catalog import BASE_OBJECT, PHYSICAL, BackupRecord, RestorePlan, RestoreStep
 from opsdb.ops.durable import DEFAULT_SYNC_METHOD, SyncReport, sync_trees
 from opsdb.ops.extract import extract_object
@@ -103,7 +103,8 @@ def plan_restore(
         raise UsageError("--start needs --port P (the port the restored server listens on)")
     archive_mode = _archive_mode(request)
     if request.backup_id:
-        catalog.load_backup(storage, request.cluster, request.backup_id, keys)  # its entry must be its own
+        with contextlib.suppress(NotFound):  # an unknown id is refused below, as bad input
+            catalog.load_backup(storage, request.cluster, request.backup_id, keys)  # its entry must be its own
     pitr_plan = _pitr_plan(request, storage, keys, read_end)
     if pitr_plan is not None:
         record = pitr_plan.backup

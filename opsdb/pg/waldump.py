@@ -52,11 +52,13 @@ def parse_records(text: str) -> SegmentRecords:
     return SegmentRecords(last_lsn, stop_time, stop_record)
 
 
-def dump_segment(tools: PgTools, runner: Runner, wal_dir: Path, name: str) -> SegmentRecords:
-    """pg_waldump on one segment in wal_dir (times in UTC). The non-zero exit at the segment's end is
-    expected (the next segment is not there); only the records printed are used."""
+def dump_segment(tools: PgTools, runner: Runner, wal_dir: Path, name: str, start: Lsn | None = None) -> SegmentRecords:
+    """pg_waldump on one segment in wal_dir (times in UTC), from `start` (any position inside it: pg_waldump
+    finds the next record) or its beginning. The non-zero exit at the segment's end is expected (the
+    next segment is not there); only the records printed are used."""
+    since = ("--start", str(start)) if start is not None else ()
     cmd = Cmd(
-        (tools.path("pg_waldump"), "--path", str(wal_dir), name),
+        (tools.path("pg_waldump"), "--path", str(wal_dir), *since, name),
         env={"TZ": "UTC", "LC_ALL": "C"},
         timeout=300,
     )
