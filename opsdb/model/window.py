@@ -9,7 +9,7 @@ that leads to the target timeline.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -182,6 +182,36 @@ def backup_window(
         to_time=to_time,
         wal=wal,
     )
+
+
+def walked_names(window: BackupWindow, history: Sequence[HistoryEntry], segment_size: int) -> list[str]:
+    """The names of the contiguous archived segments a window's recovery reads, oldest first."""
+    wal = window.wal
+    return [
+        segment_name(timeline_of_segment(s, window.timeline, history, segment_size), s, segment_size)
+        for s in range(wal.first_segno, wal.last_segno + 1)
+    ]
+
+
+def ending_at_records(
+    windows: Sequence[BackupWindow],
+    read_end: Callable[[Sequence[str]], RecoveryEnd | None],
+    history: Sequence[HistoryEntry],
+    segment_size: int,
+) -> list[BackupWindow]:
+    """Each window with its end read from the WAL records; windows ending in the same segment share one read."""
+    ends: dict[str, RecoveryEnd | None] = {}
+    out = []
+    for w in windows:
+        names = walked_names(w, history, segment_size) if w.usable else []
+        if not names:
+            out.append(w)
+            continue
+        if names[-1] not in ends:
+            ends[names[-1]] = read_end(names)
+        end = ends[names[-1]]
+        out.append(w.ending_at(end) if end is not None else w)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

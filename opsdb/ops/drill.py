@@ -39,6 +39,7 @@ from opsdb.model.report import (
 from opsdb.model.target import RecoveryTarget
 from opsdb.ops import drill_checks
 from opsdb.ops.drill_plan import DrillPlan, make_plan
+from opsdb.ops.pitr_reach import end_reader, recovery_end
 from opsdb.ops.scratch import SCRATCH_SETTINGS, ScratchProvider, ScratchSpace, chown_to
 from opsdb.pg.conn import connect as pg_connect
 from opsdb.pg.instance import Instance
@@ -125,6 +126,7 @@ def run_drill(
             run.plan = make_plan(
                 storage, request.cluster, keys, restorer.backups(), request.target_kind, request.to_time,
                 drill_started=started, rng=rng or random.Random(), segment_size=request.segment_size,
+                read_end=end_reader(storage, request.cluster, keys, bin_dir, runner),
             )  # fmt: skip
             run.checks.append(run.plan.coverage)
             run.plan = _planned_end_from_records(
@@ -220,8 +222,6 @@ def _planned_end_from_records(
 ) -> DrillPlan:
     """For the latest target with contiguous WAL: the start of the last record in it (pg_waldump), so a
     replay that stops anywhere before the very end fails the drill."""
-    from opsdb.ops.pitr_reach import recovery_end
-
     if plan.planned_end is None or not plan.wal_names or plan.wal_last is None:
         return plan
     if plan.planned_end.segment_number(segment_size) > parse_wal_name(plan.wal_last, segment_size).segno:  # type: ignore[operator]

@@ -17,7 +17,14 @@ from opsdb.errors import UsageError
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn, segment_name
 from opsdb.model.report import FAIL, PASS, BackupRef, Check, Interval, TimelinePicture
 from opsdb.model.target import RecoveryTarget, as_lsn, as_time, choose_backup, physical_complete
-from opsdb.model.window import newest_on_path, timeline_of_segment, timeline_window, walk
+from opsdb.model.window import (
+    TimelineWindow,
+    ending_at_records,
+    newest_on_path,
+    timeline_of_segment,
+    timeline_window,
+    walk,
+)
 from opsdb.repo import wal as walrepo
 from opsdb.storage.base import Storage
 
@@ -95,7 +102,10 @@ def make_plan(
     drill_started: datetime,
     rng: random.Random,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
+    read_end: Any = None,
 ) -> DrillPlan:
+    """read_end (ops/pitr_reach.py): the window ends at the last archived commit, so a --random target
+    is one PostgreSQL can stop at."""
     if not physical_complete(backups):
         raise UsageError(
             f"no complete physical backup of cluster {cluster!r} to drill", hint="run `opsdb backup` first"
@@ -104,6 +114,8 @@ def make_plan(
     timeline = scan.latest_timeline()
     history = scan.history(timeline)
     window = timeline_window(timeline, backups, history, scan.segments, segment_size)
+    if read_end is not None:
+        window = TimelineWindow(timeline, ending_at_records(window.windows, read_end, history, segment_size))
     if target_kind == "random":
         if window.from_time is None or window.to_time is None or window.to_time <= window.from_time:
             raise UsageError("the recoverable window is empty: nothing to pick a random target from",

@@ -9,7 +9,7 @@ from typing import Any
 
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn, segment_name
 from opsdb.model.target import physical_complete
-from opsdb.model.window import TimelineWindow, timeline_window
+from opsdb.model.window import TimelineWindow, ending_at_records, timeline_window
 from opsdb.ops.wal import WalRepo
 from opsdb.repo import wal as repo_wal
 
@@ -51,15 +51,24 @@ class ClusterInfo:
         return (cur.window.to_time, cur.window.to_lsn) if cur else (None, None)
 
 
-def cluster_info(repo: WalRepo, backups: Sequence[Any], segment_size: int = DEFAULT_SEGMENT_SIZE) -> ClusterInfo:
-    """One listing of the WAL archive plus the catalog -> everything `opsdb info` shows."""
+def cluster_info(
+    repo: WalRepo, backups: Sequence[Any], segment_size: int = DEFAULT_SEGMENT_SIZE, read_end: Any = None
+) -> ClusterInfo:
+    """One listing of the WAL archive plus the catalog -> everything `opsdb info` shows.
+
+    read_end (ops/pitr_reach.py): the newest timeline's window then ends where recovery can really stop
+    (the last archived commit and record) instead of at the last segment's upload."""
     scan = repo_wal.scan(repo.storage, repo.cluster, repo.keys, segment_size)
     complete = physical_complete(backups)
     timelines = sorted(set(scan.timelines) | {int(getattr(b, "timeline", 1) or 1) for b in complete})
     infos = []
+    latest = max(timelines, default=1)
     for tli in timelines:
         history = scan.history(tli)
         ranges = scan.ranges.get(tli, [])
+        window = timeline_window(tli, complete, history, scan.segments, segment_size)
+        if read_end is not None and tli == latest:
+            window = TimelineWindow(tli, ending_at_records(window.windows, read_end, history, segment_size))
         infos.append(
             TimelineInfo(
                 timeline=tli,
@@ -70,8 +79,7 @@ def cluster_info(repo: WalRepo, backups: Sequence[Any], segment_size: int = DEFA
                 segments=sum(r.last - r.first + 1 for r in ranges),
                 gaps=scan.gaps(tli),
                 backups=sum(1 for b in complete if int(getattr(b, "timeline", 1) or 1) == tli),
-                window=timeline_window(tli, complete, history, scan.segments, segment_size),
+                window=window,
             )
         )
-    latest = max(timelines, default=1)
     return ClusterInfo(repo.cluster, latest, complete, infos, scan.partials, scan.stored_bytes)

@@ -20,7 +20,14 @@ from typing import Any
 from opsdb.errors import UsageError
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn, segment_name
 from opsdb.model.target import RecoveryTarget, as_lsn, as_time, choose_backup, format_time, physical_complete
-from opsdb.model.window import BackupWindow, RecoveryEnd, backup_window, on_path, timeline_of_segment
+from opsdb.model.window import (
+    BackupWindow,
+    RecoveryEnd,
+    backup_window,
+    ending_at_records,
+    on_path,
+    timeline_of_segment,
+)
 from opsdb.ops.pitr_wait import RecoveryPoint, parse_log, start_and_wait, wait_for_target
 from opsdb.repo.wal import ArchiveScan
 
@@ -189,14 +196,8 @@ def plan_recovery(
         )
     if not window.usable:
         raise _refuse(f"the WAL needed to make backup {backup.id} consistent is not archived", window)
-    walked = [
-        segment_name(timeline_of_segment(s, timeline, history, segment_size), s, segment_size)
-        for s in range(window.wal.first_segno, window.wal.last_segno + 1)
-    ]
-    if read_end is not None and walked:
-        end = read_end(walked)
-        if end is not None:
-            window = window.ending_at(end)
+    if read_end is not None:
+        window = ending_at_records([window], read_end, history, segment_size)[0]
     gap = None
     if window.wal.has_gap and _needs_wal_after(target, window):
         gap = WalGap(window.wal.first_missing or "?", window.wal.resumes_at or "?", target.label(), accept_gap)

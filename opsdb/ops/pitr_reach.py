@@ -86,3 +86,16 @@ def end_reader(
         return recovery_end(storage, cluster, keys, names, bin_dir=Path(bin_dir), runner=runner)
 
     return read
+
+
+def end_reader_from_settings(settings: Any, cluster: str, storage: Storage, keys: Mapping[str, Any]) -> ReadEnd | None:
+    """end_reader with the cluster's PostgreSQL binaries (None when there are none on this machine)."""
+    from opsdb.errors import UsageError
+    from opsdb.pg.tools import find_bin_dir
+    from opsdb.proc import LocalRunner
+
+    try:
+        bin_dir = find_bin_dir(settings.clusters[cluster].pg_bin_dir)
+    except UsageError:
+        return None
+    return end_reader(storage, cluster, keys, bin_dir, LocalRunner())
