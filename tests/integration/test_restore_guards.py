@@ -285,6 +285,18 @@ def test_scram_with_the_password_only_in_the_conninfo_completes(env):
         assert secret not in proc.stdout + proc.stderr
     finally:
         stop(dest, env["bin_dir"])
+    # no password anywhere: opsdb cannot log in at all, and still sees the promotion in the server's log
+    blind = {**env, "config": _config(workdir, repo, primary.port, env["bin_dir"])}
+    _chown_all(blind["config"])
+    dest = target_dir(e)
+    started = time.monotonic()
+    proc = run(blind, "--json", "restore", "--target-dir", str(dest), "--start", "--port", str(free_port()),
+               "--wait-timeout", "120", as_root=True)  # fmt: skip
+    try:
+        assert time.monotonic() - started < 60
+        assert json.loads(proc.stdout)["recovery_point"]["state"] == "promoted"
+    finally:
+        stop(dest, env["bin_dir"])
 
 
 # --- drills ----------------------------------------------------------------------------------------

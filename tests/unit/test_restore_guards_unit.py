@@ -3,6 +3,7 @@ pg_waldump output, watching a server through its log, catalog ids, and the drill
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from opsdb.ops import drill_checks, pitr
 from opsdb.ops.pitr_wait import state_from_log, wait_for_target
 from opsdb.ops.restore_start import check_reached_planned_end, login_conninfo
 from opsdb.pg.waldump import parse_records
-from opsdb.repo import catalog, layout
+from opsdb.repo import catalog, envelope, layout
 from opsdb.storage.memory import MemoryStorage
 from tests.unit.test_catalog_restore_plan import CODEC, physical
 from tests.unit.test_target_pitr import BACKUP, T0, make_scan, target
@@ -171,14 +172,22 @@ def test_a_promotion_short_of_the_planned_end_fails(tmp_path):
 # --- catalog ids ----------------------------------------------------------------------------------
 
 
-def test_a_catalog_entry_under_another_id_is_refused_and_never_listed():
+@pytest.mark.parametrize("bound", [True, False])
+def test_a_catalog_entry_under_another_id_is_refused_and_never_listed(bound):
+    """Bound entries (envelope 3) fail their identity check; older unbound ones the record's own id."""
     storage = MemoryStorage()
     record = physical()
     catalog.commit(storage, record, CODEC)
     other = "20261121T101501Z-F"
-    data = storage.open(layout.catalog_entry("main", record.id)).read()
-    storage.put(layout.catalog_entry("main", other), [data])
-    with pytest.raises(IntegrityError, match=f"named {other} but holds backup {record.id}"):
+    if bound:
+        data = storage.open(layout.catalog_entry("main", record.id)).read()
+        storage.put(layout.catalog_entry("main", other), [data])
+        says = f"it is catalog {record.id} of cluster 'main', expected catalog {other}"
+    else:
+        body = json.dumps(record.to_dict()).encode()
+        envelope.put_object(storage, layout.catalog_entry("main", other), [body], CODEC, bind=False)
+        says = f"named {other} but holds backup {record.id}"
+    with pytest.raises(IntegrityError, match=says):
         catalog.load_backup(storage, "main", other, {})
     with pytest.raises(IntegrityError):
         catalog.list_backups(storage, "main", {})
