@@ -4,7 +4,9 @@ A `Cmd` says what to run; a `Runner` runs it. `LocalRunner` is the real one; tes
 that records argv and replays scripted output. Rules kept here so no caller has to remember them:
 
 - never a shell: argv is a tuple of strings;
-- `Cmd.env` is merged over the current environment; secrets (PGPASSWORD) travel only there, never in argv;
+- `Cmd.env` is merged over the current environment (or, with `inherit_env=False`, is the whole
+  environment: `check` runs opsdb as the server's user with the server's own environment); secrets
+  (PGPASSWORD) travel only there, never in argv;
 - `run_as` applies only when opsdb runs as root and names another user: the argv is prefixed with
   `runuser -u USER --`, which keeps the environment (runuser sets only HOME, SHELL, USER, LOGNAME);
   as a normal user the command runs as that user;
@@ -45,6 +47,7 @@ class Cmd:
     run_as: str | None = None
     timeout: float | None = None
     cwd: str | None = None
+    inherit_env: bool = True
 
     def __post_init__(self) -> None:
         argv = tuple(str(a) if isinstance(a, os.PathLike) else a for a in self.argv)
@@ -127,6 +130,8 @@ def _current_user() -> str:
 
 
 def _child_env(cmd: Cmd) -> dict[str, str] | None:
+    if not cmd.inherit_env:
+        return dict(cmd.env or {})
     if not cmd.env:
         return None
     env = dict(os.environ)

@@ -195,8 +195,16 @@ def _setup_logging(opts: dict[str, Any] | None = None) -> None:
 # --- the commands -------------------------------------------------------------------------------
 
 
-def wal_push(config: str | None, cluster: str | None, path: str) -> dict[str, Any]:
+def _routing(config: str | None, cluster: str | None) -> Routing | None:
+    """The routing keys; None (in-process) also when root calls for a cluster run by another user."""
     routing = read_routing(config, cluster)
+    if routing is not None and routing.helpers_of_another_user():
+        return None
+    return routing
+
+
+def wal_push(config: str | None, cluster: str | None, path: str) -> dict[str, Any]:
+    routing = _routing(config, cluster)
     name = os.path.basename(path)
     if routing is not None and routing.async_:
         from opsdb.ops.walspool import PushSpool, push_via_spool
@@ -218,7 +226,7 @@ def wal_push(config: str | None, cluster: str | None, path: str) -> dict[str, An
 
 
 def wal_fetch(config: str | None, cluster: str | None, name: str, dest: str) -> dict[str, Any]:
-    routing = read_routing(config, cluster)
+    routing = _routing(config, cluster)
     if routing is not None and routing.prefetch > 0:
         from opsdb.ops.walspool import FetchSpool, fetch_via_spool
 

@@ -8,7 +8,7 @@ read here are cached per config file in a private directory (`$XDG_RUNTIME_DIR/o
 everything the keys come from: the config file's real path and content (length and CRC-32 of the bytes,
 read on every call) and every OPSDB_* environment variable, so an edited config or a changed environment
 is parsed again, never served stale. Nothing secret is cached (spool directory, repository URL, cluster name,
-three switches). Routing never replaces validation: the real work always runs with the fully validated
+three switches, the cluster's os_user). Routing never replaces validation: the real work always runs with the fully validated
 settings, in the agent, in a background helper or in-process.
 """
 
@@ -19,10 +19,10 @@ import stat
 import zlib
 
 DEFAULT_SPOOL = "/var/spool/opsdb"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 CACHE_MAGIC = f"opsdb-routing {CACHE_VERSION}"
 CACHE_MAX_AGE = 7 * 24 * 3600  # entries of configs long since edited are dropped when a new one is written
-_FIELDS = ("config_path", "async_", "agent", "prefetch", "spool_dir", "repository", "cluster")
+_FIELDS = ("config_path", "async_", "agent", "prefetch", "spool_dir", "repository", "cluster", "os_user")
 
 
 class Routing:
@@ -36,8 +36,24 @@ class Routing:
         self.spool_dir = DEFAULT_SPOOL
         self.repository = ""
         self.cluster: str | None = None
+        self.os_user = "postgres"
         for name, value in fields.items():
             setattr(self, name, value)
+
+    def helpers_of_another_user(self) -> bool:
+        """Whether this caller is root while the cluster's helpers and spool belong to its os_user.
+
+        Then the call is served in-process, exactly as with no helper: root must neither use the server
+        user's helpers (they would open root's paths with the server user's rights) nor create helpers,
+        sockets or spool files of its own there (the server's archive_command could not use them)."""
+        if os.geteuid() != 0:
+            return False
+        import pwd
+
+        try:
+            return pwd.getpwnam(self.os_user).pw_uid != 0
+        except KeyError:  # no such user here (the server runs elsewhere): nothing of its to keep apart
+            return False
 
     def as_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in _FIELDS}
@@ -90,6 +106,7 @@ def _parse(path: str | None, content: bytes, cluster: str | None) -> Routing:
     repo = data.get("repository", {})
     repo = repo if isinstance(repo, dict) else {}
     env = os.environ.get
+    name = cluster or _only_cluster(data)
     return Routing(
         config_path=os.path.realpath(path) if path is not None else None,
         async_=boolean(env("OPSDB_WAL__ASYNC", wal.get("async", False))),
@@ -97,8 +114,16 @@ def _parse(path: str | None, content: bytes, cluster: str | None) -> Routing:
         prefetch=int(env("OPSDB_WAL__PREFETCH", wal.get("prefetch", 0))),
         spool_dir=str(env("OPSDB_WAL__SPOOL_DIR", wal.get("spool_dir", DEFAULT_SPOOL))),
         repository=str(env("OPSDB_REPOSITORY__URL", repo.get("url", ""))),
-        cluster=cluster or _only_cluster(data),
+        cluster=name,
+        os_user=str(env(f"OPSDB_CLUSTERS__{(name or '').upper()}__OS_USER", _os_user(data, name))),
     )
+
+
+def _os_user(data: dict[str, object], cluster: str | None) -> str:
+    clusters = data.get("clusters", {})
+    section = clusters.get(cluster or "", {}) if isinstance(clusters, dict) else {}
+    value = section.get("os_user", "postgres") if isinstance(section, dict) else "postgres"
+    return str(value)
 
 
 def boolean(value: object) -> bool:

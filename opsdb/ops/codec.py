@@ -28,8 +28,12 @@ class Repository:
 
 
 def open_repository(settings: Any, *, writable: bool = False) -> Storage:
-    """The configured repository's Storage; read-only unless `writable` (puts/deletes then refused)."""
+    """The configured repository's Storage; read-only unless `writable` (puts/deletes then refused).
+    Run as root, a file:// repository's new files go to the clusters' os_user (ops/privileges.py)."""
+    from opsdb.ops.privileges import handover
+
     r = settings.repository
+    account = handover(settings) if writable else None
     storage = open_storage(
         r.url,
         endpoint_url=r.endpoint_url,
@@ -40,6 +44,7 @@ def open_repository(settings: Any, *, writable: bool = False) -> Storage:
         object_lock_days=r.object_lock_days,
         upload_concurrency=r.upload_concurrency,
         conditional_writes=r.conditional_writes,
+        owner=account.owner if account is not None else None,
     )
     return storage if writable else ReadOnlyStorage(storage)
 

@@ -3,6 +3,10 @@
 Each check yields OK / WARNING / CRITICAL / UNKNOWN with a one-line detail; a check never raises
 (a monitoring command must always answer). Checks that depend on an earlier failure report UNKNOWN
 ("not checked: ...") so the list of checks is stable for scripts.
+With `as_server` (the CLI's default) the path PostgreSQL uses is proven too (ops/health_server.py):
+the archive_command's opsdb run as the cluster's os_user with the server's environment (`probe`, below,
+is what it runs), the ownership of a file:// repository and the spool, and a WAL switch that must reach
+the repository.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from opsdb.config import ClusterConfig, Settings
 from opsdb.errors import OpsdbError
 from opsdb.model.results import CheckReport, Status
+from opsdb.ops.privileges import handover
 from opsdb.pg import conn as pg_conn
 from opsdb.pg.conninfo import redact
 from opsdb.pg.tools import PgTools, find_bin_dir
@@ -44,8 +49,10 @@ def check(
     clock: Callable[[], float] = time.monotonic,
     connect_timeout: float = 5,
     runner: Runner | None = None,
+    as_server: bool = False,
 ) -> CheckReport:
-    """Run every check in order: config, repository, encryption, server, binaries, archiving, replicas."""
+    """Run every check in order: config, repository, encryption, server, binaries, archiving, replicas;
+    with as_server, then os_user, os_user repository/encryption/spool, ownership and archiving."""
     report = CheckReport()
     try:
         settings = load_settings()
@@ -71,10 +78,61 @@ def check(
     if cluster is None:
         report.add("server", UNKNOWN, f"not checked: {cluster_problem}")
         return report
-    _check_server(report, cluster, connect, connect_timeout, runner or LocalRunner())
+    runner = runner or LocalRunner()
+    server = _check_server(report, cluster, connect, connect_timeout, runner)
     for replica in cluster.replicas:
         _check_replica(report, replica.name, replica.conninfo, connect, connect_timeout)
+    if as_server and name is not None:
+        _check_as_server(report, settings, name, cluster, server, connect, runner)
     return report
+
+
+def _check_as_server(
+    report: CheckReport,
+    settings: Settings,
+    name: str,
+    cluster: ClusterConfig,
+    server: dict[str, Any],
+    connect: Callable[..., pg_conn.PgConnection],
+    runner: Runner,
+) -> None:
+    from opsdb.ops import health_server
+    from opsdb.ops.codec import open_repository
+    from opsdb.repo import wal as repo_wal
+
+    account = health_server.check_as_server(report, settings, name, cluster.os_user, server, runner)
+    health_server.check_ownership(report, settings, name, account)
+
+    def archived(segment: str) -> bool:
+        return repo_wal.exists(open_repository(settings), name, segment) is not None
+
+    health_server.check_archiving(report, cluster, server, connect, archived)
+
+
+def probe(settings: Settings, cluster_name: str | None) -> dict[str, Any]:
+    """What `opsdb archive-probe` reports, run as the server's user by `check`: can this user, in this
+    environment, write the repository, read the key and use the spool (as archive_command must)."""
+    import os
+
+    from opsdb import __version__
+    from opsdb.ops import health_server
+    from opsdb.ops.privileges import current_user
+
+    name, _cluster = settings.cluster(cluster_name)
+    report = CheckReport()
+    _check_repository(report, settings, name, _open_storage, time.monotonic)
+    _check_encryption(report, settings)
+    wal = settings.wal
+    status, detail = health_server.spool_status(str(wal.spool_dir), name, wal.agent or wal.async_ or wal.prefetch > 0)
+    report.add("spool", status, detail)
+    return {
+        "version": __version__,
+        "user": current_user(),
+        "cluster": name,
+        "repository": settings.repository.url,
+        "credentials": health_server.credential_sources(dict(os.environ), os.path.expanduser("~")),
+        "checks": report.to_dict()["checks"],
+    }
 
 
 def _check_repository(
@@ -90,6 +148,8 @@ def _check_repository(
     payload = secrets.token_bytes(64)
     started = clock()
     stage = "open"
+    account = handover(settings, cluster)
+    owner = {"owner": account.owner} if account is not None else {}  # root: the probe's directories too
     try:
         storage = open_storage(
             repo.url,
@@ -101,6 +161,7 @@ def _check_repository(
             object_lock_days=repo.object_lock_days,
             upload_concurrency=repo.upload_concurrency,
             conditional_writes=repo.conditional_writes,
+            **owner,
         )
         stage = "write"
         storage.put(key, [payload], if_absent=True)
@@ -173,7 +234,8 @@ def _check_server(
     connect: Callable[..., pg_conn.PgConnection],
     timeout: float,
     runner: Runner,
-) -> None:
+) -> dict[str, Any]:
+    """The server checks; returns what the os_user checks need ({} when the server is unreachable)."""
     try:
         with connect(cluster.conninfo, timeout=timeout, application_name="opsdb check") as c:
             version = c.server_version()
@@ -181,12 +243,13 @@ def _check_server(
             standby = c.in_recovery()
             values = c.settings(["wal_level", "archive_mode", "archive_command", "archive_library"])
             archiver = c.archiver_stats()
+            data_directory = _data_directory(c)
     except Exception as exc:
         report.add("server", CRITICAL, _describe(exc))
         _check_binaries(report, cluster.pg_bin_dir, None, runner)
         for name in SERVER_CHECKS:
             report.add(name, UNKNOWN, "not checked: server unreachable")
-        return
+        return {}
     role = "standby" if standby else "primary"
     report.add("server", OK, f"PostgreSQL {version}, {role}, at {redact(cluster.conninfo)}")
     _check_binaries(report, cluster.pg_bin_dir, major, runner)
@@ -195,6 +258,19 @@ def _check_server(
     _check_archive_mode(report, mode, standby)
     _check_archive_command(report, mode, values.get("archive_command"), values.get("archive_library"))
     _check_archiver(report, mode, standby, archiver)
+    return {
+        "archive_mode": mode,
+        "archive_command": values.get("archive_command"),
+        "standby": standby,
+        "data_directory": data_directory,
+    }
+
+
+def _data_directory(c: Any) -> str | None:
+    try:
+        return str(c.data_directory())
+    except Exception:  # needs superuser or pg_read_all_settings: the server's environment stays unknown
+        return None
 
 
 def _check_binaries(report: CheckReport, pg_bin_dir: Path | None, server_major: int | None, runner: Runner) -> None:

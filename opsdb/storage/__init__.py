@@ -44,8 +44,10 @@ def open_storage(
     object_lock_days: int = 0,
     upload_concurrency: int = 2,
     conditional_writes: str = "fallback",
+    owner: tuple[int, int] | None = None,
 ) -> Storage:
-    """The Storage for a repository URL. The S3 options are ignored by the other drivers.
+    """The Storage for a repository URL. The S3 options are ignored by the other drivers; `owner`
+    (uid, gid) is the account a file:// repository's new files and directories are handed to.
     A malformed or unsupported URL raises UsageError with one line naming it."""
     if not isinstance(url, str) or not url.strip():
         raise UsageError(f"invalid repository URL {url!r}: {_EXPECTED}")
@@ -60,7 +62,7 @@ def open_storage(
         path = unquote(parts.path)
         if not path.startswith("/") or path.rstrip("/") == "":
             raise UsageError(f"invalid repository URL {url!r}: the path must be absolute and not '/'")
-        return LocalStorage(os.path.normpath(path))
+        return LocalStorage(os.path.normpath(path), owner=owner)
     if parts.scheme == "s3":
         if not _BUCKET_RE.match(parts.netloc):
             raise UsageError(f"invalid repository URL {url!r}: {parts.netloc!r} is not a valid bucket name")

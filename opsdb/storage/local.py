@@ -5,6 +5,10 @@ with rename (or, for if_absent, a hard link, which fails if the name exists, so 
 is never replaced), then fsyncs the directory. Readers therefore see the old object or the whole
 new one, never a partial file. User metadata lives in a '.meta-<name>' JSON sidecar next to the
 object; list() skips both kinds of bookkeeping file.
+
+With an `owner` (uid, gid), every file and directory this driver creates is handed to that account
+as it is created (used when opsdb runs as root: the cluster's os_user keeps archiving into the same
+tree, see docs/postgres.md "One privilege model"). Existing entries are never re-owned.
 """
 
 from __future__ import annotations
@@ -39,9 +43,10 @@ _NO_LINK_ERRNOS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, er
 class LocalStorage:
     features = frozenset({"fsync", "conditional_put"})
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, owner: tuple[int, int] | None = None) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.url = "file://" + self.root
+        self.owner = owner
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -104,7 +109,15 @@ class LocalStorage:
             tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
             try:
                 self._makedirs(directory)
-                return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+                try:
+                    if self.owner is not None:
+                        os.fchown(fd, *self.owner)  # before any byte: the object is the owner's from the start
+                except OSError:
+                    os.close(fd)
+                    _unlink_quietly(tmp)
+                    raise
+                return tmp, fd
             except FileNotFoundError as e:
                 # A concurrent delete pruned a directory we just made (it was empty): make it again.
                 if attempt == attempts - 1:
@@ -165,6 +178,8 @@ class LocalStorage:
             for _ in range(10):
                 try:
                     os.mkdir(d, DIR_MODE)
+                    if self.owner is not None:
+                        os.chown(d, *self.owner)
                 except FileExistsError:
                     if os.path.isdir(d):
                         break

@@ -71,8 +71,9 @@ def key_id_of(secret: bytes) -> str:
 # ---------------------------------------------------------------------------------------- key files
 
 
-def generate_key_file(path: str | os.PathLike[str]) -> EncryptionKey:
-    """Write a new random key to `path` with mode 0600. Never replaces an existing file."""
+def generate_key_file(path: str | os.PathLike[str], *, owner: tuple[int, int] | None = None) -> EncryptionKey:
+    """Write a new random key to `path` with mode 0600 (owned by `owner` (uid, gid) when given, set
+    before the key is written). Never replaces an existing file."""
     p = Path(path)
     key = EncryptionKey.from_secret(secrets.token_bytes(KEY_BYTES))
     text = f"{KEY_FILE_HEADER}\n# key id {key.id}\n{key.secret.hex()}\n".encode()
@@ -88,6 +89,8 @@ def generate_key_file(path: str | os.PathLike[str]) -> EncryptionKey:
         raise KeyFileError(f"unable to create key file {p}: {exc.strerror}") from None
     try:
         os.fchmod(fd, 0o600)  # O_CREAT's mode is reduced by the umask, never widened; be explicit
+        if owner is not None:
+            os.fchown(fd, *owner)
         os.write(fd, text)
         os.fsync(fd)
     except OSError as exc:

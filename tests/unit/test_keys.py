@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -131,10 +135,77 @@ def test_cli_key_generate(tmp_path: Path) -> None:
     done = _opsdb("--json", "key", "generate", str(path), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
-    assert doc == {"path": str(path), "key_id": load_key(key_file=path).id}
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    readers = "root only" if me == "root" else f"{me} and root"
+    assert doc == {"path": str(path), "key_id": load_key(key_file=path).id, "owner": me, "readable_by": readers}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_key(key_file=path).secret.hex() not in done.stdout + done.stderr
 
     again = _opsdb("--json", "key", "generate", str(path), cwd=tmp_path)
     assert again.returncode == 2 and json.loads(again.stdout)["exit_code"] == 2
     assert "already exists; refusing to overwrite" in again.stderr
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a key to another user needs root")
+
+
+def _user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pytest.skip(f"no {name!r} user here")
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory under /tmp that other users may enter (pytest's tmp dirs are root's, 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="opsdb-keys-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@needs_root
+def test_generate_as_root_gives_the_key_to_the_clusters_os_user(open_dir: Path) -> None:
+    postgres = _user("postgres")
+    tmp_path = open_dir
+    config = tmp_path / "opsdb.toml"
+    config.write_text('[clusters.main]\nos_user = "postgres"\n')
+    path = tmp_path / "repo.key"
+    done = _opsdb("--config", str(config), "key", "generate", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (postgres.pw_uid, postgres.pw_gid, 0o600)
+    assert "owner postgres: readable by postgres and root" in done.stdout
+    read = subprocess.run(
+        ["runuser", "-u", "postgres", "--", sys.executable, "-c", f"import sys; print(open({str(path)!r}).read()[:8])"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert read.returncode == 0, read.stderr
+
+
+@needs_root
+def test_generate_owner_option_and_its_mistakes(tmp_path: Path) -> None:
+    nobody = _user("nobody")
+    path = tmp_path / "n.key"
+    done = _opsdb("--json", "key", "generate", "--owner", "nobody", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["readable_by"] == "nobody and root"
+    assert path.stat().st_uid == nobody.pw_uid and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    missing = tmp_path / "m.key"
+    bad = _opsdb("key", "generate", "--owner", "no-such-user-xq", str(missing), cwd=tmp_path)
+    assert bad.returncode == 2 and "--owner no-such-user-xq: no such user" in bad.stderr
+    assert not missing.exists()
+
+
+def test_generate_without_config_as_root_says_the_server_cannot_read_it(tmp_path: Path) -> None:
+    path = tmp_path / "k.key"
+    done = _opsdb("key", "generate", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    if os.geteuid() == 0:
+        assert "readable by root only" in done.stdout and "--owner USER" in done.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import typer
@@ -27,11 +28,20 @@ def render(report: CheckReport) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("check")
     def check(ctx: typer.Context) -> None:
-        """Config, repository, server and archiving sanity (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
+        """Config, repository, server and archiving, proven as the server's os_user (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
         from opsdb.ops import health  # imported on use: keeps psycopg out of every other command's start-up
 
         state = ctx.obj
-        report = health.check(lambda: state.settings, state.cluster_name)
+        report = health.check(lambda: state.settings, state.cluster_name, as_server=True)
         output.emit(state, report.to_dict(), lambda: render(report))
         # SystemExit, not typer.Exit: with standalone_mode=False click turns Exit into a return value
         raise SystemExit(report.exit_code)
+
+    @app.command("archive-probe", hidden=True)
+    def archive_probe(ctx: typer.Context) -> None:
+        """What `check` runs as the server's user: repository, key and spool as archive_command sees them."""
+        from opsdb.ops import health
+
+        state = ctx.obj
+        doc = health.probe(state.settings, state.cluster_name)
+        output.emit(state, doc, lambda: json.dumps(doc))
