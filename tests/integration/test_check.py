@@ -31,10 +31,24 @@ def archiving_cluster(pg_bin_dir: Path) -> Instance:
 
 
 def _config(tmp_path: Path, conninfo: str, *, repo: str | None = None, extra: str = "") -> Path:
-    path = tmp_path / "opsdb.toml"
-    url = repo or f"file://{tmp_path}/repo"
-    path.write_text(f'[repository]\nurl = "{url}"\n\n[clusters.main]\nconninfo = "{conninfo}"\n{extra}')
+    """A config the server's user can read too (check runs opsdb as that user), in a directory it owns."""
+    del tmp_path  # pytest's tmp dirs are root's 0700 when run as root
+    from tests.fixtures.pg import make_temp_dir
+
+    workdir = make_temp_dir("opsdb-check-")
+    path = workdir / "opsdb.toml"
+    url = repo or f"file://{workdir}/repo"
+    path.write_text(
+        f'[repository]\nurl = "{url}"\n[wal]\nspool_dir = "{workdir}/spool"\n\n'
+        f'[clusters.main]\nconninfo = "{conninfo}"\narchive_wait = "3s"\n{extra}'
+    )
+    path.chmod(0o644)
     return path
+
+
+def _archive_with(inst: Instance, config: Path) -> None:
+    """A real archive_command into config's repository, so check's WAL switch can reach it."""
+    _set_archive_command(inst, f"{Path(sys.executable).with_name('opsdb')} --config {config} wal-push %p")
 
 
 def _check(config: Path, *, as_json: bool = True) -> tuple[int, dict | str]:
@@ -58,8 +72,9 @@ def _set_archive_command(inst: Instance, command: str) -> None:
 
 
 def test_all_ok_exits_0(archiving_cluster: Instance, tmp_path: Path) -> None:
-    _set_archive_command(archiving_cluster, GOOD_ARCHIVE)
-    code, doc = _check(_config(tmp_path, archiving_cluster.conninfo()))
+    config = _config(tmp_path, archiving_cluster.conninfo())
+    _archive_with(archiving_cluster, config)
+    code, doc = _check(config)
     assert isinstance(doc, dict)
     assert code == 0, doc
     assert doc["status"] == "OK"
@@ -74,17 +89,25 @@ def test_all_ok_exits_0(archiving_cluster: Instance, tmp_path: Path) -> None:
         "archive_mode",
         "archive_command",
         "archiver",
+        "os_user",
+        "os_user repository",
+        "os_user encryption",
+        "os_user spool",
+        "ownership",
+        "archiving",
     ]
     assert set(_statuses(doc).values()) == {"OK"}
-    assert not list((tmp_path / "repo").rglob("probe-*")), "the probe object was left behind"
+    assert not list((config.parent / "repo").rglob("probe-*")), "the probe object was left behind"
 
 
 def test_human_output_one_line_per_check(archiving_cluster: Instance, tmp_path: Path) -> None:
-    code, text = _check(_config(tmp_path, archiving_cluster.conninfo()), as_json=False)
-    assert code == 0
+    config = _config(tmp_path, archiving_cluster.conninfo())
+    _archive_with(archiving_cluster, config)
+    code, text = _check(config, as_json=False)
+    assert code == 0, text
     lines = str(text).splitlines()
     assert lines[1].startswith("OK       repository") and "writable (" in lines[1] and lines[1].endswith(" ms)")
-    assert lines[-1].startswith("OK: 10 ok")
+    assert lines[-1].startswith("OK: 16 ok")
 
 
 def test_archive_mode_off_is_critical(pg_cluster: Instance, tmp_path: Path) -> None:
@@ -101,7 +124,11 @@ def test_foreign_archive_command_warns_and_failing_archiver_warns(archiving_clus
     try:
         _set_archive_command(archiving_cluster, "cp %p /nowhere/%f")
         code, doc = _check(config)
-        assert code == 1 and _statuses(doc)["archive_command"] == "WARNING"  # type: ignore[arg-type]
+        assert isinstance(doc, dict)
+        assert _statuses(doc)["archive_command"] == "WARNING"
+        # and the WAL switch proves it archives nothing: the segment's failure is reported, not waited out
+        assert code == 2 and _statuses(doc)["archiving"] == "CRITICAL"
+        assert "archive_command failed for" in next(c for c in doc["checks"] if c["name"] == "archiving")["detail"]
 
         _set_archive_command(archiving_cluster, "false opsdb wal-push %p")
         with conn.connect(archiving_cluster.conninfo()) as c:
@@ -112,8 +139,9 @@ def test_foreign_archive_command_warns_and_failing_archiver_warns(archiving_clus
                 time.sleep(0.2)
         code, doc = _check(config)
         assert isinstance(doc, dict)
-        assert code == 1, doc
+        assert code == 2, doc
         assert _statuses(doc)["archive_command"] == "OK"
+        assert _statuses(doc)["os_user"] == "CRITICAL"  # `false opsdb ...` is not an opsdb that runs
         archiver = next(c for c in doc["checks"] if c["name"] == "archiver")
         assert archiver["status"] == "WARNING" and "archiving is failing" in archiver["detail"]
     finally:
@@ -141,6 +169,7 @@ def test_unwritable_repository_and_missing_key_are_critical(archiving_cluster: I
     path = tmp_path / "opsdb.toml"
     path.write_text(
         f'[repository]\nurl = "file:///dev/null/repo"\n{extra}\n[clusters.main]\nconninfo = "{archiving_cluster.conninfo()}"\n'
+        'archive_wait = "3s"\n'
     )
     code, doc = _check(path)
     assert isinstance(doc, dict)

@@ -112,3 +112,18 @@ def test_concurrent_put_delete_and_list_in_one_directory(tmp_path) -> None:
         t.join(timeout=60)
     assert errors == []
     assert list(s.list("")) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another account needs root")
+def test_owner_gets_every_new_file_and_directory_but_nothing_that_existed(tmp_path) -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    (tmp_path / "repo" / "old").mkdir(parents=True)
+    s = LocalStorage(tmp_path / "repo" / "deeper", owner=(nobody.pw_uid, nobody.pw_gid))
+    s.put("a/b/obj", [b"1"], metadata={"k": "v"})
+    s.put("old-style", [b"2"], if_absent=True)
+    made = [tmp_path / "repo" / "deeper", *(tmp_path / "repo" / "deeper").rglob("*")]
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in made} == {(nobody.pw_uid, nobody.pw_gid)}
+    assert {p.name for p in made} >= {"deeper", "a", "b", "obj", ".meta-obj", "old-style"}
+    assert (tmp_path / "repo").stat().st_uid == 0 and (tmp_path / "repo" / "old").stat().st_uid == 0
