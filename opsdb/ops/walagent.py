@@ -102,10 +102,8 @@ class _Foreign(Exception):
 def _owned_by_another_user(directory: str) -> bool:
     try:
         return os.stat(directory).st_uid != os.geteuid()
-    except FileNotFoundError:
+    except OSError:  # missing or unreachable: making it fails or succeeds below, and says so
         return False
-    except OSError:
-        return True
 
 
 def call(
@@ -301,14 +299,14 @@ def _unlink_if_ours(sock: str, inode: int) -> None:
 def _serve_one(conn: socket.socket, handle: Handler) -> None:
     with conn:
         try:
+            conn.settimeout(30.0)
+            request = json.loads(_read_line(conn))  # read first: closing on unread data would reset the caller
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
             if not _peer_is_trusted(conn):
                 # another uid (root too): its paths must be opened with its own rights, so it works in-process
                 _reply(conn, {"status": "foreign", "message": "the WAL agent serves only its own OS user"})
                 return
-            conn.settimeout(30.0)
-            request = json.loads(_read_line(conn))
-            if not isinstance(request, dict):
-                raise ValueError("not an object")
         except (OSError, ValueError):
             return  # a broken client: nothing to answer
         try:

@@ -88,3 +88,22 @@ def test_unreadable_or_ambiguous_configs_go_to_the_validated_path(tmp_path, cach
     assert routing.read_routing(str(two), None) is None  # which cluster: the validated path asks
     assert routing.read_routing(str(two), "b").cluster == "b"
     assert not [p for p in cache.glob("routing-*") if "bad" in p.read_text()]
+
+
+def test_os_user_is_routed_and_root_keeps_out_of_another_users_helpers(tmp_path, cache, monkeypatch):
+    import pwd
+
+    config = _config(tmp_path)
+    found = routing.read_routing(str(config), None)
+    assert found is not None and found.os_user == "postgres"  # the default, as in the validated settings
+    config.write_text(CONFIG.format(spool="/s1") + 'os_user = "nobody"\n')
+    found = routing.read_routing(str(config), None)
+    assert found is not None and found.os_user == "nobody"
+    monkeypatch.setenv("OPSDB_CLUSTERS__MAIN__OS_USER", "someone")
+    assert routing.read_routing(str(config), "main").os_user == "someone"
+
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    as_root = os.geteuid() == 0
+    assert routing.Routing(os_user="nobody").helpers_of_another_user() is as_root
+    assert routing.Routing(os_user=me).helpers_of_another_user() is False
+    assert routing.Routing(os_user="no-such-user-on-this-host").helpers_of_another_user() is False

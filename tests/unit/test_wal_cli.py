@@ -5,6 +5,7 @@ Exit codes are the contract here (SPEC): push 0 only once stored; fetch 0 / 1 (m
 
 import contextlib
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -31,6 +32,9 @@ def _config(tmp_path, **wal):
         "level = 1",
         "[clusters.main]",
         'conninfo = "host=127.0.0.1"',
+        # the caller is the server's user here (as archive_command is): root calling for another user's
+        # cluster is served in-process, never by the helpers (tests/integration/test_privileges.py)
+        f'os_user = "{pwd.getpwuid(os.geteuid()).pw_name}"',
         "[wal]",
         f'spool_dir = "{tmp_path}/spool"',
         *[f"{k} = {str(v).lower()}" for k, v in wal.items()],

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -165,3 +169,40 @@ def test_no_writable_spool_means_in_process_with_a_warning(tmp_path):
 
     assert walagent.call(sock, {"op": "a"}, start, timeout=5, warn=warnings.append) is None
     assert not started and len(warnings) == 1 and "working in-process" in warnings[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a caller of another uid needs root to set up")
+def test_the_agent_serves_only_its_own_uid_others_are_told_to_work_in_process() -> None:
+    base = Path(tempfile.mkdtemp(prefix="opsdb-agent-uid-", dir="/tmp"))
+    base.chmod(0o755)
+    sock = base / "agent" / "push-x.sock"
+    handled: list[dict] = []
+    agent = threading.Thread(
+        target=walagent.serve,
+        args=(str(sock), lambda req: handled.append(req) or {"status": "ok"}),
+        kwargs={"idle_exit": 2.0},
+        daemon=True,
+    )
+    agent.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sock.parent.chmod(0o755)
+        sock.chmod(0o666)  # let the other uid reach the socket: only the peer check stands in its way
+        root = str(Path(walagent.__file__).parents[2])
+        code = (
+            f"import sys; sys.path.insert(0, {root!r}); from opsdb.ops import walagent\n"
+            f"try:\n    print(walagent._ask({str(sock)!r}, {{'op': 'push'}}, 5))\n"
+            "except walagent._Foreign:\n    print('foreign')"
+        )
+        other = subprocess.run(
+            ["runuser", "-u", "nobody", "--", sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+        assert other.stdout.strip() == "foreign", other.stderr
+        assert handled == []  # the request was never handled with the agent's rights
+        assert walagent._ask(str(sock), {"op": "push"}, 5) == {"status": "ok"}  # its own uid is served
+        assert handled == [{"op": "push"}]
+    finally:
+        agent.join(15)
+        shutil.rmtree(base, ignore_errors=True)
