@@ -234,3 +234,24 @@ def test_root_is_served_in_process_while_postgres_runs_the_helper(cluster: Insta
     # the helper is still the server's, and root left nothing of its own in the spool
     assert all(p.stat().st_uid != 0 for p in (workdir / "spool").rglob("*")), "root wrote into the spool"
     wal_burst(cluster)
+
+
+def test_check_names_the_credentials_the_servers_environment_lacks(
+    make_cluster: ClusterFactory, s3_bucket: str, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as env:  # a server started without the credentials root's cron has
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            env.delenv(name, raising=False)
+        bare = make_cluster(archive_mode="on", archive_command="/bin/true")
+    workdir = make_temp_dir("opsdb-privileges-s3env-")
+    config = _config(workdir, bare, f"s3://{s3_bucket}/bare-server", moto_endpoint)
+    _archive_into(bare, config)
+    done = run_root(config, "--json", "check", check=False)
+    doc = json.loads(done.stdout)
+    checks = {c["name"]: c for c in doc["checks"]}
+    assert done.returncode == 2, doc
+    assert checks["repository"]["status"] == "OK"  # as root, with root's environment
+    seen = checks["os_user repository"]
+    assert seen["status"] == "CRITICAL" and "lacks AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY" in seen["detail"]
+    assert "testing" not in json.dumps(doc)  # names only, never a value
+    assert checks["archiving"]["status"] == "CRITICAL"
