@@ -50,6 +50,7 @@ def check(
     connect_timeout: float = 5,
     runner: Runner | None = None,
     as_server: bool = False,
+    switch_wal: bool = True,
 ) -> CheckReport:
     """Run every check in order: config, repository, encryption, server, binaries, archiving, replicas;
     with as_server, then os_user, os_user repository/encryption/spool, ownership and archiving."""
@@ -83,7 +84,7 @@ def check(
     for replica in cluster.replicas:
         _check_replica(report, replica.name, replica.conninfo, connect, connect_timeout)
     if as_server and name is not None:
-        _check_as_server(report, settings, name, cluster, server, connect, runner)
+        _check_as_server(report, settings, name, cluster, server, connect, runner, switch_wal)
     return report
 
 
@@ -95,6 +96,7 @@ def _check_as_server(
     server: dict[str, Any],
     connect: Callable[..., pg_conn.PgConnection],
     runner: Runner,
+    switch_wal: bool,
 ) -> None:
     from opsdb.ops import health_server
     from opsdb.ops.codec import open_repository
@@ -106,7 +108,7 @@ def _check_as_server(
     def archived(segment: str) -> bool:
         return repo_wal.exists(open_repository(settings), name, segment) is not None
 
-    health_server.check_archiving(report, cluster, server, connect, archived)
+    health_server.check_archiving(report, cluster, server, connect, archived, switch_wal)
 
 
 def probe(settings: Settings, cluster_name: str | None) -> dict[str, Any]:

@@ -209,6 +209,9 @@ def test_check_names_what_root_wrote_before_the_model(cluster: Instance) -> None
     ownership = next(c for c in doc["checks"] if c["name"] == "ownership")
     assert ownership["status"] == "CRITICAL", ownership
     assert str(stale) in ownership["detail"] and f"chown -R {SERVER_USER}:" in ownership["detail"]
+    quick = json.loads(run_root(config, "--json", "check", "--no-switch", check=False).stdout)
+    archiving = next(c for c in quick["checks"] if c["name"] == "archiving")
+    assert archiving["status"] == "OK" and "not tested (--no-switch)" in archiving["detail"]
 
 
 def test_root_is_served_in_process_while_postgres_runs_the_helper(cluster: Instance) -> None:

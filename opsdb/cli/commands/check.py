@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -27,12 +27,20 @@ def render(report: CheckReport) -> str:
 
 def register(app: typer.Typer) -> None:
     @app.command("check")
-    def check(ctx: typer.Context) -> None:
+    def check(
+        ctx: typer.Context,
+        no_switch: Annotated[
+            bool,
+            typer.Option(
+                "--no-switch", help="Do not switch WAL to prove archiving (for monitoring every few minutes)."
+            ),
+        ] = False,
+    ) -> None:
         """Config, repository, server and archiving, proven as the server's os_user (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
         from opsdb.ops import health  # imported on use: keeps psycopg out of every other command's start-up
 
         state = ctx.obj
-        report = health.check(lambda: state.settings, state.cluster_name, as_server=True)
+        report = health.check(lambda: state.settings, state.cluster_name, as_server=True, switch_wal=not no_switch)
         output.emit(state, report.to_dict(), lambda: render(report))
         # SystemExit, not typer.Exit: with standalone_mode=False click turns Exit into a return value
         raise SystemExit(report.exit_code)
