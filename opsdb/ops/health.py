@@ -150,7 +150,7 @@ def _check_repository(
     payload = secrets.token_bytes(64)
     started = clock()
     stage = "open"
-    account = handover(settings, cluster)
+    account = handover(settings)  # the repository's rule, as ops/codec.open_repository applies it
     owner = {"owner": account.owner} if account is not None else {}  # root: the probe's directories too
     try:
         storage = open_storage(
