@@ -77,7 +77,9 @@ def _run(argv: list[str], *, check: bool, cwd: str | None = None) -> subprocess.
     return proc
 
 
-def _archive_into(inst: Instance, config: Path) -> None:
+def _archive_into(inst: Instance, config: Path, *, drained: bool = True) -> None:
+    """archive_command = opsdb wal-push into config's repository; with `drained`, wait until a segment
+    switched after the change is archived, so an earlier test's backlog (or failure) is behind us."""
     command = f"{OPSDB} --config {config} wal-push %p"
     with connect(inst.conninfo()) as c:
         c.alter_system("archive_command", command)
@@ -85,6 +87,15 @@ def _archive_into(inst: Instance, config: Path) -> None:
         deadline = time.monotonic() + 10
         while c.fetchval("SHOW archive_command") != command and time.monotonic() < deadline:
             time.sleep(0.1)
+        if not drained:
+            return
+        c.execute("SELECT pg_create_restore_point('opsdb test')")
+        switched = c.fetchval("SELECT pg_walfile_name(pg_switch_wal())")
+        deadline = time.monotonic() + 90
+        while (c.archiver_stats().get("last_archived_wal") or "") < switched:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{switched} not archived in 90 s: {c.archiver_stats()}")
+            time.sleep(0.2)
 
 
 def _archiver(inst: Instance) -> dict[str, Any]:
@@ -186,7 +197,7 @@ def test_check_as_root_with_a_key_postgres_cannot_read_is_critical(cluster: Inst
     config = _config(workdir, cluster, f"file://{workdir}/repo")
     key = workdir / "repo.key"
     os.chown(key, 0, 0)  # the old behaviour of `key generate` as root: a key only root can read
-    _archive_into(cluster, config)
+    _archive_into(cluster, config, drained=False)
     done = run_root(config, "--json", "check", check=False)
     doc = json.loads(done.stdout)
     statuses = {c["name"]: c for c in doc["checks"]}
@@ -248,7 +259,7 @@ def test_check_names_the_credentials_the_servers_environment_lacks(
         bare = make_cluster(archive_mode="on", archive_command="/bin/true")
     workdir = make_temp_dir("opsdb-privileges-s3env-")
     config = _config(workdir, bare, f"s3://{s3_bucket}/bare-server", moto_endpoint)
-    _archive_into(bare, config)
+    _archive_into(bare, config, drained=False)
     done = run_root(config, "--json", "check", check=False)
     doc = json.loads(done.stdout)
     checks = {c["name"]: c for c in doc["checks"]}
