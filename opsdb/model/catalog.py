@@ -1,11 +1,13 @@
 """Catalog records: what a committed backup or dump is, as stored in clusters/<c>/catalog/<id>.json.
 
-One record type serves both kinds (kind "physical" for `opsdb backup`, "logical" for `opsdb dump`),
-so every reader (list, retention, drill, verify, info) handles one shape. `to_dict()` is the stored
+One record type serves every kind ("physical" for `opsdb backup`, "incremental" for `opsdb backup
+--incremental` with `parent` the backup it builds on, "logical" for `opsdb dump`), so every reader
+(list, retention, drill, verify, info) handles one shape. `to_dict()` is the stored
 document (every field); `to_json()` is the SPEC's `backups list --json` row. Times are UTC and
 written as ISO-8601 with "Z"; LSNs as PostgreSQL prints them.
 
-Backup ids sort by start time: 20261121T101500Z-F (physical, "full") or 20261121T101500Z-D (dump).
+Backup ids sort by start time: 20261121T101500Z-F (physical, "full"), 20261121T101500Z-I (incremental)
+or 20261121T101500Z-D (dump).
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from opsdb.model.lsn import Lsn
 
 RECORD_FORMAT = 1
 PHYSICAL = "physical"
+INCREMENTAL = "incremental"  # a physical backup of the blocks changed since its parent (PostgreSQL 17+)
 LOGICAL = "logical"
-KIND_SUFFIX = {PHYSICAL: "F", LOGICAL: "D"}
-_ID_RE = re.compile(r"^(\d{8}T\d{6}Z)-([FD])$")
+BASE_BACKUP_KINDS = (PHYSICAL, INCREMENTAL)  # what pg_basebackup made: restored with `opsdb restore`
+KIND_SUFFIX = {PHYSICAL: "F", INCREMENTAL: "I", LOGICAL: "D"}
+_KIND_OF_SUFFIX = {v: k for k, v in KIND_SUFFIX.items()}
+_ID_RE = re.compile(r"^(\d{8}T\d{6}Z)-([FID])$")
 
 
 # --- ids and times --------------------------------------------------------------------------------
@@ -47,7 +52,7 @@ def parse_backup_id(backup_id: str) -> tuple[datetime, str]:
     if not match:
         raise UsageError(f"invalid backup id {backup_id!r}: expected the form 20261121T101500Z-F")
     when = datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    return when, PHYSICAL if match.group(2) == "F" else LOGICAL
+    return when, _KIND_OF_SUFFIX[match.group(2)]
 
 
 def is_backup_id(text: str) -> bool:
@@ -55,11 +60,11 @@ def is_backup_id(text: str) -> bool:
 
 
 def kind_of_id(backup_id: str) -> str | None:
-    """ "physical"/"logical" from an id's suffix, None for ids not made by opsdb backup/dump."""
+    """ "physical"/"incremental"/"logical" from an id's suffix, None for ids not made by opsdb backup/dump."""
     match = _ID_RE.match(backup_id)
     if not match:
         return None
-    return PHYSICAL if match.group(2) == "F" else LOGICAL
+    return _KIND_OF_SUFFIX[match.group(2)]
 
 
 def format_time(value: datetime | None) -> str | None:
@@ -174,7 +179,7 @@ class BackupRecord:
 
     id: str
     cluster: str
-    kind: str  # "physical" | "logical"
+    kind: str  # "physical" | "incremental" | "logical"
     start_time: datetime
     stop_time: datetime
     size_bytes: int  # plaintext bytes of all objects
@@ -200,12 +205,18 @@ class BackupRecord:
     host: str | None = None  # the host opsdb ran on
     opsdb_version: str | None = None
     format: int = RECORD_FORMAT
+    parent: str | None = None  # incremental: the id of the backup it builds on (full or incremental)
 
     # --- derived -------------------------------------------------------------------------------
 
     @property
     def is_physical(self) -> bool:
-        return self.kind == PHYSICAL
+        """Made by pg_basebackup (a full or an incremental backup), restored with `opsdb restore`."""
+        return self.kind in BASE_BACKUP_KINDS
+
+    @property
+    def is_incremental(self) -> bool:
+        return self.kind == INCREMENTAL
 
     @property
     def duration(self) -> timedelta:
@@ -237,6 +248,7 @@ class BackupRecord:
             "stored_bytes": self.stored_bytes,
             "encrypted": self.encrypted,
             "compression": self.compression,
+            "parent": self.parent,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -299,6 +311,7 @@ class BackupRecord:
                 host=doc.get("host"),
                 opsdb_version=doc.get("opsdb_version"),
                 format=int(doc.get("format") or RECORD_FORMAT),
+                parent=None if doc.get("parent") is None else str(doc["parent"]),
             )
         except (KeyError, TypeError, ValueError, AssertionError, UsageError) as exc:
             raise ValueError(f"malformed catalog record {doc.get('id', '?')!r}: {exc}") from None
@@ -319,6 +332,7 @@ class RestoreStep:
     dest: str  # absolute directory
     stored_size: int
     size: int
+    backup_id: str | None = None  # a chain member's id (incremental restores); None: the plan's backup
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -341,6 +355,10 @@ class RestorePlan:
     # whether the restored copy archives: "off" (never into the repository), "keep" (as the backup's
     # configuration says: a restore that replaces the primary), "standby" (a standby keeps it)
     archive_mode: str = "off"
+    # an incremental backup: the ids of its chain, full backup first (ops/restore_chain.py), staged
+    # under staging_dir and combined into target_dir by pg_combinebackup
+    chain: tuple[str, ...] = ()
+    staging_dir: str | None = None
 
     @property
     def bytes_to_read(self) -> int:
@@ -348,7 +366,15 @@ class RestorePlan:
 
     @property
     def bytes_to_write(self) -> int:
+        """Into the target. Combined, a chain is about as large as its full backup (estimated so)."""
+        if self.chain:
+            return sum(s.size for s in self.steps if s.backup_id == self.chain[0])
         return sum(s.size for s in self.steps)
+
+    @property
+    def staging_bytes(self) -> int:
+        """Staging space an incremental restore needs besides the target: every member extracted."""
+        return sum(s.size for s in self.steps) if self.chain else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -365,4 +391,7 @@ class RestorePlan:
             "port": self.port,
             "recovery": self.recovery,
             "archive_mode": self.archive_mode,
+            "chain": list(self.chain),
+            "staging_dir": self.staging_dir,
+            "staging_bytes": self.staging_bytes,
         }

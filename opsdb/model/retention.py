@@ -10,6 +10,11 @@ Rules (a backup is kept when any rule keeps it, and every rule that keeps it is 
   daily/weekly/monthly/yearly N
                   the newest backup of each of the last N calendar periods (the period containing now
                   counts as the first), in the cluster's timezone; weeks are ISO weeks starting on Monday
+Chains (incremental backups, PostgreSQL 17+): the rules above choose restore points, and an incremental
+backup is one like any other; every backup a kept incremental builds on (its parent, the parent's
+parent, down to the full backup) is then kept too, with the rule "parent_of <child> (<child's rules>)",
+so nothing a kept backup depends on is ever deleted. keep_last N therefore keeps the newest N restore
+points and their chains, whatever mix of full and incremental backups they are.
 Safety (always on): the newest complete backup is kept ("newest"); a backup that ended less than
 min_age ago is kept ("min_age"); a policy with no rule at all keeps everything ("no_policy"); records
 that are not complete are left alone ("not_complete").
@@ -86,6 +91,7 @@ class Item:
     complete: bool = True
     timeline: int | None = None
     start_segment: int | None = None  # segment number holding start_lsn (physical backups only)
+    parent: str | None = None  # incremental backups: the backup this one builds on
 
     @property
     def sort_key(self) -> tuple[datetime, datetime, str]:
@@ -203,6 +209,7 @@ def item_from_record(record: Any, segment_size: int = DEFAULT_SEGMENT_SIZE) -> I
         complete=status in (None, "complete"),
         timeline=int(timeline) if timeline is not None else None,
         start_segment=start_segment,
+        parent=None if get("parent") is None else str(get("parent")),
     )
 
 
@@ -287,6 +294,24 @@ def _decide(
     return tuple(sorted(decisions, key=lambda d: (d.stop_time, d.start_time, d.id)))
 
 
+def keep_chains(decisions: Sequence[Decision], items: Sequence[Item]) -> tuple[Decision, ...]:
+    """Keep every ancestor of a kept backup, naming the child and the rules that kept the child."""
+    parent_of = {i.id: i.parent for i in items}
+    by_id = {d.id: d for d in decisions}
+    extra: dict[str, list[str]] = {}
+    for decision in sorted(decisions, key=lambda d: d.id, reverse=True):  # children before their parents
+        if not (decision.keep or extra.get(decision.id)):
+            continue
+        rules = [*(decision.rules if decision.keep else ()), *extra.get(decision.id, [])]
+        parent = parent_of.get(decision.id)
+        if parent is not None and parent in by_id:
+            extra.setdefault(parent, []).append(f"parent_of {decision.id} ({', '.join(rules)})")
+    return tuple(
+        dataclasses.replace(d, keep=True, rules=(*(d.rules if d.keep else ()), *extra[d.id])) if d.id in extra else d
+        for d in decisions
+    )
+
+
 def wal_expiry(
     retained: Iterable[Item], wal_names: Iterable[str | WalName], segment_size: int = DEFAULT_SEGMENT_SIZE
 ) -> tuple[WalExpiry, ...]:
@@ -355,7 +380,9 @@ def plan(
     zone = resolve_tz(tz)
     backup_items = [b if isinstance(b, Item) else item_from_record(b, segment_size) for b in backups]
     dump_items = [d if isinstance(d, Item) else item_from_record(d, segment_size) for d in dumps]
-    backup_decisions = _decide(backup_items, policy.backup_rules(), policy.min_age, now, zone)
+    backup_decisions = keep_chains(
+        _decide(backup_items, policy.backup_rules(), policy.min_age, now, zone), backup_items
+    )
     dump_decisions = _decide(dump_items, policy.dump_rules(), policy.min_age, now, zone)
     kept_ids = {d.id for d in backup_decisions if d.keep}
     retained = [i for i in backup_items if i.id in kept_ids]

@@ -200,11 +200,11 @@ def as_time(value: datetime | str | None) -> datetime | None:
 
 
 def physical_complete(backups: Iterable[Any]) -> list[Any]:
-    """Complete physical backups, oldest first (by stop LSN, then stop time)."""
+    """Complete physical backups (full and incremental), oldest first (by stop LSN, then stop time)."""
     usable = [
         b
         for b in backups
-        if getattr(b, "kind", "physical") == "physical"
+        if getattr(b, "kind", "physical") in ("physical", "incremental")
         and getattr(b, "status", "complete") == "complete"
         and as_lsn(getattr(b, "stop_lsn", None)) is not None
     ]

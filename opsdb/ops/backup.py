@@ -30,7 +30,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from opsdb import __version__
 from opsdb.errors import IntegrityError, OperationFailed, OpsdbError, ToolError
 from opsdb.model.catalog import (
     BASE_OBJECT,
+    INCREMENTAL,
     MANIFEST_OBJECT,
     PHYSICAL,
     BackupRecord,
@@ -47,7 +48,8 @@ from opsdb.model.catalog import (
     next_backup_id,
 )
 from opsdb.model.lsn import Lsn
-from opsdb.ops.backup_source import ServerFacts, choose_source, slot_session
+from opsdb.ops.backup_incremental import check_server_supports, choose_parent, parent_manifest
+from opsdb.ops.backup_source import ServerFacts, bin_dir_for_server, choose_source, slot_session
 from opsdb.pg.tools import PgTools
 from opsdb.proc import Cmd, Runner, pid_alive
 from opsdb.repo import catalog, envelope, layout, marker
@@ -74,6 +76,9 @@ class BackupRequest:
     conninfo: str  # the cluster's conninfo
     bin_dir: Path
     from_standby: bool = False
+    bin_dir_configured: bool = True  # False: bin_dir was guessed; the server's major picks the real one
+    incremental: bool = False  # PostgreSQL 17+: only what changed since the parent (ops/backup_incremental.py)
+    incremental_from: str | None = None  # the parent's id; None: the newest complete backup
     standby_conninfos: tuple[str, ...] = ()  # the cluster's replicas, tried in order for --from-standby
     manifest_checksums: str = "CRC32C"  # per-file checksums in backup_manifest (objects are SHA-256'd anyway)
     fast_checkpoint: bool = True
@@ -108,12 +113,21 @@ def run_backup(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     on_bytes: OnBytes | None = None,
     tmp_root: str | None = None,
+    keys: Mapping[str, Any] | None = None,
 ) -> BackupResult:
-    """Take one physical backup and commit it. Raises LockHeld when another backup runs."""
+    """Take one physical backup (full, or incremental on its parent) and commit it. Raises LockHeld when
+    another backup runs; UsageError, before anything is stored, when an incremental cannot be taken."""
     started_mono = time.monotonic()
     source = choose_source(
         request.conninfo, request.standby_conninfos, request.from_standby, request.cluster, request.bin_dir, runner
     )
+    bin_dir = bin_dir_for_server(request.bin_dir, request.bin_dir_configured, source.major, runner)
+    request = dataclasses.replace(request, bin_dir=bin_dir)
+    if request.incremental:
+        check_server_supports(source)
+    if keys is None:
+        keys = {codec.key.id: codec.key} if codec.key else {}
+    kind = INCREMENTAL if request.incremental else PHYSICAL
     lock = RepositoryLock(
         storage, request.cluster, "backup", command="backup", ttl=timedelta(seconds=request.lock_ttl_seconds)
     )
@@ -124,16 +138,26 @@ def run_backup(
         cleaned = catalog.clean_leftovers(storage, request.cluster, kind=PHYSICAL, older_than=lock.acquired_at)
         for leftover in cleaned:
             log.info("removed %d objects of the interrupted backup %s", len(leftover.objects), leftover.backup_id)
-        backup_id = new_backup_id(clock(), PHYSICAL)
+        parent = None
+        if request.incremental:
+            parent = choose_parent(storage, request.cluster, keys, source, request.incremental_from)
+        backup_id = new_backup_id(clock(), kind)
         while catalog.id_taken(storage, request.cluster, backup_id):
             backup_id = next_backup_id(backup_id)
-        with slot_session(source.conninfo, request.bin_dir, runner) as facts:
+        with contextlib.ExitStack() as stack:
+            extra: tuple[str, ...] = ()
+            if parent is not None:
+                manifest_path = stack.enter_context(parent_manifest(storage, request.cluster, parent, keys, tmp_root))
+                extra = (f"--incremental={manifest_path}",)
+            facts = stack.enter_context(slot_session(source.conninfo, request.bin_dir, runner))
             start_time = clock()
             stored, manifest = _stream_basebackup(
-                request, source, facts, backup_id, storage, codec, runner, on_bytes, tmp_root
+                request, source, facts, backup_id, storage, codec, runner, on_bytes, tmp_root, extra
             )
             stop_time = clock()
         record = _record(request, facts, backup_id, start_time, stop_time, stored, manifest, codec, source)
+        if parent is not None:
+            record = dataclasses.replace(record, kind=INCREMENTAL, parent=parent.id)
         lock.check()
         catalog.commit(storage, record, codec)
     return BackupResult(record, time.monotonic() - started_mono, tuple(lo.backup_id for lo in cleaned))
@@ -151,6 +175,9 @@ class _PipeReader(threading.Thread):
         self.result: StoredObject | None = None
         self.error: BaseException | None = None
         self.got_bytes = False
+        # a handle on the pipe itself: pg_basebackup removes its directory (and our pipe's name) when it
+        # fails, and a reader still waiting in open() can then be released only through this handle
+        self._handle = os.open(path, os.O_PATH)
 
     def run(self) -> None:
         try:
@@ -181,7 +208,11 @@ class _PipeReader(threading.Thread):
     def unblock(self) -> None:
         """Release a reader still waiting in open(): open the write end once and close it (EOF)."""
         with contextlib.suppress(OSError):
-            os.close(os.open(self.path, os.O_WRONLY | os.O_NONBLOCK))
+            os.close(os.open(f"/proc/self/fd/{self._handle}", os.O_WRONLY | os.O_NONBLOCK))
+
+    def close_handle(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._handle)
 
 
 def _chain(first: bytes, pipe: Any) -> Iterator[bytes]:
@@ -211,6 +242,7 @@ def _stream_basebackup(
     runner: Runner,
     on_bytes: OnBytes | None,
     tmp_root: str | None,
+    extra: tuple[str, ...] = (),
 ) -> tuple[list[StoredFile], dict[str, Any]]:
     clean_stale_work_dirs(tmp_root)
     tmp = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=tmp_root))
@@ -222,7 +254,7 @@ def _stream_basebackup(
         fast_checkpoint=request.fast_checkpoint,
         manifest_checksums=request.manifest_checksums,
         label=f"opsdb {backup_id}",
-        extra=("--no-sync",),  # nothing to sync: the pipes are read into the repository
+        extra=("--no-sync", *extra),  # nothing to sync: the pipes are read into the repository
     )
     cmd = Cmd(cmd.argv, env=cmd.env, cwd=str(tmp))  # as ourselves: we must be able to make the pipes
     readers: list[_PipeReader] = []
@@ -241,6 +273,7 @@ def _stream_basebackup(
                 while reader.is_alive():
                     reader.unblock()
                     reader.join(0.1)
+                reader.close_handle()
         tail = log_path.read_text(errors="replace") if log_path.exists() else ""
         failed = next((r.error for r in readers if r.error is not None), None)
         if failed is not None:
@@ -404,7 +437,13 @@ def _record(
 
 
 def backup_from_settings(
-    settings: Any, cluster: str, *, from_standby: bool = False, on_bytes: OnBytes | None = None
+    settings: Any,
+    cluster: str,
+    *,
+    from_standby: bool = False,
+    incremental: bool = False,
+    incremental_from: str | None = None,
+    on_bytes: OnBytes | None = None,
 ) -> BackupResult:
     """The CLI's one call: build storage, codec and runner from config.Settings and run the backup."""
     from opsdb.ops.codec import repository
@@ -417,7 +456,12 @@ def backup_from_settings(
         cluster=cluster,
         conninfo=cfg.conninfo,
         bin_dir=find_bin_dir(cfg.pg_bin_dir),
+        bin_dir_configured=cfg.pg_bin_dir is not None,
         from_standby=from_standby,
         standby_conninfos=tuple(r.conninfo for r in cfg.replicas),
+        incremental=incremental,
+        incremental_from=incremental_from,
     )
-    return run_backup(request, storage=repo.storage, codec=repo.codec, runner=LocalRunner(), on_bytes=on_bytes)
+    return run_backup(
+        request, storage=repo.storage, codec=repo.codec, runner=LocalRunner(), on_bytes=on_bytes, keys=repo.keys
+    )

@@ -26,7 +26,7 @@ from pathlib import Path
 from opsdb.errors import DatabaseError, UsageError
 from opsdb.model.catalog import Tablespace
 from opsdb.pg.conninfo import SECRET_KEYS, parse_conninfo, redact
-from opsdb.pg.tools import PgTools
+from opsdb.pg.tools import PgTools, find_bin_dir, major_of_version
 from opsdb.proc import Cmd, Runner
 
 log = logging.getLogger("opsdb.backup")
@@ -44,6 +44,7 @@ FACTS_SQL = (
     "'version_num', current_setting('server_version_num')::int, "
     "'system_identifier', (SELECT system_identifier::text FROM pg_control_system()), "
     "'in_recovery', pg_is_in_recovery(), "
+    "'summarize_wal', current_setting('summarize_wal', true), "
     "'tablespaces', (SELECT coalesce(json_agg(json_build_object('oid', oid::int, 'name', spcname, "
     "'location', pg_tablespace_location(oid)) ORDER BY spcname), '[]'::json) "
     "FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')))"
@@ -58,6 +59,27 @@ class ServerFacts:
     system_identifier: str
     in_recovery: bool
     tablespaces: tuple[Tablespace, ...]
+    summarize_wal: bool | None = None  # None before PostgreSQL 17 (no WAL summaries)
+
+    @property
+    def major(self) -> int:
+        return self.version_num // 10000
+
+
+def bin_dir_for_server(bin_dir: Path, configured: bool, server_major: int, runner: Runner) -> Path:
+    """The bin directory whose pg_basebackup can back up this server: the configured one, else the one of
+    the server's major (find_bin_dir). pg_basebackup refuses a server of a newer major, so an older one is
+    a usage error here, before anything is stored."""
+    if not configured:
+        bin_dir = find_bin_dir(None, server_major)
+    out = runner.run(PgTools(bin_dir).version("pg_basebackup"), doing="asking pg_basebackup for its version").text
+    client_major = major_of_version(out)
+    if client_major is not None and client_major < server_major:
+        raise UsageError(
+            f"pg_basebackup {client_major} in {bin_dir} cannot back up a PostgreSQL {server_major} server",
+            hint=f"set pg_bin_dir to PostgreSQL {server_major}'s bin directory (or a newer one)",
+        )
+    return bin_dir
 
 
 def _psql(bin_dir: Path, conninfo: str, *, command: str | None = None, timeout: float | None = None) -> Cmd:
@@ -91,6 +113,7 @@ def server_facts(conninfo: str, bin_dir: Path, runner: Runner) -> ServerFacts:
             version_num=int(doc["version_num"]),
             system_identifier=str(doc["system_identifier"]),
             in_recovery=bool(doc["in_recovery"]),
+            summarize_wal=None if doc.get("summarize_wal") is None else doc["summarize_wal"] == "on",
             tablespaces=tuple(
                 Tablespace(int(t["oid"]), str(t["name"]), str(t["location"] or "")) for t in doc["tablespaces"]
             ),

@@ -25,6 +25,7 @@ from typing import Any
 from opsdb.errors import OperationFailed, OpsdbError
 from opsdb.ops.pitr import opsdb_executable
 from opsdb.pg.conn import connect
+from opsdb.pg.instance import CLOSE_SEGMENT_SQL
 from opsdb.proc import Cmd, Runner
 
 ARCHIVE_WAIT_SECONDS = 60.0
@@ -97,8 +98,7 @@ class Archiver:
         """Close the current WAL segment; return its name once it is archived (and stored)."""
         with connect(self.conninfo) as conn:
             failures = int(conn.fetchval("SELECT failed_count FROM pg_stat_archiver"))
-            # the file pg_switch_wal closed (or, with nothing to switch, the last one it closed before)
-            name = str(conn.fetchval("SELECT pg_walfile_name(pg_switch_wal())"))
+            name = str(conn.fetchval(CLOSE_SEGMENT_SQL))
             deadline = time.monotonic() + ARCHIVE_WAIT_SECONDS
             while True:  # bounded by the deadline
                 row = conn.fetchone(

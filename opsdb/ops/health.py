@@ -11,7 +11,6 @@ the repository.
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from opsdb.model.results import CheckReport, Status
 from opsdb.ops.privileges import handover
 from opsdb.pg import conn as pg_conn
 from opsdb.pg.conninfo import redact
-from opsdb.pg.tools import PgTools, find_bin_dir
+from opsdb.pg.tools import PgTools, find_bin_dir, major_of_version
 from opsdb.proc import LocalRunner, Runner
 from opsdb.repo import layout, marker
 from opsdb.storage import Storage
@@ -285,7 +284,7 @@ def _check_binaries(report: CheckReport, pg_bin_dir: Path | None, server_major: 
         majors = {}
         for program in ("pg_basebackup", "pg_dump"):
             out = runner.run(tools.version(program), doing=f"asking {program} for its version").text
-            majors[program] = _major_of(out)
+            majors[program] = major_of_version(out)
     except Exception as exc:
         report.add("binaries", CRITICAL, _describe(exc))
         return
@@ -299,12 +298,6 @@ def _check_binaries(report: CheckReport, pg_bin_dir: Path | None, server_major: 
         )
     else:
         report.add("binaries", OK, f"{found} in {bin_dir}")
-
-
-def _major_of(version_output: str) -> int | None:
-    """'pg_dump (PostgreSQL) 15.7 (Debian 15.7-1)' -> 15; '9.6.24' -> 9."""
-    match = re.search(r"\)\s+(\d+)(?:\.(\d+))?", version_output)
-    return int(match.group(1)) if match else None
 
 
 def _check_wal_level(report: CheckReport, wal_level: str | None) -> None:

@@ -112,13 +112,18 @@ def plan_restore(
         record = catalog.load_backup(storage, request.cluster, request.backup_id, keys)
     else:
         record = catalog.latest_backup(storage, request.cluster, keys, kind=PHYSICAL)
-    if record.kind != PHYSICAL:
+    if not record.is_physical:
         raise UsageError(f"{record.id} is a logical dump: restore it with `opsdb restore-dump {record.id}`")
     target = Path(os.path.abspath(request.target_dir))
     check_target_dir(target)
     spaces = tablespace_destinations(record, request.tablespace_map, target)
+    chain: tuple[str, ...] = ()
     steps = []
-    for obj in record.objects:
+    if record.is_incremental:  # the whole chain, checked now, combined at execute (ops/restore_chain.py)
+        from opsdb.ops.restore_chain import chain_plan
+
+        chain, steps, staging = chain_plan(storage, request.cluster, record, keys, target)
+    for obj in record.objects if not chain else ():
         if obj.name == BASE_OBJECT:
             steps.append(RestoreStep(obj.name, str(target), obj.stored_size, obj.size))
         elif obj.name == "pg_wal.tar":
@@ -155,6 +160,8 @@ def plan_restore(
         port=request.port,
         recovery=pitr_plan.to_json() if pitr_plan is not None else None,
         archive_mode=archive_mode,
+        chain=chain,
+        staging_dir=staging if chain else None,
     )
 
 
@@ -292,7 +299,13 @@ def execute_restore(
     created = _make_dirs(target, plan.tablespace_map.values())
     total = 0
     try:
-        for step in plan.steps:
+        if plan.chain:
+            from opsdb.ops.restore_chain import stage_and_combine
+
+            total += stage_and_combine(
+                plan, storage=storage, keys=keys, runner=runner, bin_dir=request.bin_dir, on_bytes=on_bytes
+            )
+        for step in plan.steps if not plan.chain else ():
             dest = Path(step.dest)
             dest.mkdir(mode=0o700, parents=True, exist_ok=True)
             key = layout.backup_object(plan.backup.cluster, plan.backup.id, step.object)
@@ -457,6 +470,8 @@ def restore_from_settings(
         from opsdb.ops.walspool import FetchSpool
 
         FetchSpool(settings.wal.spool_dir, cluster, plan.target_dir, settings.repository.url).clear()
+    if start and cfg.pg_bin_dir is None and plan.backup.pg_version_num:  # the backup's major starts it
+        request = dataclasses.replace(request, bin_dir=find_bin_dir(None, plan.backup.pg_version_num // 10000))
     result = execute_restore(
         plan, request, storage=repo.storage, keys=repo.keys, runner=runner, on_bytes=on_bytes, on_progress=on_progress
     )

@@ -149,7 +149,7 @@ def verify_repository(
         manifest_key = layout.backup_object(cluster, record.id, "backup_manifest")
         if manifest_key in recorded:
             manifests[record.id] = manifest_key
-        elif _get(record, "kind", "physical") == "physical":
+        elif _get(record, "kind", "physical") in ("physical", "incremental"):
             result.notes.append(f"backup {record.id}: no backup_manifest recorded (taken with --no-manifest?)")
 
     wal_keys = _wal_needed(scan, records, result, segment_size) if backup_id else _all_wal(storage, cluster)

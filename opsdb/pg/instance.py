@@ -21,6 +21,12 @@ from opsdb.pg.tools import PgTools
 from opsdb.proc import Cmd, Completed, Runner
 
 AUTO_CONF = "postgresql.auto.conf"
+# The name of the WAL segment this closes. A tiny logical message first so there is always something to
+# switch: with nothing written since the last switch, PostgreSQL 15 returns the boundary (the name is the
+# segment closed before) but 17+ return the insert position inside the new, still open segment.
+CLOSE_SEGMENT_SQL = (
+    "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT pg_logical_emit_message(false, 'opsdb', 'switch')) AS m"
+)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 _AUTO_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=")
 

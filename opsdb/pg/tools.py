@@ -18,7 +18,7 @@ from opsdb.errors import UsageError
 from opsdb.pg.conninfo import redact, split_password, with_dbname
 from opsdb.proc import Cmd
 
-__all__ = ["PgTools", "find_bin_dir", "redact", "split_password", "with_dbname", "DEBIAN_ROOT"]
+__all__ = ["PgTools", "find_bin_dir", "major_of_version", "redact", "split_password", "with_dbname", "DEBIAN_ROOT"]
 
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 _MARKERS = ("pg_ctl", "pg_basebackup")
@@ -63,6 +63,12 @@ def find_bin_dir(pg_bin_dir: Path | None, server_major: int | None = None, *, de
         "no PostgreSQL binaries found (looked for pg_bin_dir, /usr/lib/postgresql/N/bin and pg_basebackup on PATH)",
         hint="install the PostgreSQL client/server packages or set pg_bin_dir in the cluster's config",
     )
+
+
+def major_of_version(version_output: str) -> int | None:
+    """'pg_dump (PostgreSQL) 15.7 (Debian 15.7-1)' -> 15; 'pg_basebackup (PostgreSQL) 18.6' -> 18; '9.6.24' -> 9."""
+    match = re.search(r"\)\s+(\d+)(?:\.(\d+))?", version_output)
+    return int(match.group(1)) if match else None
 
 
 class PgTools:

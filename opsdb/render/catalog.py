@@ -28,13 +28,14 @@ def summary_line(verb: str, record: BackupRecord, seconds: float) -> str:
 def backups_table(records: Sequence[BackupRecord]) -> str:
     if not records:
         return "no complete backups or dumps in the repository"
-    header = ("ID", "KIND", "STOP (UTC)", "TL", "START LSN", "STOP LSN", "SIZE", "STORED", "ENC", "DBS")
+    header = ("ID", "KIND", "PARENT", "STOP (UTC)", "TL", "START LSN", "STOP LSN", "SIZE", "STORED", "ENC", "DBS")
     rows = [header]
     for r in records:
         rows.append(
             (
                 r.id,
                 r.kind,
+                r.parent or "-",  # an incremental's chain: follow PARENT up to a physical (full) backup
                 (format_time(r.stop_time) or "-").replace("T", " ")[:19],
                 str(r.timeline) if r.timeline is not None else "-",
                 str(r.start_lsn) if r.start_lsn else "-",
@@ -62,7 +63,9 @@ def backup_details(r: BackupRecord) -> str:
         f"compression   {r.compression}" + (f" level {r.compression_level}" if r.compression_level is not None else ""),
         f"encryption    {'AES-256-GCM, key ' + (r.key_id or '?') if r.encrypted else 'none'}",
     ]
-    if r.kind == "physical":
+    if r.is_physical:
+        if r.parent:
+            lines.append(f"parent        {r.parent} (incremental: restored combined with its chain)")
         lines += [
             f"postgresql    {r.pg_version or '?'} (system identifier {r.system_identifier or '?'})",
             f"timeline      {r.timeline}",
@@ -103,8 +106,12 @@ def restore_plan_text(plan: RestorePlan) -> str:
         f"  target    {plan.target}",
         f"  read      {human_bytes(plan.bytes_to_read)} from the repository, write {human_bytes(plan.bytes_to_write)}",
     ]
+    if plan.chain:
+        lines.append(f"  chain     {' -> '.join(plan.chain)} (combined by pg_combinebackup into the target)")
+        lines.append(f"  staging   {human_bytes(plan.staging_bytes)} in {plan.staging_dir} (removed afterwards)")
     for step in plan.steps:
-        lines.append(f"  extract   {step.object} -> {step.dest} ({human_bytes(step.stored_size)} stored)")
+        what = f"{step.backup_id}/{step.object}" if step.backup_id else step.object
+        lines.append(f"  extract   {what} -> {step.dest} ({human_bytes(step.stored_size)} stored)")
     for oid, where in sorted(plan.tablespace_map.items()):
         lines.append(f"  tablespace {oid} -> {where}")
     if plan.recovery_settings:

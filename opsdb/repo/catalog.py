@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from opsdb.errors import Conflict, IntegrityError, NotFound, OperationFailed
-from opsdb.model.catalog import BackupRecord, kind_of_id
+from opsdb.model.catalog import INCREMENTAL, PHYSICAL, BackupRecord, kind_of_id
 from opsdb.repo import envelope, layout
 from opsdb.storage.base import ObjectInfo, Storage
 
@@ -83,8 +83,8 @@ def list_backups(
 ) -> list[BackupRecord]:
     """Committed backups and dumps of the cluster, oldest first (ids sort by start time).
 
-    `kind` filters on "physical" / "logical". An entry that cannot be read (wrong key, tampered)
-    raises IntegrityError naming it, unless skip_unreadable."""
+    `kind` filters on "physical" (base backups: full and incremental ones) / "incremental" / "logical".
+    An entry that cannot be read (wrong key, tampered) raises IntegrityError naming it, unless skip_unreadable."""
     prefix = layout.catalog_prefix(cluster)
     records: list[BackupRecord] = []
     for info in storage.list(prefix):
@@ -97,7 +97,7 @@ def list_backups(
             if skip_unreadable:
                 continue
             raise
-        if kind is None or record.kind == kind:
+        if kind is None or record.kind == kind or (kind == PHYSICAL and record.is_physical):
             records.append(record)
     return sorted(records, key=lambda r: (r.start_time, r.id))
 
@@ -172,10 +172,15 @@ def find_leftovers(storage: Storage, cluster: str, *, kind: str | None = None) -
     for backup_id, objects in sorted(by_id.items()):
         if backup_id in committed or backup_id in deleting:
             continue
-        if kind is not None and kind_of_id(backup_id) != kind:
+        if kind is not None and _lock_kind(kind_of_id(backup_id)) != _lock_kind(kind):
             continue  # another kind's run (its own lock) may be writing it right now
         out.append(Leftover(backup_id, tuple(objects)))
     return out
+
+
+def _lock_kind(kind: str | None) -> str | None:
+    """Full and incremental backups run under the same "backup" lock: their leftovers are one kind."""
+    return PHYSICAL if kind == INCREMENTAL else kind
 
 
 def clean_leftovers(storage: Storage, cluster: str, *, kind: str, older_than: float) -> list[Leftover]:

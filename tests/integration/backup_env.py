@@ -11,6 +11,7 @@ from typing import Any
 
 from opsdb.pg.conn import connect
 from opsdb.stream.crypto import generate_key_file
+from tests.fixtures.pg import bin_dir_of_server
 
 OPSDB = str(Path(sys.executable).with_name("opsdb"))
 MARKER = "opsdb-marker-7f3a9c-plaintext-row"
@@ -37,6 +38,7 @@ def write_config(
         lines += ["[encryption]", f'key_file = "{key}"', "required = true"]
     lines += ["[compression]", f'algorithm = "{compression}"', "level = 1"]
     lines += ["[clusters.main]", f'conninfo = "{conninfo}"', 'os_user = "postgres"']
+    lines.append(f'pg_bin_dir = "{bin_dir_of_server(conninfo)}"')  # the binaries of the server's major
     path = directory / "opsdb.toml"
     path.write_text("\n".join(lines) + "\n" + extra)
     return path

@@ -22,7 +22,7 @@ from opsdb.model.lsn import Lsn
 from opsdb.ops.heartbeat import record_heartbeat
 from opsdb.pg.conn import connect
 from opsdb.pg.heartbeat import Heartbeat
-from opsdb.pg.instance import Instance
+from opsdb.pg.instance import CLOSE_SEGMENT_SQL, Instance
 from opsdb.proc import Cmd, LocalRunner
 from opsdb.repo import catalog, envelope, layout
 from opsdb.repo import wal as walrepo
@@ -61,8 +61,7 @@ class Primary:
 
     def switch_and_push(self) -> None:
         """Close the current segment, wait until PostgreSQL archived it, push everything new."""
-        # the file pg_switch_wal closed (or, with nothing to switch, the last one it closed before)
-        lsn = self.sql("SELECT pg_walfile_name(pg_switch_wal())")
+        lsn = self.sql(CLOSE_SEGMENT_SQL)
         deadline = time.monotonic() + 30
         done = "SELECT coalesce(last_archived_wal >= %s, false) FROM pg_stat_archiver"
         while not self.sql(done, (lsn,)):  # bounded by the deadline (cp may still be writing the file)

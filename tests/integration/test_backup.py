@@ -53,13 +53,14 @@ def backup(env: dict[str, Any]) -> dict[str, Any]:
     return opsdb_json(env["config"], "backup")  # type: ignore[no-any-return]
 
 
-def test_backup_is_listed_with_the_spec_fields(env: dict[str, Any], backup: dict[str, Any]) -> None:
+def test_backup_is_listed_with_the_spec_fields(env: dict[str, Any], backup: dict[str, Any], pg_major: int) -> None:
     listed = opsdb_json(env["config"], "backups", "list")["backups"]
     row = next(b for b in listed if b["id"] == backup["id"])
     assert set(row) == {
         "id", "kind", "cluster", "status", "start_time", "stop_time", "start_lsn", "stop_lsn", "timeline",
-        "size_bytes", "stored_bytes", "encrypted", "compression",
+        "size_bytes", "stored_bytes", "encrypted", "compression", "parent",
     }  # fmt: skip
+    assert row["parent"] is None  # a full backup
     assert row["kind"] == "physical" and row["status"] == "complete" and row["encrypted"] is True
     assert row["id"].endswith("-F") and row["timeline"] == 1
     assert row["start_lsn"] and row["stop_lsn"] and row["stored_bytes"] < row["size_bytes"]
@@ -67,7 +68,7 @@ def test_backup_is_listed_with_the_spec_fields(env: dict[str, Any], backup: dict
     names = {o["name"] for o in shown["objects"]}
     assert {"base.tar", "backup_manifest"} <= names
     assert any(n.startswith("pg_tblspc-") for n in names)
-    assert shown["system_identifier"] and shown["pg_version"].startswith("15")
+    assert shown["system_identifier"] and shown["pg_version"].startswith(f"{pg_major}.")
     assert shown["wal_included"] is True and shown["from_standby"] is False
     # every object of a backup is written as envelope version 2: its digest is of the compressed bytes
     assert {o["sha256_of"] for o in shown["objects"]} == {"compressed"}

@@ -30,17 +30,20 @@ def archiving_cluster(pg_bin_dir: Path) -> Instance:
         factory.close()
 
 
-def _config(tmp_path: Path, conninfo: str, *, repo: str | None = None, extra: str = "") -> Path:
-    """A config the server's user can read too (check runs opsdb as that user), in a directory it owns."""
+def _config(tmp_path: Path, target: Instance | str, *, repo: str | None = None, extra: str = "") -> Path:
+    """A config the server's user can read too (check runs opsdb as that user), in a directory it owns; for
+    a running Instance with its conninfo and bin directory (the binaries of its major), else a bare conninfo."""
     del tmp_path  # pytest's tmp dirs are root's 0700 when run as root
     from tests.fixtures.pg import make_temp_dir
 
     workdir = make_temp_dir("opsdb-check-")
     path = workdir / "opsdb.toml"
     url = repo or f"file://{workdir}/repo"
+    conninfo = target.conninfo() if isinstance(target, Instance) else target
+    bin_dir = f'pg_bin_dir = "{target.tools.bin_dir}"\n' if isinstance(target, Instance) else ""
     path.write_text(
         f'[repository]\nurl = "{url}"\n[wal]\nspool_dir = "{workdir}/spool"\n\n'
-        f'[clusters.main]\nconninfo = "{conninfo}"\narchive_wait = "3s"\n{extra}'
+        f'[clusters.main]\nconninfo = "{conninfo}"\n{bin_dir}archive_wait = "3s"\n{extra}'
     )
     path.chmod(0o644)
     return path
@@ -72,7 +75,7 @@ def _set_archive_command(inst: Instance, command: str) -> None:
 
 
 def test_all_ok_exits_0(archiving_cluster: Instance, tmp_path: Path) -> None:
-    config = _config(tmp_path, archiving_cluster.conninfo())
+    config = _config(tmp_path, archiving_cluster)
     _archive_with(archiving_cluster, config)
     code, doc = _check(config)
     assert isinstance(doc, dict)
@@ -89,6 +92,7 @@ def test_all_ok_exits_0(archiving_cluster: Instance, tmp_path: Path) -> None:
         "archive_mode",
         "archive_command",
         "archiver",
+        "summarize_wal",
         "os_user",
         "os_user repository",
         "os_user encryption",
@@ -101,17 +105,17 @@ def test_all_ok_exits_0(archiving_cluster: Instance, tmp_path: Path) -> None:
 
 
 def test_human_output_one_line_per_check(archiving_cluster: Instance, tmp_path: Path) -> None:
-    config = _config(tmp_path, archiving_cluster.conninfo())
+    config = _config(tmp_path, archiving_cluster)
     _archive_with(archiving_cluster, config)
     code, text = _check(config, as_json=False)
     assert code == 0, text
     lines = str(text).splitlines()
     assert lines[1].startswith("OK       repository") and "writable (" in lines[1] and lines[1].endswith(" ms)")
-    assert lines[-1].startswith("OK: 16 ok")
+    assert lines[-1].startswith("OK: 17 ok")
 
 
 def test_archive_mode_off_is_critical(pg_cluster: Instance, tmp_path: Path) -> None:
-    code, doc = _check(_config(tmp_path, pg_cluster.conninfo()))
+    code, doc = _check(_config(tmp_path, pg_cluster))
     assert isinstance(doc, dict)
     assert code == 2 and doc["status"] == "CRITICAL"
     statuses = _statuses(doc)
@@ -120,7 +124,7 @@ def test_archive_mode_off_is_critical(pg_cluster: Instance, tmp_path: Path) -> N
 
 
 def test_foreign_archive_command_warns_and_failing_archiver_warns(archiving_cluster: Instance, tmp_path: Path) -> None:
-    config = _config(tmp_path, archiving_cluster.conninfo())
+    config = _config(tmp_path, archiving_cluster)
     try:
         _set_archive_command(archiving_cluster, "cp %p /nowhere/%f")
         code, doc = _check(config)
@@ -186,7 +190,7 @@ def test_replicas_are_checked(archiving_cluster: Instance, tmp_path: Path) -> No
         f'\n[[clusters.main.replicas]]\nname = "r1"\nconninfo = "{archiving_cluster.conninfo()}"\n'
         f'\n[[clusters.main.replicas]]\nname = "r2"\nconninfo = "host=127.0.0.1 port={free_port()} user=postgres"\n'
     )
-    code, doc = _check(_config(tmp_path, archiving_cluster.conninfo(), extra=extra))
+    code, doc = _check(_config(tmp_path, archiving_cluster, extra=extra))
     assert isinstance(doc, dict)
     statuses = _statuses(doc)
     assert statuses["replica r1"] == "WARNING"  # reachable, but a primary: not replicating

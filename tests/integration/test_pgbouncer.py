@@ -94,6 +94,7 @@ def _config(workdir: Path, cluster: Instance, port: int, **pgbouncer: object) ->
     lines = [
         "[clusters.main]",
         f'conninfo = "host=127.0.0.1 port={cluster.port} user=postgres dbname=postgres"',
+        f'pg_bin_dir = "{cluster.tools.bin_dir}"',
         "",
         "[pgbouncer]",
     ]

@@ -26,7 +26,7 @@ from opsdb.model.target import RecoveryTarget, format_time
 from opsdb.ops import pitr
 from opsdb.ops import wal as ops_wal
 from opsdb.pg.conn import connect
-from opsdb.pg.instance import Instance
+from opsdb.pg.instance import CLOSE_SEGMENT_SQL, Instance
 from opsdb.proc import Cmd, LocalRunner
 from opsdb.repo import wal as repo_wal
 from opsdb.repo.envelope import Codec
@@ -97,7 +97,7 @@ def x(instance: Instance, sql: str) -> None:
 
 def wait_archived(instance: Instance, timeout: float = 60) -> None:
     """Switch WAL and wait until the archiver stored the segment just finished."""
-    segment = v(instance, "SELECT pg_walfile_name(pg_switch_wal())")
+    segment = v(instance, CLOSE_SEGMENT_SQL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         row = q(instance, "SELECT last_archived_wal, failed_count, last_failed_wal FROM pg_stat_archiver")[0]

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from opsdb.cli import output
+from opsdb.errors import UsageError
 
 
 def register(app: typer.Typer) -> None:
@@ -14,15 +15,30 @@ def register(app: typer.Typer) -> None:
     def backup(
         ctx: typer.Context,
         from_standby: Annotated[bool, typer.Option("--from-standby", help="Take the backup from a standby.")] = False,
+        incremental: Annotated[
+            bool,
+            typer.Option(
+                "--incremental",
+                help="Only what changed since the newest complete backup (PostgreSQL 17+, summarize_wal = on).",
+            ),
+        ] = False,
+        from_id: Annotated[
+            str | None, typer.Option("--from", metavar="ID", help="With --incremental: the backup to build on.")
+        ] = None,
     ) -> None:
-        """Physical base backup (pg_basebackup) streamed into the repository."""
+        """Physical base backup (pg_basebackup) streamed into the repository; --incremental on PostgreSQL 17+."""
         from opsdb.ops.backup import backup_from_settings
         from opsdb.render.catalog import summary_line
 
         state = ctx.obj
         name, _ = state.cluster()
+        if from_id is not None and not incremental:
+            raise UsageError("--from ID is only for --incremental", hint="opsdb backup --incremental --from ID")
         with output.progress(f"backup {name}") as on_bytes:
-            result = backup_from_settings(state.settings, name, from_standby=from_standby, on_bytes=on_bytes)
+            result = backup_from_settings(
+                state.settings, name, from_standby=from_standby, incremental=incremental,
+                incremental_from=from_id, on_bytes=on_bytes,
+            )  # fmt: skip
         line = summary_line("backup", result.record, result.seconds)
         if state.json:
             output.info(line)
