@@ -76,13 +76,15 @@ class DemoResult:
 
 
 class _Tour:
-    def __init__(self, workdir: Path, user: str | None, os_user: str, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, workdir: Path, user: str | None, os_user: str, log: Callable[[str], None], bin_dir: Path | None = None
+    ) -> None:
         self.workdir = workdir
         self.user = user  # who runs PostgreSQL (None: this user)
         self.os_user = os_user
         self.log = log
         self.runner = LocalRunner()
-        self.bin_dir = find_bin_dir(None)
+        self.bin_dir = find_bin_dir(bin_dir)
         self.steps: list[str] = []
         self.timings: dict[str, float] = {}
         self.instance = Instance(workdir / "data", free_port(), self.bin_dir, user, self.runner)
@@ -225,7 +227,11 @@ class _Tour:
 
 
 def run_demo(
-    report_dir: Path, *, os_user: str = "postgres", log: Callable[[str], None] = lambda line: None
+    report_dir: Path,
+    *,
+    os_user: str = "postgres",
+    log: Callable[[str], None] = lambda line: None,
+    bin_dir: Path | None = None,
 ) -> DemoResult:
     """Run the tour; the report stays in report_dir, everything else is removed (even on failure)."""
     started = time.monotonic()
@@ -234,7 +240,7 @@ def run_demo(
     try:
         user = os_user if os.geteuid() == 0 else None
         chown_to(workdir, user)
-        tour = _Tour(workdir, user, os_user, log)
+        tour = _Tour(workdir, user, os_user, log, bin_dir)
         if set_aside:
             tour.step(f"ignoring {', '.join(sorted(set_aside))} from the environment (the demo uses its own config)")
         tour.step(f"working in {workdir} (removed at the end)")

@@ -55,7 +55,9 @@ class RepositoryRestorer:
         keys: Mapping[str, Any],
         load_backups: Callable[[], list[Any]],
         os_user: str | None = None,
+        bin_dir: Path | None = None,  # pg_combinebackup for incremental backups (else the backup's major's)
     ) -> None:
+        self.bin_dir = bin_dir
         self.storage = storage
         self.cluster = cluster
         self.keys = keys
@@ -68,7 +70,14 @@ class RepositoryRestorer:
     def fetch_extract(self, backup: Any, data_dir: Path, on_bytes: Callable[[int], None]) -> int:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         total = 0
-        for name in _object_names(backup):
+        if getattr(backup, "parent", None):  # an incremental: its chain, combined (ops/restore_chain.py)
+            from opsdb.ops.restore_chain import restore_chain_into
+            from opsdb.proc import LocalRunner
+
+            total = restore_chain_into(
+                self.storage, self.keys, backup, data_dir, runner=LocalRunner(), bin_dir=self.bin_dir, on_bytes=on_bytes
+            )
+        for name in _object_names(backup) if not total else ():
             key = layout.backup_object(self.cluster, backup.id, name)
             if name == "base.tar":
                 total += extract_object(self.storage, key, self.keys, data_dir, on_bytes=on_bytes)

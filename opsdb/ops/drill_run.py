@@ -109,8 +109,9 @@ def drill_from_settings(
         os_user=cfg.os_user if os.geteuid() == 0 else None,
     )
     restorer = RepositoryRestorer(
-        repo.storage, cluster, repo.keys, lambda: load_catalog(repo.storage, cluster, repo.keys), request.os_user
-    )
+        repo.storage, cluster, repo.keys, lambda: load_catalog(repo.storage, cluster, repo.keys), request.os_user,
+        bin_dir,
+    )  # fmt: skip
     scratch = scratch_provider(settings, provider or settings.drill.provider, bin_dir, cfg.os_user, major, runner)
     report = run_drill(
         request, storage=repo.storage, keys=repo.keys, restorer=restorer, scratch=scratch, bin_dir=bin_dir,

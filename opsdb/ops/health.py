@@ -30,7 +30,7 @@ from opsdb.storage import Storage
 from opsdb.storage import open_storage as _open_storage
 
 OK, WARNING, CRITICAL, UNKNOWN = Status.OK, Status.WARNING, Status.CRITICAL, Status.UNKNOWN
-SERVER_CHECKS = ("wal_level", "archive_mode", "archive_command", "archiver")
+SERVER_CHECKS = ("wal_level", "archive_mode", "archive_command", "archiver", "summarize_wal")
 
 
 def _describe(exc: BaseException) -> str:
@@ -243,7 +243,7 @@ def _check_server(
             version = c.server_version()
             major = c.server_major()
             standby = c.in_recovery()
-            values = c.settings(["wal_level", "archive_mode", "archive_command", "archive_library"])
+            values = c.settings(["wal_level", "archive_mode", "archive_command", "archive_library", "summarize_wal"])
             archiver = c.archiver_stats()
             data_directory = _data_directory(c)
     except Exception as exc:
@@ -260,12 +260,26 @@ def _check_server(
     _check_archive_mode(report, mode, standby)
     _check_archive_command(report, mode, values.get("archive_command"), values.get("archive_library"))
     _check_archiver(report, mode, standby, archiver)
+    _check_summarize_wal(report, major, values.get("summarize_wal"))
     return {
         "archive_mode": mode,
         "archive_command": values.get("archive_command"),
         "standby": standby,
         "data_directory": data_directory,
     }
+
+
+
+def _check_summarize_wal(report: CheckReport, major: int, value: str | None) -> None:
+    """Whether `backup --incremental` can run: informational (full backups need none of it), so OK."""
+    if major < 17 or value is None:
+        report.add(
+            "summarize_wal", OK, f"not available on PostgreSQL {major}: full backups only (incremental needs 17+)"
+        )
+    elif value == "on":
+        report.add("summarize_wal", OK, "on: `opsdb backup --incremental` can build on the newest backup")
+    else:
+        report.add("summarize_wal", OK, f"{value}: `opsdb backup --incremental` is refused until summarize_wal = on")
 
 
 def _data_directory(c: Any) -> str | None:

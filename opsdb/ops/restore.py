@@ -303,8 +303,9 @@ def execute_restore(
             from opsdb.ops.restore_chain import stage_and_combine
 
             total += stage_and_combine(
-                plan, storage=storage, keys=keys, runner=runner, bin_dir=request.bin_dir, on_bytes=on_bytes
-            )
+                storage, keys, plan.backup.cluster, plan.chain, plan.steps, target, runner=runner,
+                bin_dir=request.bin_dir, major=(plan.backup.pg_version_num or 0) // 10000 or None, on_bytes=on_bytes,
+            )  # fmt: skip
         for step in plan.steps if not plan.chain else ():
             dest = Path(step.dest)
             dest.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,26 +117,28 @@ def chain_plan(
 
 
 def stage_and_combine(
-    plan: Any,
-    *,
     storage: Storage,
     keys: Mapping[str, Any],
+    cluster: str,
+    chain: tuple[str, ...],
+    steps: Sequence[RestoreStep],
+    target: Path,
+    *,
     runner: Runner,
     bin_dir: Path | None = None,
+    major: int | None = None,
     on_bytes: Callable[[int], None] | None = None,
 ) -> int:
-    """Extract every member into the staging directory, then pg_combinebackup into the (empty) target.
-    Returns the plaintext bytes read. The staging directory is removed in every case. pg_combinebackup
-    comes from bin_dir, else the bin directory of the backup's major (find_bin_dir)."""
-    cluster, target = plan.backup.cluster, Path(plan.target_dir)
+    """Extract every member (chain_plan's steps) into a staging directory beside the target, then
+    pg_combinebackup into the (empty) target. Returns the plaintext bytes read. The staging directory
+    is removed in every case. pg_combinebackup comes from bin_dir, else find_bin_dir for `major`."""
     if bin_dir is None:
-        major = (plan.backup.pg_version_num or 0) // 10000 or None
         bin_dir = find_bin_dir(None, major)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{target.name}-", dir=target.parent))
     total = 0
     try:
         members: list[Path] = []
-        for member_id in plan.chain:
+        for member_id in chain:
             directory = staging / member_id
             directory.mkdir(mode=0o700)
             members.append(directory)
@@ -145,10 +147,10 @@ def stage_and_combine(
                 for chunk in envelope.get_object(storage, key, keys):
                     fh.write(chunk)
                     total += len(chunk)
-        for step in plan.steps:
-            dest = staging / step.backup_id / ("pg_wal" if step.object == "pg_wal.tar" else "")
+        for step in steps:
+            dest = staging / str(step.backup_id) / ("pg_wal" if step.object == "pg_wal.tar" else "")
             dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-            key = layout.backup_object(cluster, step.backup_id, step.object)
+            key = layout.backup_object(cluster, str(step.backup_id), step.object)
             try:
                 total += extract_object(storage, key, keys, dest, on_bytes=on_bytes)
             except IntegrityError as exc:
@@ -159,6 +161,25 @@ def stage_and_combine(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return total
+
+
+def restore_chain_into(
+    storage: Storage,
+    keys: Mapping[str, Any],
+    record: BackupRecord,
+    target: Path,
+    *,
+    runner: Runner,
+    bin_dir: Path | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> int:
+    """Resolve, check, stage and combine the chain of `record` into `target` in one call (drills)."""
+    chain, steps, _ = chain_plan(storage, record.cluster, record, keys, target)
+    major = (record.pg_version_num or 0) // 10000 or None
+    return stage_and_combine(
+        storage, keys, record.cluster, chain, steps, target, runner=runner, bin_dir=bin_dir, major=major,
+        on_bytes=on_bytes,
+    )  # fmt: skip
 
 
 def combine(runner: Runner, bin_dir: Path, members: list[Path], target: Path) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 from opsdb.errors import IntegrityError, NotFound, OpsdbError, UsageError
 from opsdb.model import walheader
+from opsdb.model.chain import broken_links, chain_of
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, parse_wal_name, segment_name
 from opsdb.model.target import as_lsn
 from opsdb.model.window import timeline_of_segment, walk
@@ -128,9 +129,11 @@ def verify_repository(
 ) -> VerifyResult:
     """Verify the whole repository of a cluster, or one backup and the WAL it needs."""
     started = clock()
-    records = [b for b in backups if _get(b, "kind", "physical") in ("physical", "logical")]
+    records = [b for b in backups if _get(b, "kind", "physical") in ("physical", "incremental", "logical")]
+    broken = broken_links(records)
     if backup_id is not None:
-        records = [b for b in records if b.id == backup_id]
+        records = chain_of(records, backup_id)  # an incremental is verified with every backup it builds on
+        broken = broken_links(records) if records else []
         if not records:
             raise NotFound(
                 f"no backup {backup_id!r} in the catalog of cluster {cluster!r}", hint="see `opsdb backups list`"
@@ -139,6 +142,13 @@ def verify_repository(
     sysids = _identities(storage, cluster, records, result)
     scan = walrepo.scan(storage, cluster, keys, segment_size)
     result.timelines = scan.timelines
+    for child, parent in broken:
+        result.problems.append(
+            Problem(
+                layout.catalog_entry(cluster, child),
+                f"incremental backup {child}: its parent {parent} is not in the catalog, so it cannot be restored",
+            )  # fmt: skip
+        )
 
     expected: dict[str, _Expected] = {}
     manifests: dict[str, str] = {}  # backup id -> manifest key

@@ -31,8 +31,9 @@ s3_server = both_s3_servers()  # moto, and s3rver (which ignores conditional wri
 
 @pytest.fixture(scope="module")
 def env(
-    pg_bin_dir: Path, s3_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+    pg_bin_dir: Path, s3_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory, pg_major: int
 ) -> Iterator[dict[str, Any]]:
+    s3_url = f"{s3_url}-pg{pg_major}"  # the module runs once per major; the bucket is shared
     factory = ClusterFactory(pg_bin_dir)  # a cluster per S3 store: each run ends by stopping it
     space = make_temp_dir("opsdb-ts-")
     try:

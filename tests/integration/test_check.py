@@ -65,6 +65,10 @@ def _statuses(doc: dict) -> dict[str, str]:
     return {c["name"]: c["status"] for c in doc["checks"]}
 
 
+def _details(doc: dict) -> dict[str, str]:
+    return {c["name"]: c["detail"] for c in doc["checks"]}
+
+
 def _set_archive_command(inst: Instance, command: str) -> None:
     with conn.connect(inst.conninfo()) as c:
         c.alter_system("archive_command", command)
@@ -74,7 +78,7 @@ def _set_archive_command(inst: Instance, command: str) -> None:
             time.sleep(0.1)
 
 
-def test_all_ok_exits_0(archiving_cluster: Instance, tmp_path: Path) -> None:
+def test_all_ok_exits_0(archiving_cluster: Instance, tmp_path: Path, pg_major: int) -> None:
     config = _config(tmp_path, archiving_cluster)
     _archive_with(archiving_cluster, config)
     code, doc = _check(config)
@@ -100,6 +104,7 @@ def test_all_ok_exits_0(archiving_cluster: Instance, tmp_path: Path) -> None:
         "ownership",
         "archiving",
     ]
+    assert ("not available on PostgreSQL 15" in _details(doc)["summarize_wal"]) == (pg_major < 17)
     assert set(_statuses(doc).values()) == {"OK"}
     assert not list((config.parent / "repo").rglob("probe-*")), "the probe object was left behind"
 

@@ -62,9 +62,12 @@ def _assert_nothing_left(stderr: str, pid: int) -> None:
     assert list(Path(tempfile.gettempdir()).glob(f"opsdb-backup-{pid}-*")) == []
 
 
-def _run_demo(report_dir: Path, opsdb_executable: str) -> tuple[subprocess.Popen[str], str, str]:
+def _run_demo(
+    report_dir: Path, opsdb_executable: str, bin_dir: Path | None = None
+) -> tuple[subprocess.Popen[str], str, str]:
+    extra = ["--pg-bin-dir", str(bin_dir)] if bin_dir else []
     proc = subprocess.Popen(
-        _argv("--json", "demo", "--report-dir", str(report_dir)),
+        _argv("--json", "demo", "--report-dir", str(report_dir), *extra),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(opsdb_executable), cwd="/tmp",
     )  # fmt: skip
     try:
@@ -103,10 +106,10 @@ def _check_report(doc: dict, report_dir: Path) -> None:
     assert set(doc["timings"]) == {"setup", "backup", "activity", "drill", "cleanup", "total"}
 
 
-def test_demo_archives_through_wal_push_and_leaves_only_the_report(tmp_path: Path) -> None:
+def test_demo_archives_through_wal_push_and_leaves_only_the_report(tmp_path: Path, pg_bin_dir: Path) -> None:
     exe = _opsdb_for_server()
     report_dir = tmp_path / "reports"
-    proc, out, err = _run_demo(report_dir, exe)
+    proc, out, err = _run_demo(report_dir, exe, pg_bin_dir)  # once per PostgreSQL major
     assert proc.returncode == 0, err[-3000:]
     doc = json.loads(out)
     _check_report(doc, report_dir)

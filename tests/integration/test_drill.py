@@ -26,9 +26,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def env(pg_bin_dir: Path, moto_endpoint: str, s3_url: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def env(
+    pg_bin_dir: Path, moto_endpoint: str, s3_url: str, tmp_path_factory: pytest.TempPathFactory, pg_major: int
+) -> Any:
     from tests.fixtures.pg import ClusterFactory
 
+    s3_url = f"{s3_url}-pg{pg_major}"  # the module runs once per major; the bucket is shared
     factory = ClusterFactory(pg_bin_dir)
     repo_dir = tmp_path_factory.mktemp("repo")
     s3 = open_storage(s3_url, endpoint_url=moto_endpoint)

@@ -23,8 +23,9 @@ TABLES = ["orders", "customers"]
 
 @pytest.fixture(scope="module")
 def env(
-    pg_cluster: Instance, s3_url: str, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+    pg_cluster: Instance, s3_url: str, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory, pg_major: int
 ) -> Iterator[dict[str, Any]]:
+    s3_url = f"{s3_url}-pg{pg_major}"  # the module runs once per major; the bucket is shared
     with connect(pg_cluster.conninfo()) as c:
         c.execute("CREATE ROLE app_owner LOGIN PASSWORD 'sekret-pw-123'")
         c.execute("CREATE DATABASE app OWNER app_owner")

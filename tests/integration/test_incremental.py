@@ -81,6 +81,7 @@ def env(pg_bin_dir: Path, pg_major: int) -> Any:
             e["inc1"] = json.loads(run(e, "--json", "backup", "--incremental").stdout)
             x(primary, "UPDATE t SET v = 2, note = 'b' WHERE id % 100 = 7")
             x(primary, "DELETE FROM t WHERE id % 1000 = 3")
+            run(e, "heartbeat")  # the drill measures the point it reached by the heartbeat row
             e["rows_middle"] = rows(primary.conninfo())
             time.sleep(0.3)
             e["middle"] = format_time(v(primary, "SELECT clock_timestamp()"))
@@ -144,6 +145,19 @@ def test_dry_run_plan_shows_the_chain_and_staging(env: Any) -> None:
     text = run(env, *args, as_root=True).stdout
     assert "chain" in text and "pg_combinebackup" in text and "staging" in text
     assert not dest.exists()
+
+
+# before the restores: their promoted servers archive new timelines into the same repository
+def test_a_drill_restores_an_incremental_chain(env: Any) -> None:
+    needs_17(env)
+    reports = env["factory"].new_dir()
+    proc = run(env, "--json", "drill", "--to-time", env["middle"], "--report-dir", str(reports), check=False,
+               as_root=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["result"] == "pass", doc["checks"]
+    assert "drill: time" in proc.stderr and f"from backup {env['inc1']['id']}" in proc.stderr  # mid-chain
+    assert not list(reports.parent.glob("opsdb-combine-*")), "staging left behind"
 
 
 def test_restore_of_the_newest_incremental_matches_the_source(env: Any) -> None:

@@ -39,6 +39,9 @@ def register(app: typer.Typer) -> None:
         os_user: Annotated[
             str, typer.Option("--os-user", help="Runs PostgreSQL when opsdb runs as root.")
         ] = "postgres",
+        pg_bin_dir: Annotated[
+            str | None, typer.Option("--pg-bin-dir", help="PostgreSQL bin directory (default: found as for backups).")
+        ] = None,
     ) -> None:
         """Throwaway cluster + local repository: backup, WAL archiving, PITR drill, report."""
         from opsdb.ops.demo import run_demo, summary
@@ -46,7 +49,10 @@ def register(app: typer.Typer) -> None:
         state: AppState = ctx.obj
         try:
             with _sigterm_as_interrupt():
-                result = run_demo(Path(report_dir).resolve(), os_user=os_user, log=output.info)
+                result = run_demo(
+                    Path(report_dir).resolve(), os_user=os_user, log=output.info,
+                    bin_dir=Path(pg_bin_dir) if pg_bin_dir else None,
+                )  # fmt: skip
         except KeyboardInterrupt:
             output.error_text("interrupted (the demo's servers and temp dir were removed)")
             raise  # Typer turns it into exit 130
