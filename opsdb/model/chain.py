@@ -31,3 +31,22 @@ def broken_links(records: Iterable[Any]) -> list[tuple[str, str]]:
     listed = list(records)
     ids = {_get(r, "id") for r in listed}
     return [(_get(r, "id"), _get(r, "parent")) for r in listed if _get(r, "parent") and _get(r, "parent") not in ids]
+
+
+def chains(records: Iterable[Any]) -> list[tuple[str, list[str]]]:
+    """(full backup id, [incremental ids building on it, oldest first]) for each full backup with
+    incrementals; an incremental whose chain is broken is under the first missing parent's id."""
+    listed = list(records)
+    by_id = {_get(r, "id"): r for r in listed}
+    out: dict[str, list[str]] = {}
+    for record in sorted(listed, key=lambda r: _get(r, "id")):
+        if not _get(record, "parent"):
+            continue
+        root = _get(record, "parent")
+        for _ in range(len(by_id) + 1):  # bounded walk up to the full backup (or a missing parent)
+            parent = by_id.get(root)
+            if parent is None or not _get(parent, "parent"):
+                break
+            root = _get(parent, "parent")
+        out.setdefault(root, []).append(_get(record, "id"))
+    return sorted(out.items())

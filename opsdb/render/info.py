@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from opsdb.model.chain import chains
 from opsdb.model.target import format_time
 from opsdb.model.units import human_bytes
 
@@ -37,6 +38,7 @@ def info_json(info: Any) -> dict[str, Any]:
         "recoverable_from_lsn": _str(from_lsn),
         "recoverable_to_lsn": _str(to_lsn),
         "wal_stored_bytes": info.stored_bytes,
+        "chains": [{"full": full, "incrementals": incs} for full, incs in chains(info.backups)],
         "timelines": [
             {
                 "timeline": t.timeline,
@@ -68,6 +70,8 @@ def info_text(info: Any) -> str:
             f"  recoverable window: {_time(from_time) or '?'} ({from_lsn}) .. {_time(to_time) or '?'} ({to_lsn})"
         )
     lines.append(f"  WAL archive: {human_bytes(info.stored_bytes)} stored")
+    for full, incrementals in chains(info.backups):
+        lines.append(f"  chain: {full} (full) + {len(incrementals)} incremental: {', '.join(incrementals)}")
     for t in info.timelines:
         branch = f", branched from {t.parent} at {t.switch_lsn}" if t.parent else ""
         lines.append(f"  timeline {t.timeline}{branch}: {t.backups} backup(s)")

@@ -43,7 +43,7 @@ def env(
         make_tables(cluster.conninfo(), tablespace="extra")
         work = tmp_path_factory.mktemp("backup")
         config = write_config(work, url=s3_url, conninfo=cluster.conninfo(), endpoint_url=s3_endpoint)
-        yield {"config": config, "work": work, "space": space, "instance": cluster}
+        yield {"config": config, "work": work, "space": space, "instance": cluster, "url": s3_url}
     finally:
         factory.close()  # the tablespace directory goes away with the cluster
         shutil.rmtree(space, ignore_errors=True)
@@ -93,7 +93,7 @@ def test_no_stored_object_contains_the_marker_row(
     # the marker is really in the backup: the decrypted base.tar holds it (so this test can fail)
     from opsdb.storage import open_storage
 
-    storage = open_storage(f"s3://{s3_bucket}/repo", endpoint_url=s3_client.meta.endpoint_url)
+    storage = open_storage(env["url"], endpoint_url=s3_client.meta.endpoint_url)
     key = load_key(key_file=env["work"] / "repo.key")
     plain = b"".join(
         envelope.get_object(storage, layout.backup_object("main", backup["id"], "base.tar"), {key.id: key})

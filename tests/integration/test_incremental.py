@@ -132,6 +132,9 @@ def test_the_chain_is_recorded_and_listed(env: Any) -> None:
     assert inc1["stored_bytes"] < full["stored_bytes"] / 2, (inc1["stored_bytes"], full["stored_bytes"])
     text = run(env, "backups", "list").stdout
     assert "PARENT" in text and full["id"] in text.splitlines()[2]
+    info = json.loads(run(env, "--json", "info").stdout)
+    assert info["chains"] == [{"full": full["id"], "incrementals": [inc1["id"], inc2["id"]]}]
+    assert f"chain: {full['id']} (full) + 2 incremental" in run(env, "info").stdout
 
 
 def test_dry_run_plan_shows_the_chain_and_staging(env: Any) -> None:

@@ -21,7 +21,7 @@ import pytest
 from opsdb.pg.instance import Instance
 from opsdb.proc import LocalRunner
 from opsdb.stream.crypto import generate_key_file
-from tests.fixtures.pg import ClusterFactory, free_port, make_temp_dir, os_user
+from tests.fixtures.pg import ClusterFactory, bin_dir_of_server, free_port, make_temp_dir, os_user
 from tests.integration.test_pitr import _opsdb_for_server, wait_archived, x
 from tests.integration.test_retention_pitr import backup, chown_tree, now_between, rows, run
 
@@ -29,13 +29,15 @@ pytestmark = pytest.mark.integration
 
 
 def _config(workdir: Path, port: int, key: str, read_keys: list[str]) -> str:
+    conninfo = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+    bin_dir = f'pg_bin_dir = "{bin_dir_of_server(conninfo)}"\n' if port else ""  # the server's major
     return (
         f'[repository]\nurl = "file://{workdir}/repo"\n'
         f'[encryption]\nkey_file = "{workdir}/{key}"\nrequired = true\n'
         f"read_key_files = {json.dumps([str(workdir / k) for k in read_keys])}\n"
         "[compression]\nlevel = 1\n"
         f'[wal]\nspool_dir = "{workdir}/spool"\n'
-        f'[clusters.main]\nconninfo = "host=127.0.0.1 port={port} user=postgres dbname=postgres"\n'
+        f'[clusters.main]\nconninfo = "{conninfo}"\n{bin_dir}'
         '[clusters.main.retention]\nkeep_last = 1\nmin_age = "1s"\n'
     )
 

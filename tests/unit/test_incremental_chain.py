@@ -11,7 +11,7 @@ import pytest
 from opsdb.errors import IntegrityError, UsageError
 from opsdb.model import retention
 from opsdb.model.catalog import BackupRecord, StoredFile, kind_of_id, new_backup_id, parse_backup_id
-from opsdb.model.chain import broken_links, chain_of
+from opsdb.model.chain import broken_links, chain_of, chains
 from opsdb.model.lsn import Lsn
 from opsdb.ops.backup_incremental import check_server_supports, choose_parent, parent_manifest
 from opsdb.ops.backup_source import ServerFacts
@@ -143,6 +143,8 @@ def test_chain_helpers() -> None:
     assert [r.id for r in chain_of([full, inc1, inc2], inc2.id)] == [full.id, inc1.id, inc2.id]
     assert chain_of([full, inc1, inc2], full.id) == [full]
     assert broken_links([full, inc2]) == [(inc2.id, inc1.id)] and broken_links([full, inc1, inc2]) == []
+    assert chains([full, inc1, inc2, record(5)]) == [(full.id, [inc1.id, inc2.id])]
+    assert chains([full, inc2]) == [(inc1.id, [inc2.id])]  # broken: under the missing parent
 
 
 def test_verify_names_a_broken_chain(chain: tuple[MemoryStorage, list[BackupRecord]]) -> None:
