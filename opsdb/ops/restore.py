@@ -313,9 +313,15 @@ def execute_restore(
             total += extract_object(storage, key, keys, dest, on_bytes=on_bytes)
         if not (target / "PG_VERSION").is_file():
             raise OperationFailed(f"backup {plan.backup.id} restored no data directory (no PG_VERSION)")
-        manifest = check_restored_files(
-            storage, keys, plan.backup, target, plan.tablespace_map, bin_dir=request.bin_dir, runner=runner
-        )
+        if plan.chain:  # members were checked as they were extracted; the combined result here
+            from opsdb.ops.restore_chain import check_combined
+
+            major = (plan.backup.pg_version_num or 0) // 10000 or None
+            manifest = check_combined(target, runner=runner, bin_dir=request.bin_dir, major=major)
+        else:
+            manifest = check_restored_files(
+                storage, keys, plan.backup, target, plan.tablespace_map, bin_dir=request.bin_dir, runner=runner
+            )
         (target / "pg_wal" / "archive_status").mkdir(mode=0o700, parents=True, exist_ok=True)
         write_tablespace_map(target, plan.tablespace_map)
         _drop_recovery_targets(target)
@@ -472,6 +478,8 @@ def restore_from_settings(
 
         FetchSpool(settings.wal.spool_dir, cluster, plan.target_dir, settings.repository.url).clear()
     if start and cfg.pg_bin_dir is None and plan.backup.pg_version_num:  # the backup's major starts it
+        from opsdb.pg.tools import find_bin_dir
+
         request = dataclasses.replace(request, bin_dir=find_bin_dir(None, plan.backup.pg_version_num // 10000))
     result = execute_restore(
         plan, request, storage=repo.storage, keys=repo.keys, runner=runner, on_bytes=on_bytes, on_progress=on_progress

@@ -194,3 +194,19 @@ def combine(runner: Runner, bin_dir: Path, members: list[Path], target: Path) ->
     if not target.is_dir():
         os.makedirs(target, mode=0o700, exist_ok=True)
         raise OperationFailed(f"pg_combinebackup wrote no data directory at {target}")
+
+
+def check_combined(target: Path, *, runner: Runner, bin_dir: Path | None = None, major: int | None = None) -> str:
+    """The combined data directory against the backup_manifest pg_combinebackup wrote for it (the stored
+    manifests describe the members, which every extract already checked): pg_verifybackup -n."""
+    tools = PgTools(bin_dir if bin_dir is not None else find_bin_dir(None, major))
+    cmd = tools.pg_verifybackup(str(target), no_parse_wal=True, timeout=3600)
+    done = runner.run(cmd, check=False, doing=f"checking the combined files in {target}")
+    if done.returncode != 0:
+        lines = [ln.strip() for ln in (done.stderr or done.stdout).decode("utf-8", "replace").splitlines()]
+        said = " | ".join([ln for ln in lines if ln][:3]) or f"exit {done.returncode}"
+        raise IntegrityError(
+            f"the combined data directory {target} does not match the manifest pg_combinebackup wrote: {said}",
+            hint="the restore was undone and no server was started",
+        )
+    return f"pg_verifybackup: every combined file matches the manifest pg_combinebackup wrote ({MANIFEST_OBJECT})"
