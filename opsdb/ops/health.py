@@ -269,7 +269,6 @@ def _check_server(
     }
 
 
-
 def _check_summarize_wal(report: CheckReport, major: int, value: str | None) -> None:
     """Whether `backup --incremental` can run: informational (full backups need none of it), so OK."""
     if major < 17 or value is None:
