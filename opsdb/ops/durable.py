@@ -5,9 +5,9 @@ directory that looks restored but holds zeroed or missing files. PostgreSQL's ow
 (pg_basebackup, pg_combinebackup, initdb, pg_rewind) therefore sync their output, with
 `--sync-method fsync|syncfs` and `--no-sync`; opsdb restore offers the same choice:
 
-  fsync   (the default, as in PostgreSQL) every regular file, then every directory bottom-up (so a
-          file's entry is durable in its directory), then each root's parent. Symlinks are not
-          followed: tablespace locations are roots of their own.
+  fsync   (the default, as in PostgreSQL) every regular file, then every directory (so a file's
+          entry is durable in its directory) and each root's parent; SYNC_THREADS at a time. Symlinks
+          are not followed: tablespace locations are roots of their own.
   syncfs  one syncfs(2) per filesystem the roots live on: much faster for many files, but it also
           writes back everything else dirty on those filesystems, and kernels before 5.8 do not
           report write-back errors through it (PostgreSQL's caveat, docs "recovery_init_sync_method").
@@ -23,12 +23,14 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from opsdb.errors import OperationFailed, UsageError
 
 SYNC_METHODS = ("fsync", "syncfs")
 DEFAULT_SYNC_METHOD = "fsync"
+SYNC_THREADS = 16  # fsync calls in flight
 
 SyncCall = Callable[[int], None]
 
@@ -82,23 +84,28 @@ def sync_trees(
                 _sync_path(root, syncfs, directory=True)
         filesystems = len(seen)
     elif method == "fsync":
+        regular, folders = [], []
+        parents = {root.parent for root in roots}
         for root in roots:
-            for base, _dirs, names in os.walk(root, topdown=False):  # children before their directory
-                for name in names:
-                    path = Path(base, name)
-                    if path.is_file() and not path.is_symlink():
-                        _sync_path(path, fsync, directory=False)
-                        files += 1
-                _sync_path(Path(base), fsync, directory=True)
-                directories += 1
-            _sync_path(root.parent, fsync, directory=True)  # the root's own entry
-            directories += 1
+            for base, _dirs, names in os.walk(root):
+                folders.append(Path(base))
+                regular += [p for p in (Path(base, n) for n in names) if p.is_file() and not p.is_symlink()]
+        folders += sorted(parents)  # the roots' own entries
+        # every file before any directory; several fsyncs in flight let the filesystem commit its
+        # journal once for many of them (one at a time, 966 files of a fresh initdb took 2-3.5 s
+        # here, 0.17 s with 16 in flight; fsync releases the GIL)
+        with ThreadPoolExecutor(SYNC_THREADS) as pool:
+            list(pool.map(lambda p: _sync_path(p, fsync, directory=False), regular))
+            list(pool.map(lambda p: _sync_path(p, fsync, directory=True, optional=p in parents), folders))
+        files, directories = len(regular), len(folders)
     else:
         raise UsageError(f"invalid sync method {method!r}: expected {' or '.join(SYNC_METHODS)}")
     return SyncReport(method, files, directories, filesystems, time.monotonic() - started)
 
 
-def _sync_path(path: Path, call: SyncCall, *, directory: bool) -> None:
+def _sync_path(path: Path, call: SyncCall, *, directory: bool, optional: bool = False) -> None:
+    """fsync one path; `optional`: a directory the restore did not make (a root's parent), which the
+    restoring user may not be allowed to open (PostgreSQL's fsync_fname skips those the same way)."""
     try:
         fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
         try:
@@ -106,6 +113,8 @@ def _sync_path(path: Path, call: SyncCall, *, directory: bool) -> None:
         finally:
             os.close(fd)
     except OSError as exc:
+        if optional and isinstance(exc, PermissionError):
+            return
         raise OperationFailed(
             f"unable to sync restored {'directory' if directory else 'file'} {path}: {exc.strerror or exc}",
             hint="the restore is not durable; check the disk and restore again",

@@ -18,16 +18,16 @@ from opsdb.ops.durable import check_sync_method, libc_syncfs, sync_trees
 class RecordingSync:
     """Records the path behind each descriptor, then really syncs it (or fails for `fail_on`)."""
 
-    def __init__(self, real=os.fsync, fail_on: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, real=os.fsync, fail_on: str | None = None, error: int = errno.EIO) -> None:  # type: ignore[no-untyped-def]
         self.paths: list[str] = []
         self.real = real
-        self.fail_on = fail_on
+        self.fail_on, self.error = fail_on, error
 
     def __call__(self, fd: int) -> None:
         path = os.readlink(f"/proc/self/fd/{fd}")
         self.paths.append(path)
         if self.fail_on is not None and path.endswith(self.fail_on):
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
+            raise OSError(self.error, os.strerror(self.error))  # PermissionError for EACCES
         self.real(fd)
 
 
@@ -40,7 +40,7 @@ def _tree(root: Path) -> None:
     (root / "pg_tblspc").mkdir()
 
 
-def test_fsync_covers_every_file_and_directory_children_first(tmp_path: Path) -> None:
+def test_fsync_covers_every_file_then_every_directory(tmp_path: Path) -> None:
     data, space = tmp_path / "data", tmp_path / "space"
     _tree(data)
     (space / "PG_15_202209061").mkdir(parents=True)
@@ -55,11 +55,10 @@ def test_fsync_covers_every_file_and_directory_children_first(tmp_path: Path) ->
     assert set(dirs) | {str(data), str(space), str(tmp_path)} == {p for p in recorder.paths if p not in files}
     assert str(data / "pg_tblspc" / "16400") not in recorder.paths
     assert report.method == "fsync" and report.files == len(files) == 4
-    assert report.directories == len(dirs) + 2 + 2  # every directory, both roots and their parent (twice)
-    # a file before its directory, a directory before its parent
-    order = recorder.paths.index
-    assert order(str(data / "base" / "1" / "1259")) < order(str(data / "base" / "1")) < order(str(data / "base"))
-    assert order(str(data / "base")) < order(str(data)) < order(str(tmp_path))
+    assert report.directories == len(dirs) + 2 + 1  # every directory, both roots and their (one) parent
+    last_file = max(i for i, p in enumerate(recorder.paths) if p in files)
+    first_directory = min(i for i, p in enumerate(recorder.paths) if p not in files)
+    assert last_file < first_directory  # a directory entry is made durable after what it names
 
 
 def test_syncfs_syncs_each_filesystem_once(tmp_path: Path) -> None:
@@ -78,6 +77,14 @@ def test_a_failed_sync_is_an_operation_failure_naming_the_file(tmp_path: Path) -
         sync_trees([tmp_path / "data"], "fsync", fsync=RecordingSync(fail_on="1259"))
     assert "unable to sync restored file" in caught.value.message and "1259" in caught.value.message
     assert "Input/output error" in caught.value.message
+
+
+def test_a_parent_the_user_may_not_open_is_skipped_but_not_a_restored_directory(tmp_path: Path) -> None:
+    _tree(tmp_path / "data")
+    report = sync_trees([tmp_path / "data"], "fsync", fsync=RecordingSync(fail_on=tmp_path.name, error=errno.EACCES))
+    assert report.files == 3
+    with pytest.raises(OperationFailed, match="unable to sync restored directory .*archive_status: Permission denied"):
+        sync_trees([tmp_path / "data"], "fsync", fsync=RecordingSync(fail_on="archive_status", error=errno.EACCES))
 
 
 def test_options() -> None:
