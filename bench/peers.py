@@ -50,6 +50,7 @@ from wal import BIN, SEG, Server, as_pg, chown, free_port, sh
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HIGHER = {"MB/s": "higher", "segments/s": "higher", "ms": "lower"}
+SHORT = {"MB/s": "MB/s", "segments/s": "seg/s", "ms": "ms"}
 
 
 def log(msg: str) -> None:
@@ -129,15 +130,15 @@ _LABEL = {"backup": "backup (full)", "restore": "restore (synced)", "drain-sync"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    out = [
-        f"{'path':<42} {'repo':<5} {'opsdb':>11} {'pgBackRest':>11} {'opsdb/pgBR':>10}  {'better':<6} per round / reference"
-    ]
+    head = f"{'path':<40} {'repo':<5} {'opsdb':>12} {'pgBackRest':>12} {'opsdb/pgBR':>10}  {'better':<6}  per round; local cp"
+    out = [head]
     for r in rows:
+        unit = SHORT[r["unit"]]
         extra = ", ".join(f"{x:.2f}" for x in r["round_ratios"])
         if "cp" in r:
-            extra += f"; cp {r['cp']:g} {r['unit']}, opsdb/cp {r['opsdb_over_cp']:.2f}"
-        out.append(f"{_LABEL[r['path']]:<42} {r['kind']:<5} {r['opsdb']:>7g} {r['unit'][:4]:<4}"
-                   f"{r['pgbackrest']:>7g} {r['unit'][:4]:<4} {r['ratio']:>9.2f}  {r['better']:<6} {extra}")  # fmt: skip
+            extra += f"; cp {r['cp']:.3g} {unit}, opsdb/cp {r['opsdb_over_cp']:.2f}"
+        out.append(f"{_LABEL[r['path']]:<40} {r['kind']:<5} {r['opsdb']:>6.4g} {unit:<5} {r['pgbackrest']:>6.4g} {unit:<5}"
+                   f" {r['ratio']:>10.2f}  {r['better']:<6}  {extra}")  # fmt: skip
     return "\n".join(out)
 
 
@@ -172,22 +173,40 @@ def main() -> None:
         raise SystemExit("run as root, --kinds from s3,posix, and --segments larger than --calls")
     need_tools(args.install)
     opsdb = opsdb_venv(Path(args.venv), args.build_venv)
-    started, load_before = datetime.now(UTC), os.getloadavg()
+    started, load_before, tool_versions = datetime.now(UTC), os.getloadavg(), versions(opsdb)
+    out = Path(args.out) if args.out else RESULTS / f"peers-{started:%Y-%m-%d-%H%M}-scale{args.scale}.json"
     work = Path(tempfile.mkdtemp(prefix="opsdb-peerbench-", dir="/var/tmp"))
     chown(work)
     endpoint, server = Endpoint(work), None
     samples: list[dict[str, Any]] = []
+    facts: dict[str, Any] = {"scale": args.scale, "database_bytes": None, "burst_segments": None, "rounds": args.rounds,
+                             "prefetch": args.prefetch, "compression": "zstd level 1 (both)",
+                             "encryption": "opsdb AES-256-GCM, pgBackRest aes-256-cbc", "pgbackrest": "process-max=2",
+                             "opsdb": "its defaults ([wal] push_workers etc.)"}  # fmt: skip
+
+    def save(complete: bool) -> None:
+        """After every phase, so a run stopped early keeps what it measured ("complete": false)."""
+        doc = {"command": " ".join(["bench/peers.py", *sys.argv[1:]]), "complete": complete,
+               "started": started.isoformat(timespec="seconds"), "seconds": round((datetime.now(UTC) - started).total_seconds()),
+               "load_average_before": load_before, "load_average_now": os.getloadavg(), "versions": tool_versions,
+               "tls": "s3 rows: HTTPS to haproxy (self-signed certificate, verified by both tools) in front of moto",
+               "settings": facts, "summary": summarize(samples), "samples": samples}  # fmt: skip
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+
     try:
         endpoint.start()
         log(f"endpoint {endpoint.url} (haproxy TLS -> moto); cluster: pgbench -i -s {args.scale}")
         server, size = make_cluster(work, args.scale)
+        facts["database_bytes"] = size
         tools = Tools(work, endpoint, server.data, server.port, opsdb, BIN)
         main_cfg = {kind: {tool: config(tools, tool, f"main-{kind}", kind) for tool in TOOLS} for kind in kinds}
         for kind in kinds:
             log(f"backup and restore, {kind}, {args.rounds} rounds ({size / 1e6:.0f} MB)")
             samples += backups(tools, server, kind, args.rounds, size, main_cfg[kind])
             samples += restores(tools, kind, args.rounds, main_cfg[kind])
+            save(False)
         base, burst = make_burst(server, work, args.segments)
+        facts["burst_segments"] = len(burst)
         log(f"burst: {len(burst)} segments {burst[0]} .. {burst[-1]}")
         local = work / "archive-cp"
         for i, kind in enumerate(kinds):
@@ -195,10 +214,12 @@ def main() -> None:
             samples += drains(tools, server, burst, kind, args.rounds, local, with_cp=i == 0)
             log(f"single calls, {kind}")
             samples += calls(tools, server, [local / n for n in burst[: args.calls + 1]], kind, args.calls)
+            save(False)
         server.stop()
         for kind in kinds:
             log(f"replay, {kind}")
             samples += replays(tools, base, burst, kind, args.rounds, local, args.rounds - 1, args.prefetch)
+            save(False)
     finally:
         if server is not None:
             server.stop()
@@ -206,22 +227,11 @@ def main() -> None:
         endpoint.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    rows = summarize(samples)
+    save(True)
     print(f"\nopsdb vs pgBackRest, same run: pgbench scale {args.scale} ({size / 1e6:.0f} MB), burst of {len(burst)} "
           f"segments, {args.rounds} interleaved rounds; s3 = moto behind haproxy TLS (both verify the certificate); "
           f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after\n")  # fmt: skip
-    print(table(rows))
-    doc = {"command": " ".join(["bench/peers.py", *sys.argv[1:]]), "started": started.isoformat(timespec="seconds"),
-           "seconds": round((datetime.now(UTC) - started).total_seconds()), "load_average_before": load_before,
-           "load_average_after": os.getloadavg(), "versions": versions(opsdb),
-           "tls": "s3 rows: HTTPS to haproxy (self-signed certificate, verified by both tools) in front of moto",
-           "settings": {"scale": args.scale, "database_bytes": size, "burst_segments": len(burst), "rounds": args.rounds,
-                        "prefetch": args.prefetch, "compression": "zstd level 1 (both)",
-                        "encryption": "opsdb AES-256-GCM, pgBackRest aes-256-cbc", "pgbackrest": "process-max=2",
-                        "opsdb": "its defaults ([wal] push_workers etc.)"},
-           "summary": rows, "samples": samples}  # fmt: skip
-    out = Path(args.out) if args.out else RESULTS / f"peers-{started:%Y-%m-%d-%H%M}-scale{args.scale}.json"
-    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(table(summarize(samples)))
     print(f"\nwritten to {out}")
 
 
