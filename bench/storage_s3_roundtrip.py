@@ -6,6 +6,7 @@ Prints one line per direction. Data is a 1 MiB random block repeated (the cost m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import resource
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import boto3
 
@@ -24,10 +26,9 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main() -> None:
-    gib = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
-    part_mib = int(sys.argv[2]) if len(sys.argv) > 2 else 16
-    conc = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """A moto S3 server on a free 127.0.0.1 port for the length of the block; yields its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -40,12 +41,23 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(300):
+        for _ in range(300):  # bounded: 30 s for moto to come up
             try:
                 urllib.request.urlopen(url + "/moto-api/data.json", timeout=1)
                 break
             except OSError:
                 time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def main() -> None:
+    gib = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
+    part_mib = int(sys.argv[2]) if len(sys.argv) > 2 else 16
+    conc = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+    with moto_server() as url:
         boto3.client("s3", endpoint_url=url).create_bucket(Bucket="bench")
         storage = open_storage("s3://bench/repo", endpoint_url=url, part_size=part_mib * 2**20, upload_concurrency=conc)
         block = os.urandom(2**20)
@@ -72,9 +84,6 @@ def main() -> None:
         down = time.monotonic() - t
         assert got.digest() == sha.digest()
         print(f"open {n} MiB: {n / down:.0f} MiB/s, peak RSS {rss_mib():.0f} MiB")
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 if __name__ == "__main__":

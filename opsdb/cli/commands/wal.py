@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """After initdb or pg_upgrade: bind the cluster to its server's new system identifier."""
         from opsdb.ops.codec import repository
-        from opsdb.ops.identity import reinit as run_reinit
+        from opsdb.ops.reinit import reinit as run_reinit
 
         state = ctx.obj
         name, cluster = state.cluster()
