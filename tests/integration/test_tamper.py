@@ -124,12 +124,16 @@ def wal_key(repo: Path, name: str, cluster: str = "main") -> Path:
     return repo / layout.wal_object(cluster, name)
 
 
-def restore_and_start(world: dict, config: Path) -> tuple[Instance, str]:
+def restore_and_start(world: dict, config: Path) -> tuple[Instance | None, str]:
     """`opsdb restore` (default target: the end of the archive) into a new directory, then start the
-    server: returns it once it has stopped by itself, with its log. Fails if it ever gets promoted."""
+    server: returns it once it has stopped by itself, with its log. Fails if it ever gets promoted.
+    When the restore itself refuses (planning reads the newest segment), returns (None, its error):
+    then nothing was started and nothing is left in the target."""
     dest = world["factory"].new_dir() / "data"
     done = opsdb(world, config, "--cluster", "main", "restore", "--target-dir", str(dest))
-    assert done.returncode == 0, done.stderr
+    if done.returncode != 0:
+        assert not dest.exists() or not any(dest.iterdir()), "a refused restore left files behind"
+        return None, done.stderr
     instance = Instance(dest, free_port(), world["bin_dir"], os_user(), LocalRunner())
     world["factory"]._made.append((instance, dest.parent))
     try:
@@ -204,7 +208,8 @@ def test_a_segment_of_another_cluster_is_refused_naming_both_identities(world):
     fetched = _fetch(world, config, target)
     assert fetched.returncode > 125 and "of cluster 'other'" in fetched.stderr
     assert world["other_sysid"] in fetched.stderr and world["sysid"] in fetched.stderr
-    restore_and_start(world, config)
+    _, log = restore_and_start(world, config)
+    assert "of cluster 'other'" in log
     verify = opsdb(world, config, "--json", "--cluster", "main", "verify")
     assert verify.returncode == 1 and layout.wal_object("main", target) in verify.stdout
 
