@@ -19,7 +19,7 @@ from typing import Any
 
 from opsdb.errors import UsageError
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn, segment_name
-from opsdb.model.target import RecoveryTarget, as_lsn, as_time, choose_backup, format_time, physical_complete
+from opsdb.model.target import RecoveryTarget, as_lsn, choose_backup, physical_complete
 from opsdb.model.window import (
     BackupWindow,
     RecoveryEnd,
@@ -28,10 +28,20 @@ from opsdb.model.window import (
     on_path,
     timeline_of_segment,
 )
+from opsdb.ops.pitr_checks import GapRefused, WalGap, check_reachable, describe_window, gap_refusal, needs_wal_after
+from opsdb.ops.pitr_checks import fmt as _fmt
+from opsdb.ops.pitr_checks import refuse as _refuse
 from opsdb.ops.pitr_wait import RecoveryPoint, parse_log, start_and_wait, wait_for_target
 from opsdb.repo.wal import ArchiveScan
 
-__all__ = ["RecoveryPoint", "parse_log", "start_and_wait", "wait_for_target"]  # re-exported for callers
+__all__ = [
+    "GapRefused",
+    "RecoveryPoint",
+    "describe_window",
+    "parse_log",
+    "start_and_wait",
+    "wait_for_target",
+]  # re-exported for callers
 
 TARGET_SETTINGS = (
     "recovery_target",
@@ -40,23 +50,6 @@ TARGET_SETTINGS = (
     "recovery_target_time",
     "recovery_target_xid",
 )
-
-
-class GapRefused(UsageError):
-    """The target needs archived WAL beyond a missing segment (exit 2; --accept-gap restores up to it)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class WalGap:
-    """A missing segment between the backup's end and the target, and what the restore does about it."""
-
-    first_missing: str
-    resumes_at: str  # the first archived segment after the gap
-    requested: str  # the target asked for (label)
-    accepted: bool  # --accept-gap: the restore stops at the gap instead
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,16 +109,6 @@ class RecoveryPlan:
             "wal_bytes": self.wal_bytes,
             "bytes_to_read": self.bytes_to_read,
         }
-
-
-def _fmt(value: Any) -> str | None:
-    return format_time(value) if value is not None else None
-
-
-def describe_window(w: BackupWindow) -> str:
-    start = f"{_fmt(w.from_time) or '?'} (LSN {w.from_lsn})"
-    end = f"{_fmt(w.to_time) or '?'} (LSN {w.to_lsn})"
-    return f"{start} .. {end} on timeline {w.timeline}"
 
 
 def resolve_timeline(request: str | int, backup_timeline: int, scan: ArchiveScan) -> int:
@@ -199,12 +182,12 @@ def plan_recovery(
     if read_end is not None:
         window = ending_at_records([window], read_end, history, segment_size)[0]
     gap = None
-    if window.wal.has_gap and _needs_wal_after(target, window):
+    if window.wal.has_gap and needs_wal_after(target, window):
         gap = WalGap(window.wal.first_missing or "?", window.wal.resumes_at or "?", target.label(), accept_gap)
         if not accept_gap:
-            raise _gap_refusal(target, window)
+            raise gap_refusal(target, window)
         target = RecoveryTarget("latest", timeline=target.timeline)
-    _check_reachable(target, backup, window)
+    check_reachable(target, backup, window)
     last_segno = _last_needed(target, window, segment_size)
     first_segno = window.wal.first_segno
     needed = [(timeline_of_segment(s, timeline, history, segment_size), s) for s in range(first_segno, last_segno + 1)]
@@ -230,69 +213,6 @@ def _start(backup: Any) -> Lsn:
     lsn = as_lsn(getattr(backup, "start_lsn", None)) or as_lsn(backup.stop_lsn)
     assert lsn is not None
     return lsn
-
-
-def _refuse(problem: str, window: BackupWindow, extra: str = "", hint: str | None = None) -> UsageError:
-    missing = ""
-    if window.wal.first_missing:
-        missing = f"; the archive has no {window.wal.first_missing}"
-    return UsageError(
-        f"{problem}: backup {window.backup.id} can reach {describe_window(window)}{missing}{extra}",
-        hint=hint or "choose a target inside that window (opsdb info shows every timeline's window)",
-    )
-
-
-def _needs_wal_after(target: RecoveryTarget, window: BackupWindow) -> bool:
-    """True when the target may lie beyond the end of the contiguous WAL (so beyond a gap there)."""
-    if target.kind == "immediate":
-        return False
-    if target.kind == "time" and target.time is not None:
-        return window.to_time is None or target.time > window.to_time
-    if target.kind == "lsn" and target.lsn is not None:
-        return target.lsn > window.to_lsn
-    return True  # latest; xid and name: where they are is only found while replaying
-
-
-def _gap_refusal(target: RecoveryTarget, window: BackupWindow) -> GapRefused:
-    wal = window.wal
-    end = f"LSN {window.to_lsn}" + (f", last commit {format_time(window.to_time)}" if window.to_time else "")
-    return GapRefused(
-        f"the archived WAL has a gap: {wal.first_missing} is missing (the archive resumes at {wal.resumes_at}); "
-        f"restoring to {target.describe()} would stop at the gap: backup {window.backup.id} can reach "
-        f"{describe_window(window)}",
-        hint=f"choose a target at or before {end} (--to-time/--to-lsn), or pass --accept-gap to restore up to "
-        f"the gap and lose the WAL after it; `opsdb verify` names the missing objects. Nothing was written.",
-    )
-
-
-def _check_reachable(target: RecoveryTarget, backup: Any, window: BackupWindow) -> None:
-    by_records = window.end_source == "records"
-    if target.kind == "time" and target.time is not None:
-        start = as_time(getattr(backup, "stop_time", None))
-        if start is not None and target.time <= start:
-            raise _refuse(f"target {format_time(target.time)} is before the end of the backup", window)
-        if window.to_time is None or target.time > window.to_time:
-            if not by_records:
-                raise _refuse(f"target {format_time(target.time)} is after the newest archived WAL", window)
-            last = format_time(window.to_time) if window.to_time else "none found"
-            raise _refuse(
-                f"target {format_time(target.time)} is after the newest archived WAL can reach "
-                f"(the last commit or abort in it: {last})",
-                window,
-                hint="PostgreSQL stops for a time only at a commit: use --latest to restore everything archived, "
-                "choose a time at or before the last commit, or wait until a later commit is archived "
-                "(archive_timeout, `opsdb heartbeat`)",
-            )
-    if target.kind == "lsn" and target.lsn is not None:
-        if target.lsn < window.from_lsn:
-            raise _refuse(f"target LSN {target.lsn} is before the end of the backup", window)
-        if target.lsn > window.to_lsn:
-            what = "the last record in it starts at" if by_records else "it ends at"
-            raise _refuse(
-                f"target LSN {target.lsn} is after the newest archived WAL ({what} {window.to_lsn})",
-                window,
-                hint="use --latest, choose an LSN inside the window, or wait until more WAL is archived",
-            )
 
 
 def _last_needed(target: RecoveryTarget, window: BackupWindow, segment_size: int) -> int:

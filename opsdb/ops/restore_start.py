@@ -80,11 +80,15 @@ def start_restored(
         aim = recovery.get("reaches") or {}
         goal = " ".join(str(v) for v in (aim.get("time"), aim.get("lsn") and f"LSN {aim['lsn']}") if v)
         progress = lambda text: on_progress(f"{text} / target {target.label()} {goal}".rstrip())  # noqa: E731
-    point = start_and_wait(
-        instance, target, standby=request.standby, connect=connect, timeout=request.start_timeout,
-        conninfo=login_conninfo(sockets, plan.port, request.conninfo, request.os_user),
-        window=window_text, on_progress=progress,
-    )  # fmt: skip
+    try:
+        point = start_and_wait(
+            instance, target, standby=request.standby, connect=connect, timeout=request.start_timeout,
+            conninfo=login_conninfo(sockets, plan.port, request.conninfo, request.os_user),
+            window=window_text, on_progress=progress,
+        )  # fmt: skip
+    except OperationFailed as exc:
+        left = f"{target_dir} was not promoted (recovery.signal is still there): remove it before restoring again"
+        raise OperationFailed(exc.message, hint=f"{exc.hint}; {left}" if exc.hint else left) from None
     reached = point.to_json()
     check_reached_planned_end(recovery, reached, instance.log_path)
     return reached
