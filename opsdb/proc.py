@@ -23,6 +23,7 @@ import os
 import pwd
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -455,3 +456,10 @@ def _finish(
         raise _timeout_error(cmd, tail.text(), doing)
     if rc != 0:
         raise ToolError(cmd.name, rc, tail.text(), doing=doing)
+
+
+def python_module(module: str) -> tuple[str, ...]:
+    """argv of `python -m module` with this interpreter, isolated (-I): neither the working directory (an
+    `opsdb/` folder there would shadow the installed package) nor PYTHON* variables nor the user's
+    site-packages are on its path. The helpers and jobs opsdb starts all run this way."""
+    return (sys.executable, "-I", "-m", module)

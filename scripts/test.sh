@@ -5,18 +5,36 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OPSDB_DEV=1 ./scripts/bootstrap.sh
 
-# a real pgbouncer for the PgBouncer tests (Debian package); needs root for apt-get
+# shellcheck source=scripts/apt.sh
+. ./scripts/apt.sh  # apt_get waits (bounded) for another apt/dpkg's lock; installs leave no service enabled
+can_apt() { [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; }
+
+# --- pgbouncer: a real pgbouncer for the PgBouncer tests (Debian package) ---------------------------
 if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
-  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
-    # the package enables a system pgbouncer on 6432; the tests start their own
-    (systemctl stop pgbouncer || service pgbouncer stop) >/dev/null 2>&1 || true
+  if can_apt; then
+    apt_install_quiet pgbouncer
   else
     echo "warning: pgbouncer is not installed and cannot be installed (not root): its tests will be skipped" >&2
+  fi
+fi
+# the package's own service must not run on a test machine: the tests start theirs on free ports
+if [ "$(id -u)" = "0" ]; then service_off pgbouncer; fi
+
+# --- cron, zsh, chromium: the operator tests (a real cron daemon runs `schedule crontab` lines, zsh
+# completion, the drill report rendered in headless Chromium) --------------------------------------
+missing=()
+command -v cron >/dev/null 2>&1 || missing+=(cron)
+command -v zsh >/dev/null 2>&1 || missing+=(zsh)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if can_apt; then
+    apt_install_quiet "${missing[@]}"
+  else
+    echo "warning: ${missing[*]} not installed and cannot be installed (not root): those tests will be skipped" >&2
   fi
 fi
 
 .venv/bin/ruff check opsdb tests bench scripts
 .venv/bin/ruff format --check opsdb tests bench scripts
 .venv/bin/lint-imports
-.venv/bin/pytest -n "${OPSDB_TEST_WORKERS:-2}" --dist loadfile "$@"
+OPSDB_TEST_GATE=1 .venv/bin/pytest -n "${OPSDB_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
-import sys
 from collections.abc import Collection, Iterator, Mapping
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -25,6 +24,7 @@ from croniter import CroniterError, croniter
 
 from opsdb.config import ScheduleJob
 from opsdb.errors import ConfigError, UsageError
+from opsdb.proc import python_module
 
 # commands a job may not run: the scheduler itself (it would start a second loop)
 FORBIDDEN_COMMANDS = {("schedule", "run")}
@@ -161,7 +161,7 @@ def latest_slot(job: Job, moment: datetime) -> datetime:
 
 def job_argv(job: Job, config_path: Path | None, *, program: tuple[str, ...] | None = None) -> tuple[str, ...]:
     """`python -m opsdb --config C [--cluster X] <command...>` (the same interpreter as the scheduler)."""
-    argv: list[str] = list(program or (sys.executable, "-m", "opsdb"))
+    argv: list[str] = list(program or python_module("opsdb"))
     if config_path is not None:
         argv += ["--config", str(config_path)]
     if job.cluster:

@@ -18,7 +18,6 @@ import dataclasses
 import logging
 import random
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from pathlib import Path
 from opsdb.automation.history import JobHistory, JobLock, RunRecord, read_tail
 from opsdb.automation.schedule import Job, job_argv, latest_slot, next_run
 from opsdb.errors import LockHeld, OpsdbError
-from opsdb.proc import Cmd, Runner, Spawned
+from opsdb.proc import Cmd, Runner, Spawned, python_module
 
 log = logging.getLogger("opsdb.schedule")
 
@@ -276,7 +275,7 @@ def install_stop_signals(scheduler: Scheduler) -> None:
 
 def refresh_metrics_hook(runner: Runner, config_path: Path | None, textfile: Path, *, timeout: float = 120.0) -> None:
     """Rewrite the Prometheus textfile after a job (`opsdb metrics --textfile PATH` as a child)."""
-    argv = [sys.executable, "-m", "opsdb"]
+    argv = list(python_module("opsdb"))
     if config_path is not None:
         argv += ["--config", str(config_path)]
     result = runner.run(Cmd((*argv, "metrics", "--textfile", str(textfile)), timeout=timeout), check=False)

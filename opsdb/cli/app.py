@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -11,14 +12,16 @@ from typer.exceptions import Abort, Exit
 
 from opsdb import __version__
 from opsdb.cli import fastpath, output
+from opsdb.cli.commands.completion import COMPLETE_VAR
+from opsdb.cli.commands.completion import enable as enable_completion
 from opsdb.cli.fastpath import WAL_FETCH_MISSING_EXIT, WAL_FETCH_UNREADABLE_EXIT
 from opsdb.cli.state import AppState
-from opsdb.errors import OpsdbError
+from opsdb.errors import KeyFileError, OpsdbError
 
 app = typer.Typer(
     name="opsdb",
-    help="Provable PostgreSQL backups: backup, archive WAL, restore to any point, and prove it with drills.",
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain help like a Unix tool's (no boxes, no <bool> after flags)
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -30,7 +33,7 @@ app = typer.Typer(
 
 
 # commands that must work without (or before) a configuration file
-COMMANDS_WITHOUT_CONFIG = {"key", "demo", "check"}  # check reports a bad config as a CRITICAL line
+COMMANDS_WITHOUT_CONFIG = {"key", "demo", "check", "completion"}  # check reports a bad config as a CRITICAL line
 
 
 def _version(value: bool) -> None:
@@ -44,21 +47,35 @@ def root(
     ctx: typer.Context,
     config: Annotated[
         str | None,
-        typer.Option("--config", "-c", help="Config file (else $OPSDB_CONFIG, ./opsdb.toml, /etc/opsdb/opsdb.toml)."),
+        typer.Option(
+            "--config",
+            "-c",
+            metavar="PATH",
+            help="Config file (else $OPSDB_CONFIG, ./opsdb.toml, /etc/opsdb/opsdb.toml).",
+        ),
     ] = None,
     cluster: Annotated[
-        str | None, typer.Option("--cluster", help="Cluster name; optional when the config has one.")
+        str | None,
+        typer.Option("--cluster", metavar="NAME", help="Cluster to work on; optional when the config has one."),
     ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else there.")
     ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
-    log_format: Annotated[str | None, typer.Option("--log-format", help="text or json logs on stderr.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Log at debug level; tracebacks of internal errors.")] = False,
+    log_format: Annotated[
+        str | None, typer.Option("--log-format", metavar="text|json", help="Format of the log lines on stderr.")
+    ] = None,
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
+    """Provable PostgreSQL backups: back up, archive WAL, restore to any point, and prove it with drills.
+
+    The options below, except --version and --help, are global: they go before or after the command
+    (`opsdb backup --json` is `opsdb --json backup`).
+    """
     ctx.obj = AppState(config_path=config, cluster_name=cluster, json=json_output, debug=debug, log_format=log_format)
+    _invoked.append(ctx.obj)
     if ctx.invoked_subcommand not in COMMANDS_WITHOUT_CONFIG:
         # parse and validate the configuration once, before any work: a bad file changes nothing
         settings = ctx.obj.settings
@@ -72,6 +89,7 @@ def _register_commands() -> None:
         backup,
         catalog,
         check,
+        completion,
         demo,
         drill,
         keys,
@@ -83,7 +101,22 @@ def _register_commands() -> None:
         wal,
     )
 
-    for module in (keys, check, backup, catalog, wal, restore, drill, retention, schedule, pgbouncer, metrics, demo):
+    modules = (
+        keys,
+        check,
+        backup,
+        catalog,
+        wal,
+        restore,
+        drill,
+        retention,
+        schedule,
+        pgbouncer,
+        metrics,
+        demo,
+        completion,
+    )
+    for module in modules:
         module.register(app)
 
 
@@ -95,58 +128,116 @@ def exit_code_for(exc: OpsdbError, command: str | None) -> int:
     return fastpath.exit_code_for(exc, command or "")
 
 
+def click_command() -> click.Command:
+    """The Click command tree of the app, made to read like a Unix tool's help: plain text (no Rich boxes,
+    whatever a command group was declared with)."""
+    command = typer.main.get_command(app)
+    todo = [command]
+    while todo:
+        current = todo.pop()
+        if hasattr(current, "rich_markup_mode"):
+            current.rich_markup_mode = None
+        if current is not command and current.epilog is None:
+            current.epilog = GLOBAL_OPTIONS_EPILOG
+        todo += list(getattr(current, "commands", {}).values())
+    return command
+
+
+GLOBAL_OPTIONS_EPILOG = (
+    "Global options, before or after the command: --config PATH, --cluster NAME, --json, --debug, "
+    "--log-format text|json (see opsdb --help)."
+)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
+    # global options are taken anywhere (hoisted in front of the command), for both paths
+    args = fastpath.hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     # wal-push / wal-fetch: the lean path (same code, exit codes per SPEC); see opsdb/cli/fastpath.py
     if (code := fastpath.dispatch(args)) is not None:
         sys.exit(code)
     command = _guess_command(args)
     debug = "--debug" in args
+    if os.environ.get(COMPLETE_VAR):  # a completion request from the script of `opsdb completion SHELL`
+        enable_completion()
+    as_json = _json_requested(args)
     try:
         # without standalone mode, click returns the code of a typer.Exit instead of exiting
-        returned = app(args=args, prog_name="opsdb", standalone_mode=False)
+        returned = click_command().main(args=args, prog_name="opsdb", standalone_mode=False)
         if isinstance(returned, int) and returned != 0:
             sys.exit(returned)
     except OpsdbError as exc:
         code = exit_code_for(exc, command)
-        quiet = command == "wal-fetch" and code == WAL_FETCH_MISSING_EXIT
-        output.error(exc, quiet=quiet)
-        if _json_requested(args) and not quiet:
-            output.error_json(exc, code)
+        if not (command == "wal-fetch" and code == WAL_FETCH_MISSING_EXIT):  # a normal miss: silent
+            output.failure(str(exc), _key_hint(exc, command) or exc.hint, code, as_json=as_json)
         sys.exit(code)
     except Exit as exc:
         sys.exit(exc.exit_code)
     except Abort:
-        output.error_text("aborted")
+        output.failure("aborted", None, 130, as_json=as_json)
         sys.exit(130)
     except click.exceptions.NoArgsIsHelpError as exc:
         sys.stderr.write(exc.format_message() + "\n")
         sys.exit(2)
     except click.exceptions.ClickException as exc:
         # usage errors from Typer/Click: one line naming the problem, exit 2
-        output.error_text(exc.format_message())
-        if isinstance(exc, click.exceptions.UsageError) and exc.ctx is not None:
-            sys.stderr.write(f"hint: see '{exc.ctx.command_path} --help'\n")
-        sys.exit(2 if isinstance(exc, click.exceptions.UsageError) else exc.exit_code)
+        code = 2 if isinstance(exc, click.exceptions.UsageError) else exc.exit_code
+        output.failure(exc.format_message(), _usage_hint(exc), code, as_json=as_json)
+        sys.exit(code)
     except KeyboardInterrupt:
-        output.error_text("interrupted")
+        output.failure("interrupted", None, 130, as_json=as_json)
         sys.exit(130)
     except Exception as exc:  # a bug: one line, traceback only with --debug
         if debug:
             raise
-        output.error_text(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
-        sys.exit(1 if command != "wal-fetch" else WAL_FETCH_UNREADABLE_EXIT)
+        code = 1 if command != "wal-fetch" else WAL_FETCH_UNREADABLE_EXIT
+        hint = "rerun with --debug for the traceback, and report it"
+        output.failure(f"internal error: {type(exc).__name__}: {exc}", hint, code, as_json=as_json)
+        sys.exit(code)
     sys.exit(0)
 
 
-_OPTIONS_WITH_VALUE = {"--config", "-c", "--cluster", "--log-format"}
+_invoked: list[AppState] = []  # the root callback's state, for the error path
+READING_COMMANDS = {"restore", "restore-dump", "verify", "info", "backups", "report", "drill", "replicas", "replica"}
+
+
+def _key_hint(exc: OpsdbError, command: str | None) -> str | None:
+    """A missing key file on a read path: name the key id the stored objects need (a key made now with
+    `opsdb key generate` cannot read them), instead of suggesting to generate one."""
+    if not (isinstance(exc, KeyFileError) and "does not exist" in str(exc) and command in READING_COMMANDS):
+        return None
+    needed = "the key that wrote them"
+    try:
+        from opsdb.ops.key_ids import key_ids_in_use
+
+        state = _invoked[-1]
+        name, _ = state.cluster()
+        ids = key_ids_in_use(state.settings, name)
+        if ids:
+            needed = f"key id {', '.join(ids)}"
+    except (OpsdbError, IndexError, OSError):
+        pass  # the hint without the id; the error itself is what counts
+    return (
+        f"the repository's objects were encrypted with {needed}: restore that key file from your key backup "
+        "(a new key from `opsdb key generate` cannot read existing backups)"
+    )
+
+
+def _usage_hint(exc: click.ClickException) -> str | None:
+    if isinstance(exc, click.exceptions.NoSuchOption) and exc.option_name in ROOT_ONLY_OPTIONS:
+        return f"{exc.option_name} goes before the command: opsdb {exc.option_name}"
+    if isinstance(exc, click.exceptions.UsageError) and exc.ctx is not None:
+        return f"see '{exc.ctx.command_path} --help'"
+    return None
+
+
+ROOT_ONLY_OPTIONS = ("--version",)  # the only root options that are not global ones
 
 
 def _json_requested(args: list[str]) -> bool:
-    """--json among the global options (before the command), as the root callback would see it."""
+    """--json among the global options (hoisted before the command), as the root callback sees it."""
     command = _guess_command(args)
     head = args[: args.index(command)] if command in args else args
-    return "--json" in head
+    return "--json" in head and "--help" not in args and "-h" not in args
 
 
 def _guess_command(args: list[str]) -> str | None:
@@ -156,7 +247,7 @@ def _guess_command(args: list[str]) -> str | None:
         if skip:
             skip = False
             continue
-        if arg in _OPTIONS_WITH_VALUE:
+        if arg in fastpath.GLOBAL_VALUE_OPTIONS:
             skip = True
             continue
         if arg.startswith("-"):

@@ -34,8 +34,11 @@ WAL_FETCH_UNREADABLE_EXIT = 128
 PUSH_WAIT_SECONDS = 600.0  # how long one wal-push waits for the pusher before failing (PostgreSQL retries)
 FETCH_WAIT_SECONDS = 120.0  # how long one wal-fetch waits for the prefetcher before fetching itself
 COMMANDS = ("wal-push", "wal-fetch", "wal-agent", "wal-pusher", "wal-prefetcher")
-_VALUE_OPTIONS = {"--config", "-c", "--cluster", "--log-format"}
-_FLAG_OPTIONS = {"--json", "--debug"}
+# The global options, the one list (cli/app.py declares them on the Typer root with these names): they are
+# accepted before or after the command, like pgBackRest's, WAL-G's and Barman's; hoist_global_options()
+# moves them in front of the command for both paths. No command may define an option of these names.
+GLOBAL_VALUE_OPTIONS = ("--config", "-c", "--cluster", "--log-format")
+GLOBAL_FLAGS = ("--json", "--debug")
 
 
 class _NotLean(Exception):
@@ -92,15 +95,50 @@ def end_process(status: object) -> None:
     os._exit(code & 0xFF)
 
 
+def hoist_global_options(args: list[str]) -> list[str]:
+    """`opsdb backup --config X --json` -> `opsdb --config X --json backup`: global options found after the
+    command (up to a `--`) move in front of it, in their order; everything else keeps its place."""
+    head: list[str] = []
+    i = 0
+    while i < len(args) and args[i].startswith("-"):  # the global options already in front
+        step = 2 if args[i] in GLOBAL_VALUE_OPTIONS else 1
+        head += args[i : i + step]
+        i += step
+    hoisted: list[str] = []
+    rest: list[str] = []
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        name = arg.split("=", 1)[0] if arg.startswith("--") else arg
+        if name in GLOBAL_FLAGS and name == arg:
+            hoisted.append(arg)
+        elif name in GLOBAL_VALUE_OPTIONS and "=" in arg:
+            hoisted.append(arg)
+        elif arg in GLOBAL_VALUE_OPTIONS and i + 1 < len(args):
+            hoisted += args[i : i + 2]
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return head + hoisted + rest
+
+
 def _parse(args: list[str]) -> tuple[dict[str, Any], str, list[str]]:
     opts: dict[str, Any] = {"--json": False, "--debug": False}
+    args = hoist_global_options(args)
     i = 0
     while i < len(args):
         arg = args[i]
-        if arg in _VALUE_OPTIONS and i + 1 < len(args):
+        if arg in GLOBAL_VALUE_OPTIONS and i + 1 < len(args):
             opts["--config" if arg == "-c" else arg] = args[i + 1]
             i += 2
-        elif arg in _FLAG_OPTIONS:
+        elif arg.startswith("--") and "=" in arg and arg.split("=", 1)[0] in GLOBAL_VALUE_OPTIONS:
+            name, value = arg.split("=", 1)
+            opts[name] = value
+            i += 1
+        elif arg in GLOBAL_FLAGS:
             opts[arg] = True
             i += 1
         elif arg.startswith("-"):
@@ -288,9 +326,9 @@ def _starter(routing: Routing, command: str, log_path: str, extra: list[str] | N
     """A function that starts a background helper detached from this call and says whether it lives."""
 
     def start() -> Any:
-        from opsdb.proc import Cmd, LocalRunner
+        from opsdb.proc import Cmd, LocalRunner, python_module
 
-        argv = [sys.executable, "-m", "opsdb.cli.fastpath"]
+        argv = list(python_module("opsdb.cli.fastpath"))
         if routing.config_path:
             argv += ["--config", routing.config_path]
         argv += ["--cluster", routing.cluster or "", command, *(extra or [])]

@@ -13,8 +13,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from opsdb.errors import OpsdbError
-
 if TYPE_CHECKING:
     from opsdb.cli.state import AppState
 
@@ -67,22 +65,30 @@ def info(message: str) -> None:
     sys.stderr.flush()
 
 
-def error(exc: OpsdbError, *, quiet: bool = False) -> None:
-    if quiet:
-        return
-    error_text(str(exc))
-    if exc.hint:
-        sys.stderr.write(f"hint: {exc.hint}\n")
+def failure(message: str, hint: str | None, exit_code: int, *, as_json: bool) -> None:
+    """A failed command: `opsdb: error: ...` and `hint: ...` on stderr; with --json also one object on
+    stdout whose `hint` is the same text, so scripts can read what went wrong and what to do (unless
+    the command already printed its result, e.g. a failed drill's report: one object, never two)."""
+    error_text(message)
+    if hint:
+        sys.stderr.write(f"hint: {hint}\n")
+    else:
+        hint = hint_in_text(message)
+    if as_json and not _json_emitted:
+        sys.stdout.write(json.dumps({"error": message, "hint": hint, "exit_code": exit_code}) + "\n")
+        sys.stdout.flush()
 
 
-def error_json(exc: OpsdbError, exit_code: int) -> None:
-    """With --json a failed command still prints one object, so scripts can read what went wrong
-    (unless it already printed its result, e.g. a failed drill's report: one object, never two)."""
-    if _json_emitted:
-        return
-    doc = {"error": str(exc), "hint": exc.hint, "exit_code": exit_code}
-    sys.stdout.write(json.dumps(doc) + "\n")
-    sys.stdout.flush()
+# "invalid timeline 'x': use latest, current or a timeline number": many messages end with what to do
+_IMPERATIVES = ("use", "pass", "set", "chmod", "run", "rerun", "add", "give", "create", "check", "remove", "install")
+
+
+def hint_in_text(message: str) -> str | None:
+    """The what-to-do part of a message that carries it in its text (after the last ': '), for --json."""
+    head, sep, tail = message.rpartition(": ")
+    if sep and head and tail.split(" ", 1)[0] in _IMPERATIVES:
+        return tail
+    return None
 
 
 def error_text(message: str) -> None:

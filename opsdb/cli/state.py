@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
-from opsdb.config import ClusterConfig, Settings, load_settings
+from opsdb.config import SEARCH_PATHS, ClusterConfig, Settings, load_settings
+from opsdb.errors import UsageError
 
 
 @dataclasses.dataclass
@@ -22,4 +24,17 @@ class AppState:
         return load_settings(self.config_path)
 
     def cluster(self) -> tuple[str, ClusterConfig]:
-        return self.settings.cluster(self.cluster_name)
+        settings = self.settings
+        if settings.config_path is None and not settings.clusters:
+            raise no_config_file()
+        return settings.cluster(self.cluster_name)
+
+
+def no_config_file() -> UsageError:
+    """No file was found and the embedded default names no cluster: say where opsdb looked."""
+    looked = ["--config (not given)", "$OPSDB_CONFIG (not set)"]
+    looked += [str(p if p.is_absolute() else os.path.join(os.getcwd(), p)) for p in SEARCH_PATHS]
+    return UsageError(
+        f"no config file found (looked at: {', '.join(looked)}), and the built-in default has no cluster",
+        hint="pass --config PATH or create /etc/opsdb/opsdb.toml (config/opsdb.example.toml documents every key)",
+    )

@@ -5,15 +5,18 @@ server's OS user cannot run opsdb, and cleanup after Ctrl-C / SIGTERM: only the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -133,34 +136,74 @@ def test_demo_falls_back_and_says_so_when_the_server_cannot_run_opsdb(tmp_path: 
     _assert_nothing_left(err, proc.pid)
 
 
+# restore_command through this wrapper holds the first WAL segment fetch until the test lets it go (or its
+# parent, the scratch server's startup process, is gone): Ctrl-C then lands during replay on any machine load
+_HOLDING_WRAPPER = """#!/bin/sh
+for arg in "$@"; do last2=$last1; last1=$arg; done
+if [ "$5" = wal-fetch ] || [ "$3" = wal-fetch ]; then
+  case "$last2" in
+    *.history|*.partial|*.backup) ;;
+    *) touch {flags}/fetching
+       i=0
+       while [ ! -e {flags}/release ] && [ $i -lt 600 ] && kill -0 $PPID 2>/dev/null; do sleep 0.1; i=$((i+1)); done
+       kill -0 $PPID 2>/dev/null || exit 1 ;;
+  esac
+fi
+exec {real} "$@"
+"""
+
+
+@contextlib.contextmanager
+def _holding_opsdb(real: str) -> Iterator[tuple[str, Path]]:
+    """An opsdb executable the server's OS user can run that holds replay; the flags dir it signals in."""
+    where = Path(tempfile.mkdtemp(prefix="opsdb-demo-hold-"))
+    try:
+        flags = where / "flags"
+        flags.mkdir()
+        where.chmod(0o755)
+        flags.chmod(0o777)
+        wrapper = where / "opsdb"
+        wrapper.write_text(_HOLDING_WRAPPER.format(flags=flags, real=real))
+        wrapper.chmod(0o755)
+        yield str(wrapper), flags
+    finally:
+        (where / "flags" / "release").touch()
+        shutil.rmtree(where, ignore_errors=True)
+
+
 @pytest.mark.parametrize(
     ("signum", "when"),
-    [(signal.SIGINT, "drill: replaying WAL"), (signal.SIGTERM, "demo: backup ")],
+    [(signal.SIGINT, "replay held"), (signal.SIGTERM, "demo: backup ")],
     ids=["ctrl-c-during-replay", "sigterm-after-backup"],
 )
 def test_interrupted_demo_cleans_up(tmp_path: Path, signum: int, when: str) -> None:
-    """Ctrl-C reaches the whole foreground process group, as from a terminal."""
-    proc = subprocess.Popen(
-        _argv("demo", "--report-dir", str(tmp_path / "reports")),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(_opsdb_for_server()),
-        cwd="/tmp", start_new_session=True,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    seen = ""
-    try:
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stderr, selectors.EVENT_READ)
-            deadline = time.monotonic() + 120
-            while when not in seen:  # bounded by the deadline
-                assert time.monotonic() < deadline and proc.poll() is None, seen[-2000:]
-                if sel.select(timeout=1):
-                    seen += proc.stderr.readline()
-        os.killpg(proc.pid, signum)
-        rest = proc.communicate(timeout=120)[1]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    """Ctrl-C reaches the whole foreground process group, as from a terminal. During replay is made
+    certain, not likely: the scratch server's first WAL fetch waits until the signal was sent."""
+    with _holding_opsdb(_opsdb_for_server()) as (exe, flags):
+        proc = subprocess.Popen(
+            _argv("demo", "--report-dir", str(tmp_path / "reports")),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(exe),
+            cwd="/tmp", start_new_session=True,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        seen = ""
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(proc.stderr, selectors.EVENT_READ)
+                deadline = time.monotonic() + 180
+                held = (flags / "fetching").exists
+                while not (held() if when == "replay held" else when in seen):
+                    assert time.monotonic() < deadline and proc.poll() is None, seen[-2000:]
+                    if sel.select(timeout=0.2):
+                        seen += proc.stderr.readline()
+            os.killpg(proc.pid, signum)
+            rest = proc.communicate(timeout=120)[1]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     assert proc.returncode == 130, seen + rest
     assert "interrupted" in rest and "demo: cleanup: " in rest
+    if when == "replay held":
+        assert "drill: replaying WAL" in seen + rest
     _assert_nothing_left(seen + rest, proc.pid)

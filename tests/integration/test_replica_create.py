@@ -148,7 +148,7 @@ def test_standby_from_latest_backup_catches_up_from_the_archive_then_streams(env
     assert env["archived_segment"] not in pg_wal, "the primary still has the segment: the test would prove nothing"
     dest = new_target(env)
     doc = json.loads(
-        create(env, "--json", "replica", "create", "--target-dir", str(dest), "--from-backup", "latest",
+        create(env, "--json", "replicas", "create", "--target-dir", str(dest), "--from-backup", "latest",
                "--slot", "standby1", "--name", "standby1").stdout
     )  # fmt: skip
     assert doc["source"] == f"backup:{env['backup']['id']}" and doc["backup_id"] == env["backup"]["id"]

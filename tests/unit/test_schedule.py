@@ -131,7 +131,7 @@ def test_job_argv():
     j = job("0 2 * * *", cluster="main")
     argv = job_argv(j, Path("/etc/opsdb/opsdb.toml"), program=("opsdb",))
     assert argv == ("opsdb", "--config", "/etc/opsdb/opsdb.toml", "--cluster", "main", "backup")
-    assert job_argv(j, None)[1:3] == ("-m", "opsdb")
+    assert job_argv(j, None)[1:4] == ("-I", "-m", "opsdb")
 
 
 def test_crontab_lines():

@@ -26,7 +26,10 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--from", metavar="ID", help="With --incremental: the backup to build on.")
         ] = None,
     ) -> None:
-        """Physical base backup (pg_basebackup) streamed into the repository; --incremental on PostgreSQL 17+."""
+        """Take a base backup of the cluster into the repository.
+
+        pg_basebackup streamed, compressed and encrypted into the repository; --incremental on PostgreSQL 17+.
+        """
         from opsdb.ops.backup import backup_from_settings
         from opsdb.render.catalog import summary_line
 
@@ -54,7 +57,7 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--with-passwords", help="Include role password hashes in globals.")
         ] = False,
     ) -> None:
-        """Logical dumps: pg_dump -Fc per database plus globals."""
+        """Take logical dumps: pg_dump per database plus globals."""
         from opsdb.ops.dump import dump_from_settings
         from opsdb.render.catalog import summary_line
 

@@ -10,7 +10,7 @@ from opsdb.cli import output
 
 
 def register(app: typer.Typer) -> None:
-    backups = typer.Typer(help="The backup catalog.", no_args_is_help=True)
+    backups = typer.Typer(help="List and show the backups and dumps in the catalog.", no_args_is_help=True)
 
     @backups.command("list")
     def list_(ctx: typer.Context) -> None:
@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
 
     @backups.command("show")
     def show(ctx: typer.Context, backup_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
-        """Show one backup's metadata."""
+        """Show one backup's or dump's metadata."""
         from opsdb.ops.codec import repository
         from opsdb.render.catalog import backup_details
         from opsdb.repo import catalog

@@ -36,7 +36,11 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
     ) -> None:
-        """Config, repository, server and archiving, proven as the server's os_user (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
+        """Check config, repository, server and WAL archiving.
+
+        Proven as the server's os_user. Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (monitoring-plugin
+        convention).
+        """
         from opsdb.ops import health  # imported on use: keeps psycopg out of every other command's start-up
 
         state = ctx.obj

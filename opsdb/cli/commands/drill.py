@@ -53,7 +53,10 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--backup", help="Verify one backup and the WAL it needs.")
         ] = None,
     ) -> None:
-        """Re-read stored objects: checksums, authentication tags, WAL continuity."""
+        """Re-read stored objects and check WAL continuity.
+
+        Checksums, authentication tags, the catalog and WAL continuity.
+        """
         from opsdb.ops.drill_run import verify_from_settings
 
         state: AppState = ctx.obj
@@ -65,7 +68,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("heartbeat")
     def heartbeat(ctx: typer.Context) -> None:
-        """Insert a heartbeat row (time, LSN, txid) on the primary."""
+        """Write a heartbeat row (time, LSN, txid) on the primary."""
         from opsdb.ops.heartbeat import record_heartbeat
 
         state: AppState = ctx.obj
@@ -87,7 +90,10 @@ def register(app: typer.Typer) -> None:
         ] = None,
         keep: Annotated[bool, typer.Option("--keep", help="Keep the scratch instance.")] = False,
     ) -> None:
-        """Restore into a scratch instance, prove it, and report RTO/RPO."""
+        """Restore into a scratch instance and report RTO/RPO.
+
+        Restores, checks the data and writes a recovery report with measured RTO and RPO.
+        """
         from opsdb.model.target import parse_time
         from opsdb.ops.drill_run import drill_from_settings
 
@@ -103,7 +109,7 @@ def register(app: typer.Typer) -> None:
             names = ", ".join(c.name for c in report.failed_checks)
             raise OperationFailed(f"drill {report.id} failed: {names}")
 
-    report = typer.Typer(help="Drill reports kept in the repository.", no_args_is_help=True)
+    report = typer.Typer(help="List and show drill reports kept in the repository.", no_args_is_help=True)
 
     @report.command("list")
     def report_list(
@@ -125,7 +131,7 @@ def register(app: typer.Typer) -> None:
         report_id: Annotated[str, typer.Argument(metavar="ID")],
         fmt: Annotated[str, typer.Option("--format", help="json, md or html.")] = "md",
     ) -> None:
-        """Print one report."""
+        """Print one drill report."""
         import json
 
         from opsdb.ops.drill_run import report_show as show

@@ -13,7 +13,7 @@ from opsdb.stream.crypto import generate_key_file
 
 
 def register(app: typer.Typer) -> None:
-    key = typer.Typer(help="Encryption keys.", no_args_is_help=True)
+    key = typer.Typer(help="Generate encryption keys.", no_args_is_help=True)
 
     @key.command("generate")
     def generate(
@@ -27,10 +27,11 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
     ) -> None:
-        """Write a new random 256-bit key; refuses to overwrite an existing file.
+        """Write a new random 256-bit key file.
 
-        Run as root, the key goes to the configured cluster's os_user (or --owner), so PostgreSQL's
-        archive_command can read it; root reads every file anyway. Never readable by group or others."""
+        Refuses to overwrite an existing file. Run as root, the key goes to the configured cluster's
+        os_user (or --owner), so PostgreSQL's archive_command can read it; root reads every file anyway.
+        Never readable by group or others."""
         from opsdb.ops import privileges
 
         account = _owner(ctx.obj, owner)

@@ -18,7 +18,10 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--state-dir", help="Scheduler state dir (job results).")
         ] = None,
     ) -> None:
-        """Prometheus exposition of backups, WAL, drills, replicas and jobs."""
+        """Print Prometheus metrics: backups, WAL, drills, jobs.
+
+        Backups, WAL, drills, replicas and scheduled jobs in the Prometheus text format.
+        """
         from opsdb.automation.history import JobHistory, state_dir
         from opsdb.ops import metrics as ops_metrics
 

@@ -36,7 +36,7 @@ def _exit(code: int) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    pgb = typer.Typer(help="PgBouncer configuration.", no_args_is_help=True)
+    pgb = typer.Typer(help="Generate, check and grade PgBouncer configuration.", no_args_is_help=True)
 
     @pgb.command("generate")
     def generate(
@@ -46,7 +46,10 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--discover", help="Read databases and SCRAM verifiers from the cluster.")
         ] = False,
     ) -> None:
-        """Write pgbouncer.ini and userlist.txt (0600), pools sized against the server."""
+        """Write pgbouncer.ini and userlist.txt sized for the server.
+
+        userlist.txt is written 0600; pools are sized against the server's max_connections.
+        """
         from opsdb.ops import pgbouncer as ops
         from opsdb.render.pgbouncer_text import render_generate
 
@@ -59,7 +62,10 @@ def register(app: typer.Typer) -> None:
 
     @pgb.command("check")
     def check(ctx: typer.Context, ini: Annotated[str, typer.Argument(help="pgbouncer.ini to check.")]) -> None:
-        """Validate a pgbouncer.ini and load it in a real pgbouncer when present (exit 1 on problems)."""
+        """Validate a pgbouncer.ini (exit 1 on problems).
+
+        Loads it in a real pgbouncer when one is installed.
+        """
         from opsdb.ops import pgbouncer as gen
         from opsdb.ops import pgbouncer_check as ops
         from opsdb.render.pgbouncer_text import render_check
@@ -102,7 +108,10 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
     ) -> None:
-        """Pools, waits and client slots from the admin console, graded (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
+        """Grade PgBouncer pools, waits and client slots.
+
+        Read from the admin console; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+        """
         from opsdb.ops import pgbouncer_status as ops
         from opsdb.render.pgbouncer_status import render_status
 
@@ -119,7 +128,7 @@ def register(app: typer.Typer) -> None:
 
     app.add_typer(pgb, name="pgbouncer")
 
-    replicas = typer.Typer(help="Replication health.", no_args_is_help=True)
+    replicas = typer.Typer(help="Check replication health and build standbys.", no_args_is_help=True)
 
     @replicas.command("check")
     def replicas_check(
@@ -131,7 +140,10 @@ def register(app: typer.Typer) -> None:
             float | None, typer.Option("--max-lag-seconds", help="Critical replay lag in seconds.")
         ] = None,
     ) -> None:
-        """Lag, slots and standby state (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
+        """Check replica lag, slots and standby state.
+
+        Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+        """
         from opsdb.ops import replicas as ops
         from opsdb.render.replicas import render_replicas
 
@@ -141,10 +153,12 @@ def register(app: typer.Typer) -> None:
         output.emit(state, report.to_dict(), lambda: render_replicas(report))
         _exit(report.exit_code)
 
-    app.add_typer(replicas, name="replicas")
+    # `replicas create` builds a standby; `replica create` is its old spelling, kept as a hidden alias
+    replica = typer.Typer(
+        help="Build a standby (old spelling of `replicas create`).", no_args_is_help=True, hidden=True
+    )
 
-    replica = typer.Typer(help="Build a standby.", no_args_is_help=True)
-
+    @replicas.command("create")
     @replica.command("create")
     def replica_create(
         ctx: typer.Context,
@@ -165,7 +179,10 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--name", help="application_name the primary will list it under.")
         ] = None,
     ) -> None:
-        """Build a standby from the primary (pg_basebackup -R) or from a backup in the repository."""
+        """Build a standby from the primary or from a backup.
+
+        From the primary with pg_basebackup -R, or from a backup in the repository.
+        """
         if from_primary == (from_backup is not None):
             raise UsageError("give exactly one of --from-primary or --from-backup ID|latest")
         from opsdb.ops import replicas as ops
@@ -173,7 +190,7 @@ def register(app: typer.Typer) -> None:
         state = ctx.obj
         cluster_name, cluster = state.cluster()
         if from_backup is not None:
-            with output.progress(f"replica create from {from_backup}") as on_bytes:
+            with output.progress(f"replicas create from {from_backup}") as on_bytes:
                 result = ops.create_replica_from_backup(
                     state.settings, cluster_name, Path(target_dir), backup=from_backup, slot=slot,
                     application_name=name, on_bytes=on_bytes,
@@ -189,6 +206,7 @@ def register(app: typer.Typer) -> None:
             raise OperationFailed(f"{target_dir} was built but has no standby.signal")
         output.emit(state, result.to_dict(), _replica_created_text(result))
 
+    app.add_typer(replicas, name="replicas")
     app.add_typer(replica, name="replica")
 
 

@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
             float, typer.Option("--wait-timeout", min=1, help="With --start: seconds to wait for the target.")
         ] = 3600.0,
     ) -> None:
-        """Physical restore, optionally to a point in time."""
+        """Restore a base backup, optionally to a point in time."""
         from opsdb.model.target import RecoveryTarget
         from opsdb.ops.durable import check_sync_method
         from opsdb.ops.pitr import plan_text

@@ -35,7 +35,7 @@ def render(doc: dict[str, Any]) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    retention = typer.Typer(help="Retention policies.", no_args_is_help=True)
+    retention = typer.Typer(help="Apply retention policies.", no_args_is_help=True)
 
     @retention.command("apply")
     def apply(
@@ -44,7 +44,10 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--dry-run", help="Print what would be deleted; change nothing.")
         ] = False,
     ) -> None:
-        """Apply the cluster's retention policy to backups, dumps and WAL."""
+        """Delete what the retention policy no longer keeps.
+
+        Applies the cluster's retention policy to backups, dumps and WAL.
+        """
         from opsdb.ops import retention as ops_retention
 
         state = ctx.obj

@@ -13,7 +13,7 @@ from typer import _click as click  # typer vendors click
 from opsdb.automation import history as job_history
 from opsdb.cli import output
 from opsdb.errors import UsageError
-from opsdb.proc import LocalRunner
+from opsdb.proc import LocalRunner, python_module
 
 if TYPE_CHECKING:
     from opsdb.automation.playbook import PlaybookResult, Step, StepResult
@@ -69,7 +69,7 @@ def _state(ctx: typer.Context, explicit: str | None) -> Path:
 
 
 def register(app: typer.Typer) -> None:
-    schedule = typer.Typer(help="The built-in scheduler and its exports.", no_args_is_help=True)
+    schedule = typer.Typer(help="Run the scheduler; export it to cron, systemd or k8s.", no_args_is_help=True)
 
     @schedule.command("run")
     def run(
@@ -80,7 +80,10 @@ def register(app: typer.Typer) -> None:
             typer.Option("--grace", help="Seconds a running job may finish after SIGTERM (default [scheduler] grace)."),
         ] = None,
     ) -> None:
-        """Run the scheduler in the foreground (a container's main process); SIGTERM stops it gracefully."""
+        """Run the scheduler in the foreground.
+
+        A service's or a container's main process; SIGTERM stops it gracefully.
+        """
         from opsdb.automation.notify import notify_job
         from opsdb.automation.scheduler import Scheduler, install_stop_signals, refresh_metrics_hook
 
@@ -116,7 +119,7 @@ def register(app: typer.Typer) -> None:
         count: Annotated[int, typer.Option("--count", min=1, max=50, help="Next run times per job.")] = 3,
         state_dir: StateDir = None,
     ) -> None:
-        """Jobs with their next run times and last result."""
+        """List jobs with their next runs and last result."""
         from opsdb.automation.schedule import next_runs
 
         now = datetime.now(UTC)
@@ -145,7 +148,7 @@ def register(app: typer.Typer) -> None:
         ] = "opsdb",
         lock_dir: Annotated[str, typer.Option("--lock-dir", help="Where flock files go.")] = "/run/lock",
     ) -> None:
-        """The schedule as crontab lines."""
+        """Print the schedule as crontab lines."""
         from opsdb.automation.schedule import crontab
 
         text = crontab(_jobs(ctx), ctx.obj.settings.config_path, opsdb_bin=opsdb_bin, lock_dir=lock_dir)
@@ -161,7 +164,10 @@ def register(app: typer.Typer) -> None:
         ] = None,
         namespace: Annotated[str | None, typer.Option("--namespace", help="Namespace of the CronJobs.")] = None,
     ) -> None:
-        """The schedule as Kubernetes CronJob manifests (concurrencyPolicy Forbid, config mounted read-only)."""
+        """Print the schedule as Kubernetes CronJobs.
+
+        concurrencyPolicy Forbid, the config mounted read-only.
+        """
         if config_map and secret:
             raise UsageError("pass --config-map or --secret, not both")
         kind, name = ("Secret", secret) if secret else ("ConfigMap", config_map or "opsdb-config")
@@ -172,7 +178,7 @@ def register(app: typer.Typer) -> None:
 
     app.add_typer(schedule, name="schedule")
 
-    playbook = typer.Typer(help="Playbooks: opsdb command sequences as runbooks.", no_args_is_help=True)
+    playbook = typer.Typer(help="Run and show playbooks (opsdb commands as runbooks).", no_args_is_help=True)
 
     @playbook.command("run")
     def playbook_run(
@@ -184,7 +190,10 @@ def register(app: typer.Typer) -> None:
         ] = None,
         yes: Annotated[bool, typer.Option("--yes", help="Answer yes to steps that ask for confirmation.")] = False,
     ) -> None:
-        """Run a playbook's steps (all of it is validated before the first step runs)."""
+        """Run a playbook's steps in order.
+
+        All of it is validated before the first step runs.
+        """
         state = ctx.obj
         from opsdb.automation import playbook as playbooks
 
@@ -192,7 +201,7 @@ def register(app: typer.Typer) -> None:
         values = book.resolve(playbooks.parse_var_args(var))
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         log_path = Path(log_file) if log_file else Path(f"{book.name}-{stamp}.log")
-        base = [sys.executable, "-m", "opsdb"]
+        base = list(python_module("opsdb"))
         if state.settings.config_path is not None:
             base += ["--config", str(state.settings.config_path)]
         if state.cluster_name:
@@ -233,7 +242,7 @@ def register(app: typer.Typer) -> None:
         file: Annotated[str, typer.Argument(help="Playbook YAML file.")],
         var: Annotated[list[str] | None, typer.Option("--var", help="name=value (repeatable).")] = None,
     ) -> None:
-        """Print a playbook as a readable runbook (Markdown)."""
+        """Print a playbook as a Markdown runbook."""
         from opsdb.automation import playbook as playbooks
 
         book = playbooks.load(file, lambda words: check_command_line(ctx, words))

@@ -17,7 +17,10 @@ from opsdb.cli.commands import not_built
 def register(app: typer.Typer) -> None:
     @app.command("wal-push")
     def wal_push(ctx: typer.Context, path: Annotated[str, typer.Argument(help="%p: path of the WAL file.")]) -> None:
-        """archive_command: store one WAL file; exit 0 only once it is durably stored."""
+        """Archive one WAL file (PostgreSQL's archive_command).
+
+        Exit 0 only once the file is durably stored.
+        """
         state = ctx.obj
         result = fastpath.wal_push(state.config_path, state.cluster_name, path)
         output.emit(state, result, None)
@@ -28,14 +31,20 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="%f: WAL file name.")],
         dest: Annotated[str, typer.Argument(help="%p: destination path.")],
     ) -> None:
-        """restore_command: 0 fetched, 1 not archived, >125 repository unreadable."""
+        """Fetch one WAL file (PostgreSQL's restore_command).
+
+        Exit 0 fetched, 1 not archived, >125 repository unreadable.
+        """
         state = ctx.obj
         result = fastpath.wal_fetch(state.config_path, state.cluster_name, name, dest)
         output.emit(state, result, None)
 
     @app.command("info")
     def info(ctx: typer.Context) -> None:
-        """Backups, WAL archived range, gaps and the recoverable window per timeline."""
+        """Show backups, archived WAL and the recoverable window.
+
+        Backups, WAL archived range, gaps and the recoverable window per timeline.
+        """
         from opsdb.ops.info import cluster_info
         from opsdb.ops.pitr_reach import end_reader_from_settings
         from opsdb.ops.wal import wal_repo_from_settings
