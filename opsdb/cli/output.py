@@ -100,30 +100,79 @@ def is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-@contextmanager
-def progress(description: str, total: int | None = None, *, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """A rich byte-progress bar on stderr when it is a terminal; a no-op callback otherwise (cron)."""
-    if not (enabled and is_terminal()):
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TransferSpeedColumn,
-    )
+class ByteProgress:
+    """The callback handed to an operation as `on_bytes`: counts bytes, and takes a total when the size
+    becomes known (a restore's plan): `on_bytes.set_total(n)`. Without a terminal it only counts."""
 
-    console = Console(stderr=True)
-    columns = (
+    def __init__(self, total: int | None = None) -> None:
+        self.done = 0
+        self.total = total
+        self.started = time.monotonic()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self._bar is not None:
+            if self.total is not None and self.done > self.total:  # an estimate ran short: never past 100 %
+                self.set_total(int(self.done * 1.05))
+            self._bar.update(self._task, completed=self.done)
+
+    def set_total(self, total: int | None) -> None:
+        self.total = total if total else None
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.total)
+
+    def rate(self) -> float:
+        """Bytes per second since the command's work started: the measure the summary line uses too."""
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+
+def _rich_columns(meter: ByteProgress) -> tuple[Any, ...]:
+    from rich.progress import BarColumn, ProgressColumn, TaskProgressColumn, TextColumn
+    from rich.text import Text
+
+    from opsdb.model.units import human_bytes
+
+    class Amount(ProgressColumn):  # IEC units, as every opsdb summary
+        def render(self, task: Any) -> Text:
+            total = f"/{human_bytes(task.total)}" if task.total else ""
+            return Text(f"{human_bytes(task.completed)}{total}", no_wrap=True)
+
+    class Rate(ProgressColumn):  # the average since the start: the rate the summary line reports
+        def render(self, task: Any) -> Text:
+            return Text(f"{human_bytes(meter.rate())}/s", no_wrap=True)
+
+    class Eta(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            rate = meter.rate()
+            if not (task.total and rate > 0):
+                return Text("")
+            left = max(0.0, (task.total - task.completed) / rate)
+            return Text(f"ETA {int(left // 60)}:{int(left % 60):02d}", no_wrap=True)
+
+    return (
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeElapsedColumn(),
+        TaskProgressColumn(),
+        Amount(),
+        Rate(),
+        Eta(),
     )
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def progress(description: str, total: int | None = None, *, enabled: bool = True) -> Iterator[ByteProgress]:
+    """A byte-progress bar on stderr when it is a terminal: percentage, IEC amounts, the average rate and an
+    ETA when a total is known; nothing at all otherwise (cron, pipes, --json consumers)."""
+    meter = ByteProgress(total)
+    if not (enabled and is_terminal()):
+        yield meter
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(*_rich_columns(meter), console=Console(stderr=True), transient=True) as bar:
+        meter._bar, meter._task = bar, bar.add_task(description, total=total)
+        yield meter

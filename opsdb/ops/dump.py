@@ -177,7 +177,7 @@ class RestoreDumpResult:
 
     def summary(self) -> str:
         made = f" (created {', '.join(self.created)})" if self.created else ""
-        rate = f", {self.bytes_read / self.seconds / 1e6:.1f} MB/s" if self.seconds > 0 else ""
+        rate = f", {human_bytes(self.bytes_read / self.seconds)}/s" if self.seconds > 0 else ""
         return (
             f"restored dump {self.dump_id}: {', '.join(self.databases) or 'no databases'}{made}"
             f"{' + globals' if self.globals_restored else ''}; {human_bytes(self.bytes_read)} in {self.seconds:.1f} s{rate}"

@@ -442,6 +442,7 @@ def restore_from_settings(
 ) -> tuple[RestorePlan, RestoreResult | None]:
     """The CLI's one call: plan, and unless dry_run, execute. Returns (plan, result or None)."""
     from opsdb.ops.codec import repository
+    from opsdb.ops.estimate import announce_total
     from opsdb.ops.pitr_reach import end_reader
     from opsdb.proc import LocalRunner
 
@@ -473,6 +474,7 @@ def restore_from_settings(
     plan = plan_restore(request, storage=repo.storage, keys=repo.keys, read_end=read_end)
     if dry_run:
         return plan, None
+    announce_total(on_bytes, plan.bytes_to_write)  # the progress bar's 100 %
     if plan.recovery is not None:  # prefetched files of an earlier restore into this directory go
         from opsdb.ops.walspool import FetchSpool
 

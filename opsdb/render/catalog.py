@@ -14,11 +14,11 @@ def _ratio(size: int, stored: int) -> str:
 
 
 def _rate(size: int, seconds: float) -> str:
-    return f"{size / seconds / 1e6:.1f} MB/s" if seconds > 0 else "-"
+    return f"{human_bytes(size / seconds)}/s" if seconds > 0 else "-"  # IEC like every size opsdb prints
 
 
 def summary_line(verb: str, record: BackupRecord, seconds: float) -> str:
-    """'backup 20261121T101500Z-F complete: 1.4 GiB, stored 70.1 MiB (4.8%), 7.9 s, 190.3 MB/s'."""
+    """'backup 20261121T101500Z-F complete: 1.4 GiB, stored 70.1 MiB (4.8%), 7.9 s, 181.5 MiB/s'."""
     return (
         f"{verb} {record.id} complete: {human_bytes(record.size_bytes)}, stored {human_bytes(record.stored_bytes)} "
         f"({_ratio(record.size_bytes, record.stored_bytes)}), {seconds:.1f} s, {_rate(record.size_bytes, seconds)}"

@@ -31,13 +31,16 @@ def register(app: typer.Typer) -> None:
         pg_basebackup streamed, compressed and encrypted into the repository; --incremental on PostgreSQL 17+.
         """
         from opsdb.ops.backup import backup_from_settings
+        from opsdb.ops.estimate import backup_bytes
         from opsdb.render.catalog import summary_line
 
         state = ctx.obj
-        name, _ = state.cluster()
+        name, cluster = state.cluster()
         if from_id is not None and not incremental:
             raise UsageError("--from ID is only for --incremental", hint="opsdb backup --incremental --from ID")
-        with output.progress(f"backup {name}") as on_bytes:
+        # the bar's 100 %: the databases' size (an incremental backup is smaller: the bar then ends early)
+        total = backup_bytes(cluster.conninfo) if output.is_terminal() and not incremental else None
+        with output.progress(f"backup {name}", total) as on_bytes:
             result = backup_from_settings(
                 state.settings, name, from_standby=from_standby, incremental=incremental,
                 incremental_from=from_id, on_bytes=on_bytes,
