@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,27 @@ StateDir = Annotated[
         help=f"Job history and locks (else ${job_history.STATE_DIR_ENV}, else {job_history.DEFAULT_STATE_DIR}).",
     ),
 ]
+
+
+OpsdbBin = Annotated[
+    str | None,
+    typer.Option("--opsdb-bin", metavar="PATH", help="The opsdb the jobs run (default: this one, absolute)."),
+]
+EnvFile = Annotated[
+    str | None,
+    typer.Option(
+        "--env-file", metavar="PATH", help="VAR=value lines each job loads first (S3 credentials, OPSDB_ overrides)."
+    ),
+]
+
+
+def _opsdb_bin(explicit: str | None) -> str:
+    """An absolute path: cron's PATH (/usr/bin:/bin) and systemd's ExecStart= do not find a venv's opsdb."""
+    if explicit:
+        return explicit
+    from opsdb.ops.pitr import opsdb_executable
+
+    return os.path.abspath(opsdb_executable())
 
 
 def command_names(ctx: typer.Context) -> set[str]:
@@ -143,16 +165,51 @@ def register(app: typer.Typer) -> None:
     @schedule.command("crontab")
     def crontab_(
         ctx: typer.Context,
-        opsdb_bin: Annotated[
-            str, typer.Option("--opsdb-bin", help="Path of the opsdb executable on the cron host.")
-        ] = "opsdb",
+        opsdb_bin: OpsdbBin = None,
         lock_dir: Annotated[str, typer.Option("--lock-dir", help="Where flock files go.")] = "/run/lock",
+        env_file: EnvFile = None,
     ) -> None:
-        """Print the schedule as crontab lines."""
+        """Print the schedule as crontab lines.
+
+        Install with: opsdb schedule crontab | crontab -u postgres -
+        """
         from opsdb.automation.schedule import crontab
 
-        text = crontab(_jobs(ctx), ctx.obj.settings.config_path, opsdb_bin=opsdb_bin, lock_dir=lock_dir)
+        text = crontab(
+            _jobs(ctx), ctx.obj.settings.config_path, opsdb_bin=_opsdb_bin(opsdb_bin), lock_dir=lock_dir,
+            env_file=env_file,
+        )  # fmt: skip
         output.emit(ctx.obj, {"crontab": text}, text)
+
+    @schedule.command("systemd")
+    def systemd_(
+        ctx: typer.Context,
+        opsdb_bin: OpsdbBin = None,
+        env_file: EnvFile = None,
+        user: Annotated[str | None, typer.Option("--user", help="User= the jobs run as (e.g. postgres).")] = None,
+        output_dir: Annotated[
+            str | None,
+            typer.Option("--output-dir", metavar="DIR", help="Write the unit files here (else print them)."),
+        ] = None,
+    ) -> None:
+        """Export the schedule as systemd services and timers.
+
+        One oneshot service and one timer per job. Install with: opsdb schedule systemd --output-dir
+        /etc/systemd/system && systemctl daemon-reload && systemctl enable --now opsdb-NAME.timer
+        """
+        from opsdb.automation.schedule import systemd_units
+
+        units = systemd_units(
+            _jobs(ctx), ctx.obj.settings.config_path, opsdb_bin=_opsdb_bin(opsdb_bin), env_file=env_file, user=user
+        )
+        if output_dir:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            for name, text in units.items():
+                (Path(output_dir) / name).write_text(text)
+        human = "\n".join(f"wrote {Path(output_dir) / n}" for n in units) if output_dir else None
+        if human is None:
+            human = "\n".join(f"# --- {name}\n{text}" for name, text in units.items())
+        output.emit(ctx.obj, {"units": units, "output_dir": output_dir}, human)
 
     @schedule.command("k8s")
     def k8s(
