@@ -126,4 +126,8 @@ def test_renderers() -> None:
     details = backup_details(rec)
     assert "tablespace    extra (oid 16385) at /srv/extra" in details and "pg_tblspc-16385.tar" in details
     line = summary_line("backup", rec, 2.0)
-    assert line.startswith("backup 20261121T101500Z-F complete: ") and "(10.0%)" in line and "MiB/s" in line
+    assert (
+        line.startswith("backup 20261121T101500Z-F complete: ")
+        and "(10.0%)" in line
+        and line.endswith("2.0 s, 1.5 KiB/s")
+    )
