@@ -281,6 +281,8 @@ class NotifyConfig(_Section):
 class LogConfig(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
+    # a log file per command kind, e.g. "/var/log/opsdb/{cluster}-{command}.log" (lines appended)
+    file: str | None = None
 
 
 class SchedulerConfig(_Section):

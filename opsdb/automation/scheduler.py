@@ -139,7 +139,8 @@ class Scheduler:
             lock.release()
             self._record(job, slot, now, now, exit_code=127, status="failed", output=str(exc))
             return
-        log.debug("job %s started (pid %s, timeout %s)", job.name, handle.pid, timeout)
+        fields = {"event": "start", "job": job.name, "command": f"opsdb {job.command_line}", "job_pid": handle.pid}
+        log.info("job %s: start", job.name, extra={"fields": {**fields, "timeout_seconds": timeout}})
         self.running[job.name] = _Running(job, slot, now, time.monotonic(), handle, lock, output)
 
     def _reap(self) -> None:
@@ -201,6 +202,8 @@ class Scheduler:
         line = output.strip().splitlines()[-1] if output.strip() else ""
         detail = f": {line[:200]}" if status != "ok" and line else ""
         level = logging.INFO if status == "ok" else logging.ERROR
+        fields = {"event": "end", "job": job.name, "result": status, "exit_code": exit_code,
+                  "duration_seconds": round(duration, 3)}  # fmt: skip
         log.log(
             level,
             "job %s: %s (exit %s) in %.1fs, `opsdb %s`%s",
@@ -210,6 +213,7 @@ class Scheduler:
             duration,
             job.command_line,
             detail,
+            extra={"fields": fields},
         )
         if self.after_run is not None:
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import Annotated
@@ -11,7 +12,7 @@ from typer import _click as click  # typer vendors click; its exceptions live he
 from typer.exceptions import Abort, Exit
 
 from opsdb import __version__
-from opsdb.cli import fastpath, output
+from opsdb.cli import fastpath, logs, output
 from opsdb.cli.commands.completion import COMPLETE_VAR
 from opsdb.cli.commands.completion import enable as enable_completion
 from opsdb.cli.fastpath import WAL_FETCH_MISSING_EXIT, WAL_FETCH_UNREADABLE_EXIT
@@ -81,7 +82,10 @@ def root(
         settings = ctx.obj.settings
         ctx.obj.log_format = log_format or settings.log.format
         ctx.obj.log_level = settings.log.level
-    output.setup_logging(ctx.obj)
+        ctx.obj.log_file = settings.log.file
+    logs.setup(ctx.obj, logs.CURRENT.command or (ctx.invoked_subcommand or ""))
+    if logs.CURRENT.command and ctx.invoked_subcommand not in COMMANDS_WITHOUT_CONFIG | UNLOGGED_COMMANDS:
+        logs.CURRENT.start(**logs.start_fields(ctx.obj))
 
 
 def _register_commands() -> None:
@@ -128,6 +132,7 @@ def exit_code_for(exc: OpsdbError, command: str | None) -> int:
     return fastpath.exit_code_for(exc, command or "")
 
 
+@functools.cache
 def click_command() -> click.Command:
     """The Click command tree of the app, made to read like a Unix tool's help: plain text (no Rich boxes,
     whatever a command group was declared with)."""
@@ -160,17 +165,25 @@ def main(argv: list[str] | None = None) -> None:
     if os.environ.get(COMPLETE_VAR):  # a completion request from the script of `opsdb completion SHELL`
         enable_completion()
     as_json = _json_requested(args)
+    run = logs.begin(_command_kind(args))
     try:
         # without standalone mode, click returns the code of a typer.Exit instead of exiting
         returned = click_command().main(args=args, prog_name="opsdb", standalone_mode=False)
         if isinstance(returned, int) and returned != 0:
+            run.end("failed", returned)
             sys.exit(returned)
+    except SystemExit as exc:  # a command's own exit (a failed playbook, check's plugin codes)
+        code = exc.code if isinstance(exc.code, int) else 1
+        run.end("ok" if code == 0 else "failed", code)
+        raise
     except OpsdbError as exc:
         code = exit_code_for(exc, command)
+        run.end("failed", code)
         if not (command == "wal-fetch" and code == WAL_FETCH_MISSING_EXIT):  # a normal miss: silent
             output.failure(str(exc), _key_hint(exc, command) or exc.hint, code, as_json=as_json)
         sys.exit(code)
     except Exit as exc:
+        run.end("ok" if exc.exit_code == 0 else "failed", exc.exit_code)
         sys.exit(exc.exit_code)
     except Abort:
         output.failure("aborted", None, 130, as_json=as_json)
@@ -184,15 +197,18 @@ def main(argv: list[str] | None = None) -> None:
         output.failure(exc.format_message(), _usage_hint(exc), code, as_json=as_json)
         sys.exit(code)
     except KeyboardInterrupt:
+        run.end("interrupted", 130)
         output.failure("interrupted", None, 130, as_json=as_json)
         sys.exit(130)
     except Exception as exc:  # a bug: one line, traceback only with --debug
         if debug:
             raise
         code = 1 if command != "wal-fetch" else WAL_FETCH_UNREADABLE_EXIT
+        run.end("error", code)
         hint = "rerun with --debug for the traceback, and report it"
         output.failure(f"internal error: {type(exc).__name__}: {exc}", hint, code, as_json=as_json)
         sys.exit(code)
+    run.end("ok", 0)
     sys.exit(0)
 
 
@@ -228,6 +244,31 @@ def _usage_hint(exc: click.ClickException) -> str | None:
     if isinstance(exc, click.exceptions.UsageError) and exc.ctx is not None:
         return f"see '{exc.ctx.command_path} --help'"
     return None
+
+
+# commands that log no start/end lines: PostgreSQL's WAL commands (its log), the completion script
+UNLOGGED_COMMANDS = {"wal-push", "wal-fetch", "completion"}
+
+
+def _command_kind(args: list[str]) -> str:
+    """ "backup", "schedule run", ...: the command and, for a group, its subcommand; "" for --help."""
+    if "--help" in args or "-h" in args:
+        return ""
+    words: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in fastpath.GLOBAL_VALUE_OPTIONS:
+            skip = True
+        elif arg == "--":
+            break
+        elif not arg.startswith("-"):
+            words.append(arg)
+    if not words:
+        return ""
+    group = click_command().commands.get(words[0])  # type: ignore[attr-defined]
+    return " ".join(words[:2]) if group is not None and hasattr(group, "commands") else words[0]
 
 
 ROOT_ONLY_OPTIONS = ("--version",)  # the only root options that are not global ones

@@ -6,43 +6,17 @@ Human results (tables, summaries) go to stdout when --json is not given, so `| g
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from opsdb.cli import logs
+
 if TYPE_CHECKING:
     from opsdb.cli.state import AppState
-
-log = logging.getLogger("opsdb")
 _json_emitted = False  # one JSON object per process on stdout: set by emit()
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        return json.dumps(doc)
-
-
-def setup_logging(state: AppState) -> None:
-    fmt = state.log_format
-    level = logging.DEBUG if state.debug else getattr(logging, state.log_level.upper(), logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("opsdb: %(message)s"))
-    root = logging.getLogger("opsdb")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
 
 
 def emit(state: AppState, data: dict[str, Any], human: str | Callable[[], str] | None = None) -> None:
@@ -167,12 +141,17 @@ def progress(description: str, total: int | None = None, *, enabled: bool = True
     """A byte-progress bar on stderr when it is a terminal: percentage, IEC amounts, the average rate and an
     ETA when a total is known; nothing at all otherwise (cron, pipes, --json consumers)."""
     meter = ByteProgress(total)
-    if not (enabled and is_terminal()):
-        yield meter
-        return
-    from rich.console import Console
-    from rich.progress import Progress
+    if enabled:
+        logs.CURRENT.phase(description, total_bytes=total)
+    try:
+        if not (enabled and is_terminal()):
+            yield meter
+            return
+        from rich.console import Console
+        from rich.progress import Progress
 
-    with Progress(*_rich_columns(meter), console=Console(stderr=True), transient=True) as bar:
-        meter._bar, meter._task = bar, bar.add_task(description, total=total)
-        yield meter
+        with Progress(*_rich_columns(meter), console=Console(stderr=True), transient=True) as bar:
+            meter._bar, meter._task = bar, bar.add_task(description, total=total)
+            yield meter
+    finally:
+        logs.CURRENT.bytes += meter.done

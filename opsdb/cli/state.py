@@ -18,6 +18,7 @@ class AppState:
     debug: bool
     log_format: str | None = None
     log_level: str = "info"
+    log_file: str | None = None
 
     @functools.cached_property
     def settings(self) -> Settings:

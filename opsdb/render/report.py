@@ -50,8 +50,25 @@ def _verdict(report: DrillReport) -> str:
             f"restorable to {when(report.recovered_time)}; RPO {duration(report.rpo_seconds)}, "
             f"RTO {duration(report.rto_seconds)}; {len(report.checks)} checks passed"
         )
-    names = ", ".join(c.name for c in report.failed_checks) or "the drill stopped before its checks"
-    return f"failed: {names}"
+    return "failed: " + "; ".join(_why_failed(report))
+
+
+def _why_failed(report: DrillReport) -> list[str]:
+    """A failed drill's reasons in words: where replay stopped against the target, what each failed
+    check found, and the error that stopped the drill."""
+    reasons = []
+    target, reached = report.target_time, report.recovered_time
+    if target and reached and reached < target:
+        reasons.append(
+            f"replay stopped at {reached.astimezone(UTC):%H:%M:%S}, {duration((target - reached).total_seconds())} "
+            "before the target"
+        )
+    elif target and reached is None:
+        reasons.append("no point was reached (no heartbeat recovered)")
+    reasons += [f"{c.name}: {c.detail}" if c.detail else c.name for c in report.failed_checks]
+    if report.error:
+        reasons.append(f"the drill stopped early: {report.error}")
+    return reasons or ["the drill stopped before its checks"]
 
 
 def _facts(report: DrillReport) -> list[tuple[str, str]]:
@@ -87,7 +104,8 @@ def _details(report: DrillReport) -> list[tuple[str, str]]:
             ("Backup size (plain / stored)", f"{_size(b.size_bytes)} / {_size(b.stored_bytes)}"),
         ]
     for key, value in report.environment.items():
-        rows.append((_ENV_LABELS.get(key, key.replace("_", " ").capitalize()), str(value)))
+        shown = ("yes" if value else "no") if isinstance(value, bool) else str(value)
+        rows.append((_ENV_LABELS.get(key, key.replace("_", " ").capitalize()), shown))
     rows.append(("Report schema version", str(report.schema_version)))
     return rows
 
@@ -101,6 +119,7 @@ _ENV_LABELS = {
     "scratch_dir": "Scratch directory",
     "scratch_port": "Scratch port",
     "kept": "Scratch instance kept",
+    "wal_source": "WAL source",
 }
 
 
@@ -186,6 +205,7 @@ svg { width: 100%; height: auto; display: block; }
 svg text { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; }
 .error { border-left: 4px solid var(--fail); background: #ffebe9; padding: 8px 12px; margin: 12px 0; }
 footer { color: var(--mute); font-size: 12px; margin: 32px 0 8px; }
+@page { size: A4; margin: 12mm; }
 @media print {
   body { margin: 0; max-width: none; font-size: 11pt; }
   .verdict, .card, tr.fail td, th { -webkit-print-color-adjust: exact; print-color-adjust: exact; }

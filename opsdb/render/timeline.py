@@ -1,22 +1,27 @@
 """Inline SVG pictures for drill reports: the recovery timeline and the restore-phase bar.
 
 Pure string building, no scripts, no external fonts: the SVG is pasted into the HTML as is.
-The timeline has two lanes (backups, archived WAL) on a UTC time axis, the recoverable window as
-a bracket, the drill's target as a dashed line and the point reached as a solid line; the shaded
-band between them is the RPO.
+The timeline has a lane of backups and one row of archived WAL per timeline (branches joined to the
+line they left) on a UTC time axis, the recoverable window as a band, the drill's target as a dashed
+line and the point reached as a solid line with the drill's own branch (its promoted scratch server)
+leaving the primary's line there; the shaded band between target and point reached is the RPO, drawn
+behind every label.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from html import escape
 
-from opsdb.model.report import PHASE_LABELS, DrillReport
+from opsdb.model.report import PHASE_LABELS, DrillReport, Interval
 
 WIDTH = 1000
 LEFT = 110  # room for the lane labels
 RIGHT = 20
 INNER = WIDTH - LEFT - RIGHT
+ROW = 26  # one WAL row per timeline
+CHAR_WIDTH = 6.4  # of 11 px text: enough to keep labels apart
 
 PHASE_COLORS = {"plan": "#8250df", "fetch_extract": "#0969da", "wal_replay": "#bf8700", "checks": "#1a7f37"}
 _FALLBACK_COLORS = ("#57606a", "#cf222e", "#116329", "#953800")
@@ -63,6 +68,17 @@ def _ticks(lo: datetime, hi: datetime) -> tuple[list[datetime], str]:
     return ticks, fmt
 
 
+def _timeline_of(interval: Interval) -> int | None:
+    """The timeline an archived-WAL interval belongs to (its label starts with a segment name)."""
+    match = re.match(r"([0-9A-F]{8})[0-9A-F]{16}", interval.label or "")
+    return int(match.group(1), 16) if match else None
+
+
+def _label_fits(spans: list[tuple[float, float]], x0: float, text: str) -> bool:
+    x1 = x0 + CHAR_WIDTH * len(text)
+    return all(x1 + 8 < a or x0 > b + 8 for a, b in spans)
+
+
 def timeline_svg(report: DrillReport) -> str:
     span = _span(report)
     if span is None:
@@ -73,15 +89,33 @@ def timeline_svg(report: DrillReport) -> str:
     def x(t: datetime) -> float:
         return round(LEFT + INNER * (t - lo).total_seconds() / total, 1)
 
-    top, backup_y, wal_y, axis_y, height = 34, 58, 112, 150, 214
+    pic = report.picture
+    # one WAL row per timeline: the restored backup's (the primary's line) first, branches below it
+    main_tl = report.backup.timeline if report.backup and report.backup.timeline else None
+    found = sorted({t for t in (_timeline_of(i) for i in pic.wal) if t is not None})
+    timelines = ([main_tl] if main_tl in found else []) + [t for t in found if t != main_tl] or [main_tl]
+    top, backup_y, wal_y = 34, 58, 112
+    row = {tl: wal_y + ROW * n for n, tl in enumerate(timelines)}
+    drill_y = wal_y + ROW * len(timelines) + 8
+    axis_y = drill_y + 26
+    height = axis_y + 64
     parts = [
         f'<svg viewBox="0 0 {WIDTH} {height}" role="img" '
-        f'aria-label="Timeline of backups, archived WAL, the drill target and the point reached">',
+        f'aria-label="Timeline of backups, archived WAL per timeline, the drill target, the point reached and the drill\'s branch">',
         '<defs><pattern id="gap" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
         '<rect width="6" height="6" fill="#ffebe9"/><line x1="0" y1="0" x2="0" y2="6" stroke="#cf222e" stroke-width="3"/>'
         "</pattern></defs>",
+    ]
+    # the RPO band first: behind every lane and label (the "(restored)" label stays readable)
+    target, reached = report.target_time, report.recovered_time
+    if target and reached:
+        rx0, rx1 = sorted((x(reached), x(target)))
+        parts.append(
+            f'<rect x="{rx0}" y="{top}" width="{max(rx1 - rx0, 1):.1f}" height="{axis_y - top}" fill="#fff8c5" opacity="0.8"/>'
+        )
+    parts += [
         f'<text x="8" y="{backup_y + 5}" font-size="13" fill="#59636e">Backups</text>',
-        f'<text x="8" y="{wal_y + 5}" font-size="13" fill="#59636e">WAL archive</text>',
+        f'<text x="8" y="{wal_y + 5}" font-size="13" fill="#59636e">{"WAL" if len(timelines) > 1 else "WAL archive"}</text>',
         f'<line x1="{LEFT}" y1="{axis_y}" x2="{WIDTH - RIGHT}" y2="{axis_y}" stroke="#8c959f"/>',
     ]
     ticks, fmt = _ticks(lo, hi)
@@ -94,31 +128,46 @@ def timeline_svg(report: DrillReport) -> str:
     day = lo.strftime("%Y-%m-%d")
     parts.append(f'<text x="{LEFT}" y="{axis_y + 36}" font-size="11" fill="#59636e">UTC, {day}</text>')
 
-    pic = report.picture
-    # recoverable window: a light band behind both lanes
+    # recoverable window: a light band behind the lanes, its label between the lanes
     if pic.window_start and pic.window_end:
         wx0, wx1 = x(pic.window_start), x(pic.window_end)
+        bottom = max(row.values()) if row else wal_y
         parts.append(
-            f'<rect x="{wx0}" y="{top + 6}" width="{max(wx1 - wx0, 1):.1f}" height="{wal_y - top + 10}" fill="#ddf4ff" opacity="0.6"/>'
+            f'<rect x="{wx0}" y="{top + 6}" width="{max(wx1 - wx0, 1):.1f}" height="{bottom - top + 10}" fill="#ddf4ff" opacity="0.6"/>'
         )
-        parts.append(f'<text x="{wx0 + 4}" y="{wal_y + 24}" font-size="11" fill="#0969da">recoverable window</text>')
-    # WAL coverage lane
+        parts.append(
+            f'<text x="{wx1 - 4}" y="{backup_y + 28}" font-size="11" text-anchor="end" fill="#0969da">recoverable window</text>'
+        )
+    # WAL coverage, one row per timeline, each branch joined to the line it left
+    for tl in timelines[1:] if len(timelines) > 1 else []:
+        first = min((i.start for i in pic.wal if _timeline_of(i) == tl), default=None)
+        if first is not None:
+            bx = x(first)
+            parts.append(
+                f'<path d="M{bx - 14} {wal_y} L{bx} {row[tl]}" stroke="#4ac26b" stroke-width="2" fill="none"/>'
+            )
+    for tl in timelines if len(timelines) > 1 else []:
+        parts.append(
+            f'<text x="{LEFT - 8}" y="{row[tl] + 4}" font-size="11" text-anchor="end" fill="#59636e">TL {tl}</text>'
+        )
     for i in pic.wal:
+        y = row.get(_timeline_of(i), wal_y)
         ix0, ix1 = x(i.start), x(i.end)
         fill = "url(#gap)" if i.kind == "gap" else "#4ac26b"
         title = escape(i.label or ("missing WAL" if i.kind == "gap" else "archived WAL"))
         parts.append(
-            f'<rect x="{ix0}" y="{wal_y - 9}" width="{max(ix1 - ix0, 2):.1f}" height="18" rx="3" fill="{fill}">'
+            f'<rect x="{ix0}" y="{y - 9}" width="{max(ix1 - ix0, 2):.1f}" height="18" rx="3" fill="{fill}">'
             f"<title>{title}</title></rect>"
         )
         if i.kind == "gap":
             parts.append(
-                f'<text x="{(ix0 + ix1) / 2:.1f}" y="{wal_y + 24}" font-size="11" text-anchor="middle" fill="#cf222e">gap</text>'
+                f'<text x="{(ix0 + ix1) / 2:.1f}" y="{y - 12}" font-size="11" text-anchor="middle" fill="#cf222e">gap</text>'
             )
-    # backups lane: a bar from start to stop, the restored one darker and labelled
+    # backups lane: a bar from start to stop; the restored one darker and always labelled, others when room
     used = report.backup.id if report.backup else None
-    last_label = -1e9
-    for b in sorted(pic.backups, key=lambda b: b.start_time or b.stop_time or lo):
+    ordered = sorted(pic.backups, key=lambda b: (b.id != used, b.start_time or b.stop_time or lo))
+    labels: list[tuple[float, float]] = []
+    for b in ordered:
         start, stop = b.start_time or b.stop_time, b.stop_time or b.start_time
         if start is None or stop is None:
             continue
@@ -128,35 +177,36 @@ def timeline_svg(report: DrillReport) -> str:
             f'<rect x="{bx0}" y="{backup_y - 9}" width="{max(bx1 - bx0, 4):.1f}" height="18" rx="3" fill="{color}">'
             f"<title>backup {escape(b.id)}</title></rect>"
         )
-        if b.id == used or bx0 - last_label > 150:
-            label = escape(b.id + (" (restored)" if b.id == used else ""))
-            parts.append(f'<text x="{bx0}" y="{backup_y - 14}" font-size="11" fill="{color}">{label}</text>')
-            last_label = bx0
-    # target and point reached, with the RPO band between them
-    target, reached = report.target_time, report.recovered_time
-    if target and reached:
-        rx0, rx1 = sorted((x(reached), x(target)))
-        parts.append(
-            f'<rect x="{rx0}" y="{top}" width="{max(rx1 - rx0, 1):.1f}" height="{axis_y - top}" fill="#fff8c5" opacity="0.8"/>'
-        )
+        text = b.id + (" (restored)" if b.id == used else "")
+        lx = min(bx0, WIDTH - RIGHT - CHAR_WIDTH * len(text))
+        if b.id == used or _label_fits(labels, lx, text):
+            parts.append(f'<text x="{lx:.1f}" y="{backup_y - 14}" font-size="11" fill="{color}">{escape(text)}</text>')
+            labels.append((lx, lx + CHAR_WIDTH * len(text)))
+    # where the drill left the primary's line: its scratch server promoted onto a new timeline
     if reached:
         rx = x(reached)
         parts.append(f'<line x1="{rx}" y1="{top}" x2="{rx}" y2="{axis_y}" stroke="#0969da" stroke-width="2.5"/>')
+        new_tl = report.recovery_point.timeline
+        branch = f"drill branch: timeline {new_tl} (scratch, promoted)" if new_tl else "drill branch (scratch)"
+        end = min(rx + 60, WIDTH - RIGHT)
         parts.append(
-            _flag(
-                rx,
-                axis_y + 30 if not target else top - 6,
-                f"reached {reached.strftime('%H:%M:%S.%f')[:-3]}",
-                "#0969da",
-                below=False,
-            )
+            f'<path d="M{rx} {wal_y} L{rx + 14} {drill_y} L{end} {drill_y}" stroke="#0969da" stroke-width="2" '
+            'stroke-dasharray="5 3" fill="none"/>'
         )
+        bx = rx + 18 if rx + 18 + CHAR_WIDTH * len(branch) < WIDTH - RIGHT else rx - 6
+        anchor = "start" if bx > rx else "end"
+        parts.append(
+            f'<text x="{bx:.1f}" y="{drill_y + 15}" font-size="11" text-anchor="{anchor}" fill="#0969da">{escape(branch)}</text>'
+        )
+        parts.append(_flag(rx, top - 6, f"reached {reached.strftime('%H:%M:%S.%f')[:-3]}", "#0969da"))
     if target:
         tx = x(target)
         parts.append(
             f'<line x1="{tx}" y1="{top}" x2="{tx}" y2="{axis_y}" stroke="#bc4c00" stroke-width="2" stroke-dasharray="6 4"/>'
         )
-        parts.append(_flag(tx, top - 20, f"target {target.strftime('%H:%M:%S.%f')[:-3]}", "#bc4c00", below=False))
+        parts.append(
+            _flag(tx, top - 22 if reached else top - 6, f"target {target.strftime('%H:%M:%S.%f')[:-3]}", "#bc4c00")
+        )
     parts.append(_legend(axis_y + 58))
     parts.append("</svg>")
     return "\n".join(parts)
@@ -185,7 +235,7 @@ def _legend(y: float) -> str:
     return "".join(out)
 
 
-def _flag(x: float, y: float, text: str, color: str, *, below: bool) -> str:
+def _flag(x: float, y: float, text: str, color: str) -> str:
     """A label anchored so it stays inside the picture."""
     anchor = "end" if x > WIDTH - 160 else ("start" if x < LEFT + 40 else "middle")
     return f'<text x="{x}" y="{y}" font-size="12" font-weight="600" text-anchor="{anchor}" fill="{color}">{escape(text)}</text>'

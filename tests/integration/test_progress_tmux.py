@@ -67,6 +67,9 @@ def _watch(tmux: Any, command: str, done: str, seconds: float = 240) -> list[str
             screens.append(screen)
         if done in screen:
             tmux("kill-session", "-t", "op")
+            print(
+                "\n".join(["--- a screen during the run:", *screens[len(screens) // 2 :][:1], "--- the last:", screen])
+            )
             assert bars, "no progress line with a percentage and an ETA; the screens were:\n" + "\n--\n".join(screens)
             return bars
         time.sleep(0.05)
@@ -94,3 +97,5 @@ def test_no_progress_without_a_terminal(env):
     result = opsdb(env["config"], "backup")
     assert "ETA" not in result.stderr and "%" not in result.stderr.replace("%)", "")
     assert "MiB/s" in result.stdout  # the summary's rate, in the same units as the bar
+    end = next(line for line in result.stderr.splitlines() if line.startswith("opsdb: backup: end "))
+    assert "result=ok" in end and int(end.split("bytes=")[1].split()[0]) > 100 * 2**20  # the bytes it streamed

@@ -146,7 +146,7 @@ def test_html_without_timeline_data_still_renders() -> None:
 def test_markdown_names_failed_checks_first() -> None:
     md = render_markdown(sample_report(passed=False))
     assert md.startswith("# Restore drill drill-20261121T095000Z: FAIL")
-    assert "**FAIL: failed: recovery point**" in md
+    assert "**FAIL: failed: replay stopped at 09:45:03, 7.00 s before the target; recovery point: newest " in md
     assert "| recovery point | **FAIL** |" in md
     assert "| **RTO** | **71.500** | |" in md
 
