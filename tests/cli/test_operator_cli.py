@@ -17,6 +17,7 @@ from opsdb.cli.fastpath import GLOBAL_FLAGS, GLOBAL_VALUE_OPTIONS, _parse, hoist
 from opsdb.cli.output import hint_in_text
 from opsdb.proc import python_module
 from opsdb.stream.crypto import generate_key_file, load_key
+from tests.fakes import wal_segment
 
 BIN = Path(sys.executable).with_name("opsdb")
 
@@ -92,8 +93,16 @@ def test_options_after_the_command_work_like_before(tmp_path):
     assert equals.returncode == 0 and json.loads(equals.stdout) == json.loads(before.stdout)
 
 
-def test_wal_fetch_with_options_after_the_command_reports_a_missing_file_as_exit_1(tmp_path):
+def test_wal_push_and_fetch_take_options_after_the_command(tmp_path):
     config = write_config(tmp_path)
+    segment = tmp_path / "000000010000000000000001"
+    segment.write_bytes(wal_segment(segment.name))
+    pushed = opsdb("wal-push", str(segment), "--config", str(config), "--json")
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout)["stored"] is True
+    fetched = opsdb("wal-fetch", segment.name, str(tmp_path / "back"), "--config", str(config))
+    assert fetched.returncode == 0, fetched.stderr
+    assert (tmp_path / "back").read_bytes() == segment.read_bytes()
     result = opsdb("wal-fetch", "000000010000000000000009", str(tmp_path / "x"), "--config", str(config))
     assert result.returncode == 1, result.stderr
     assert "No such option" not in result.stderr
@@ -166,7 +175,7 @@ def test_a_missing_key_on_a_read_path_names_the_key_id_instead_of_suggesting_a_n
     config = write_config(tmp_path, key=True)
     key_id = load_key(key_file=tmp_path / "key").id
     segment = tmp_path / "000000010000000000000001"
-    segment.write_bytes(os.urandom(8192))
+    segment.write_bytes(wal_segment(segment.name))
     pushed = subprocess.run(
         [str(BIN) if BIN.exists() else sys.executable, *([] if BIN.exists() else ["-m", "opsdb"])]
         + ["--config", str(config), "wal-push", str(segment)],

@@ -62,7 +62,10 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         yes: Annotated[bool, typer.Option("--yes", help="Confirm moving the cluster to a new identity.")] = False,
     ) -> None:
-        """After initdb or pg_upgrade: bind the cluster to its server's new system identifier."""
+        """Bind the cluster to its server's new system identifier.
+
+        After initdb or pg_upgrade.
+        """
         from opsdb.ops.codec import repository
         from opsdb.ops.reinit import reinit as run_reinit
 
