@@ -50,7 +50,10 @@ def chown_tree(root: Path) -> None:
     if user:
         entry = pwd.getpwnam(user)
         for p in [root, *root.rglob("*")]:
-            os.chown(p, entry.pw_uid, entry.pw_gid)
+            try:
+                os.chown(p, entry.pw_uid, entry.pw_gid)
+            except FileNotFoundError:  # gone meanwhile (a WAL agent's socket when it restarts): nothing to chown
+                pass
 
 
 def run(env: dict[str, Any], *args: str, config: Path | None = None, check: bool = True, as_root: bool = False):
