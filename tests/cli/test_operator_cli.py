@@ -233,7 +233,7 @@ def test_bash_completion_completes_commands_subcommands_and_options(tmp_path):
     probe = (
         f"source {script}\n"
         'complete_line() { COMP_WORDS=($@); COMP_CWORD=$(($# - 1)); _opsdb_completion opsdb; echo "${COMPREPLY[*]}"; }\n'
-        "complete_line opsdb ba\ncomplete_line opsdb replicas c\ncomplete_line opsdb backup --fr\n"
+        "complete_line opsdb ba\ncomplete_line opsdb replicas c\ncomplete_line opsdb backup --from-s\n"
     )
     env = {**os.environ, "PATH": _path_with_opsdb(tmp_path)}
     out = subprocess.run([bash, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
