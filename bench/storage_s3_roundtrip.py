@@ -24,10 +24,8 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main() -> None:
-    gib = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
-    part_mib = int(sys.argv[2]) if len(sys.argv) > 2 else 16
-    conc = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+def start_moto() -> tuple[subprocess.Popen[bytes], str]:
+    """A moto server on a free port of 127.0.0.1 (dummy credentials set), once it answers; and its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -39,13 +37,21 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url + "/moto-api/data.json", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    return server, url
+
+
+def main() -> None:
+    gib = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
+    part_mib = int(sys.argv[2]) if len(sys.argv) > 2 else 16
+    conc = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+    server, url = start_moto()
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url + "/moto-api/data.json", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
         boto3.client("s3", endpoint_url=url).create_bucket(Bucket="bench")
         storage = open_storage("s3://bench/repo", endpoint_url=url, part_size=part_mib * 2**20, upload_concurrency=conc)
         block = os.urandom(2**20)

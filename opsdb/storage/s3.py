@@ -116,6 +116,9 @@ class S3Storage:
         # What the store was found to honour (the repository marker's probe result, or this process's
         # own probe); None: not known, so create-only writes take the guarded path.
         self.create_only: createonly.CreateOnlyProbe | None = None
+        # Called once, at the first create-only write, to fill create_only (repo/storecaps.py reads the
+        # repository marker, or probes and records): commands that write nothing create-only pay nothing.
+        self.create_only_loader: Callable[[], createonly.CreateOnlyProbe | None] | None = None
         config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
@@ -185,6 +188,9 @@ class S3Storage:
         Known to refuse: the store decides (If-None-Match: *). Otherwise the guarded fallback: the
         object is published by one CompleteMultipartUpload right after a check that the name is
         still free, then read back by HEAD; it must carry this put's write id (docs/storage.md)."""
+        if self.create_only is None and self.create_only_loader is not None:
+            loader, self.create_only_loader = self.create_only_loader, None  # its own writes are guarded
+            self.create_only = loader()
         known = self.create_only
         if known is None and self.conditional_writes == "refuse":
             known = self.create_only = self.probe_create_only(createonly.probe_key())
