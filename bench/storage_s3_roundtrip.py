@@ -26,9 +26,8 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-@contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """A moto S3 server on a free 127.0.0.1 port for the length of the block; yields its URL."""
+def start_moto() -> tuple[subprocess.Popen[bytes], str]:
+    """A moto server on a free port of 127.0.0.1 (dummy credentials set), once it answers; and its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -40,13 +39,20 @@ def moto_server() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url + "/moto-api/data.json", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    return server, url
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """start_moto() for the length of a with-block (bench/marker_proof.py); yields its URL."""
+    server, url = start_moto()
     try:
-        for _ in range(300):  # bounded: 30 s for moto to come up
-            try:
-                urllib.request.urlopen(url + "/moto-api/data.json", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
         yield url
     finally:
         server.terminate()
@@ -57,7 +63,8 @@ def main() -> None:
     gib = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
     part_mib = int(sys.argv[2]) if len(sys.argv) > 2 else 16
     conc = int(sys.argv[3]) if len(sys.argv) > 3 else 2
-    with moto_server() as url:
+    server, url = start_moto()
+    try:
         boto3.client("s3", endpoint_url=url).create_bucket(Bucket="bench")
         storage = open_storage("s3://bench/repo", endpoint_url=url, part_size=part_mib * 2**20, upload_concurrency=conc)
         block = os.urandom(2**20)
@@ -84,6 +91,9 @@ def main() -> None:
         down = time.monotonic() - t
         assert got.digest() == sha.digest()
         print(f"open {n} MiB: {n / down:.0f} MiB/s, peak RSS {rss_mib():.0f} MiB")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from opsdb.repo import storecaps
 from opsdb.repo.envelope import Codec
 from opsdb.storage import ReadOnlyStorage, Storage, open_storage
 
@@ -46,7 +47,10 @@ def open_repository(settings: Any, *, writable: bool = False) -> Storage:
         conditional_writes=r.conditional_writes,
         owner=account.owner if account is not None else None,
     )
-    return storage if writable else ReadOnlyStorage(storage)
+    if not writable:
+        return ReadOnlyStorage(storage)
+    storecaps.adopt_create_only(storage)  # what the store honours of create-only writes, from the marker
+    return storage
 
 
 def encryption_key(settings: Any, *, for_reading: bool = False) -> EncryptionKey | None:

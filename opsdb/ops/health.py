@@ -25,7 +25,7 @@ from opsdb.pg import conn as pg_conn
 from opsdb.pg.conninfo import redact
 from opsdb.pg.tools import PgTools, find_bin_dir, major_of_version
 from opsdb.proc import LocalRunner, Runner
-from opsdb.repo import layout, marker
+from opsdb.repo import layout, marker, storecaps
 from opsdb.storage import Storage
 from opsdb.storage import open_storage as _open_storage
 
@@ -184,9 +184,27 @@ def _check_repository(
     except Exception as exc:  # written and read fine: the repository works, clean-up did not
         report.add("repository", WARNING, f"{repo.url} writable, but the probe {key} was not deleted: {_describe(exc)}")
         return
+    try:
+        caps = storecaps.reprobe(storage)
+    except Exception as exc:
+        report.add(
+            "repository", CRITICAL, f"{repo.url} writable, but unable to probe conditional writes: {_describe(exc)}"
+        )
+        return
     elapsed_ms = (clock() - started) * 1000
-    report.add("repository", OK, f"{repo.url} writable ({elapsed_ms:.0f} ms)")
+    status, honours = _conditional_writes(caps)
+    report.add("repository", status, f"{repo.url} writable, {honours} ({elapsed_ms:.0f} ms)")
     _check_markers(report, storage, cluster)
+
+
+def _conditional_writes(caps: storecaps.Reprobe) -> tuple[Status, str]:
+    """What the store does with a second create-only write (under conditional_writes = "refuse" a store
+    that does not refuse fails the probe object's write above). A marker that said otherwise: WARNING."""
+    said = (
+        f"; the repository marker said {caps.before.describe()}, now corrected" if caps.changed and caps.before else ""
+    )
+    guarded = "" if caps.probe.honoured else ": create-only writes are guarded (docs/storage.md)"
+    return (WARNING if said else OK), caps.probe.describe() + guarded + said
 
 
 def _check_markers(report: CheckReport, storage: Storage, cluster: str | None) -> None:
@@ -202,7 +220,10 @@ def _check_markers(report: CheckReport, storage: Storage, cluster: str | None) -
         return
     parts = []
     if repository is not None:
-        caps = ", ".join(f"{k}={v}" for k, v in sorted(repository.capabilities.items()))
+        shown = sorted(
+            (k, v) for k, v in repository.capabilities.items() if k != storecaps.CAPABILITY
+        )  # on its own line
+        caps = ", ".join(f"{k}={v}" for k, v in shown)
         parts.append(
             f"repository format {repository.format} since {repository.created}" + (f" ({caps})" if caps else "")
         )

@@ -116,6 +116,9 @@ class S3Storage:
         # What the store was found to honour (the repository marker's probe result, or this process's
         # own probe); None: not known, so create-only writes take the guarded path.
         self.create_only: createonly.CreateOnlyProbe | None = None
+        # Called once, at the first create-only write, to fill create_only (repo/storecaps.py reads the
+        # repository marker, or probes and records): commands that write nothing create-only pay nothing.
+        self.create_only_loader: Callable[[], createonly.CreateOnlyProbe | None] | None = None
         config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
@@ -160,12 +163,14 @@ class S3Storage:
                 pending.pop().close()
             request = "put" if len(pending) == 1 else "multipart"
             guard = self._guard(key, request) if if_absent else _Guard(False, False)
-            if if_absent and request == "multipart" and self.stat(key) is not None:
-                # fail before uploading gigabytes; Complete (and the guarded path's last check) decides
+            single = request == "put" and not (guard.on and pending[0].size)  # guarded: a one-part upload
+            if if_absent and (request == "multipart" or (guard.on and single)) and self.stat(key) is not None:
+                # fail before uploading gigabytes (multipart: Complete and the guarded last check decide);
+                # a guarded empty object has no upload to check before: this check is its only one
                 raise Conflict(f"unable to put {object_url(self.url, key)}: object already exists")
             if guard.on:  # our own marker on the object tells whose it is after publishing
                 args["Metadata"] = {**meta, WRITE_ID: secrets.token_hex(16)}
-            if request == "put" and not (guard.on and pending[0].size):
+            if single:
                 if guard.header:
                     args["IfNoneMatch"] = "*"
                 self._call("put", key, self.client.put_object, Body=BodyReads(pending[0].file), **args)
@@ -185,6 +190,9 @@ class S3Storage:
         Known to refuse: the store decides (If-None-Match: *). Otherwise the guarded fallback: the
         object is published by one CompleteMultipartUpload right after a check that the name is
         still free, then read back by HEAD; it must carry this put's write id (docs/storage.md)."""
+        if self.create_only is None and self.create_only_loader is not None:
+            loader, self.create_only_loader = self.create_only_loader, None  # its own writes are guarded
+            self.create_only = loader()
         known = self.create_only
         if known is None and self.conditional_writes == "refuse":
             known = self.create_only = self.probe_create_only(createonly.probe_key())
@@ -278,10 +286,7 @@ class S3Storage:
                         time.sleep(min(8.0, 0.5 * 2**attempt) * (0.5 + random.random()))
                         continue
                     raise self._error("put", key, e, detail=f"part {number}") from e
-                part = {"PartNumber": number, "ETag": r["ETag"]}
-                if "ChecksumSHA256" in r:
-                    part["ChecksumSHA256"] = r["ChecksumSHA256"]
-                return part
+                return {"PartNumber": number, "ETag": r["ETag"], **_part_checksum(r)}
             raise AssertionError("unreachable")
         finally:
             spool.close()
@@ -318,15 +323,25 @@ class S3Storage:
         upload): what does the store do with the second? The key is deleted afterwards."""
         check_key(key)
         where = {"Bucket": self.bucket, "Key": self._name(key)}
-        self._call("probe", key, self.client.put_object, Body=b"first", IfNoneMatch="*", **where)
+        # locked buckets want a checksum on every upload, as in put(); the first write is a plain one,
+        # so a store that rejects the header itself is told apart from one that is down
+        sums = {"ChecksumAlgorithm": "SHA256"} if self.object_lock_days else {}
+        self._call("probe", key, self.client.put_object, Body=b"first", **where, **sums)
         try:
-            put = self._probe_outcome(key, lambda: self.client.put_object(Body=b"2", IfNoneMatch="*", **where))
-            upload_id = self._call("probe", key, self.client.create_multipart_upload, **where)["UploadId"]
+            put = self._probe_outcome(key, lambda: self.client.put_object(Body=b"2", IfNoneMatch="*", **where, **sums))
+            upload_id = self._call("probe", key, self.client.create_multipart_upload, **where, **sums)["UploadId"]
             try:
                 part = self._call(
-                    "probe", key, self.client.upload_part, UploadId=upload_id, PartNumber=1, Body=b"3", **where
+                    "probe",
+                    key,
+                    self.client.upload_part,
+                    UploadId=upload_id,
+                    PartNumber=1,
+                    Body=b"3",
+                    **where,
+                    **sums,
                 )
-                done = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}
+                done = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"], **_part_checksum(part)}]}
                 multipart = self._probe_outcome(
                     key,
                     lambda: self.client.complete_multipart_upload(
@@ -469,6 +484,11 @@ class _LeanJSONFileLoader(botocore.loaders.JSONFileLoader):
 
 def _lean_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return {k: "" if k == "documentation" and isinstance(v, str) else v for k, v in pairs}
+
+
+def _part_checksum(uploaded: dict[str, Any]) -> dict[str, Any]:
+    """A part's checksum for CompleteMultipartUpload, when it was uploaded with one (locked buckets)."""
+    return {"ChecksumSHA256": uploaded["ChecksumSHA256"]} if "ChecksumSHA256" in uploaded else {}
 
 
 def _out_of_order(where: str, before: str, after: str) -> RepositoryUnavailable:

@@ -14,6 +14,7 @@ import pytest
 
 from opsdb.errors import NotFound, RepositoryUnavailable, UsageError
 from opsdb.storage import open_storage
+from opsdb.storage.createonly import REFUSED, probe_create_only
 from opsdb.storage.s3 import S3Storage
 from tests.contract.s3_helpers import PART, MiB, chunks_of, read_all
 from tests.fixtures.s3 import S3Server
@@ -37,6 +38,8 @@ def test_part_size_grows_as_parts_accumulate(s3: S3Storage, s3_client: Any) -> N
 
 def test_object_lock_governance(moto_server: S3Server, s3_lock_bucket: str, s3_client: Any) -> None:
     s3 = moto_server.storage(f"s3://{s3_lock_bucket}/repo", part_size=PART, object_lock_days=7)
+    probe = probe_create_only(s3)  # its uploads carry checksums, as locked buckets want
+    assert (probe.put, probe.multipart) == (REFUSED, REFUSED)
     s3.put("catalog/1.json", [b"{}"], if_absent=True)
     head = s3_client.head_object(Bucket=s3_lock_bucket, Key="repo/catalog/1.json")
     assert head["ObjectLockMode"] == "GOVERNANCE"

@@ -46,7 +46,7 @@ def test_probe_names_what_the_store_honours(s3_server: S3Server, s3_url: str, s3
     assert list(storage.list("")) == []  # the probe key is gone
 
 
-@pytest.mark.parametrize("size", [100, 2 * PART + 1], ids=["one-request", "multipart"])
+@pytest.mark.parametrize("size", [0, 100, 2 * PART + 1], ids=["empty", "one-request", "multipart"])
 def test_second_create_only_write_never_replaces(s3: S3Storage, size: int) -> None:
     first, second = os.urandom(size), os.urandom(size)
     s3.put("wal/seg", chunks_of(first), if_absent=True, metadata={"kind": "wal"})

@@ -115,7 +115,11 @@ def test_human_output_one_line_per_check(archiving_cluster: Instance, tmp_path: 
     code, text = _check(config, as_json=False)
     assert code == 0, text
     lines = str(text).splitlines()
-    assert lines[1].startswith("OK       repository") and "writable (" in lines[1] and lines[1].endswith(" ms)")
+    assert (
+        lines[1].startswith("OK       repository")
+        and "writable, conditional writes honoured" in lines[1]
+        and lines[1].endswith(" ms)")
+    )
     assert lines[-1].startswith("OK: 17 ok")
 
 

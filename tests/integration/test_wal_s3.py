@@ -4,6 +4,7 @@ file under an archived name is refused with nothing replaced on either."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -47,9 +48,12 @@ def pgdata(tmp_path):
     return tmp_path / "pgdata"
 
 
-def test_push_fetch_and_exit_codes_on_s3(tmp_path, pgdata, s3_endpoint, s3_bucket, s3_client):
-    config = write_config(tmp_path, f"s3://{s3_bucket}/wal-test", s3_endpoint)
+def test_push_fetch_and_exit_codes_on_s3(tmp_path, pgdata, s3_server, s3_bucket, s3_client):
+    config = write_config(tmp_path, f"s3://{s3_bucket}/wal-test", s3_server.endpoint)
     assert opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata).returncode == 0
+    # the first write probed the store and recorded what it does in the repository marker
+    doc = json.loads(s3_client.get_object(Bucket=s3_bucket, Key="wal-test/opsdb-repository.json")["Body"].read())
+    assert doc["capabilities"]["conditional_writes"]["put"] == {"moto": "refused", "s3rver": "ignored"}[s3_server.name]
     assert opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata).returncode == 0
     ok = opsdb(config, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=pgdata)
     assert ok.returncode == 0

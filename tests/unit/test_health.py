@@ -132,11 +132,17 @@ def test_markers_are_reported() -> None:
     fresh = _run({"host=db password=pw": FakeConn()}, storage=store).get("marker")
     assert fresh is not None and fresh.status is Status.OK and "none yet" in fresh.detail
     marker.ensure_cluster_marker(store, "main", 7441620935618519234, what="test")
-    marker.update_capabilities(store, {"conditional_writes": True})
-    found = _run({"host=db password=pw": FakeConn()}, storage=store).get("marker")
+    marker.update_capabilities(store, {"versioning": True})
+    report = _run({"host=db password=pw": FakeConn()}, storage=store)
+    found = report.get("marker")
     assert found is not None and found.status is Status.OK
     assert "cluster main: system identifier 7441620935618519234" in found.detail
-    assert "conditional_writes=True" in found.detail
+    assert "versioning=True" in found.detail and "conditional_writes" not in found.detail
+    # the conditional-write probe has its own words on the repository line, and is recorded
+    repository = report.get("repository")
+    assert repository is not None and "writable, conditional writes honoured" in repository.detail
+    recorded = marker.read_repository_marker(store)
+    assert recorded is not None and recorded.capabilities["conditional_writes"]["put"] == "refused"
     store.put(layout.cluster_marker("main"), [b"garbage"])
     assert _status(_run({"host=db password=pw": FakeConn()}, storage=store), "marker") is Status.CRITICAL
 
