@@ -341,7 +341,7 @@ def _report(spool: PushSpool, write: Callable[..., None], name: str, *args: Any)
     except OSError as exc:
         log.warning("unable to record the result for %s in %s: %s; its wal-push works in-process", name,
                     spool.root, exc.strerror or exc)  # fmt: skip
-        spool.give_up(name)
+        spool.drop_request(name)
 
 
 class _Stale(Exception):

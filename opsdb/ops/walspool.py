@@ -40,8 +40,8 @@ if TYPE_CHECKING:  # typing, pathlib and hashlib would cost ~14 ms per WAL file 
 
 
 class SpoolUnusable(Exception):
-    """The spool cannot take what this call needs (full, or not writable): the call works without it
-    (wal-push in-process, wal-fetch straight from the repository) and warns with this message."""
+    """The spool cannot take what this call needs (full, not writable): the call works without it
+    and warns with this message."""
 
 
 def spool_unusable(what: str, where: str, exc: OSError) -> SpoolUnusable:
@@ -49,10 +49,9 @@ def spool_unusable(what: str, where: str, exc: OSError) -> SpoolUnusable:
 
 
 def settings_fingerprint(config_path: str | None) -> str:
-    """A digest of what decides where and how WAL is stored, by content: the config file's bytes and
-    the OPSDB_*/AWS_* environment. The pusher marks what it stored with the fingerprint it loaded its
-    settings under; a wal-push accepts only a marker with its own, so a segment stored before the
-    config changed (a moved repository) is pushed again under the new settings, never reported done."""
+    """A digest of the config file's bytes and the OPSDB_*/AWS_* environment. The pusher marks what it
+    stored with the one it loaded its settings under; wal-push accepts only its own (a segment stored
+    before the config changed, e.g. in a moved repository, is pushed again, never reported done)."""
     content = b""
     if config_path:
         try:
@@ -256,20 +255,16 @@ class PushSpool:
         checks the file's identity or its SHA-256."""
         marker = f"{OK_MARKER}\n{sha256}\n{size}\n{identity or ''}\n{fingerprint}"
         atomic_write(os.path.join(self.ok, name), marker.encode())
-        self._done(name)
+        self.drop_request(name)
 
     def write_error(self, name: str, message: str) -> None:
         atomic_write(os.path.join(self.error, name), message.encode())
-        self._done(name)
+        self.drop_request(name)
 
-    def _done(self, name: str) -> None:
+    def drop_request(self, name: str) -> None:
+        """Done with NAME (or no result can be recorded: the waiting wal-push sees it gone, unanswered)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.queue, name))
-
-    def give_up(self, name: str) -> None:
-        """The pusher could not record a result (spool full): drop the request, so the waiting
-        wal-push sees it gone without a marker and pushes in-process."""
-        self._done(name)
 
     def requested(self, name: str) -> bool:
         return os.path.exists(os.path.join(self.queue, name))
