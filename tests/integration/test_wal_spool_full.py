@@ -123,7 +123,8 @@ def test_archiving_and_recovery_go_on_with_full_spools(env: dict[str, Any]) -> N
 
 def test_a_prefetch_spool_too_small_for_a_segment_falls_back_to_a_direct_fetch(env: dict[str, Any]) -> None:
     """Room for the prefetcher's small files but not for a segment: the prefetcher's answer names the spool."""
-    (env["spool"] / "filler").unlink()
+    (env["spool"] / "filler").unlink(missing_ok=True)
+    wait_archived(env["primary"])
     name = v(env["primary"], "SELECT last_archived_wal FROM pg_stat_archiver")
     pgdata = env["factory"].new_dir()  # wal-fetch runs in the data directory being recovered (its cwd)
     user = os_user()
