@@ -245,13 +245,17 @@ def wal_push(config: str | None, cluster: str | None, path: str) -> dict[str, An
     routing = _routing(config, cluster)
     name = os.path.basename(path)
     if routing is not None and routing.async_:
-        from opsdb.ops.walspool import PushSpool, push_via_spool
+        from opsdb.ops.walspool import PushSpool, SpoolUnusable, push_via_spool, settings_fingerprint
 
         spool = PushSpool(routing.spool_dir, routing.cluster or "")
         if _spool_usable(spool):
             start = _starter(routing, "wal-pusher", spool.log_path)
-            ahead = push_via_spool(spool, path, start, timeout=PUSH_WAIT_SECONDS)
-            return {"name": name, "stored": True, "mode": "async", "pushed_ahead": ahead}
+            try:
+                fingerprint = settings_fingerprint(routing.config_path)
+                ahead = push_via_spool(spool, path, start, timeout=PUSH_WAIT_SECONDS, fingerprint=fingerprint)
+                return {"name": name, "stored": True, "mode": "async", "pushed_ahead": ahead}
+            except SpoolUnusable as exc:
+                _warn(f"{exc}; pushing {name} in-process")
         routing = None  # the agent would need the same spool: in-process
     reply = _via_agent(routing, "push", {"op": "push", "path": os.path.abspath(path)}, PUSH_WAIT_SECONDS)
     if reply is not None:
@@ -266,13 +270,17 @@ def wal_push(config: str | None, cluster: str | None, path: str) -> dict[str, An
 def wal_fetch(config: str | None, cluster: str | None, name: str, dest: str) -> dict[str, Any]:
     routing = _routing(config, cluster)
     if routing is not None and routing.prefetch > 0:
-        from opsdb.ops.walspool import FetchSpool, fetch_via_spool
+        from opsdb.ops.walspool import FetchSpool, SpoolUnusable, fetch_via_spool
 
         spool = FetchSpool(routing.spool_dir, routing.cluster or "", os.getcwd(), routing.repository)
         if _spool_usable(spool):
             start = _starter(routing, "wal-prefetcher", spool.log_path, ["--data-dir", os.getcwd()])
-            if fetch_via_spool(spool, name, dest, start, timeout=FETCH_WAIT_SECONDS):
-                return {"name": name, "fetched": True, "source": "prefetch"}
+            try:
+                if fetch_via_spool(spool, name, dest, start, timeout=FETCH_WAIT_SECONDS):
+                    return {"name": name, "fetched": True, "source": "prefetch"}
+            except SpoolUnusable as exc:
+                _warn(f"{exc}; fetching {name} directly from the repository")
+                routing = None  # the agent's socket lives in the same spool: in-process
         else:
             routing = None  # the agent would need the same spool: in-process
     reply = _via_agent(
@@ -313,6 +321,11 @@ def _spool_usable(spool: Any) -> bool:
         )
         return False
     return True
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"opsdb: warning: {message}\n")
+    sys.stderr.flush()
 
 
 def _warn_spool(message: str) -> None:
@@ -367,21 +380,37 @@ def run_agent(kind: str, opts: dict[str, Any]) -> int:
     if routing is None:
         return 2
     sock = walagent.socket_path(routing.spool_dir, routing.cluster or "", kind, routing.config_path)
+    stale = _watch(routing, opts)  # before loading: a change while it loads is seen too
     try:
         settings, repo = _validated(opts.get("--config"), opts.get("--cluster"), writable=kind == "push")
     except OpsdbError as exc:
         _print_error(str(exc), exc.hint)
         return exc.exit_code
-    watched = [p for p in (routing.config_path, settings.encryption.key_file) if p]
-    walagent.serve(sock, ops_wal.agent_handler(repo, kind), stale=walagent.files_changed([str(p) for p in watched]))
+    walagent.serve(sock, ops_wal.agent_handler(repo, kind), stale=stale)
     return 0
+
+
+def _watch(routing: Routing, opts: dict[str, Any]) -> Any:
+    """stale() over the config file and every key file it names (by content): a helper asks it
+    before it stores anything more, and leaves when the settings it loaded are no longer the config's."""
+    from opsdb.ops import walagent
+
+    paths = [routing.config_path] if routing.config_path else []
+    try:
+        from opsdb.config import load_settings
+
+        enc = load_settings(opts.get("--config")).encryption
+        paths += [str(p) for p in (enc.key_file, *enc.read_key_files) if p]
+    except OpsdbError:
+        pass  # the load below reports it
+    return walagent.files_changed(paths)
 
 
 def run_daemon(kind: str, opts: dict[str, Any], data_dir: str | None) -> int:
     """The background pusher / prefetcher: validated settings, then the loop in ops/wal.py.
     A start-up failure (bad config, unreadable key) is written where the waiting wal-push/fetch reads it."""
     from opsdb.ops import wal as ops_wal
-    from opsdb.ops.walspool import FetchSpool, PushSpool, atomic_write
+    from opsdb.ops.walspool import FetchSpool, PushSpool, atomic_write, settings_fingerprint
 
     _setup_logging(opts)
     routing = read_routing(opts.get("--config"), opts.get("--cluster"))
@@ -393,6 +422,8 @@ def run_daemon(kind: str, opts: dict[str, Any], data_dir: str | None) -> int:
     else:
         spool = FetchSpool(routing.spool_dir, routing.cluster or "", data_dir or os.getcwd(), routing.repository)
         spool.ensure()
+    stale = _watch(routing, opts)  # before loading: a change while it loads is seen too
+    fingerprint = settings_fingerprint(routing.config_path)
     try:
         settings, repo = _validated(opts.get("--config"), opts.get("--cluster"), writable=kind == "pusher")
     except OpsdbError as exc:
@@ -401,12 +432,11 @@ def run_daemon(kind: str, opts: dict[str, Any], data_dir: str | None) -> int:
         return exc.exit_code
     workers = settings.wal.push_workers
     if kind == "pusher":
-        ops_wal.run_pusher(spool, ops_wal.pusher_push_one(repo), workers=workers)
+        ops_wal.run_pusher(spool, ops_wal.pusher_push_one(repo), workers=workers, stale=stale, fingerprint=fingerprint)
     else:
         depth = max(1, settings.wal.prefetch)
-        ops_wal.run_prefetcher(
-            spool, ops_wal.prefetch_fetch_one(repo, data_dir), depth=depth, workers=min(workers, depth)
-        )
+        fetch_one = ops_wal.prefetch_fetch_one(repo, data_dir)
+        ops_wal.run_prefetcher(spool, fetch_one, depth=depth, workers=min(workers, depth), stale=stale)
     return 0
 
 

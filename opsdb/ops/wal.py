@@ -259,9 +259,15 @@ def run_pusher(
     workers: int,
     idle_exit: float = PUSHER_IDLE_EXIT,
     clock: Callable[[], float] = time.monotonic,
+    stale: Callable[[], bool] = lambda: False,
+    fingerprint: str = "",
 ) -> int:
     """Store queued WAL files, and files PostgreSQL has marked .ready, in parallel; write an ok marker
-    (fsynced) after each store returns. Exits after idle_exit seconds without work. Returns files stored."""
+    (fsynced) after each store returns. Exits after idle_exit seconds without work. Returns files stored.
+
+    Before it starts storing anything more it asks stale(): once the config or a key file changed, it
+    starts nothing new, lets what is in flight finish and exits; the waiting wal-push starts a pusher
+    with the new settings. Markers carry `fingerprint` (walspool.settings_fingerprint at load)."""
     spool.ensure()
     stored = 0
     with spool.lock.hold() as mine:
@@ -287,12 +293,17 @@ def run_pusher(
                     for name in ready_files(wal_dir):
                         if name not in stored_names:
                             candidates.append((name, os.path.join(wal_dir, name)))
+                if candidates and stale():
+                    candidates = []  # settings changed: nothing more under the old ones
+                    if not in_flight:
+                        log.info("the configuration or a key changed: the pusher exits (a new one takes over)")
+                        return stored
                 for name, path in candidates:
                     if len(in_flight) >= workers * 2:
                         break
                     if name in in_flight or (name not in queued and spool.has_ok(name)):
                         continue
-                    in_flight[name] = pool.submit(_push_identified, push_one, name, path)
+                    in_flight[name] = pool.submit(_push_identified, push_one, name, path, stale)
                 if not in_flight:
                     if clock() - last_work > idle_exit:
                         return stored
@@ -304,26 +315,46 @@ def run_pusher(
                     last_work = clock()
                     try:
                         result, identity = future.result()
+                    except _Stale:
+                        continue  # not stored: the request stays queued for the pusher that follows
                     except FileNotFoundError:
                         if name in requested:
-                            spool.write_error(name, f"unable to archive {name}: the file disappeared")
+                            _report(spool, spool.write_error, name, f"unable to archive {name}: the file disappeared")
                         continue
                     except Exception as exc:  # one file's failure must not stop the others
                         message = str(exc) if isinstance(exc, OpsdbError) else f"{type(exc).__name__}: {exc}"
                         log.warning("storing %s failed: %s", name, message)
                         if name in requested:
-                            spool.write_error(name, message)
+                            _report(spool, spool.write_error, name, message)
                         continue
-                    spool.write_ok(name, result.sha256, result.size, identity)
+                    _report(spool, spool.write_ok, name, result.sha256, result.size, identity, fingerprint)
                     requested.discard(name)
                     stored_names.add(name)
                     stored += 1
 
 
+def _report(spool: PushSpool, write: Callable[..., None], name: str, *args: Any) -> None:
+    """Write a result marker; with the spool full, drop the request instead (the waiting wal-push
+    sees it gone without a marker and pushes in-process) rather than stopping the pusher."""
+    try:
+        write(name, *args)
+    except OSError as exc:
+        log.warning("unable to record the result for %s in %s: %s; its wal-push works in-process", name,
+                    spool.root, exc.strerror or exc)  # fmt: skip
+        spool.drop_request(name)
+
+
+class _Stale(Exception):
+    """The settings changed after this push was queued and before it began: it does not begin."""
+
+
 def _push_identified(
-    push_one: Callable[[str, str], repo_wal.PushResult], name: str, path: str
+    push_one: Callable[[str, str], repo_wal.PushResult], name: str, path: str, stale: Callable[[], bool]
 ) -> tuple[repo_wal.PushResult, str | None]:
-    """Push, and name the file that was read (unchanged during the push) for the ok marker."""
+    """Push, and name the file that was read (unchanged during the push) for the ok marker. Asks
+    stale() first, in the worker, so a push waiting for a free worker never starts under old settings."""
+    if stale():
+        raise _Stale(name)
     before = file_identity(path)
     result = push_one(name, path)
     return result, before if before is not None and before == file_identity(path) else None
@@ -355,6 +386,7 @@ def run_prefetcher(
     workers: int,
     idle_exit: float = PREFETCH_IDLE_EXIT,
     clock: Callable[[], float] = time.monotonic,
+    stale: Callable[[], bool] = lambda: False,
 ) -> int:
     """Answer wal-fetch requests and keep the next `depth` segments ready in the spool, each fetched
     through authentication into a temp file and published atomically with its digest."""
@@ -385,6 +417,8 @@ def run_prefetcher(
                         window.insert(0, name)
                     for stale in spool.present() - set(window):
                         spool.discard(stale)  # consumed, skipped, or from another timeline
+                if not in_flight and stale():
+                    return fetched  # settings changed: the waiting wal-fetch fetches itself, then a new prefetcher
                 present = spool.present()
                 for name in window:
                     if name in in_flight or name in present or name in missing:
@@ -411,14 +445,41 @@ def run_prefetcher(
                         if token:
                             spool.write_result(name, token, "missing", str(exc))
                         continue
+                    except OSError as exc:  # the spool is full (or not writable): not a repository problem
+                        missing.add(name)
+                        message = f"the prefetch spool cannot hold {name}: {exc.strerror or exc} ({spool.data})"
+                        log.warning("%s", message)
+                        if token and not _result(spool, name, token, "spool", message):
+                            return fetched  # cannot even answer: exit, and the waiting wal-fetch fetches itself
+                        continue
                     except Exception as exc:
                         missing.add(name)  # not retried for this request; the next request retries
                         if token:
                             status = "integrity" if isinstance(exc, IntegrityError) else "error"
-                            spool.write_result(name, token, status, str(exc) or type(exc).__name__)
+                            if not _result(spool, name, token, status, str(exc) or type(exc).__name__):
+                                return fetched
                         continue
-                    spool.publish(name, tmp, sha, size)
+                    try:
+                        spool.publish(name, tmp, sha, size)
+                    except OSError as exc:
+                        spool.discard(name)
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(tmp)
+                        message = f"the prefetch spool cannot hold {name}: {exc.strerror or exc} ({spool.data})"
+                        if token and not _result(spool, name, token, "spool", message):
+                            return fetched
+                        missing.add(name)
+                        continue
                     fetched += 1
+
+
+def _result(spool: FetchSpool, name: str, token: str, status: str, message: str) -> bool:
+    """Answer a waiting wal-fetch; False when even that cannot be written (the spool is full)."""
+    try:
+        spool.write_result(name, token, status, message)
+    except OSError:
+        return False
+    return True
 
 
 def prefetch_fetch_one(repo: WalRepo, data_dir: str | None = None) -> Callable[[str, str], tuple[str, int]]:

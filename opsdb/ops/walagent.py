@@ -352,17 +352,19 @@ def raise_reply(reply: dict[str, Any]) -> None:
 
 
 def files_changed(paths: list[str]) -> Callable[[], bool]:
-    """stale() for serve(): True once any of paths differs from when the agent started (key rotation)."""
+    """stale() for serve() and the background helpers: True once the content of any of paths (the
+    config file, the key files) differs from when the helper loaded its settings (a moved repository,
+    a rotated key, even one rewritten in place with the same size and mtime)."""
 
-    def identity() -> list[Any]:
-        out: list[Any] = []
+    def contents() -> list[bytes | None]:
+        out: list[bytes | None] = []
         for p in paths:
             try:
-                st = os.stat(p)
-                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+                with open(p, "rb") as fh:
+                    out.append(fh.read())
             except OSError:
                 out.append(None)
         return out
 
-    first = identity()
-    return lambda: identity() != first
+    first = contents()
+    return lambda: contents() != first

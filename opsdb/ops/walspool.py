@@ -28,7 +28,7 @@ from opsdb.errors import IntegrityError, NotFound, OperationFailed, RepositoryUn
 NAME_RE = re.compile(r"^[0-9A-F]{8}(?:[0-9A-F]{16}(?:\.partial|\.[0-9A-F]{8}\.backup)?|\.history)$")
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
 READ_CHUNK = 1024 * 1024
-OK_MARKER = "opsdb-ok 1"  # first line of an ok marker (format version)
+OK_MARKER = "opsdb-ok 2"  # first line of an ok marker (format version; 2 added the settings fingerprint)
 MARKER_MAX_AGE = 24 * 3600  # ok markers nobody collected (archive_command changed) are dropped after a day
 
 TYPE_CHECKING = False
@@ -37,6 +37,30 @@ if TYPE_CHECKING:  # typing, pathlib and hashlib would cost ~14 ms per WAL file 
     from typing import Any
 
     StartDaemon = Callable[[], Callable[[], bool]]  # starts the helper, returns "is it still alive?"
+
+
+class SpoolUnusable(Exception):
+    """The spool cannot take what this call needs (full, not writable): the call works without it
+    and warns with this message."""
+
+
+def spool_unusable(what: str, where: str, exc: OSError) -> SpoolUnusable:
+    return SpoolUnusable(f"the {what} spool cannot be used: {exc.strerror or exc} ({exc.filename or where})")
+
+
+def settings_fingerprint(config_path: str | None) -> str:
+    """A digest of the config file's bytes and the OPSDB_*/AWS_* environment. The pusher marks what it
+    stored with the one it loaded its settings under; wal-push accepts only its own (a segment stored
+    before the config changed, e.g. in a moved repository, is pushed again, never reported done)."""
+    content = b""
+    if config_path:
+        try:
+            with open(config_path, "rb") as fh:
+                content = fh.read()
+        except OSError:
+            content = b"-unreadable-"
+    env = "\0".join(sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith(("OPSDB_", "AWS_"))))
+    return small_sha256(content + b"\0" + env.encode())[:32]
 
 
 def valid_name(name: str) -> bool:
@@ -170,8 +194,9 @@ class PushSpool:
     def request(self, name: str, source: str) -> None:
         atomic_write(os.path.join(self.queue, name), os.path.abspath(source).encode())
 
-    def take_ok(self, name: str, path: str, digest: dict[str, str]) -> bool:
-        """True (and the marker consumed) when NAME is stored with exactly the content of path.
+    def take_ok(self, name: str, path: str, digest: dict[str, str], fingerprint: str = "") -> bool:
+        """True (and the marker consumed) when NAME is stored with exactly the content of path, under
+        the settings this call has (`fingerprint`; a marker made under others is consumed and refused).
 
         The marker names the file the pusher read (device, inode, size, mtime in ns): the very same
         file is accepted without reading it again; anything else must match the SHA-256, which is
@@ -182,11 +207,13 @@ class PushSpool:
                 lines = fh.read().split("\n")
         except OSError:
             return False
-        if len(lines) != 4 or lines[0] != OK_MARKER:
+        if len(lines) != 5 or lines[0] != OK_MARKER:
             return False
-        _, sha256, _size, identity = lines
+        _, sha256, _size, identity, stored_under = lines
         with contextlib.suppress(FileNotFoundError):
             os.unlink(marker)
+        if stored_under != fingerprint:
+            return False  # stored under settings that changed since (another repository, another key)
         if identity and identity == file_identity(path):
             return True
         if "sha256" not in digest:
@@ -221,21 +248,26 @@ class PushSpool:
     def has_ok(self, name: str) -> bool:
         return os.path.exists(os.path.join(self.ok, name))
 
-    def write_ok(self, name: str, sha256: str, size: int, identity: str | None = None) -> None:
+    def write_ok(self, name: str, sha256: str, size: int, identity: str | None = None, fingerprint: str = "") -> None:
         """Not fsynced, on purpose: the repository holds the file durably before this is written, and a
         marker lost or damaged in a crash only makes the next wal-push of NAME ask again (the store
         then finds the same content already there). A marker never vouches for other content: take_ok
         checks the file's identity or its SHA-256."""
-        atomic_write(os.path.join(self.ok, name), f"{OK_MARKER}\n{sha256}\n{size}\n{identity or ''}".encode())
-        self._done(name)
+        marker = f"{OK_MARKER}\n{sha256}\n{size}\n{identity or ''}\n{fingerprint}"
+        atomic_write(os.path.join(self.ok, name), marker.encode())
+        self.drop_request(name)
 
     def write_error(self, name: str, message: str) -> None:
         atomic_write(os.path.join(self.error, name), message.encode())
-        self._done(name)
+        self.drop_request(name)
 
-    def _done(self, name: str) -> None:
+    def drop_request(self, name: str) -> None:
+        """Done with NAME (or no result can be recorded: the waiting wal-push sees it gone, unanswered)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.queue, name))
+
+    def requested(self, name: str) -> bool:
+        return os.path.exists(os.path.join(self.queue, name))
 
     def drop_old_markers(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -469,7 +501,9 @@ def wait_until(predicate: Any, timeout: float, poll: float = 0.005) -> Any:
 # --- the client side of async mode: what one wal-push / wal-fetch call does --------------------------
 
 
-def push_via_spool(spool: PushSpool, path: str, start_pusher: StartDaemon, *, timeout: float) -> bool:
+def push_via_spool(
+    spool: PushSpool, path: str, start_pusher: StartDaemon, *, timeout: float, fingerprint: str = ""
+) -> bool:
     """Hand PATH to the background pusher and wait until it is durably stored (or failed).
     The caller has made the spool (`spool.ensure()`).
 
@@ -481,22 +515,30 @@ def push_via_spool(spool: PushSpool, path: str, start_pusher: StartDaemon, *, ti
     if not os.path.isfile(path):
         raise UsageError(f"unable to archive {path}: no such file", hint="archive_command must pass %p")
     digest: dict[str, str] = {}
-    if spool.take_ok(name, path, digest):
+    if spool.take_ok(name, path, digest, fingerprint):
         return True
     spool.take_error(name)  # an earlier attempt's failure: this attempt retries
-    spool.request(name, path)
+    try:
+        spool.request(name, path)
+    except OSError as exc:
+        raise spool_unusable("async push", spool.queue, exc) from None
     deadline = time.monotonic() + timeout
     alive: Any = None
     starts = 0
     delay = 0.002
     while time.monotonic() < deadline:
-        if spool.take_ok(name, path, digest):
+        if spool.take_ok(name, path, digest, fingerprint):
             return False
         error = spool.take_error(name)
         if error:
             raise OperationFailed(error)
+        if not spool.requested(name) and not spool.take_ok(name, path, digest, fingerprint):
+            # the pusher took the request but could not write its result (see run_pusher)
+            raise SpoolUnusable(
+                f"the async push spool cannot be used: the pusher could not record a result in {spool.ok}"
+            )
         if (alive is None or not alive()) and not spool.lock.held_by_other():
-            if spool.take_ok(name, path, digest):
+            if spool.take_ok(name, path, digest, fingerprint):
                 return False
             failure = spool.start_failure()
             if starts and failure:
@@ -515,16 +557,19 @@ def fetch_via_spool(spool: FetchSpool, name: str, dest: str, start_prefetcher: S
 
     True: dest written. False: no answer in time (the caller fetches in-process). Raises NotFound when
     the prefetcher found NAME is not archived, RepositoryUnavailable / IntegrityError when it could not
-    be read."""
+    be read, SpoolUnusable when the spool could not hold it (full: the caller fetches directly)."""
     if not valid_name(name):
         raise UsageError(f"invalid WAL file name {name!r}")
     token = os.urandom(8).hex()
     served = False
-    if spool.has(name):
-        spool.want(name, token, served=True)  # first, so the prefetcher does not fetch it again meanwhile
-        served = spool.serve(name, dest)
-    if not served:
-        spool.want(name, token)
+    try:
+        if spool.has(name):
+            spool.want(name, token, served=True)  # first, so the prefetcher does not fetch it again meanwhile
+            served = spool.serve(name, dest)
+        if not served:
+            spool.want(name, token)
+    except OSError as exc:
+        raise spool_unusable("prefetch", spool.root, exc) from None
     alive: Any = None
     if not spool.lock.held_by_other():
         alive = start_prefetcher()
@@ -542,6 +587,8 @@ def fetch_via_spool(spool: FetchSpool, name: str, dest: str, start_prefetcher: S
                 raise NotFound(message)
             if result.get("status") == "integrity":
                 raise IntegrityError(message)
+            if result.get("status") == "spool":
+                raise SpoolUnusable(message)
             raise RepositoryUnavailable(message)
         if alive is not None and not alive() and not spool.lock.held_by_other():
             return False  # the prefetcher stopped: fetch in-process instead

@@ -22,6 +22,7 @@ from opsdb.pg.instance import Instance
 from opsdb.proc import LocalRunner
 from opsdb.stream.crypto import generate_key_file
 from tests.fixtures.pg import ClusterFactory, bin_dir_of_server, free_port, make_temp_dir, os_user
+from tests.integration.archiving_env import archiving_primary
 from tests.integration.test_pitr import _opsdb_for_server, wait_archived, x
 from tests.integration.test_retention_pitr import backup, chown_tree, now_between, rows, run
 
@@ -51,10 +52,7 @@ def env(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
         key_a = generate_key_file(workdir / "a.key")
         (workdir / "repo").mkdir()
         config = workdir / "opsdb.toml"
-        config.write_text(_config(workdir, 0, "a.key", []))
-        primary = factory(archive_mode="on", archive_command=f"{opsdb} --config {config} wal-push %p", lc_messages="C")
-        config.write_text(_config(workdir, primary.port, "a.key", []))
-        chown_tree(workdir)
+        primary = archiving_primary(factory, opsdb, config, lambda port: _config(workdir, port, "a.key", []))
         yield {"opsdb": opsdb, "config": config, "workdir": workdir, "primary": primary, "factory": factory,
                "key_a": key_a}  # fmt: skip
     finally:

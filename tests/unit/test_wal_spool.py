@@ -92,3 +92,37 @@ def test_marker_of_a_file_that_changed_while_it_was_pushed_is_checked_by_content
     f.write_bytes(b"segment")
     spool.write_ok(f.name, sha256_file(f)[0], 7, None)  # the pusher could not name the file it read
     assert spool.take_ok(f.name, str(f), {})
+
+
+def test_a_marker_made_under_other_settings_is_refused(tmp_path, monkeypatch):
+    from opsdb.ops.walspool import settings_fingerprint
+
+    config = tmp_path / "opsdb.toml"
+    config.write_text('[repository]\nurl = "file:///srv/a"\n')
+    before = settings_fingerprint(str(config))
+    spool = PushSpool(tmp_path / "spool", "main").ensure()
+    f = tmp_path / "000000010000000000000001"
+    f.write_bytes(b"a" * 100)
+    spool.write_ok(f.name, sha256_file(f)[0], 100, file_identity(f), before)
+    config.write_text('[repository]\nurl = "file:///srv/b"\n')  # the repository moved
+    after = settings_fingerprint(str(config))
+    assert after != before
+    assert not spool.take_ok(f.name, str(f), {}, after)  # stored in A: not done for B
+    assert not os.path.exists(os.path.join(spool.ok, f.name))  # consumed: the next push stores again
+    spool.write_ok(f.name, sha256_file(f)[0], 100, file_identity(f), after)
+    assert spool.take_ok(f.name, str(f), {}, after)
+    monkeypatch.setenv("OPSDB_REPOSITORY__URL", "file:///srv/c")  # the environment counts too
+    assert settings_fingerprint(str(config)) != after
+
+
+def test_helpers_notice_a_key_rewritten_in_place_with_the_same_size_and_mtime(tmp_path):
+    from opsdb.ops.walagent import files_changed
+
+    key = tmp_path / "key"
+    key.write_bytes(b"a" * 64)
+    st = key.stat()
+    changed = files_changed([str(key)])
+    assert not changed()
+    key.write_bytes(b"b" * 64)
+    os.utime(key, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert changed()

@@ -1,0 +1,177 @@
+"""A running async pusher follows config and key changes, on a real primary under archiving load.
+
+`[wal] async = true`: a background pusher stores WAL ahead of PostgreSQL's wal-push calls. While a
+writer keeps switching WAL files, `[repository] url` is moved from repository A to B (the config
+file replaced atomically), then the key file is rotated in place (same path, new key). Every
+segment PostgreSQL archived after each change is in B, written with the new key: a wal-push never
+reports a segment done that went to the old place or under the old key (at most the pushes already
+in flight at the change also land in A, and are pushed again to B).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opsdb.ops.walspool import stop_helpers
+from opsdb.pg.instance import Instance
+from opsdb.repo import envelope, layout
+from opsdb.repo import wal as repo_wal
+from opsdb.storage.local import LocalStorage
+from opsdb.stream.crypto import generate_key_file, load_key
+from tests.fixtures.pg import ClusterFactory, make_temp_dir
+from tests.integration.archiving_env import archiving_primary
+from tests.integration.test_pitr import _opsdb_for_server, v, wait_archived, x
+
+pytestmark = pytest.mark.integration
+WORKERS = 4
+
+
+def _config(workdir: Path, port: int, repo: str) -> str:
+    return (
+        f'[repository]\nurl = "file://{workdir}/{repo}"\n'
+        f'[encryption]\nkey_file = "{workdir}/key"\nrequired = true\n'
+        "[compression]\nlevel = 1\n"
+        f'[wal]\nasync = true\npush_workers = {WORKERS}\nspool_dir = "{workdir}/spool"\n'
+        f'[clusters.main]\nconninfo = "host=127.0.0.1 port={port} user=postgres dbname=postgres"\n'
+    )
+
+
+def _replace(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Swap a file's content atomically (as an editor or config management does)."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(data)
+    os.chmod(tmp, mode)
+    shutil.copystat(path, tmp)  # keep the mode; the new content is what must be noticed
+    st = path.stat()
+    os.chown(tmp, st.st_uid, st.st_gid)
+    os.replace(tmp, path)
+
+
+@pytest.fixture(scope="module")
+def env(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
+    opsdb = _opsdb_for_server()
+    factory = ClusterFactory(pg_bin_dir)
+    workdir = make_temp_dir("opsdb-follow-")
+    try:
+        generate_key_file(workdir / "key")
+        for repo in ("a", "b"):
+            (workdir / repo).mkdir()
+        config = workdir / "opsdb.toml"
+        primary = archiving_primary(factory, opsdb, config, lambda port: _config(workdir, port, "a"))
+        yield {"config": config, "workdir": workdir, "primary": primary}
+    finally:
+        factory.close()
+        stop_helpers(str(workdir / "spool"))
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class Writer:
+    """Writes and switches WAL files in a thread until stopped (bounded), so the pusher is never idle."""
+
+    def __init__(self, primary: Instance) -> None:
+        self.primary = primary
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.errors: list[BaseException] = []
+
+    def _run(self) -> None:
+        try:
+            for i in range(2000):
+                if self.stop.is_set():
+                    return
+                x(
+                    self.primary,
+                    f"INSERT INTO t SELECT g, repeat('w', 200) FROM generate_series({i * 100}, {i * 100 + 99}) g",
+                )
+                x(self.primary, "SELECT pg_switch_wal()")
+                time.sleep(0.05)
+        except BaseException as exc:  # reported by the test
+            self.errors.append(exc)
+
+    def __enter__(self) -> Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(60)
+
+
+def _archived(primary: Instance) -> str:
+    return str(v(primary, "SELECT coalesce(last_archived_wal, '000000010000000000000000') FROM pg_stat_archiver"))
+
+
+def segno(name: str) -> int:
+    return int(name[8:16], 16) * 0x100 + int(name[16:24], 16)  # 16 MiB segments: 256 per log file
+
+
+def _wait_archived_past(primary: Instance, name: str, count: int, timeout: float = 180) -> str:
+    """Wait until PostgreSQL archived `count` more segments after `name` (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        last = _archived(primary)
+        if last > name and segno(last) - segno(name) >= count:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"archiving did not get {count} segments past {name} in {timeout}s")
+
+
+def _segments(storage: LocalStorage) -> dict[str, float]:
+    """Segment name -> when it was stored."""
+    return {f.wal.name: f.info.mtime for f in repo_wal.list_archive(storage, "main") if f.wal.kind == "segment"}
+
+
+def test_a_busy_pusher_follows_a_moved_repository_and_a_rotated_key(env: dict[str, Any]) -> None:
+    primary, workdir, config = env["primary"], env["workdir"], env["config"]
+    a, b = LocalStorage(str(workdir / "a")), LocalStorage(str(workdir / "b"))
+    x(primary, "CREATE TABLE t (id int primary key, note text)")
+    with Writer(primary) as writer:
+        _wait_archived_past(primary, _archived(primary), 5)
+
+        moved_at = _archived(primary)
+        _replace(config, _config(workdir, primary.port, "b").encode(), 0o644)
+        changed_at = time.time()
+        changed_by = _archived(primary)  # a wal-push running during the replace may still finish into A
+        _wait_archived_past(primary, changed_by, 5)
+
+        old = load_key(key_file=workdir / "key")
+        new_key = generate_key_file(workdir / "key-next")
+        _replace(workdir / "key", (workdir / "key-next").read_bytes())
+        rotated_at = time.time()
+        rotated_by = _archived(primary)
+        _wait_archived_past(primary, rotated_by, 3 * WORKERS)
+    assert not writer.errors, writer.errors
+    wait_archived(primary)
+    last = _archived(primary)
+
+    in_a, in_b = _segments(a), _segments(b)
+    moved = _segment_range(changed_by, last)
+    assert moved and all(n in in_b for n in moved), sorted(set(moved) - set(in_b))
+    assert not [n for n in in_b if n <= moved_at]  # B got nothing before the move
+    # the pusher runs ahead of PostgreSQL's archiver: what it stored in A before the change is fine;
+    # after the change, only the pushes already running may still complete into A
+    leaked = [n for n, stored in in_a.items() if stored > changed_at]
+    assert len(leaked) <= WORKERS, leaked
+    assert all(n in in_b for n in in_a if n > changed_by)  # whatever A got past the archiver went to B too
+
+    # stored after the rotation: only the pushes already running may still use the old key
+    keys = {old.id: old, new_key.id: new_key}
+    after = sorted(n for n, stored in _segments(b).items() if stored > rotated_at)
+    used = {n: envelope.verify_object(b, layout.wal_object("main", n), keys).key_id for n in after}
+    old_ones = [n for n, key_id in used.items() if key_id == old.id]
+    assert len(used) > 2 * WORKERS and len(old_ones) <= WORKERS, old_ones
+    assert set(_segment_range(rotated_by, last)) <= set(in_b)
+
+
+def _segment_range(first: str, last: str) -> list[str]:
+    """The segment names after `first` up to `last` (same timeline)."""
+    tli = first[:8]
+    return [f"{tli}{n // 0x100:08X}{n % 0x100:08X}" for n in range(segno(first) + 1, segno(last) + 1)]
