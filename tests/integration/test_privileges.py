@@ -53,7 +53,12 @@ def _config(workdir: Path, inst: Instance, url: str, endpoint: str | None = None
         lines += [f'endpoint_url = "{endpoint}"', 'region = "us-east-1"']
     lines += ["[encryption]", f'key_file = "{workdir}/repo.key"', "required = true"]
     lines += ["[compression]", "level = 1", "[wal]", f'spool_dir = "{workdir}/spool"']
-    lines += ["[clusters.main]", f'conninfo = "{inst.conninfo()}"', f'os_user = "{SERVER_USER}"']
+    lines += [
+        "[clusters.main]",
+        f'conninfo = "{inst.conninfo()}"',
+        f'os_user = "{SERVER_USER}"',
+        f'pg_bin_dir = "{inst.tools.bin_dir}"',
+    ]
     lines += ['archive_wait = "60s"', "[clusters.main.retention]", "keep_last = 1", 'min_age = "0s"']
     path = workdir / "opsdb.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -173,9 +178,10 @@ def test_file_repository_root_and_postgres_take_turns(cluster: Instance, order: 
 
 @pytest.mark.parametrize("order", ["root-first", "postgres-first"])
 def test_s3_repository_root_and_postgres_take_turns(
-    cluster: Instance, order: str, s3_bucket: str, moto_endpoint: str
+    cluster: Instance, order: str, s3_bucket: str, moto_endpoint: str, pg_major: int
 ) -> None:
-    _alternate(cluster, f"s3://{s3_bucket}/privileges-{order}", order, moto_endpoint)
+    # a prefix per major: the bucket is shared by the session, and a repository holds one system identifier
+    _alternate(cluster, f"s3://{s3_bucket}/privileges-{order}-pg{pg_major}", order, moto_endpoint)
 
 
 def test_check_as_root_and_as_postgres_proves_archiving(cluster: Instance) -> None:

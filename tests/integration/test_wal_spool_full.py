@@ -71,6 +71,7 @@ def env(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
             "[compression]\nlevel = 1\n"
             f'[wal]\nasync = true\nprefetch = 4\nspool_dir = "{spool}"\n'
             '[clusters.main]\nconninfo = "host=127.0.0.1 port=PORT user=postgres dbname=postgres"\n'
+            f'pg_bin_dir = "{pg_bin_dir}"\n'
         )
         primary = archiving_primary(factory, opsdb, config, lambda port: body.replace("PORT", str(port)))
         key = load_key(key_file=workdir / "key")
