@@ -415,8 +415,8 @@ def run_prefetcher(
                     if not served:
                         tokens[name] = token
                         window.insert(0, name)
-                    for stale in spool.present() - set(window):
-                        spool.discard(stale)  # consumed, skipped, or from another timeline
+                    for leftover in spool.present() - set(window):  # not `stale`: that is the settings check
+                        spool.discard(leftover)  # consumed, skipped, or from another timeline
                 if not in_flight and stale():
                     return fetched  # settings changed: the waiting wal-fetch fetches itself, then a new prefetcher
                 present = spool.present()

@@ -126,8 +126,11 @@ def test_healthy_standby_is_ok(pair: Pair) -> None:
     (replica,) = doc["replicas"]
     assert replica["name"] == "replica1"
     assert replica["state"] == "streaming"
-    assert replica["lag_bytes"] == 0
-    assert replica["lag_seconds"] == 0
+    # PostgreSQL 18 shows a few hundred bytes the primary wrote on its own since the standby's last status
+    # message (744 here, every run); 15 shows 0. Either is far below any lag threshold.
+    assert replica["lag_bytes"] < 8192
+    # with those bytes unreplayed and no commit to time them, the time lag is unknown (None) rather than 0
+    assert replica["lag_seconds"] == (0 if replica["lag_bytes"] == 0 else None)
     assert replica["sync_state"] == "async"  # matched to the primary's pg_stat_replication by application_name
     assert [s["application_name"] for s in doc["senders"]] == ["replica1"]
     (slot,) = doc["slots"]
