@@ -21,9 +21,12 @@ RUN set -eux; \
 
 # pg_basebackup, pg_dump, pg_restore, pg_verifybackup and pg_amcheck ship in postgresql-client-N.
 WORKDIR /src
+# dependencies pinned and hash-checked from the lock (scripts/lock.sh refreshes it), then opsdb alone
+COPY requirements/runtime.lock ./requirements/
+RUN pip install --no-cache-dir --require-hashes -r requirements/runtime.lock
 COPY pyproject.toml README.md ./
 COPY opsdb ./opsdb
-RUN pip install --no-cache-dir . && rm -rf /src
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . && rm -rf /src
 
 RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/opsdb opsdb \
     && install -d -o opsdb -g opsdb /var/lib/opsdb/repo /var/spool/opsdb /etc/opsdb

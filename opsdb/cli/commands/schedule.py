@@ -65,13 +65,9 @@ def check_command_line(ctx: typer.Context, words: tuple[str, ...]) -> None:
         current = root.command.make_context("opsdb", list(words), parent=None)
         command = root.command
         while hasattr(command, "resolve_command"):
-            rest = (
-                [*current._protected_args, *current.args]
-                if hasattr(current, "_protected_args")
-                else [*current.protected_args, *current.args]
-            )
+            rest = [*current._protected_args, *current.args]  # private: tests/unit/test_library_internals.py
             if not rest:
-                raise click.UsageError("missing command", ctx=current)
+                raise click.exceptions.UsageError("missing command", ctx=current)
             name, sub, rest = command.resolve_command(current, rest)
             assert sub is not None and name is not None
             current = sub.make_context(name, rest, parent=current)
