@@ -78,6 +78,7 @@ class DrillRequest:
     timeout: float = 6 * 3600
     os_user: str | None = None
     segment_size: int = DEFAULT_SEGMENT_SIZE
+    live_timeline: int | None = None  # the primary's timeline now, when it answered (ops/timelines.py)
 
 
 @dataclasses.dataclass
@@ -127,6 +128,7 @@ def run_drill(
                 storage, request.cluster, keys, restorer.backups(), request.target_kind, request.to_time,
                 drill_started=started, rng=rng or random.Random(), segment_size=request.segment_size,
                 read_end=end_reader(storage, request.cluster, keys, bin_dir, runner),
+                live_timeline=request.live_timeline,
             )  # fmt: skip
             run.checks.append(run.plan.coverage)
             run.plan = _planned_end_from_records(

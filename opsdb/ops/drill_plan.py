@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from opsdb.errors import UsageError
+from opsdb.model.lineage import backup_start, backup_timeline
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn, segment_name
 from opsdb.model.report import FAIL, PASS, BackupRef, Check, Interval, TimelinePicture
 from opsdb.model.target import RecoveryTarget, as_lsn, as_time, choose_backup, physical_complete
@@ -21,10 +22,12 @@ from opsdb.model.window import (
     TimelineWindow,
     ending_at_records,
     newest_on_path,
+    on_path,
     timeline_of_segment,
     timeline_window,
     walk,
 )
+from opsdb.ops.timelines import following_line
 from opsdb.repo import wal as walrepo
 from opsdb.storage.base import Storage
 
@@ -103,15 +106,19 @@ def make_plan(
     rng: random.Random,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
     read_end: Any = None,
+    live_timeline: int | None = None,
 ) -> DrillPlan:
     """read_end (ops/pitr_reach.py): the window ends at the last archived commit, so a --random target
-    is one PostgreSQL can stop at."""
+    is one PostgreSQL can stop at. live_timeline: the primary's timeline now, when it answered; the
+    drill follows the primary's line (ops/timelines.py), not the highest timeline in the archive."""
     if not physical_complete(backups):
         raise UsageError(
             f"no complete physical backup of cluster {cluster!r} to drill", hint="run `opsdb backup` first"
         )
     scan = walrepo.scan(storage, cluster, keys, segment_size)
-    timeline = scan.latest_timeline()
+    # the primary's line (ops/timelines.py), not the highest timeline: a copy restored next to the
+    # primary may have archived a branch the primary is not on
+    timeline = following_line(backups, scan, live_timeline).timeline
     history = scan.history(timeline)
     window = timeline_window(timeline, backups, history, scan.segments, segment_size)
     if read_end is not None:
@@ -132,12 +139,17 @@ def make_plan(
                 f"({window.from_time.isoformat()} .. {window.to_time.isoformat() if window.to_time else '?'})",
                 hint="the earliest point is the end of the oldest backup: see `opsdb info`",
             )
-        target = RecoveryTarget("time", time=to_time, timeline="latest")
+        target = RecoveryTarget("time", time=to_time, timeline=timeline)
         target_time = to_time
     else:
-        target = RecoveryTarget("latest", timeline="latest")
+        target = RecoveryTarget("latest", timeline=timeline)
         target_time = drill_started
-    backup = choose_backup(target, backups)
+    on_line = [
+        b
+        for b in physical_complete(backups)
+        if on_path(backup_timeline(b), backup_start(b), timeline, history, segment_size)
+    ]
+    backup = choose_backup(target, on_line or backups)
     start = as_lsn(backup.start_lsn) or as_lsn(backup.stop_lsn)
     assert start is not None
     w = walk(start.segment_number(segment_size), timeline, history, scan.segments, segment_size)

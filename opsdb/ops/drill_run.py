@@ -89,6 +89,8 @@ def drill_from_settings(
     """Run one drill for a configured cluster; store the report in the repository and report_dir."""
     if to_time is not None and random_target:
         raise UsageError("give --to-time or --random, not both")
+    from opsdb.ops.timelines import live_timeline
+
     cfg = settings.clusters[cluster]
     repo = wal_repo_from_settings(settings, cluster, writable=True)  # the drill stores its report
     runner = LocalRunner()
@@ -107,6 +109,7 @@ def drill_from_settings(
         restore_command=_wal_fetch_command(settings, cluster, cfg.os_user, runner),
         timeout=settings.drill.timeout.total_seconds(),
         os_user=cfg.os_user if os.geteuid() == 0 else None,
+        live_timeline=live_timeline(cfg.conninfo),
     )
     restorer = RepositoryRestorer(
         repo.storage, cluster, repo.keys, lambda: load_catalog(repo.storage, cluster, repo.keys), request.os_user,

@@ -64,6 +64,7 @@ class RecoveryPlan:
     wal_bytes: int  # stored bytes of those segments
     backup_bytes: int
     gap: WalGap | None = None
+    timeline_choice: str | None = None  # why this timeline, when opsdb chose it (ops/timelines.py)
 
     @property
     def bytes_to_read(self) -> int:
@@ -108,6 +109,7 @@ class RecoveryPlan:
             "wal": {"first": self.wal_first, "last": self.wal_last, "segments": self.wal_segments},
             "wal_bytes": self.wal_bytes,
             "bytes_to_read": self.bytes_to_read,
+            "timeline_choice": self.timeline_choice,
         }
 
 
@@ -361,15 +363,17 @@ def plan_for_restore(
     standby: bool,
     accept_gap: bool = False,
     read_end: Callable[[Sequence[str]], RecoveryEnd | None] | None = None,
+    timeline: str | int = "latest",
 ) -> RecoveryPlan | None:
     """The PITR plan for `opsdb restore`, or None when the restore is just the backup's own end point:
     no target given, no standby, and no archived WAL to replay after the backup (--latest, the default,
-    then reaches exactly the backup's end). A gap is refused for the default target too."""
+    then reaches exactly the backup's end). A gap is refused for the default target too. `timeline`:
+    what a restore without a target follows (the primary's line, ops/timelines.py)."""
     options: dict[str, Any] = {"backup_id": backup_id, "accept_gap": accept_gap, "read_end": read_end}
     if standby or target is not None:
         return plan_recovery(target or RecoveryTarget(), backups, scan, **options)
     try:
-        plan = plan_recovery(RecoveryTarget(), backups, scan, **options)
+        plan = plan_recovery(RecoveryTarget(timeline=timeline), backups, scan, **options)
     except GapRefused:
         raise
     except UsageError:
@@ -412,6 +416,7 @@ def plan_text(doc: Mapping[str, Any]) -> str:
     wal = doc["wal"]
     lines = [
         f"recovery target: {target['kind']}{value} on timeline {target['timeline']}, then {target['action']}",
+        *([f"timeline: {doc['timeline_choice']}"] if doc.get("timeline_choice") else []),
         f"backup {doc['backup_id']} can reach {window['from']} (LSN {window['from_lsn']}) .. "
         f"{window['to']} (LSN {window['to_lsn']})",
     ]

@@ -61,6 +61,10 @@ class RestoreRequest:
     archive_mode: str | None = None  # "off" | "keep"; None: off, or unchanged for a standby
     accept_gap: bool = False  # --accept-gap: restore up to a gap in the archived WAL instead of refusing
     conninfo: str | None = None  # the cluster's conninfo: its user and password open the restored server
+    # no --timeline given: follow the primary's line (ops/timelines.py), the live primary's timeline
+    # when it answered (live_timeline), else the newest backup's
+    follow_primary: bool = False
+    live_timeline: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,14 +184,15 @@ def _archive_mode(request: RestoreRequest) -> str:
 def _pitr_plan(request: RestoreRequest, storage: Storage, keys: Mapping[str, Any], read_end: Any) -> Any:
     """ops/pitr.py's plan when the restore replays archived WAL (a target, --standby, or archived WAL
     after the backup for the default --latest); None for the backup's own end point."""
-    from opsdb.ops.pitr import plan_for_restore
+    from opsdb.ops.timelines import plan_on_line
     from opsdb.repo import wal as repo_wal
 
     backups = catalog.list_backups(storage, request.cluster, keys, kind=PHYSICAL, skip_unreadable=True)
     scan = repo_wal.scan(storage, request.cluster, keys)
-    return plan_for_restore(
+    return plan_on_line(
         request.recovery, backups, scan, backup_id=request.backup_id, standby=request.standby,
         accept_gap=request.accept_gap, read_end=read_end,
+        follow_primary=request.follow_primary, live=request.live_timeline,
     )  # fmt: skip
 
 
@@ -439,11 +444,14 @@ def restore_from_settings(
     accept_gap: bool = False,
     wait_timeout: float = 3600.0,
     on_progress: Callable[[str], None] | None = None,
+    follow_primary: bool = False,
 ) -> tuple[RestorePlan, RestoreResult | None]:
-    """The CLI's one call: plan, and unless dry_run, execute. Returns (plan, result or None)."""
+    """The CLI's one call: plan, and unless dry_run, execute. Returns (plan, result or None).
+    follow_primary: no --timeline was given, so the restore follows the primary's line."""
     from opsdb.ops.codec import repository
     from opsdb.ops.estimate import announce_total
     from opsdb.ops.pitr_reach import end_reader
+    from opsdb.ops.timelines import live_timeline
     from opsdb.proc import LocalRunner
 
     cfg = settings.clusters[cluster]
@@ -469,6 +477,8 @@ def restore_from_settings(
         archive_mode=archive_mode,
         accept_gap=accept_gap,
         conninfo=getattr(cfg, "conninfo", None),
+        follow_primary=follow_primary and not standby,
+        live_timeline=live_timeline(cfg.conninfo) if follow_primary and not standby else None,
     )
     read_end = end_reader(repo.storage, cluster, repo.keys, bin_dir, runner)
     plan = plan_restore(request, storage=repo.storage, keys=repo.keys, read_end=read_end)

@@ -155,6 +155,16 @@ class PgConnection:
     def timeline(self) -> int:
         return int(self.fetchval("SELECT timeline_id FROM pg_control_checkpoint()"))
 
+    def live_timeline(self) -> int:
+        """The timeline WAL is written (primary) or replayed (standby) on now. pg_control_checkpoint()
+        lags behind a promotion until the next checkpoint; the current WAL file's name does not."""
+        return int(
+            self.fetchval(
+                "SELECT CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) "
+                "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
+            )
+        )
+
     def databases(self, exclude_templates: bool = True) -> list[str]:
         sql = "SELECT datname FROM pg_database WHERE datallowconn"
         if exclude_templates:

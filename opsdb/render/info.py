@@ -33,6 +33,9 @@ def info_json(info: Any) -> dict[str, Any]:
         "recoverable_from": _time(from_time),
         "recoverable_to": _time(to_time),
         "timeline": info.timeline,
+        "newest_timeline": info.newest_timeline,
+        "live_timeline": info.live_timeline,
+        "timeline_choice": info.timeline_choice,
         "backups": len(info.backups),
         "wal_gaps": gaps,
         "recoverable_from_lsn": _str(from_lsn),
@@ -45,6 +48,9 @@ def info_json(info: Any) -> dict[str, Any]:
                 "parent": t.parent,
                 "switch_lsn": _str(t.switch_lsn),
                 "backups": t.backups,
+                "primary_line": t.primary_line,
+                "live": t.live,
+                "note": t.note,
                 "wal_first": t.first_segment,
                 "wal_last": t.last_segment,
                 "wal_segments": t.segments,
@@ -62,7 +68,9 @@ def info_json(info: Any) -> dict[str, Any]:
 def info_text(info: Any) -> str:
     from_time, from_lsn = info.recoverable_from
     to_time, to_lsn = info.recoverable_to
-    lines = [f"cluster {info.cluster}: {len(info.backups)} complete backup(s), newest timeline {info.timeline}"]
+    lines = [
+        f"cluster {info.cluster}: {len(info.backups)} complete backup(s); restore and drill follow {info.timeline_choice}"
+    ]
     if from_lsn is None:
         lines.append("  recoverable window: none (no complete backup with its WAL archived)")
     else:
@@ -74,7 +82,12 @@ def info_text(info: Any) -> str:
         lines.append(f"  chain: {full} (full) + {len(incrementals)} incremental: {', '.join(incrementals)}")
     for t in info.timelines:
         branch = f", branched from {t.parent} at {t.switch_lsn}" if t.parent else ""
-        lines.append(f"  timeline {t.timeline}{branch}: {t.backups} backup(s)")
+        marks = [f"{t.backups} backup(s)"]
+        if t.live:
+            marks.append("the primary is live on it")
+        if t.note:
+            marks.append(t.note)
+        lines.append(f"  timeline {t.timeline}{branch}: {', '.join(marks)}")
         if t.first_segment:
             lines.append(f"    WAL {t.first_segment} .. {t.last_segment} ({t.segments} segments)")
         else:

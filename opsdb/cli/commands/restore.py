@@ -50,7 +50,10 @@ def register(app: typer.Typer) -> None:
         ] = None,
         latest: Annotated[bool, typer.Option("--latest", help="The end of the archived WAL (the default).")] = False,
         immediate: Annotated[bool, typer.Option("--immediate", help="The end of the backup.")] = False,
-        timeline: Annotated[str | None, typer.Option("--timeline", help="latest (default), current or N.")] = None,
+        timeline: Annotated[
+            str | None,
+            typer.Option("--timeline", help="latest, current or N (default: the primary's timeline)."),
+        ] = None,
         target_action: Annotated[
             str | None, typer.Option("--target-action", help="promote (default), pause or shutdown.")
         ] = None,
@@ -113,6 +116,7 @@ def register(app: typer.Typer) -> None:
                 primary_conninfo=primary_conninfo, slot=slot, sync_method=sync, archive_mode=archive_mode,
                 accept_gap=accept_gap, wait_timeout=wait_timeout,
                 on_progress=_replay_line() if start and not dry_run else None,
+                follow_primary=timeline is None,
             )  # fmt: skip
         if result is None:
             doc = {"backup_id": plan.backup.id, "target": plan.target, "recovery_point": None,

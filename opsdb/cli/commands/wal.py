@@ -47,14 +47,15 @@ def register(app: typer.Typer) -> None:
         """
         from opsdb.ops.info import cluster_info
         from opsdb.ops.pitr_reach import end_reader_from_settings
+        from opsdb.ops.timelines import live_timeline
         from opsdb.ops.wal import wal_repo_from_settings
         from opsdb.render.info import info_json, info_text
 
         state = ctx.obj
-        name, _ = state.cluster()
+        name, cfg = state.cluster()
         repo = wal_repo_from_settings(state.settings, name, writable=False)
         read_end = end_reader_from_settings(state.settings, name, repo.storage, repo.keys)
-        result = cluster_info(repo, catalog_backups(repo), read_end=read_end)
+        result = cluster_info(repo, catalog_backups(repo), read_end=read_end, live=live_timeline(cfg.conninfo))
         output.emit(state, info_json(result), lambda: info_text(result))
 
     @app.command("reinit")

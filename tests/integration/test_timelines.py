@@ -1,0 +1,157 @@
+"""Timelines after a side-by-side PITR, on a real archiving primary.
+
+The usual incident move, `restore --to-time T --start` into a new directory next to the primary,
+must leave the repository alone (archive_mode off in the copy). A repository that does hold a
+copy's branch anyway (an older opsdb, or a copy restored with `--archive-mode keep`) must not
+mislead: `info` marks which timeline the primary is on and which have backups, a default `restore`
+and a `drill` follow the primary's timeline, `--timeline latest` follows the branch, `--immediate`
+takes the newest backup, and a refusal names every timeline that reaches the target.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opsdb.pg.instance import Instance
+from opsdb.proc import LocalRunner
+from opsdb.stream.crypto import generate_key_file
+from tests.fixtures.pg import ClusterFactory, free_port, make_temp_dir, os_user
+from tests.integration.test_pitr import _opsdb_for_server, wait_archived, x
+from tests.integration.test_retention_pitr import backup, chown_tree, now_between, rows, run
+
+pytestmark = pytest.mark.integration
+HISTORY = "clusters/main/wal/history/00000002.history"
+
+
+def _config(workdir: Path, port: int) -> str:
+    return (
+        f'[repository]\nurl = "file://{workdir}/repo"\n'
+        f'[encryption]\nkey_file = "{workdir}/key"\nrequired = true\n'
+        "[compression]\nlevel = 1\n"
+        f'[wal]\nspool_dir = "{workdir}/spool"\n'
+        f'[clusters.main]\nconninfo = "host=127.0.0.1 port={port} user=postgres dbname=postgres"\n'
+        "[drill]\nlargest_tables = 1\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def env(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
+    opsdb = _opsdb_for_server()
+    factory = ClusterFactory(pg_bin_dir)
+    workdir = make_temp_dir("opsdb-timelines-")
+    try:
+        generate_key_file(workdir / "key")
+        (workdir / "repo").mkdir()
+        config = workdir / "opsdb.toml"
+        config.write_text(_config(workdir, 0))
+        primary = factory(archive_mode="on", archive_command=f"{opsdb} --config {config} wal-push %p", lc_messages="C")
+        config.write_text(_config(workdir, primary.port))
+        # the same repository with the primary unreachable: the newest backup says which line it is on
+        offline = workdir / "offline.toml"
+        offline.write_text(_config(workdir, free_port()))
+        chown_tree(workdir)
+        e: dict[str, Any] = {"opsdb": opsdb, "config": config, "offline": offline, "workdir": workdir,
+                             "primary": primary, "factory": factory}  # fmt: skip
+        x(primary, "CREATE TABLE t (id int primary key, note text)")
+        run(e, "heartbeat")
+        e["b1"] = backup(e)
+        x(primary, "INSERT INTO t VALUES (1, 'before the mistake')")
+        e["t1"] = now_between(primary)
+        x(primary, "INSERT INTO t VALUES (2, 'the mistake')")
+        wait_archived(primary)
+        yield e
+    finally:
+        factory.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _side_by_side(env: dict[str, Any], *args: str) -> tuple[dict[str, Any], Instance]:
+    factory = env["factory"]
+    dest = factory.new_dir() / "data"
+    port = free_port()
+    instance = Instance(dest, port, factory.bin_dir, os_user(), LocalRunner())
+    factory._made.append((instance, dest.parent))
+    proc = run(env, "--json", "restore", "--target-dir", str(dest), "--to-time", env["t1"], "--start",
+               "--port", str(port), *args, as_root=True)  # fmt: skip
+    return json.loads(proc.stdout), instance
+
+
+def _stored(env: dict[str, Any], key: str) -> bool:
+    return (env["workdir"] / "repo" / key).exists()
+
+
+def test_a_side_by_side_pitr_does_not_archive_into_the_repository(env: dict[str, Any]) -> None:
+    doc, copy = _side_by_side(env)
+    assert doc["archive_mode"] == "off" and rows(copy.port) == [1]
+    x(copy, "INSERT INTO t VALUES (100, 'written on the copy')")
+    x(copy, "SELECT pg_switch_wal()")
+    x(copy, "CHECKPOINT")
+    time.sleep(1.0)  # an archiver would have run by now
+    assert not _stored(env, HISTORY)
+    copy.stop()
+
+
+def test_after_a_copy_archived_its_branch_everything_still_follows_the_primary(env: dict[str, Any]) -> None:
+    primary = env["primary"]
+    doc, copy = _side_by_side(env, "--archive-mode", "keep")  # what every restore did before
+    assert doc["archive_mode"] == "keep"
+    x(copy, "INSERT INTO t VALUES (100, 'written on the copy')")
+    wait_archived(copy)
+    assert _stored(env, HISTORY)
+    copy.stop()
+    x(primary, "INSERT INTO t VALUES (3, 'the primary carries on')")
+    run(env, "heartbeat")
+    env["t3"] = now_between(primary)
+    x(primary, "INSERT INTO t VALUES (4, 'later still')")
+    wait_archived(primary)
+    b2 = backup(env)
+    run(env, "heartbeat")
+    wait_archived(primary)
+
+    info = json.loads(run(env, "--json", "info").stdout)
+    assert info["timeline"] == 1 and info["newest_timeline"] == 2 and info["live_timeline"] == 1
+    by_tli = {t["timeline"]: t for t in info["timelines"]}
+    assert by_tli[1]["backups"] == 2 and by_tli[1]["primary_line"] and by_tli[1]["live"]
+    assert by_tli[2]["backups"] == 0 and by_tli[2]["parent"] == 1 and not by_tli[2]["primary_line"]
+    assert "the primary is not on it" in by_tli[2]["note"]
+    text = run(env, "info").stdout
+    assert "timeline 1: 2 backup(s), the primary is live on it" in text
+    assert "timeline 2, branched from 1 at" in text and "the primary is not on it" in text
+
+    unused = str(env["factory"].new_dir() / "data")
+    for config, source in ((env["config"], "live primary"), (env["offline"], "newest backup")):
+        plan = json.loads(run(env, "--json", "restore", "--target-dir", unused, "--dry-run", config=config).stdout)
+        recovery = plan["plan"]["recovery"]
+        assert plan["backup_id"] == b2["id"] and recovery["target"]["timeline"] == 1
+        assert f"the {source}'s" in recovery["timeline_choice"] and "--timeline latest" in recovery["timeline_choice"]
+    latest = json.loads(
+        run(env, "--json", "restore", "--target-dir", unused, "--dry-run", "--timeline", "latest").stdout
+    )
+    assert latest["plan"]["recovery"]["target"]["timeline"] == 2
+    immediate = json.loads(run(env, "--json", "restore", "--target-dir", unused, "--dry-run", "--immediate").stdout)
+    assert immediate["backup_id"] == b2["id"]
+
+    # a point only timeline 1 reaches, asked on the branch: the refusal names timeline 1 and its flag
+    refused = run(env, "restore", "--target-dir", unused, "--dry-run", "--timeline", "latest", "--to-time", env["t3"],
+                  check=False)  # fmt: skip
+    assert refused.returncode == 2 and "reachable on timeline 1 (--timeline 1)" in refused.stderr
+    on_one = run(env, "--json", "restore", "--target-dir", unused, "--dry-run", "--to-time", env["t3"])
+    assert json.loads(on_one.stdout)["plan"]["recovery"]["target"]["timeline"] == 1
+
+    # the default restore, started, has the primary's rows; a drill follows the primary too
+    factory = env["factory"]
+    dest = factory.new_dir() / "data"
+    port = free_port()
+    factory._made.append((Instance(dest, port, factory.bin_dir, os_user(), LocalRunner()), dest.parent))
+    run(env, "restore", "--target-dir", str(dest), "--start", "--port", str(port), as_root=True)
+    assert rows(port) == [1, 2, 3, 4]
+    drill = run(env, "--json", "drill", as_root=True, check=False)
+    report = json.loads(drill.stdout)
+    assert report["result"] == "pass", [c for c in report["checks"] if c["status"] != "pass"]
