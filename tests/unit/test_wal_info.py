@@ -35,10 +35,20 @@ def test_info_timelines_gaps_and_window(tmp_path):
     for n in (5, 6):
         push(f"0000000200000000000000{n:02X}")
     backups = [B("b1", "0/2000028", "0/2000100", datetime(2026, 11, 21, 9, tzinfo=UTC))]
-    info = cluster_info(repo, backups)
+    # the primary unreachable: its line is the newest backup's timeline, 1; timeline 2 is a branch
+    alone = info_json(cluster_info(repo, backups))
+    assert alone["timeline"] == 1 and alone["newest_timeline"] == 2 and alone["live_timeline"] is None
+    assert alone["recoverable_to_lsn"] == "0/6000000"
+    assert [(t["primary_line"], t["note"]) for t in alone["timelines"]] == [
+        (True, None), (False, "descends from the primary's timeline 1, but the primary is not on it"),
+    ]  # fmt: skip
+    # the live primary is on timeline 2 (it failed over): that is its line, and 1 is on it too
+    info = cluster_info(repo, backups, live=2)
     doc = info_json(info)
     assert {"cluster", "recoverable_from", "recoverable_to", "timeline", "backups", "wal_gaps"} <= set(doc)
     assert doc["cluster"] == "main" and doc["timeline"] == 2 and doc["backups"] == 1
+    assert [(t["primary_line"], t["live"]) for t in doc["timelines"]] == [(True, False), (True, True)]
+    assert "the live primary's" in doc["timeline_choice"]
     assert doc["recoverable_from"] == "2026-11-21T09:00:00Z"
     assert doc["recoverable_to_lsn"] == "0/7000000"  # TLI 1 up to 4, then TLI 2 from the switch segment 5
     assert doc["wal_gaps"] == [
