@@ -30,13 +30,14 @@ pytestmark = pytest.mark.integration
 HISTORY = "clusters/main/wal/history/00000002.history"
 
 
-def _config(workdir: Path, port: int) -> str:
+def _config(workdir: Path, port: int, bin_dir: Path) -> str:
     return (
         f'[repository]\nurl = "file://{workdir}/repo"\n'
         f'[encryption]\nkey_file = "{workdir}/key"\nrequired = true\n'
         "[compression]\nlevel = 1\n"
         f'[wal]\nspool_dir = "{workdir}/spool"\n'
         f'[clusters.main]\nconninfo = "host=127.0.0.1 port={port} user=postgres dbname=postgres"\n'
+        f'pg_bin_dir = "{bin_dir}"\n'
         "[drill]\nlargest_tables = 1\n"
     )
 
@@ -50,12 +51,12 @@ def env(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
         generate_key_file(workdir / "key")
         (workdir / "repo").mkdir()
         config = workdir / "opsdb.toml"
-        config.write_text(_config(workdir, 0))
+        config.write_text(_config(workdir, 0, pg_bin_dir))
         primary = factory(archive_mode="on", archive_command=f"{opsdb} --config {config} wal-push %p", lc_messages="C")
-        config.write_text(_config(workdir, primary.port))
+        config.write_text(_config(workdir, primary.port, pg_bin_dir))
         # the same repository with the primary unreachable: the newest backup says which line it is on
         offline = workdir / "offline.toml"
-        offline.write_text(_config(workdir, free_port()))
+        offline.write_text(_config(workdir, free_port(), pg_bin_dir))
         chown_tree(workdir)
         e: dict[str, Any] = {"opsdb": opsdb, "config": config, "offline": offline, "workdir": workdir,
                              "primary": primary, "factory": factory}  # fmt: skip
