@@ -8,16 +8,19 @@ ends where it stopped archiving, minutes after the branch, while the primary car
 
 So restore and drill follow the primary's line unless told otherwise (`--timeline latest|N`):
 the live primary's timeline when it can be asked, else the timeline of the newest complete backup
-(backups are taken of the primary). `info` marks each timeline with what it is.
+(backups are taken of the primary), carried on through promotions that begin where that timeline's
+archived WAL ends (a failover, or a restore that replaced the primary, before any backup on the new
+timeline): a branch whose parent went on archiving after the branch point is a copy's, and is not
+followed. `info` marks each timeline with what it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from opsdb.model.lsn import Lsn
+from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, HistoryEntry, Lsn
 from opsdb.model.target import as_lsn, physical_complete
 
 
@@ -38,10 +41,13 @@ class PrimaryLine:
 
     timeline: int
     source: str  # "live primary" | "newest backup" | "archive" (no backup: the highest timeline)
+    promoted_from: int | None = None  # the source's timeline, when promotions were followed from it
 
     def describe(self, highest: int) -> str:
         """E.g. "timeline 1, the newest backup's (the archive also has timeline 2: --timeline latest)"."""
         why = "the highest in the archive: no backup yet" if self.source == "archive" else f"the {self.source}'s"
+        if self.promoted_from is not None:
+            why = f"promoted where {why} timeline {self.promoted_from} ends"
         other = f" (the archive also has timeline {highest}: --timeline latest)" if highest > self.timeline else ""
         return f"timeline {self.timeline}, {why}{other}"
 
@@ -54,6 +60,37 @@ def primary_line(backups: Sequence[Any], timelines: Iterable[int], live: int | N
     if complete:
         return PrimaryLine(backup_timeline(complete[-1]), "newest backup")
     return PrimaryLine(max([1, *timelines]), "archive")
+
+
+def promoted_line(
+    line: PrimaryLine,
+    histories: Mapping[int, Sequence[HistoryEntry]],
+    last_segno: Mapping[int, int],
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+) -> PrimaryLine:
+    """Follow promotions from a line that was not asked of the live primary: a child timeline whose
+    parent archived nothing after the segment where the child begins continues the line (the parent's
+    server stopped there: a failover); one whose parent went on archiving is a copy's branch.
+    last_segno: per timeline, the newest archived segment number."""
+    if line.source == "live primary":
+        return line
+    timeline = line.timeline
+    for _ in range(len(histories) + 1):  # bounded: each step moves to a higher timeline
+        ends = last_segno.get(timeline, -1)
+        children = [
+            child
+            for child, history in histories.items()
+            if history
+            and child > timeline
+            and history[-1].parent_timeline == timeline
+            and ends <= history[-1].switch_lsn.segment_number(segment_size)
+        ]
+        if not children:
+            break
+        timeline = max(children)
+    if timeline == line.timeline:
+        return line
+    return dataclasses.replace(line, timeline=timeline, promoted_from=line.timeline)
 
 
 def ancestors(timeline: int, history: Sequence[Any]) -> set[int]:

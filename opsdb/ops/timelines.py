@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from opsdb.errors import OpsdbError, UsageError
-from opsdb.model.lineage import PrimaryLine, primary_line
+from opsdb.model.lineage import PrimaryLine, primary_line, promoted_line
 from opsdb.model.target import RecoveryTarget
 
 T = TypeVar("T")
@@ -30,9 +30,12 @@ def live_timeline(conninfo: str | None) -> int | None:
 
 def following_line(backups: Sequence[Any], scan: Any, live: int | None) -> PrimaryLine:
     """The primary's line in this archive: the live timeline only when the archive knows it (its
-    .history is archived, or a backup was taken on it), else the newest backup's."""
+    .history is archived, or a backup was taken on it), else the newest backup's carried on through
+    the promotions that continue it (model/lineage.promoted_line)."""
     known = {*scan.timelines, *(int(getattr(b, "timeline", 1) or 1) for b in backups), 1}
-    return primary_line(backups, scan.timelines, live if live in known else None)
+    line = primary_line(backups, scan.timelines, live if live in known else None)
+    last = {tli: ranges[-1].last for tli, ranges in scan.ranges.items() if ranges}
+    return promoted_line(line, scan.histories, last, scan.segment_size)
 
 
 def plan_or_alternatives(plan: Callable[[RecoveryTarget], T], target: RecoveryTarget, timelines: Sequence[int]) -> T:

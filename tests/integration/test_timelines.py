@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from opsdb.proc import LocalRunner
 from opsdb.stream.crypto import generate_key_file
@@ -73,15 +74,20 @@ def env(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _side_by_side(env: dict[str, Any], *args: str) -> tuple[dict[str, Any], Instance]:
+def _started(env: dict[str, Any], *args: str) -> tuple[dict[str, Any], Instance]:
+    """`restore --start` into a new directory on a free port (stopped by the factory at the end)."""
     factory = env["factory"]
     dest = factory.new_dir() / "data"
     port = free_port()
     instance = Instance(dest, port, factory.bin_dir, os_user(), LocalRunner())
     factory._made.append((instance, dest.parent))
-    proc = run(env, "--json", "restore", "--target-dir", str(dest), "--to-time", env["t1"], "--start",
-               "--port", str(port), *args, as_root=True)  # fmt: skip
+    proc = run(env, "--json", "restore", "--target-dir", str(dest), "--start", "--port", str(port), *args,
+               as_root=True)  # fmt: skip
     return json.loads(proc.stdout), instance
+
+
+def _side_by_side(env: dict[str, Any], *args: str) -> tuple[dict[str, Any], Instance]:
+    return _started(env, "--to-time", env["t1"], *args)
 
 
 def _stored(env: dict[str, Any], key: str) -> bool:
@@ -147,12 +153,43 @@ def test_after_a_copy_archived_its_branch_everything_still_follows_the_primary(e
     assert json.loads(on_one.stdout)["plan"]["recovery"]["target"]["timeline"] == 1
 
     # the default restore, started, has the primary's rows; a drill follows the primary too
-    factory = env["factory"]
-    dest = factory.new_dir() / "data"
-    port = free_port()
-    factory._made.append((Instance(dest, port, factory.bin_dir, os_user(), LocalRunner()), dest.parent))
-    run(env, "restore", "--target-dir", str(dest), "--start", "--port", str(port), as_root=True)
-    assert rows(port) == [1, 2, 3, 4]
+    _, restored = _started(env)
+    assert rows(restored.port) == [1, 2, 3, 4]
+    restored.stop()
     drill = run(env, "--json", "drill", as_root=True, check=False)
     report = json.loads(drill.stdout)
     assert report["result"] == "pass", [c for c in report["checks"] if c["status"] != "pass"]
+
+
+def test_a_restore_that_replaced_the_lost_primary_is_followed_without_asking_it(env: dict[str, Any]) -> None:
+    """The primary is gone and a restore to the end of its WAL replaced it, archiving. Nobody answers
+    at conninfo and no backup was taken on the new timeline yet: restore and info follow that
+    promotion (timeline 1 archived nothing after it), not the copy's earlier branch, nor timeline 1."""
+    primary = env["primary"]
+    x(primary, "INSERT INTO t VALUES (5, 'last on the old primary')")
+    wait_archived(primary)
+    primary.stop()
+    doc, new = _started(env, "--archive-mode", "keep")
+    assert doc["archive_mode"] == "keep" and rows(new.port) == [1, 2, 3, 4, 5]
+    with connect(new.conninfo(), timeout=10) as conn:
+        promoted = conn.live_timeline()
+    assert promoted > 2  # 2 is the copy's branch, already archived
+    x(new, "INSERT INTO t VALUES (6, 'on the new primary')")
+    wait_archived(new)
+    new.stop()  # conninfo never pointed at it: the archive alone must tell
+
+    info = json.loads(run(env, "--json", "info").stdout)
+    assert info["live_timeline"] is None and info["timeline"] == promoted
+    assert info["timeline_choice"].startswith(f"timeline {promoted}, promoted where the newest backup's timeline 1")
+    by_tli = {t["timeline"]: t for t in info["timelines"]}
+    assert by_tli[1]["primary_line"] and by_tli[promoted]["primary_line"] and not by_tli[2]["primary_line"]
+    assert by_tli[2]["note"].startswith("a branch the primary is not on")
+    text = run(env, "info").stdout
+    assert f"restore and drill follow timeline {promoted}, promoted where" in text
+
+    plan = json.loads(
+        run(env, "--json", "restore", "--target-dir", str(env["factory"].new_dir() / "data"), "--dry-run").stdout
+    )
+    assert plan["plan"]["recovery"]["target"]["timeline"] == promoted
+    _, restored = _started(env)
+    assert rows(restored.port) == [1, 2, 3, 4, 5, 6]
