@@ -103,6 +103,7 @@ def world(pg_bin_dir):
         w["foreign"] = _segments(workdir / "repo", "other")[-1]
         w["sysid"] = primary.controldata()["Database system identifier"]
         w["other_sysid"] = other.controldata()["Database system identifier"]
+        w["other_port"] = other.port
         yield w
     finally:
         factory.close()
@@ -228,6 +229,32 @@ def test_wal_push_from_another_cluster_is_refused(world):
     assert pushed.returncode == 1, pushed.stderr
     assert world["other_sysid"] in pushed.stderr and world["sysid"] in pushed.stderr
     assert (wal_key(repo, name).read_bytes() if wal_key(repo, name).exists() else None) == before
+
+
+def test_a_backup_from_another_server_is_refused_until_reinit(world):
+    """`backup` of a server with another system identifier (a cluster re-created under the same name) is
+    refused naming both, storing nothing; `opsdb reinit` says what it would change and, with --yes,
+    binds the cluster to the new server, which then backs up."""
+    repo, _ = clone(world, "reinit")
+    ports = {"main": world["other_port"], "other": 1}  # main's conninfo now reaches the other server
+    config = _config(world["workdir"], f"file://{repo}", ports, world["bin_dir"], "opsdb-reinit.toml")
+    _chown(config)
+    catalog = repo / layout.catalog_prefix("main")
+    before = sorted(p.name for p in catalog.rglob("*"))
+    refused = opsdb(world, config, "--cluster", "main", "backup", as_root=False)
+    assert refused.returncode != 0, refused.stdout
+    assert world["other_sysid"] in refused.stderr and world["sysid"] in refused.stderr
+    assert "Traceback" not in refused.stderr and sorted(p.name for p in catalog.rglob("*")) == before
+    unconfirmed = opsdb(world, config, "--cluster", "main", "reinit", as_root=False)
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    assert world["other_sysid"] in unconfirmed.stderr and world["sysid"] in unconfirmed.stderr
+    moved = opsdb(world, config, "--json", "--cluster", "main", "reinit", "--yes", as_root=False)
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout)["after"] == world["other_sysid"]
+    taken = opsdb(world, config, "--json", "--cluster", "main", "backup", as_root=False)
+    assert taken.returncode == 0, taken.stderr
+    shown = opsdb(world, config, "--json", "--cluster", "main", "backups", "show", json.loads(taken.stdout)["id"])
+    assert json.loads(shown.stdout)["system_identifier"] == world["other_sysid"]
 
 
 def test_a_catalog_entry_copied_under_another_id_is_named(world):
