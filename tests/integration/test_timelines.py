@@ -138,6 +138,8 @@ def test_after_a_copy_archived_its_branch_everything_still_follows_the_primary(e
         recovery = plan["plan"]["recovery"]
         assert plan["backup_id"] == b2["id"] and recovery["target"]["timeline"] == 1
         assert f"the {source}'s" in recovery["timeline_choice"] and "--timeline latest" in recovery["timeline_choice"]
+    shown = run(env, "restore", "--target-dir", unused, "--dry-run").stdout
+    assert "timeline: timeline 1, the live primary's (the archive also has timeline 2: --timeline latest)" in shown
     latest = json.loads(
         run(env, "--json", "restore", "--target-dir", unused, "--dry-run", "--timeline", "latest").stdout
     )
