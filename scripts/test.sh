@@ -20,12 +20,13 @@ fi
 # the package's own service must not run on a test machine: the tests start theirs on free ports
 if [ "$(id -u)" = "0" ]; then service_off pgbouncer; fi
 
-# --- cron, zsh, chromium: the operator tests (a real cron daemon runs `schedule crontab` lines, zsh
-# completion, the drill report rendered in headless Chromium) --------------------------------------
+# --- cron, zsh, chromium, tmux: the operator tests (a real cron daemon runs `schedule crontab` lines,
+# zsh completion, the drill report rendered in headless Chromium, progress bars read back from tmux) -
 missing=()
 command -v cron >/dev/null 2>&1 || missing+=(cron)
 command -v zsh >/dev/null 2>&1 || missing+=(zsh)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 if [ "${#missing[@]}" -gt 0 ]; then
   if can_apt; then
     apt_install_quiet "${missing[@]}"

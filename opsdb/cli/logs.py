@@ -61,11 +61,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to sys.stderr as it is at each record: while a progress bar runs, rich replaces it with a
+    proxy that prints whole lines above the bar (a handler holding the original stream would draw over it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always the current sys.stderr
+
+
 def setup(state: AppState, command: str) -> None:
     """stderr (text or JSON lines) and, with `[log] file`, the command kind's log file."""
     level = logging.DEBUG if state.debug else getattr(logging, state.log_level.upper(), logging.INFO)
     json_lines = state.log_format == "json"
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     handlers: list[logging.Handler] = [handler]
     template = state.log_file
@@ -82,7 +98,8 @@ def setup(state: AppState, command: str) -> None:
 
 
 class CommandLog:
-    """The start and end lines of one command, with the bytes its progress meters counted."""
+    """The start and end lines of one command, with the bytes its progress meters counted (the phases
+    between them are logged by the operations: ops/phases.py)."""
 
     def __init__(self, command: str) -> None:
         self.command = command
@@ -93,12 +110,6 @@ class CommandLog:
     def start(self, **fields: Any) -> None:
         self.active = True
         log.info("%s: start", self.command, extra={"fields": {"event": "start", "command": self.command, **fields}})
-
-    def phase(self, name: str, **fields: Any) -> None:
-        if not self.active:
-            return
-        log.info("%s: phase %s", self.command, name, extra={"fields": {"event": "phase", "command": self.command,
-                                                                 "phase": name, **fields}})  # fmt: skip
 
     def end(self, result: str, exit_code: int) -> None:
         if not self.active:

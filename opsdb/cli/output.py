@@ -76,17 +76,23 @@ def is_terminal() -> bool:
 
 class ByteProgress:
     """The callback handed to an operation as `on_bytes`: counts bytes, and takes a total when the size
-    becomes known (a restore's plan): `on_bytes.set_total(n)`. Without a terminal it only counts."""
+    becomes known (a restore's plan): `on_bytes.set_total(n)`. Without a terminal it only counts.
+    `stage(description)` adds a bar below for a later stage measured as a position out of a total
+    (the WAL a restored server replays)."""
 
     def __init__(self, total: int | None = None) -> None:
         self.done = 0
         self.total = total
         self.started = time.monotonic()
+        self.base = 0  # where a position-measured stage stood when first seen (its rate counts from there)
         self._bar: Any = None
         self._task: Any = None
 
     def __call__(self, n: int) -> None:
         self.done += n
+        self._show()
+
+    def _show(self) -> None:
         if self._bar is not None:
             if self.total is not None and self.done > self.total:  # an estimate ran short: never past 100 %
                 self.set_total(int(self.done * 1.05))
@@ -100,10 +106,29 @@ class ByteProgress:
     def rate(self) -> float:
         """Bytes per second since the command's work started: the measure the summary line uses too."""
         elapsed = time.monotonic() - self.started
-        return self.done / elapsed if elapsed > 0 else 0.0
+        return (self.done - self.base) / elapsed if elapsed > 0 else 0.0
+
+    def stage(self, description: str) -> Callable[[int, int | None], None]:
+        """A callback (position, total) for a stage after this one, shown as its own bar; its rate and
+        ETA count from the first position seen. Without a terminal it does nothing."""
+        meter: ByteProgress | None = None
+
+        def at(position: int, total: int | None) -> None:
+            nonlocal meter
+            if self._bar is None:
+                return
+            if meter is None:
+                meter = ByteProgress(total)
+                meter.done = meter.base = position
+                meter._bar = self._bar
+                meter._task = self._bar.add_task(description, total=total, completed=position, meter=meter)
+            meter.done = max(meter.done, position)
+            meter._show()
+
+        return at
 
 
-def _rich_columns(meter: ByteProgress) -> tuple[Any, ...]:
+def _rich_columns() -> tuple[Any, ...]:
     from rich.progress import BarColumn, ProgressColumn, TaskProgressColumn, TextColumn
     from rich.text import Text
 
@@ -116,11 +141,11 @@ def _rich_columns(meter: ByteProgress) -> tuple[Any, ...]:
 
     class Rate(ProgressColumn):  # the average since the start: the rate the summary line reports
         def render(self, task: Any) -> Text:
-            return Text(f"{human_bytes(meter.rate())}/s", no_wrap=True)
+            return Text(f"{human_bytes(task.fields['meter'].rate())}/s", no_wrap=True)
 
     class Eta(ProgressColumn):
         def render(self, task: Any) -> Text:
-            rate = meter.rate()
+            rate = task.fields["meter"].rate()
             if not (task.total and rate > 0):
                 return Text("")
             left = max(0.0, (task.total - task.completed) / rate)
@@ -141,8 +166,6 @@ def progress(description: str, total: int | None = None, *, enabled: bool = True
     """A byte-progress bar on stderr when it is a terminal: percentage, IEC amounts, the average rate and an
     ETA when a total is known; nothing at all otherwise (cron, pipes, --json consumers)."""
     meter = ByteProgress(total)
-    if enabled:
-        logs.CURRENT.phase(description, total_bytes=total)
     try:
         if not (enabled and is_terminal()):
             yield meter
@@ -150,8 +173,8 @@ def progress(description: str, total: int | None = None, *, enabled: bool = True
         from rich.console import Console
         from rich.progress import Progress
 
-        with Progress(*_rich_columns(meter), console=Console(stderr=True), transient=True) as bar:
-            meter._bar, meter._task = bar, bar.add_task(description, total=total)
+        with Progress(*_rich_columns(), console=Console(stderr=True), transient=True) as bar:
+            meter._bar, meter._task = bar, bar.add_task(description, total=total, meter=meter)
             yield meter
     finally:
         logs.CURRENT.bytes += meter.done

@@ -50,6 +50,7 @@ from opsdb.model.catalog import (
 from opsdb.model.lsn import Lsn
 from opsdb.ops.backup_incremental import check_server_supports, choose_parent, parent_manifest
 from opsdb.ops.backup_source import ServerFacts, bin_dir_for_server, choose_source, slot_session
+from opsdb.ops.phases import phase
 from opsdb.pg.tools import PgTools
 from opsdb.proc import Cmd, Runner, pid_alive
 from opsdb.repo import catalog, envelope, layout, marker
@@ -144,6 +145,10 @@ def run_backup(
         backup_id = new_backup_id(clock(), kind)
         while catalog.id_taken(storage, request.cluster, backup_id):
             backup_id = next_backup_id(backup_id)
+        phase(
+            "backup", "start backup", backup_id=backup_id, kind=kind, parent=parent.id if parent else None,
+            source="standby" if source.in_recovery else "primary", server_version=source.version,
+        )  # fmt: skip
         with contextlib.ExitStack() as stack:
             extra: tuple[str, ...] = ()
             if parent is not None:
@@ -160,6 +165,10 @@ def run_backup(
             record = dataclasses.replace(record, kind=INCREMENTAL, parent=parent.id)
         lock.check()
         catalog.commit(storage, record, codec)
+        phase(
+            "backup", "catalog written", backup_id=backup_id, bytes=record.size_bytes,
+            stored_bytes=record.stored_bytes, start_lsn=record.start_lsn, stop_lsn=record.stop_lsn,
+        )  # fmt: skip
     return BackupResult(record, time.monotonic() - started_mono, tuple(lo.backup_id for lo in cleaned))
 
 
@@ -262,6 +271,7 @@ def _stream_basebackup(
     try:
         proc = runner.spawn(cmd, log_path=log_path)
         (tmp / "pg_basebackup.pid").write_text(str(proc.pid))
+        phase("backup", "streaming", backup_id=backup_id, objects=",".join(_tar_names(facts).values()))
         try:
             readers = _make_pipes(out, proc, _tar_names(facts), storage, request.cluster, backup_id, codec, on_bytes)
             rc = proc.wait()
@@ -283,6 +293,7 @@ def _stream_basebackup(
         if rc != 0:
             raise ToolError("pg_basebackup", rc, tail, doing=f"taking backup {backup_id}")
         stored = [_stored_file(r.result, r.key) for r in readers if r.result is not None]
+        phase("backup", "uploading", backup_id=backup_id, streamed_bytes=sum(s.size for s in stored))
         stored += _upload_regular_tars(out, storage, request.cluster, backup_id, codec, on_bytes, _tar_names(facts))
         if not any(s.name == BASE_OBJECT for s in stored):
             raise OperationFailed(f"unable to take backup {backup_id}: pg_basebackup produced no base.tar")

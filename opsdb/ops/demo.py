@@ -199,8 +199,7 @@ class _Tour:
         target = beats[k - 1] + (beats[k] - beats[k - 1]) / 2
         self.step(f"drill: point-in-time restore to {format_time(target)}, halfway between heartbeats {k} and {k + 1}")
         with self.timed("drill"):
-            report, files = drill_from_settings(settings, CLUSTER, to_time=target, report_dir=str(report_dir),
-                                                log=self.log)  # fmt: skip
+            report, files = drill_from_settings(settings, CLUSTER, to_time=target, report_dir=str(report_dir))
         self.step(_drill_line(report))
         html = next((f for f in files if f.endswith(".html")), "")
         self.step(f"report: {html} (and .json, .md beside it)")

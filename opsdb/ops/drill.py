@@ -36,10 +36,13 @@ from opsdb.model.report import (
     WalRange,
     new_report_id,
 )
-from opsdb.model.target import RecoveryTarget
+from opsdb.model.target import RecoveryTarget, as_lsn
 from opsdb.ops import drill_checks
 from opsdb.ops.drill_plan import DrillPlan, make_plan
+from opsdb.ops.estimate import announce_total
+from opsdb.ops.phases import phase
 from opsdb.ops.pitr_reach import end_reader, recovery_end
+from opsdb.ops.replay_progress import OnReplay, ReplaySpan, reporter, segment_end
 from opsdb.ops.scratch import SCRATCH_SETTINGS, ScratchProvider, ScratchSpace, chown_to
 from opsdb.pg.conn import connect as pg_connect
 from opsdb.pg.instance import Instance
@@ -117,8 +120,10 @@ def run_drill(
     rng: random.Random | None = None,
     connect: Callable[..., Any] = pg_connect,
     on_bytes: Callable[[int], None] = lambda n: None,
-    log: Callable[[str], None] = lambda line: None,
+    on_replay: OnReplay | None = None,
 ) -> DrillReport:
+    """Plan, restore into a scratch instance, replay, prove; each stage logs a phase line (ops/phases.py).
+    on_bytes: backup bytes extracted (told the backup's size first); on_replay: (WAL replayed, to replay)."""
     started = now()
     run = _Run(environment={"opsdb_version": __version__, "provider": scratch.name, "host": socket.gethostname()})
     space: ScratchSpace | None = None
@@ -134,11 +139,15 @@ def run_drill(
             run.plan = _planned_end_from_records(
                 run.plan, storage, request.cluster, keys, bin_dir, runner, request.segment_size
             )
-            log(f"drill: {run.plan.target.describe()} from backup {run.plan.backup.id}")
+            phase(
+                "drill", "plan", target=run.plan.target.describe(), backup_id=run.plan.backup.id,
+                wal_segments=len(run.plan.wal_names), planned_end=run.plan.planned_end,
+            )  # fmt: skip
         space = scratch.prepare()
         run.environment.update({"scratch_dir": str(space.workdir)})
+        phase("drill", "scratch", provider=scratch.name, scratch_dir=str(space.workdir), port=space.port)
         _restore_and_prove(
-            request, run, space, storage, restorer, scratch, bin_dir, runner, clock, connect, on_bytes, log
+            request, run, space, storage, restorer, scratch, bin_dir, runner, clock, connect, on_bytes, on_replay
         )
     except UsageError:
         raise  # bad input (a target outside the window): exit 2, nothing to report
@@ -152,6 +161,7 @@ def run_drill(
             except OpsdbError as exc:
                 run.checks.append(Check("scratch teardown", FAIL, exc.message))
             run.environment["kept"] = request.keep
+            phase("drill", "teardown", kept=request.keep)
     return _report(request, run, started, now())
 
 
@@ -167,27 +177,32 @@ def _restore_and_prove(
     clock: Callable[[], float],
     connect: Callable[..., Any],
     on_bytes: Callable[[int], None],
-    log: Callable[[str], None],
+    on_replay: OnReplay | None,
 ) -> None:
     plan = run.plan
     assert plan is not None
     tools = PgTools(bin_dir)
     run_as = request.os_user if scratch.name == "local" else None
+    size = getattr(plan.backup, "size_bytes", None)
+    announce_total(on_bytes, size)  # the progress bar's 100 %
+    phase("drill", "fetch", backup_id=plan.backup.id, bytes=size)
     with run.phase(PHASE_FETCH, clock):
         run.bytes_read += restorer.fetch_extract(plan.backup, space.data_dir, on_bytes)
         staged = scratch.needs_staged_wal or not request.restore_command
         if staged:
             run.bytes_read += restorer.stage_wal(plan.wal_names, space.wal_dir)
         run.environment["wal_source"] = "staged from the repository" if staged else "opsdb wal-fetch"
+    phase("drill", "pg_verifybackup", wal_source=run.environment["wal_source"])
     with run.phase(PHASE_CHECKS, clock):  # before anything in the data directory is changed
         verified = drill_checks.pg_verifybackup(tools, runner, space.data_dir, run_as)
         if verified is not None:
             run.checks.append(verified)
     with run.phase(PHASE_FETCH, clock):
         _write_recovery(request, plan.target, space, scratch, bin_dir, runner, staged=staged)
-    log("drill: replaying WAL")
+    span = replay_span(plan, request.segment_size)
+    phase("drill", "replay", from_lsn=span and span.start, to_lsn=span and span.end, wal_bytes=span and span.total)
     with run.phase(PHASE_REPLAY, clock):
-        promoted = _replay(request, space, scratch, connect, clock)
+        promoted = _replay(request, space, scratch, connect, clock, reporter(span, on_replay))
     run.checks.append(promoted)
     if not promoted.passed:
         return
@@ -203,7 +218,7 @@ def _restore_and_prove(
             run.checks.append(check)
         run.recovered = beat.time if beat else run.point.replay_time
         run.point = dataclasses.replace(run.point, heartbeat_time=beat.time if beat else None)
-        log("drill: pg_amcheck")
+        phase("drill", "checks", reached_lsn=run.point.lsn, databases=len(databases))
         run.checks.append(drill_checks.pg_amcheck(tools, runner, scratch.conninfo(space), run_as))
 
         def db_connect(db: str) -> Any:
@@ -272,12 +287,21 @@ def _write_recovery(
         chown_to(path, os_user)
 
 
+def replay_span(plan: DrillPlan, segment_size: int) -> ReplaySpan | None:
+    """From the backup's start to the planned end (the end of the last needed segment when the plan has
+    no exact end: a time target stops somewhere before it, so the bar ends early)."""
+    start = as_lsn(getattr(plan.backup, "start_lsn", None))
+    end = plan.planned_end or segment_end(plan.wal_last, segment_size)
+    return ReplaySpan(start, end) if start is not None else None
+
+
 def _replay(
     request: DrillRequest,
     space: ScratchSpace,
     scratch: ScratchProvider,
     connect: Callable[..., Any],
     clock: Callable[[], float],
+    at: Callable[[Lsn], None] | None = None,
 ) -> Check:
     """Start the server and wait until recovery reached the target and the server was promoted."""
     name = "target reached and promoted"
@@ -291,7 +315,11 @@ def _replay(
             return Check(name, FAIL, f"the scratch server stopped during recovery: {_fatal(scratch.log_tail(space))}")
         try:
             with connect(scratch.conninfo(space), timeout=5) as conn:
-                if not conn.fetchval("SELECT pg_is_in_recovery()"):
+                if conn.fetchval("SELECT pg_is_in_recovery()"):
+                    replayed = conn.fetchval("SELECT pg_last_wal_replay_lsn()::text")
+                    if at is not None and replayed:
+                        at(Lsn.parse(replayed))
+                else:
                     tli = conn.fetchval(
                         "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
                     )

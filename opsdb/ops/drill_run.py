@@ -20,6 +20,7 @@ from opsdb.ops.drill import DrillRequest, run_drill
 from opsdb.ops.drill_checks import Assertion
 from opsdb.ops.drill_restore import RepositoryRestorer
 from opsdb.ops.pitr import opsdb_executable, restore_command
+from opsdb.ops.replay_progress import OnReplay
 from opsdb.ops.scratch import DockerScratch, LocalScratch, ScratchProvider
 from opsdb.ops.verify import VerifyResult, verify_repository
 from opsdb.ops.wal import wal_repo_from_settings
@@ -35,10 +36,12 @@ def load_catalog(storage: Storage, cluster: str, keys: Mapping[str, Any]) -> lis
     return list(catalog.list_backups(storage, cluster, keys, skip_unreadable=True))
 
 
-def verify_from_settings(settings: Any, cluster: str, backup_id: str | None = None) -> VerifyResult:
+def verify_from_settings(
+    settings: Any, cluster: str, backup_id: str | None = None, on_bytes: Callable[[int], None] | None = None
+) -> VerifyResult:
     repo = wal_repo_from_settings(settings, cluster)
     backups = load_catalog(repo.storage, cluster, repo.keys)
-    return verify_repository(repo.storage, cluster, repo.keys, backups, backup_id=backup_id)
+    return verify_repository(repo.storage, cluster, repo.keys, backups, backup_id=backup_id, on_bytes=on_bytes)
 
 
 def _wal_fetch_command(settings: Any, cluster: str, os_user: str | None, runner: Runner) -> str:
@@ -83,8 +86,8 @@ def drill_from_settings(
     provider: str | None = None,
     report_dir: str | None = None,
     keep: bool = False,
-    log: Callable[[str], None] = lambda line: None,
     on_bytes: Callable[[int], None] = lambda n: None,
+    on_replay: OnReplay | None = None,
 ) -> tuple[DrillReport, list[str]]:
     """Run one drill for a configured cluster; store the report in the repository and report_dir."""
     if to_time is not None and random_target:
@@ -118,7 +121,7 @@ def drill_from_settings(
     scratch = scratch_provider(settings, provider or settings.drill.provider, bin_dir, cfg.os_user, major, runner)
     report = run_drill(
         request, storage=repo.storage, keys=repo.keys, restorer=restorer, scratch=scratch, bin_dir=bin_dir,
-        runner=runner, log=log, on_bytes=on_bytes,
+        runner=runner, on_bytes=on_bytes, on_replay=on_replay,
     )  # fmt: skip
     return report, save_report(repo.storage, cluster, report, repo.codec, report_dir)
 

@@ -41,6 +41,7 @@ from opsdb.model.catalog import (
 from opsdb.model.units import human_bytes
 from opsdb.ops.backup import BackupResult
 from opsdb.ops.dump_database import database_sql
+from opsdb.ops.phases import phase
 from opsdb.pg import conn as pgconn
 from opsdb.pg.conninfo import redact, with_dbname
 from opsdb.pg.tools import PgTools
@@ -104,6 +105,7 @@ def run_dump(
         entries: list[DumpDatabase] = []
         for db in databases:
             name = dump_object_name(db)
+            phase("dump", "dump database", dump_id=dump_id, database=db)
             cmd = tools.pg_dump(request.conninfo, dbname=db, extra=("-Z", "0"))  # compressed once, by the codec
             stored.append(_store_stream(runner, cmd, storage, request.cluster, dump_id, name, codec, on_bytes, "dump",
                                         f"dumping database {db}"))  # fmt: skip
@@ -135,6 +137,8 @@ def run_dump(
         )
         lock.check()
         catalog.commit(storage, record, codec)
+        phase("dump", "catalog written", dump_id=dump_id, databases=len(entries), bytes=record.size_bytes,
+              stored_bytes=record.stored_bytes)  # fmt: skip
     return DumpResult(record, time.monotonic() - started, tuple(lo.backup_id for lo in cleaned))
 
 
@@ -237,6 +241,7 @@ def restore_dump(
         runner.feed(tools.psql(conninfo, on_error_stop=False), chunks, doing="restoring roles and tablespaces")
         total += chunks.count
     for entry, target in targets:
+        phase("restore-dump", "restore database", dump_id=dump_id, database=entry.name, into=target)
         key = layout.backup_object(cluster, dump_id, entry.object)
         chunks = _counted(envelope.get_object(storage, key, keys), on_bytes)
         into = with_dbname(conninfo, target)

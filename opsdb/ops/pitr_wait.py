@@ -15,6 +15,7 @@ from typing import Any
 from opsdb.errors import OperationFailed
 from opsdb.model.lsn import Lsn
 from opsdb.model.target import RecoveryTarget, format_time
+from opsdb.ops.replay_progress import segment_start
 
 STARTUP_GRACE = 15.0  # seconds a launched postmaster may take to write its pid file
 
@@ -92,10 +93,11 @@ def state_from_log(text: str, *, standby: bool) -> str | None:
     return None
 
 
-def replay_progress_from_log(text: str) -> str | None:
-    """The newest WAL file the server restored from the archive (progress when SQL is not available)."""
+def replay_progress_from_log(text: str) -> Lsn | None:
+    """The start of the newest WAL segment the server restored from the archive (progress when SQL is
+    not available)."""
     found = _RESTORED_RE.findall(text)
-    return found[-1] if found else None
+    return segment_start(found[-1]) if found else None
 
 
 def wait_for_target(
@@ -110,14 +112,15 @@ def wait_for_target(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     window: str | None = None,
-    on_progress: Callable[[str], None] | None = None,
+    on_progress: Callable[[Lsn], None] | None = None,
 ) -> RecoveryPoint:
     """Poll until the server promoted / paused / shut down at the target (or, for a standby, replays),
     then read the point reached. query(sql) returns one value (raises while the server is unreachable).
 
     Every poll checks that the postmaster is alive and reads the server log, so a server that stopped
     (a FATAL, a shutdown) fails the wait at once with its own log line, and one that cannot be logged
-    into is still seen promoting or pausing. window: the plan's recoverable window, for messages."""
+    into is still seen promoting or pausing. window: the plan's recoverable window, for messages.
+    on_progress: the replay position at each poll (ops/replay_progress.py)."""
     deadline = clock() + timeout
     sql_ok = True
     while True:
@@ -139,13 +142,13 @@ def wait_for_target(
                 state = _state_by_sql(query, standby)
                 if on_progress is not None and state is None:
                     with contextlib.suppress(Exception):
-                        on_progress(f"replayed LSN {query('SELECT pg_last_wal_replay_lsn()::text')}")
+                        on_progress(Lsn.parse(query("SELECT pg_last_wal_replay_lsn()::text")))
             except Exception as exc:  # noqa: BLE001 - any failure: fall back to the log for this poll
                 sql_ok = not _is_login_refused(exc)
         if state is None:
             state = state_from_log(log_text, standby=standby)
             if state is None and on_progress is not None and (seg := replay_progress_from_log(log_text)):
-                on_progress(f"restored WAL {seg}")
+                on_progress(seg)
         if state is not None and (standby or state in ("promoted", "paused")):
             return _read_point(state, query if sql_ok else _no_sql, read_log)
         if clock() >= deadline:
@@ -226,7 +229,7 @@ def start_and_wait(
     timeout: float,
     conninfo: str | None = None,
     window: str | None = None,
-    on_progress: Callable[[str], None] | None = None,
+    on_progress: Callable[[Lsn], None] | None = None,
 ) -> RecoveryPoint:
     """Start the restored server and wait until it reached the target (promoted, paused or shut down as
     asked) or, for a standby, until it accepts read-only connections. connect(conninfo) -> PgConnection.

@@ -31,6 +31,7 @@ from opsdb.errors import NotFound, OperationFailed, UsageError
 from opsdb.model.catalog import BASE_OBJECT, PHYSICAL, BackupRecord, RestorePlan, RestoreStep
 from opsdb.ops.durable import DEFAULT_SYNC_METHOD, SyncReport, sync_trees
 from opsdb.ops.extract import extract_object
+from opsdb.ops.phases import phase
 from opsdb.pg.instance import quote_setting
 from opsdb.proc import Runner, pid_alive
 from opsdb.repo import catalog, layout
@@ -292,10 +293,10 @@ def execute_restore(
     keys: Mapping[str, Any],
     runner: Runner,
     on_bytes: OnBytes | None = None,
-    on_progress: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int | None], None] | None = None,
 ) -> RestoreResult:
     """Extract, check the files against backup_manifest, write the recovery settings; with --start,
-    start and watch the server (ops/restore_start.py). on_progress: replay progress lines."""
+    start and watch the server (ops/restore_start.py). on_progress: (WAL replayed, WAL to replay) bytes."""
     from opsdb.ops.restore_manifest import check_restored_files
 
     started = time.monotonic()
@@ -303,6 +304,8 @@ def execute_restore(
     check_target_dir(target)  # again: time passed since the plan
     created = _make_dirs(target, plan.tablespace_map.values())
     total = 0
+    phase("restore", "fetch", backup_id=plan.backup.id, objects=len(plan.steps), bytes=plan.bytes_to_write,
+          target_dir=plan.target_dir)  # fmt: skip
     try:
         if plan.chain:
             from opsdb.ops.restore_chain import stage_and_combine
@@ -318,6 +321,7 @@ def execute_restore(
             total += extract_object(storage, key, keys, dest, on_bytes=on_bytes)
         if not (target / "PG_VERSION").is_file():
             raise OperationFailed(f"backup {plan.backup.id} restored no data directory (no PG_VERSION)")
+        phase("restore", "check", backup_id=plan.backup.id, written_bytes=total)
         if plan.chain:  # members were checked as they were extracted; the combined result here
             from opsdb.ops.restore_chain import check_combined
 
@@ -330,11 +334,13 @@ def execute_restore(
         (target / "pg_wal" / "archive_status").mkdir(mode=0o700, parents=True, exist_ok=True)
         write_tablespace_map(target, plan.tablespace_map)
         _drop_recovery_targets(target)
+        phase("restore", "recovery config", signal_file=plan.signal_file, target=plan.target)
         write_recovery_settings(target, plan.recovery_settings, plan.signal_file)
         roots = [target, *(Path(p) for p in plan.tablespace_map.values())]
         for path in roots:
             os.chmod(path, 0o700)
             _chown_tree(path, request.os_user)
+        phase("restore", "sync", method=request.sync_method or "none (--no-sync)")
         synced = sync_trees(roots, request.sync_method) if request.sync_method else None  # durable before success
     except BaseException:
         _remove_created(created)
@@ -443,7 +449,7 @@ def restore_from_settings(
     archive_mode: str | None = None,
     accept_gap: bool = False,
     wait_timeout: float = 3600.0,
-    on_progress: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int | None], None] | None = None,
     follow_primary: bool = False,
 ) -> tuple[RestorePlan, RestoreResult | None]:
     """The CLI's one call: plan, and unless dry_run, execute. Returns (plan, result or None).
@@ -482,6 +488,8 @@ def restore_from_settings(
     )
     read_end = end_reader(repo.storage, cluster, repo.keys, bin_dir, runner)
     plan = plan_restore(request, storage=repo.storage, keys=repo.keys, read_end=read_end)
+    phase("restore", "plan", backup_id=plan.backup.id, target=plan.target, bytes_to_write=plan.bytes_to_write,
+          wal_bytes=(plan.recovery or {}).get("wal_bytes"), dry_run=dry_run or None)  # fmt: skip
     if dry_run:
         return plan, None
     announce_total(on_bytes, plan.bytes_to_write)  # the progress bar's 100 %

@@ -12,7 +12,6 @@ setup can make opsdb wait. A promotion short of the planned end (the end of the 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ from opsdb.errors import OperationFailed, UsageError
 from opsdb.model.catalog import RestorePlan
 from opsdb.model.lsn import Lsn
 from opsdb.model.target import RecoveryTarget
+from opsdb.ops.phases import phase
+from opsdb.ops.replay_progress import OnReplay, reporter, span_of_restore
 from opsdb.pg.conninfo import make_conninfo, parse_conninfo
 from opsdb.pg.instance import Instance
 from opsdb.proc import Runner
@@ -56,9 +57,10 @@ def start_restored(
     plan: RestorePlan,
     request: Any,
     runner: Runner,
-    on_progress: Callable[[str], None] | None = None,
+    on_progress: OnReplay | None = None,
 ) -> dict[str, Any]:
-    """Start the restored server, wait for its target, return the point it reached (to_json form)."""
+    """Start the restored server, wait for its target, return the point it reached (to_json form).
+    on_progress: (WAL bytes replayed, WAL bytes to replay) at each poll (ops/replay_progress.py)."""
     from opsdb.ops.pitr_wait import start_and_wait
     from opsdb.pg.conn import connect  # psycopg (~8 MB RSS) only when a server is started
 
@@ -75,22 +77,24 @@ def start_restored(
     target = request.recovery or RecoveryTarget()
     if recovery.get("gap"):
         target = RecoveryTarget("latest", timeline=target.timeline)  # accepted: replay up to the gap
-    progress = None
-    if on_progress is not None:
-        aim = recovery.get("reaches") or {}
-        goal = " ".join(str(v) for v in (aim.get("time"), aim.get("lsn") and f"LSN {aim['lsn']}") if v)
-        progress = lambda text: on_progress(f"{text} / target {target.label()} {goal}".rstrip())  # noqa: E731
+    span = span_of_restore(plan.backup, plan.recovery)
+    phase(
+        "restore", "replay", port=plan.port, target=target.label(), from_lsn=span and span.start,
+        to_lsn=span and span.end, wal_bytes=span and span.total,
+    )  # fmt: skip
     try:
         point = start_and_wait(
             instance, target, standby=request.standby, connect=connect, timeout=request.start_timeout,
             conninfo=login_conninfo(sockets, plan.port, request.conninfo, request.os_user),
-            window=window_text, on_progress=progress,
+            window=window_text, on_progress=reporter(span, on_progress),
         )  # fmt: skip
     except OperationFailed as exc:
         left = f"{target_dir} was not promoted (recovery.signal is still there): remove it before restoring again"
         raise OperationFailed(exc.message, hint=f"{exc.hint}; {left}" if exc.hint else left) from None
     reached = point.to_json()
     check_reached_planned_end(recovery, reached, instance.log_path)
+    phase("restore", "reached", state=reached.get("state"), lsn=reached.get("lsn"), time=reached.get("time"),
+          timeline=reached.get("timeline"))  # fmt: skip
     return reached
 
 

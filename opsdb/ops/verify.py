@@ -35,7 +35,10 @@ from opsdb.model.chain import broken_links, chain_of
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, parse_wal_name, segment_name
 from opsdb.model.target import as_lsn
 from opsdb.model.window import timeline_of_segment, walk
+from opsdb.ops.estimate import announce_total
+from opsdb.ops.phases import phase
 from opsdb.ops.verify_manifest import ManifestCheck, check_tar_stream, is_manifest_tar, parse_manifest
+from opsdb.ops.verify_progress import CountingStorage, bytes_to_read, log_checked
 from opsdb.repo import envelope, layout, marker
 from opsdb.repo import wal as walrepo
 from opsdb.storage.base import Storage
@@ -126,8 +129,10 @@ def verify_repository(
     workers: int = WORKERS,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
     clock: Callable[[], float] = time.monotonic,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> VerifyResult:
-    """Verify the whole repository of a cluster, or one backup and the WAL it needs."""
+    """Verify the whole repository of a cluster, or one backup and the WAL it needs. on_bytes: stored
+    bytes as they are read (its `set_total` learns the stored size of everything to read)."""
     started = clock()
     records = [b for b in backups if _get(b, "kind", "physical") in ("physical", "incremental", "logical")]
     broken = broken_links(records)
@@ -142,6 +147,9 @@ def verify_repository(
     sysids = _identities(storage, cluster, records, result)
     scan = walrepo.scan(storage, cluster, keys, segment_size)
     result.timelines = scan.timelines
+    phase(
+        "verify", "scan", scope=result.scope, backups=len(records), timelines=",".join(map(str, scan.timelines)) or None
+    )
     for child, parent in broken:
         result.problems.append(
             Problem(
@@ -176,7 +184,11 @@ def verify_repository(
             ):
                 keys_to_read.setdefault(info.key, _Expected())
 
+    total = bytes_to_read(storage, cluster, keys_to_read)
+    announce_total(on_bytes, total)  # the progress bar's 100 %
+    phase("verify", "read", objects=len(keys_to_read), stored_bytes=total, workers=workers)
     parsed = _read_manifests(storage, manifests, keys, result)
+    reading = CountingStorage(storage, on_bytes) if on_bytes is not None else storage
     tar_checks: dict[str, ManifestCheck] = {}
     for record in records:
         manifest = parsed.get(record.id)
@@ -190,12 +202,12 @@ def verify_repository(
     def read_one(key: str) -> tuple[str, int, int, str | None, str, str | None]:
         try:
             if key in tar_checks:
-                size, stored, sha, sha_of = check_tar_stream(storage, key, keys, tar_checks[key])
+                size, stored, sha, sha_of = check_tar_stream(reading, key, keys, tar_checks[key])
             else:
                 content = _content_check(key, sysids)
                 readback = envelope.Readback()
                 obj = envelope.verify_object(
-                    storage,
+                    reading,
                     key,
                     keys,
                     system_identifiers={str(s) for s in sysids},
@@ -249,6 +261,7 @@ def verify_repository(
         _continuity(scan, records, result, segment_size)
     result.wal_segments = sum(1 for k in keys_to_read if "/wal/" in k and not k.endswith((".history", ".backup")))
     result.problems.sort(key=lambda p: p.key)
+    log_checked(cluster, records, keys_to_read, result.problems, segment_size)
     result.seconds = clock() - started
     return result
 

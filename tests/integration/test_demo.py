@@ -205,5 +205,5 @@ def test_interrupted_demo_cleans_up(tmp_path: Path, signum: int, when: str) -> N
     assert proc.returncode == 130, seen + rest
     assert "interrupted" in rest and "demo: cleanup: " in rest
     if when == "replay held":
-        assert "drill: replaying WAL" in seen + rest
+        assert "drill: phase replay" in seen + rest
     _assert_nothing_left(seen + rest, proc.pid)

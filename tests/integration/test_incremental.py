@@ -159,7 +159,9 @@ def test_a_drill_restores_an_incremental_chain(env: Any) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     doc = json.loads(proc.stdout)
     assert doc["result"] == "pass", doc["checks"]
-    assert "drill: time" in proc.stderr and f"from backup {env['inc1']['id']}" in proc.stderr  # mid-chain
+    assert (
+        'drill: phase plan target="time' in proc.stderr and f"backup_id={env['inc1']['id']}" in proc.stderr
+    )  # mid-chain
     assert not list(reports.parent.glob("opsdb-combine-*")), "staging left behind"
 
 

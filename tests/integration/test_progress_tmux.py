@@ -1,8 +1,10 @@
-"""Progress as an operator sees it in a terminal (tmux, read back with capture-pane): a backup and a
-restore show a percentage, IEC amounts, the average rate and an ETA; without a terminal, nothing."""
+"""Progress as an operator sees it in a terminal (tmux, read back with capture-pane): a backup, a restore
+and a verify show a percentage, IEC amounts, the average rate and an ETA; without a terminal, nothing
+but the log lines: start, phases and end, here as JSON lines (`--log-format json`)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -56,7 +58,8 @@ def tmux(tmp_path: Path) -> Iterator[Any]:
 
 def _watch(tmux: Any, command: str, done: str, seconds: float = 240) -> list[str]:
     """Run `command` in a 150x12 terminal; every bar line seen until `done` shows up on the screen."""
-    tmux("new-session", "-d", "-s", "op", "-x", "150", "-y", "12", f"{command}; sleep 600")
+    # pytest exports COLUMNS=80; a login shell in a real terminal does not (rich would wrap at 80)
+    tmux("new-session", "-d", "-s", "op", "-x", "150", "-y", "12", f"env -u COLUMNS -u LINES {command}; sleep 600")
     bars: list[str] = []
     screens: list[str] = []
     deadline = time.monotonic() + seconds
@@ -93,9 +96,53 @@ def test_backup_and_restore_show_percentage_and_eta_in_a_terminal(env, tmux):
         shutil.rmtree(target, ignore_errors=True)
 
 
-def test_no_progress_without_a_terminal(env):
-    result = opsdb(env["config"], "backup")
-    assert "ETA" not in result.stderr and "%" not in result.stderr.replace("%)", "")
-    assert "MiB/s" in result.stdout  # the summary's rate, in the same units as the bar
-    end = next(line for line in result.stderr.splitlines() if line.startswith("opsdb: backup: end "))
-    assert "result=ok" in end and int(end.split("bytes=")[1].split()[0]) > 100 * 2**20  # the bytes it streamed
+def test_verify_shows_percentage_and_eta_in_a_terminal(env, tmux):
+    bars = _watch(tmux, f"{OPSDB} verify --config {env['config']}", "OK: every object")
+    assert "verify main" in bars[0] and "MB" not in " ".join(bars)
+
+
+def _records(stderr: str, command: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """Every stderr line is one JSON object (nothing else there: no bar, no text); (start, phases, end)."""
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    mine = [r for r in lines if r.get("command") == command]
+    start, end = mine[0], mine[-1]
+    assert start["event"] == "start" and end["event"] == "end", mine
+    assert all(r["level"] == "info" for r in mine), mine
+    return start, [r for r in mine if r["event"] == "phase"], end
+
+
+def test_without_a_terminal_no_progress_only_start_phase_and_end_records(env):
+    config = env["config"]
+    backup = opsdb(config, "--log-format", "json", "backup")
+    assert "MiB/s" in backup.stdout  # the summary's rate, in the same units as the bar
+    start, phases, end = _records(backup.stderr, "backup")
+    assert start["cluster"] == "main" and start["repository"].startswith("file://") and len(start["key_id"]) > 4
+    assert [p["phase"] for p in phases] == ["start backup", "streaming", "uploading", "catalog written"]
+    backup_id = phases[0]["backup_id"]
+    assert phases[0]["source"] == "primary" and phases[-1]["backup_id"] == backup_id
+    assert phases[-1]["bytes"] > 100 * 2**20 and phases[-1]["stop_lsn"]
+    assert end["result"] == "ok" and end["exit_code"] == 0 and end["duration_seconds"] > 0
+    assert end["bytes"] > 100 * 2**20  # the bytes it streamed
+
+    verify = opsdb(config, "--log-format", "json", "verify")
+    assert "MiB/s" in verify.stdout and "OK:" in verify.stdout
+    start, phases, end = _records(verify.stderr, "verify")
+    names = [p["phase"] for p in phases]
+    assert names[:2] == ["scan", "read"] and phases[0]["scope"] == "repository"
+    assert phases[1]["stored_bytes"] > 10 * 2**20 and end["bytes"] >= phases[1]["stored_bytes"]
+    checked = [p for p in phases if p["phase"] == "backup checked"]
+    assert {"backup_id": backup_id, "problems": 0}.items() <= checked[-1].items()
+    assert end["result"] == "ok"
+
+    target = make_temp_dir("opsdb-progress-restore-")
+    shutil.rmtree(target)
+    try:
+        restore = opsdb(config, "--log-format", "json", "restore", "--backup", backup_id, "--target-dir", target)
+        start, phases, end = _records(restore.stderr, "restore")
+        assert [p["phase"] for p in phases] == ["plan", "fetch", "check", "recovery config", "sync"]
+        assert phases[0]["backup_id"] == backup_id and phases[1]["bytes"] == phases[0]["bytes_to_write"]
+        assert phases[-1]["method"] == "fsync" and end["result"] == "ok" and end["bytes"] > 100 * 2**20
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+    for proc in (backup, verify, restore):
+        assert "ETA" not in proc.stderr + proc.stdout and "\r" not in proc.stderr

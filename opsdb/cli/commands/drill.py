@@ -14,11 +14,15 @@ from opsdb.model.report import format_time
 
 
 def _verify_text(result: Any) -> str:
+    from opsdb.model.units import human_bytes
+
+    # the rate is of the stored bytes read, as the progress bar's (the bar's 100 % is the stored size)
+    rate = human_bytes(result.stored_bytes / result.seconds) + "/s" if result.seconds > 0 else "-"
     head = (
         f"verify {result.scope} of cluster {result.cluster}: {result.objects} objects, "
-        f"{result.plain_bytes:,} bytes ({result.stored_bytes:,} stored), {result.backups} backups, "
+        f"{human_bytes(result.plain_bytes)} ({human_bytes(result.stored_bytes)} stored), {result.backups} backups, "
         f"{result.wal_segments} WAL segments, {result.manifest_files} manifest files, "
-        f"timelines {result.timelines or '-'} in {result.seconds:.1f} s"
+        f"timelines {result.timelines or '-'} in {result.seconds:.1f} s, {rate}"
     )
     lines = [head]
     lines += [f"BAD {p.key}: {p.what}" for p in result.problems]
@@ -61,7 +65,8 @@ def register(app: typer.Typer) -> None:
 
         state: AppState = ctx.obj
         name, _ = state.cluster()
-        result = verify_from_settings(state.settings, name, backup_id)
+        with output.progress(f"verify {name}") as on_bytes:
+            result = verify_from_settings(state.settings, name, backup_id, on_bytes=on_bytes)
         output.emit(state, result.to_dict(), _verify_text(result))
         if not result.ok:
             raise OperationFailed(f"verify found {len(result.problems)} bad object(s) in {result.scope}")
@@ -100,10 +105,11 @@ def register(app: typer.Typer) -> None:
         state: AppState = ctx.obj
         name, _ = state.cluster()
         when = parse_time(to_time) if to_time is not None else None
-        report, files = drill_from_settings(
-            state.settings, name, to_time=when, random_target=random_target, provider=provider,
-            report_dir=report_dir, keep=keep, log=output.info,
-        )  # fmt: skip
+        with output.progress(f"drill {name}: restore") as on_bytes:
+            report, files = drill_from_settings(
+                state.settings, name, to_time=when, random_target=random_target, provider=provider,
+                report_dir=report_dir, keep=keep, on_bytes=on_bytes, on_replay=on_bytes.stage(f"drill {name}: replay"),
+            )  # fmt: skip
         output.emit(state, {**report.summary(), "report_files": files}, _drill_text(report, files))
         if not report.passed:
             names = ", ".join(c.name for c in report.failed_checks)

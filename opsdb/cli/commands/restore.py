@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from opsdb.cli import output
 from opsdb.errors import UsageError
-
-
-def _replay_line() -> Callable[[str], None] | None:
-    """Replay progress on one rewritten stderr line, only on a terminal (never in logs or pipes)."""
-    if not output.is_terminal():
-        return None
-
-    def show(text: str) -> None:
-        sys.stderr.write(f"\r{text}\033[K")
-        sys.stderr.flush()
-
-    return show
 
 
 def register(app: typer.Typer) -> None:
@@ -115,7 +101,7 @@ def register(app: typer.Typer) -> None:
                 start=start, port=port, dry_run=dry_run, on_bytes=on_bytes, recovery=recovery, standby=standby,
                 primary_conninfo=primary_conninfo, slot=slot, sync_method=sync, archive_mode=archive_mode,
                 accept_gap=accept_gap, wait_timeout=wait_timeout,
-                on_progress=_replay_line() if start and not dry_run else None,
+                on_progress=on_bytes.stage(f"replay WAL {name}") if start else None,
                 follow_primary=timeline is None,
             )  # fmt: skip
         if result is None:
