@@ -200,7 +200,7 @@ def _restore_and_prove(
     with run.phase(PHASE_FETCH, clock):
         _write_recovery(request, plan.target, space, scratch, bin_dir, runner, staged=staged)
     span = replay_span(plan, request.segment_size)
-    phase("drill", "replay", from_lsn=span and span.start, to_lsn=span and span.end, wal_bytes=span and span.total)
+    phase("drill", "replay", from_lsn=span and span.start, to_lsn=span and span.end, replay_bytes=span and span.total)
     with run.phase(PHASE_REPLAY, clock):
         promoted = _replay(request, space, scratch, connect, clock, reporter(span, on_replay))
     run.checks.append(promoted)

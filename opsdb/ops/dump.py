@@ -41,6 +41,7 @@ from opsdb.model.catalog import (
 from opsdb.model.units import human_bytes
 from opsdb.ops.backup import BackupResult
 from opsdb.ops.dump_database import database_sql
+from opsdb.ops.estimate import announce_total
 from opsdb.ops.phases import phase
 from opsdb.pg import conn as pgconn
 from opsdb.pg.conninfo import redact, with_dbname
@@ -230,6 +231,9 @@ def restore_dump(
     targets = [(entry, rename or entry.name) for entry in chosen]
     to_create = _check_targets(conninfo, [target for _, target in targets], clean)
     tools = PgTools(bin_dir)
+    sizes = {o.name: o.size for o in record.objects}
+    wanted = [e.object for e in chosen] + ([record.globals_object] if with_globals and record.globals_object else [])
+    announce_total(on_bytes, sum(sizes.get(name or "", 0) for name in wanted))  # the progress bar's 100 %
     total = 0
     if with_globals:
         if not record.globals_object:

@@ -19,7 +19,6 @@ import json
 import os
 import shlex
 import stat
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 from opsdb.model.results import Status
 from opsdb.ops.privileges import Account
+from opsdb.proc import python_module
 
 OK, WARNING, CRITICAL, UNKNOWN = Status.OK, Status.WARNING, Status.CRITICAL, Status.UNKNOWN
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -101,7 +101,7 @@ def probe_argv(archive_command: str | None, config_path: str | None, cluster: st
             prefix = words[: words.index("wal-push")]
             if prefix and any("opsdb" in os.path.basename(w) for w in prefix):
                 return [*prefix, "archive-probe"], env
-    argv = [sys.executable, "-m", "opsdb"]
+    argv = list(python_module("opsdb"))  # isolated: an opsdb/ folder in the working directory cannot shadow it
     if config_path:
         argv += ["--config", str(config_path)]
     return [*argv, "--cluster", cluster, "archive-probe"], {}

@@ -80,7 +80,7 @@ def start_restored(
     span = span_of_restore(plan.backup, plan.recovery)
     phase(
         "restore", "replay", port=plan.port, target=target.label(), from_lsn=span and span.start,
-        to_lsn=span and span.end, wal_bytes=span and span.total,
+        to_lsn=span and span.end, replay_bytes=span and span.total,
     )  # fmt: skip
     try:
         point = start_and_wait(

@@ -146,3 +146,60 @@ def test_without_a_terminal_no_progress_only_start_phase_and_end_records(env):
         shutil.rmtree(target, ignore_errors=True)
     for proc in (backup, verify, restore):
         assert "ETA" not in proc.stderr + proc.stdout and "\r" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def archiving(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
+    """A primary archiving through `opsdb wal-push`, one backup, then 40 segments of WAL to replay."""
+    from opsdb.stream.crypto import generate_key_file
+    from tests.fixtures.pg import ClusterFactory
+    from tests.integration.test_pitr import _opsdb_for_server, wait_archived, x
+    from tests.integration.test_retention_pitr import chown_tree
+
+    server_opsdb = _opsdb_for_server()
+    factory = ClusterFactory(pg_bin_dir)
+    work = make_temp_dir("opsdb-progress-replay-")
+    try:
+        generate_key_file(work / "key")
+        config = work / "opsdb.toml"
+        config.write_text(
+            f'[repository]\nurl = "file://{work}/repo"\n[encryption]\nkey_file = "{work}/key"\nrequired = true\n'
+            f'[clusters.main]\nconninfo = "host=127.0.0.1 port=PORT user=postgres dbname=postgres"\n'
+            f'os_user = "postgres"\npg_bin_dir = "{pg_bin_dir}"\n[wal]\nspool_dir = "{work}/spool"\n'
+        )
+        primary = factory(archive_mode="on", archive_command=f"{server_opsdb} --config {config} wal-push %p",
+                          lc_messages="C")  # fmt: skip
+        config.write_text(config.read_text().replace("PORT", str(primary.port)))
+        chown_tree(work)
+        x(primary, "CREATE TABLE t (id int, note text)")
+        opsdb(config, "backup")
+        chown_tree(work)
+        for n in range(40):  # bounded: 40 segments with rows in each (replay has records to apply)
+            x(primary, f"INSERT INTO t SELECT g, md5(g::text) FROM generate_series({n * 5000}, {n * 5000 + 4999}) g")
+            x(primary, "SELECT pg_switch_wal()")
+        wait_archived(primary, timeout=180)
+        yield {"config": config, "factory": factory, "server_opsdb": server_opsdb}
+    finally:
+        factory.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_restore_start_shows_the_wal_replayed_out_of_the_wal_to_replay(archiving, tmux):
+    from opsdb.pg.instance import Instance
+    from opsdb.proc import LocalRunner
+    from tests.fixtures.pg import free_port, os_user
+
+    factory = archiving["factory"]
+    target, port = factory.new_dir() / "data", free_port()
+    command = (
+        f"OPSDB_EXECUTABLE={archiving['server_opsdb']} {OPSDB} restore --config {archiving['config']} "
+        f"--target-dir {target} --latest --start --port {port}"
+    )
+    try:
+        bars = _watch(tmux, command, "restored backup")
+    finally:
+        if (target / "postmaster.pid").exists():
+            Instance(target, port, factory.bin_dir, os_user(), LocalRunner()).stop()
+    replay = [b for b in bars if "replay WAL main" in b]
+    assert replay, f"no replay bar with a percentage and an ETA among {bars}"
+    assert all(int(BAR.search(b).group(1)) <= 100 for b in replay)  # type: ignore[union-attr]

@@ -30,7 +30,17 @@ def test_probe_runs_the_archive_commands_own_opsdb_and_options() -> None:
 @pytest.mark.parametrize("command", ["cp %p /archive/%f", "", None, "opsdb 'unbalanced wal-push %p"])
 def test_probe_falls_back_to_this_opsdb_when_the_command_is_not_opsdb(command: str | None) -> None:
     argv, env = hs.probe_argv(command, "/etc/opsdb.toml", "main")
-    assert argv == [sys.executable, "-m", "opsdb", "--config", "/etc/opsdb.toml", "--cluster", "main", "archive-probe"]
+    assert argv == [
+        sys.executable,
+        "-I",
+        "-m",
+        "opsdb",
+        "--config",
+        "/etc/opsdb.toml",
+        "--cluster",
+        "main",
+        "archive-probe",
+    ]
     assert env == {}
 
 
