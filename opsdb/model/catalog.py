@@ -206,6 +206,7 @@ class BackupRecord:
     opsdb_version: str | None = None
     format: int = RECORD_FORMAT
     parent: str | None = None  # incremental: the id of the backup it builds on (full or incremental)
+    compressed_on: str | None = None  # physical: "server" (pg_basebackup server-zstd) or "client" (opsdb)
 
     # --- derived -------------------------------------------------------------------------------
 
@@ -271,6 +272,7 @@ class BackupRecord:
                 "with_passwords": self.with_passwords,
                 "host": self.host,
                 "opsdb_version": self.opsdb_version,
+                "compressed_on": self.compressed_on,
             }
         )
         return doc
@@ -312,6 +314,7 @@ class BackupRecord:
                 opsdb_version=doc.get("opsdb_version"),
                 format=int(doc.get("format") or RECORD_FORMAT),
                 parent=None if doc.get("parent") is None else str(doc["parent"]),
+                compressed_on=doc.get("compressed_on"),
             )
         except (KeyError, TypeError, ValueError, AssertionError, UsageError) as exc:
             raise ValueError(f"malformed catalog record {doc.get('id', '?')!r}: {exc}") from None

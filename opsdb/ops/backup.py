@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from opsdb.model.catalog import (
     next_backup_id,
 )
 from opsdb.model.lsn import Lsn
+from opsdb.ops.backup_compression import server_compression_spec, stream_with_fallback
 from opsdb.ops.backup_incremental import check_server_supports, choose_parent, parent_manifest
 from opsdb.ops.backup_source import ServerFacts, bin_dir_for_server, choose_source, slot_session
 from opsdb.ops.phases import phase
@@ -84,6 +86,9 @@ class BackupRequest:
     manifest_checksums: str = "CRC32C"  # per-file checksums in backup_manifest (objects are SHA-256'd anyway)
     fast_checkpoint: bool = True
     lock_ttl_seconds: float = 300.0
+    # zstd base backups compressed by the server (pg_basebackup --compress=server-zstd): the tars
+    # arrive compressed and are stored as they are (envelope.put_object precompressed=True)
+    server_compression: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,11 +161,14 @@ def run_backup(
                 extra = (f"--incremental={manifest_path}",)
             facts = stack.enter_context(slot_session(source.conninfo, request.bin_dir, runner))
             start_time = clock()
-            stored, manifest = _stream_basebackup(
-                request, source, facts, backup_id, storage, codec, runner, on_bytes, tmp_root, extra
+            stream = functools.partial(
+                _stream_basebackup, request, source, facts, backup_id, storage, codec, runner, on_bytes, tmp_root, extra
             )
+            spec = server_compression_spec(request.server_compression, source.major, codec)
+            stored, manifest, compressed_on = stream_with_fallback(stream, spec)
             stop_time = clock()
         record = _record(request, facts, backup_id, start_time, stop_time, stored, manifest, codec, source)
+        record = dataclasses.replace(record, compressed_on=compressed_on if codec.compression != "none" else None)
         if parent is not None:
             record = dataclasses.replace(record, kind=INCREMENTAL, parent=parent.id)
         lock.check()
@@ -178,9 +186,12 @@ def run_backup(
 class _PipeReader(threading.Thread):
     """Streams one named pipe into one repository object."""
 
-    def __init__(self, path: Path, key: str, storage: Storage, codec: Codec, on_bytes: OnBytes | None) -> None:
+    def __init__(
+        self, path: Path, key: str, storage: Storage, codec: Codec, on_bytes: OnBytes | None, precompressed: bool
+    ) -> None:
         super().__init__(name=f"opsdb-pipe-{path.name}", daemon=True)
         self.path, self.key, self.storage, self.codec, self.on_bytes = path, key, storage, codec, on_bytes
+        self.precompressed = precompressed
         self.result: StoredObject | None = None
         self.error: BaseException | None = None
         self.got_bytes = False
@@ -210,6 +221,7 @@ class _PipeReader(threading.Thread):
                     if_absent=True,
                     on_bytes=self.on_bytes,
                     plaintext_digest=False,
+                    precompressed=self.precompressed,
                 )
         except BaseException as exc:  # closing the pipe makes pg_basebackup fail (EPIPE) instead of hang
             self.error = exc
@@ -233,11 +245,11 @@ def _chain(first: bytes, pipe: Any) -> Iterator[bytes]:
         yield chunk
 
 
-def _tar_names(facts: ServerFacts) -> dict[str, str]:
-    """pg_basebackup's file name -> our object name."""
-    names = {"base.tar": BASE_OBJECT}
+def _tar_names(facts: ServerFacts, suffix: str = "") -> dict[str, str]:
+    """pg_basebackup's file name (suffix ".zst" when the server compresses) -> our object name."""
+    names = {f"base.tar{suffix}": BASE_OBJECT}
     for space in facts.tablespaces:
-        names[f"{space.oid}.tar"] = space.object_name
+        names[f"{space.oid}.tar{suffix}"] = space.object_name
     return names
 
 
@@ -252,8 +264,13 @@ def _stream_basebackup(
     on_bytes: OnBytes | None,
     tmp_root: str | None,
     extra: tuple[str, ...] = (),
+    server_compression: str | None = None,
 ) -> tuple[list[StoredFile], dict[str, Any]]:
     clean_stale_work_dirs(tmp_root)
+    if server_compression is not None:
+        extra = (*extra, f"--compress={server_compression}")
+    suffix = ".zst" if server_compression is not None else ""
+    names = _tar_names(facts, suffix)
     tmp = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=tmp_root))
     out = tmp / "out"
     cmd = PgTools(request.bin_dir).pg_basebackup(
@@ -271,9 +288,10 @@ def _stream_basebackup(
     try:
         proc = runner.spawn(cmd, log_path=log_path)
         (tmp / "pg_basebackup.pid").write_text(str(proc.pid))
-        phase("backup", "streaming", backup_id=backup_id, objects=",".join(_tar_names(facts).values()))
+        compressed_by = "server" if suffix else "client"
+        phase("backup", "streaming", backup_id=backup_id, objects=",".join(names.values()), compressed_on=compressed_by)
         try:
-            readers = _make_pipes(out, proc, _tar_names(facts), storage, request.cluster, backup_id, codec, on_bytes)
+            readers = _make_pipes(out, proc, names, storage, request.cluster, backup_id, codec, on_bytes, bool(suffix))
             rc = proc.wait()
         except BaseException:
             proc.terminate()
@@ -285,7 +303,9 @@ def _stream_basebackup(
                     reader.join(0.1)
                 reader.close_handle()
         tail = log_path.read_text(errors="replace") if log_path.exists() else ""
-        failed = next((r.error for r in readers if r.error is not None), None)
+        # a reader that never got a byte failed because pg_basebackup did (it removes its directory,
+        # pipes included, when it fails): then pg_basebackup's own message is the one to report
+        failed = next((r.error for r in readers if r.error is not None and (r.got_bytes or rc == 0)), None)
         if failed is not None:
             if isinstance(failed, OpsdbError):
                 raise failed
@@ -294,7 +314,7 @@ def _stream_basebackup(
             raise ToolError("pg_basebackup", rc, tail, doing=f"taking backup {backup_id}")
         stored = [_stored_file(r.result, r.key) for r in readers if r.result is not None]
         phase("backup", "uploading", backup_id=backup_id, streamed_bytes=sum(s.size for s in stored))
-        stored += _upload_regular_tars(out, storage, request.cluster, backup_id, codec, on_bytes, _tar_names(facts))
+        stored += _upload_regular_tars(out, storage, request.cluster, backup_id, codec, on_bytes, names, suffix)
         if not any(s.name == BASE_OBJECT for s in stored):
             raise OperationFailed(f"unable to take backup {backup_id}: pg_basebackup produced no base.tar")
         manifest_path = out / "backup_manifest"
@@ -341,6 +361,7 @@ def _make_pipes(
     backup_id: str,
     codec: Codec,
     on_bytes: OnBytes | None,
+    precompressed: bool,
 ) -> list[_PipeReader]:
     """Wait for pg_basebackup to create `out`, then put a named pipe (and a reader) at each tar name."""
     deadline = time.monotonic() + DIR_WAIT_SECONDS
@@ -359,7 +380,13 @@ def _make_pipes(
             # lost the race: pg_basebackup already writes a regular file; it is uploaded afterwards
             log.warning("%s was created before its pipe; it is staged on disk and uploaded at the end", file_name)
             continue
-        reader = _PipeReader(path, layout.backup_object(cluster, backup_id, object_name), storage, codec, on_bytes)
+        except FileNotFoundError:
+            break  # pg_basebackup failed and removed its directory; its exit status says why
+        key = layout.backup_object(cluster, backup_id, object_name)
+        try:
+            reader = _PipeReader(path, key, storage, codec, on_bytes, precompressed)
+        except FileNotFoundError:
+            break  # the same, between making the pipe and opening it
         reader.start()
         readers.append(reader)
     return readers
@@ -373,16 +400,27 @@ def _upload_regular_tars(
     codec: Codec,
     on_bytes: OnBytes | None,
     names: dict[str, str],
+    suffix: str = "",
 ) -> list[StoredFile]:
     stored = []
-    for path in sorted(out.glob("*.tar")):
+    for path in sorted(out.glob(f"*.tar{suffix}")):
         if not path.is_file():
             continue  # one of our pipes
-        object_name = names.get(path.name) or (f"pg_tblspc-{path.stem}.tar" if path.stem.isdigit() else path.name)
+        stem = path.name.split(".", 1)[0]
+        object_name = names.get(path.name) or (f"pg_tblspc-{stem}.tar" if stem.isdigit() else path.name)
         key = layout.backup_object(cluster, backup_id, object_name)
         with open(path, "rb") as fh:
-            obj = envelope.put_object(storage, key, iter(lambda: fh.read(CHUNK_SIZE), b""), codec, if_absent=True,
-                                      on_bytes=on_bytes, plaintext_digest=False)  # fmt: skip
+            chunks = iter(lambda: fh.read(CHUNK_SIZE), b"")
+            obj = envelope.put_object(
+                storage,
+                key,
+                chunks,
+                codec,
+                if_absent=True,
+                on_bytes=on_bytes,
+                plaintext_digest=False,
+                precompressed=bool(suffix),
+            )
         stored.append(_stored_file(obj, key))
     return stored
 
@@ -472,6 +510,7 @@ def backup_from_settings(
         standby_conninfos=tuple(r.conninfo for r in cfg.replicas),
         incremental=incremental,
         incremental_from=incremental_from,
+        server_compression=settings.compression.location == "server",
     )
     return run_backup(
         request, storage=repo.storage, codec=repo.codec, runner=LocalRunner(), on_bytes=on_bytes, keys=repo.keys

@@ -60,7 +60,9 @@ def backup_details(r: BackupRecord) -> str:
         f"stop          {format_time(r.stop_time)}  ({r.duration.total_seconds():.1f} s)",
         f"size          {human_bytes(r.size_bytes)} ({r.size_bytes:,} bytes)",
         f"stored        {human_bytes(r.stored_bytes)} ({_ratio(r.size_bytes, r.stored_bytes)})",
-        f"compression   {r.compression}" + (f" level {r.compression_level}" if r.compression_level is not None else ""),
+        f"compression   {r.compression}"
+        + (f" level {r.compression_level}" if r.compression_level is not None else "")
+        + (f", by the {'server' if r.compressed_on == 'server' else 'opsdb client'}" if r.compressed_on else ""),
         f"encryption    {'AES-256-GCM, key ' + (r.key_id or '?') if r.encrypted else 'none'}",
     ]
     if r.is_physical:

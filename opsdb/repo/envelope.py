@@ -47,7 +47,7 @@ from opsdb import __version__
 from opsdb.errors import IntegrityError, UsageError
 from opsdb.repo.identity import ObjectIdentity
 from opsdb.storage.base import Storage
-from opsdb.stream.compress import ALGORITHMS, compression_stage
+from opsdb.stream.compress import ALGORITHMS, ZstdPassThrough, compression_stage
 from opsdb.stream.crypto import EncryptionKey, cipher_stage
 from opsdb.stream.stages import CHUNK_SIZE, Meter, prefetch, read_chunks
 
@@ -140,8 +140,14 @@ def put_object(
     plaintext_digest: bool = True,
     system_identifier: int | str | None = None,
     bind: bool = True,
+    precompressed: bool = False,
 ) -> StoredObject:
     """Compress, encrypt (when codec.key) and store `chunks` under `key` in bounded memory.
+
+    precompressed=True: `chunks` are already one zstd frame (a server-compressed base backup, with
+    codec.compression "zstd"); they are stored as they are, checked and counted on the way
+    (stream/compress.ZstdPassThrough), and on_bytes counts their plaintext. The digest is then one
+    of the compressed bytes.
 
     plaintext_digest=False makes the trailer digest one of the compressed bytes: for big objects
     nobody compares with a local file's SHA-256 (backups, dumps). The object is bound to its key's
@@ -152,7 +158,10 @@ def put_object(
             f"unable to store {key}: encryption.required is set but no key is configured",
             hint="set encryption.key_file (made by `opsdb key generate PATH`) or encryption.key_env",
         )
-    compressor = compression_stage(codec.compression, codec.level, codec.threads)
+    if precompressed and (codec.compression != "zstd" or plaintext_digest):
+        raise ValueError("only a zstd stream stored with a digest of its compressed bytes can be precompressed")
+    passthrough = ZstdPassThrough(on_bytes) if precompressed else None
+    compressor = passthrough or compression_stage(codec.compression, codec.level, codec.threads)
     stages = tuple(s for s in (compressor.name, CIPHER if codec.key else None) if s and s != "none")
     digest_of = "plaintext" if plaintext_digest else "compressed"
     sysid = system_identifier if system_identifier is not None else codec.system_identifier
@@ -166,7 +175,7 @@ def put_object(
     metadata = {"opsdb-envelope": str(version), "opsdb-stages": ",".join(stages) or "none"}
     if codec.key is not None:
         metadata["opsdb-key-id"] = codec.key.id
-    elif rest is None:
+    elif rest is None and passthrough is None:
         # small and unencrypted: record size and digest for a cheap comparison without reading.
         # (Encrypted objects never publish a plaintext digest: it would confirm guesses of content.)
         sha = hashlib.sha256()
@@ -178,12 +187,17 @@ def put_object(
     plain, digest = _meters(digest_of)
     finished: list[bool] = []
 
+    counted = None if passthrough else on_bytes  # a pass-through counts the plaintext it decodes
+
     def plaintext() -> Iterator[bytes]:
         head.reverse()
         while head:  # pop, so the lookahead is not kept alive for the whole stream
-            yield _progress(head.pop(), on_bytes)
+            yield _progress(head.pop(), counted)
         for chunk in rest or ():
-            yield _progress(chunk, on_bytes)
+            yield _progress(chunk, counted)
+
+    def plain_size() -> int:
+        return passthrough.plain_size if passthrough else plain.size
 
     def inner() -> Iterator[bytes]:
         crc = 0
@@ -194,9 +208,9 @@ def put_object(
             crc = zlib.crc32(piece, crc)
             yield piece
         if identity is None:
-            yield _TRAILER.pack(TRAILER_MAGIC, plain.size, bytes.fromhex(digest.sha256), crc)
+            yield _TRAILER.pack(TRAILER_MAGIC, plain_size(), bytes.fromhex(digest.sha256), crc)
         else:
-            yield _TRAILER_BOUND.pack(TRAILER_MAGIC, plain.size, bytes.fromhex(digest.sha256), crc, identity.digest())
+            yield _TRAILER_BOUND.pack(TRAILER_MAGIC, plain_size(), bytes.fromhex(digest.sha256), crc, identity.digest())
         finished.append(True)
 
     body: Iterable[bytes] = inner()
@@ -207,7 +221,7 @@ def put_object(
     if not finished:  # a driver that stops reading early must not pass for a stored object
         raise IntegrityError(f"unable to store {key}: the storage driver did not consume the whole stream")
     key_id = codec.key.id if codec.key else None
-    return StoredObject(key, plain.size, stored.size, digest.sha256, stages, key_id, digest_of)
+    return StoredObject(key, plain_size(), stored.size, digest.sha256, stages, key_id, digest_of)
 
 
 def put_json(

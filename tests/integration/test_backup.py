@@ -6,7 +6,9 @@ ordered rows), and no stored object may contain the plaintext of a known marker 
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,36 @@ def test_backup_is_listed_with_the_spec_fields(env: dict[str, Any], backup: dict
     assert "(of the compressed bytes)" in opsdb(env["config"], "backups", "show", backup["id"]).stdout
     human = opsdb(env["config"], "backups", "list").stdout
     assert backup["id"] in human and "physical" in human
+
+
+def _server_has_zstd(pg_bin_dir: Path) -> bool:
+    configure = subprocess.run([str(pg_bin_dir / "pg_config"), "--configure"], capture_output=True, text=True)
+    return "--with-zstd" in configure.stdout
+
+
+def test_the_server_compresses_when_its_build_can(
+    env: dict[str, Any], backup: dict[str, Any], pg_bin_dir: Path
+) -> None:
+    # [compression] location = "server" (the default): pg_basebackup --compress=server-zstd; a server
+    # built without zstd (the embedded PostgreSQL 18) refuses that, and opsdb compresses instead. The
+    # restore test below restores this same backup, tablespace included.
+    shown = opsdb_json(env["config"], "backups", "show", backup["id"])
+    assert shown["compressed_on"] == ("server" if _server_has_zstd(pg_bin_dir) else "client")
+    assert (
+        f"by the {'server' if shown['compressed_on'] == 'server' else 'opsdb client'}"
+        in opsdb(env["config"], "backups", "show", backup["id"]).stdout
+    )
+
+
+def test_location_client_compresses_in_opsdb(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSDB_COMPRESSION__LOCATION", "client")
+    taken = opsdb_json(env["config"], "backup")
+    shown = opsdb_json(env["config"], "backups", "show", taken["id"])
+    assert shown["compressed_on"] == "client" and shown["stored_bytes"] < shown["size_bytes"]
+    checked = json.loads(opsdb(env["config"], "--json", "verify", "--backup", taken["id"], check=False).stdout)
+    # every object authenticates; the cluster has no WAL archive, so only its WAL is reported missing
+    assert checked["objects"] >= 3 and checked["plain_bytes"] >= shown["size_bytes"]
+    assert [p["problem"] for p in checked["problems"] if not p["problem"].startswith("missing WAL")] == []
 
 
 def test_no_stored_object_contains_the_marker_row(
