@@ -85,6 +85,7 @@ class ByteProgress:
         self.total = total
         self.started = time.monotonic()
         self.base = 0  # where a position-measured stage stood when first seen (its rate counts from there)
+        self.stopped: float | None = None  # when a later stage began: this stage's rate stays as it was
         self._bar: Any = None
         self._task: Any = None
 
@@ -99,13 +100,15 @@ class ByteProgress:
             self._bar.update(self._task, completed=self.done)
 
     def set_total(self, total: int | None) -> None:
+        if self.done == 0:  # the work whose size this is starts now (a restore after its plan): so does the rate
+            self.started = time.monotonic()
         self.total = total if total else None
         if self._bar is not None:
             self._bar.update(self._task, total=self.total)
 
     def rate(self) -> float:
         """Bytes per second since the command's work started: the measure the summary line uses too."""
-        elapsed = time.monotonic() - self.started
+        elapsed = (self.stopped or time.monotonic()) - self.started
         return (self.done - self.base) / elapsed if elapsed > 0 else 0.0
 
     def stage(self, description: str) -> Callable[[int, int | None], None]:
@@ -118,6 +121,7 @@ class ByteProgress:
             if self._bar is None:
                 return
             if meter is None:
+                self.stopped = time.monotonic()  # the summary's rate is of this stage too (not of the next)
                 meter = ByteProgress(total)
                 meter.done = meter.base = position
                 meter._bar = self._bar

@@ -70,10 +70,12 @@ def span_of_restore(backup: Any, recovery: Mapping[str, Any] | None) -> ReplaySp
 
 def reporter(span: ReplaySpan | None, on_replay: OnReplay | None) -> Callable[[Lsn], None] | None:
     """A callback taking the server's replay position, handing (done, total) to on_replay. Positions never
-    go back (the log's segment and the SQL LSN alternate when a login comes and goes)."""
+    go back (the log's segment and the SQL LSN alternate when a login comes and goes). Replay starts now:
+    on_replay hears (0, total) at once (the bar shows from the server's start, not from its first poll)."""
     if span is None or on_replay is None:
         return None
     furthest = [span.start]
+    on_replay(0, span.total)
 
     def seen(at: Lsn) -> None:
         furthest[0] = max(furthest[0], at)

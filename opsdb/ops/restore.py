@@ -76,6 +76,7 @@ class RestoreResult:
     recovery_point: dict[str, Any] | None = None  # what the started server reached
     sync: SyncReport | None = None  # None: not synced (--no-sync)
     manifest: str | None = None  # how the restored files were checked against backup_manifest
+    replay_seconds: float = 0.0  # of `seconds`, the time --start watched the server replay (the rest wrote)
 
     def to_dict(self) -> dict[str, Any]:
         """The SPEC's `restore --json` object (plus sizes)."""
@@ -90,6 +91,7 @@ class RestoreResult:
             "manifest": self.manifest,
             "bytes_read": self.bytes_read,
             "seconds": round(self.seconds, 3),
+            "replay_seconds": round(self.replay_seconds, 3),
             "synced": self.sync is not None,
             "sync": self.sync.to_dict() if self.sync is not None else None,
         }
@@ -346,11 +348,13 @@ def execute_restore(
         _remove_created(created)
         raise
     point = None
+    written = time.monotonic()
     if plan.start:
         from opsdb.ops.restore_start import start_restored
 
         point = start_restored(plan, request, runner, on_progress)
-    return RestoreResult(plan, total, time.monotonic() - started, point, synced, manifest)
+    ended = time.monotonic()
+    return RestoreResult(plan, total, ended - started, point, synced, manifest, replay_seconds=ended - written)
 
 
 def _make_dirs(target: Path, spaces: Any) -> list[tuple[Path, bool]]:

@@ -126,11 +126,14 @@ def restore_plan_text(plan: RestorePlan) -> str:
 
 
 def restore_result_text(doc: dict[str, Any], seconds: float, size: int) -> str:
+    """The rate is of the writing (what the progress bar showed), not of the time a started server replayed."""
     point = doc.get("recovery_point")
     reached = f"; reached LSN {point.get('lsn')} at {point.get('time') or 'unknown time'}" if point else ""
     sync = doc.get("sync")
     synced = f"; synced ({sync['method']}, {sync['seconds']:.1f} s)" if sync else "; not synced (--no-sync)"
+    replay = (doc.get("replay_seconds") or 0.0) if point else 0.0
+    took = f"{seconds:.1f} s" + (f" (replay {replay:.1f} s)" if replay else "")
     return (
-        f"restored backup {doc['backup_id']} into {doc['target_dir']}: {human_bytes(size)} in {seconds:.1f} s, "
-        f"{_rate(size, seconds)}{synced}{reached}"
+        f"restored backup {doc['backup_id']} into {doc['target_dir']}: {human_bytes(size)} in {took}, "
+        f"{_rate(size, seconds - replay)}{synced}{reached}"
     )

@@ -94,7 +94,7 @@ def test_replay_positions_never_go_back() -> None:
     assert at is not None
     for value in (1500, 3000, 2000, 5000):  # SQL, then an older segment start from the log
         at(Lsn(value))
-    assert seen == [(500, 4000), (2000, 4000), (2000, 4000), (4000, 4000)]
+    assert seen == [(0, 4000), (500, 4000), (2000, 4000), (2000, 4000), (4000, 4000)]  # 0 at once: replay starts
     assert reporter(None, lambda d, t: None) is None and reporter(ReplaySpan(Lsn(1), None), None) is None
 
 
@@ -162,3 +162,22 @@ def test_a_stage_shows_nothing_without_a_terminal() -> None:
     at = meter.stage("replay")
     at(10, 100)  # no bar: nothing happens, nothing fails
     assert meter.done == 0
+
+
+def test_the_restore_summary_rates_the_writing_as_the_bar_did() -> None:
+    """A restore --start that wrote 100 MiB in 10 s and watched replay for 30 s: 10.0 MiB/s, as the bar
+    (whose rate stops when the replay bar appears), not 2.5 MiB/s."""
+    from opsdb.render.catalog import restore_result_text
+
+    doc = {"backup_id": "B", "target_dir": "/t", "recovery_point": {"lsn": "0/3000000", "time": None},
+           "sync": None, "replay_seconds": 30.0}  # fmt: skip
+    text = restore_result_text(doc, 40.0, 100 * 2**20)
+    assert "100.0 MiB in 40.0 s (replay 30.0 s), 10.0 MiB/s" in text
+    plain = restore_result_text({**doc, "recovery_point": None, "replay_seconds": 0.0}, 10.0, 100 * 2**20)
+    assert "100.0 MiB in 10.0 s, 10.0 MiB/s" in plain and "replay" not in plain
+    meter = ByteProgress()
+    meter._bar = type("Bar", (), {"update": lambda *a, **k: None, "add_task": lambda *a, **k: 1})()
+    meter(100 * 2**20)
+    meter.stage("replay")(1, 10)
+    meter.started = meter.stopped - 10  # type: ignore[operator]
+    assert round(meter.rate() / 2**20, 1) == 10.0  # frozen when the replay began
