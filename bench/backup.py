@@ -132,13 +132,21 @@ def main() -> None:
     moto = None
     rows: list[dict[str, Any]] = []
     try:
-        subprocess.run(as_postgres([str(BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-k"]),
-                       check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            as_postgres([str(BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-k"]),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         with open(data / "postgresql.auto.conf", "a") as fh:
-            fh.write(f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
-                     "shared_buffers = '1GB'\nwal_level = replica\nmax_wal_size = '16GB'\nsynchronous_commit = off\n")  # fmt: skip
-        subprocess.run(as_postgres([str(BIN / "pg_ctl"), "-D", str(data), "-l", str(work / "pg.log"), "-w", "start"]),
-                       check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+            fh.write(
+                f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
+                "shared_buffers = '1GB'\nwal_level = replica\nmax_wal_size = '16GB'\nsynchronous_commit = off\n"
+            )
+        subprocess.run(
+            as_postgres([str(BIN / "pg_ctl"), "-D", str(data), "-l", str(work / "pg.log"), "-w", "start"]),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         conninfo = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
         t0 = time.monotonic()
         subprocess.run([str(BIN / "pgbench"), "-i", "-q", "-s", str(args.scale), "-d", conninfo], check=True,
@@ -149,8 +157,11 @@ def main() -> None:
 
         mport = free_port()
         endpoint = f"http://127.0.0.1:{mport}"
-        moto = subprocess.Popen([PY, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(mport)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        moto = subprocess.Popen(
+            [PY, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(mport)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(200):
             try:
                 urllib.request.urlopen(endpoint + "/moto-api/data.json", timeout=1).close()
@@ -193,24 +204,32 @@ def main() -> None:
             limit_dir = work / "limit-restore"
             limit_dir.mkdir()
             # synced like opsdb restore (fsync by default since issue 16): `sync -f` is syncfs(2)
-            row = measure("restore limit: zstd -d | tar -x; sync -f",
-                          ["bash", "-c", f"zstd -q -d -c {stream} | tar -x -C {limit_dir} && sync -f {limit_dir}"],
-                          size=dir_size(work / "data"))  # fmt: skip
+            row = measure(
+                "restore limit: zstd -d | tar -x; sync -f",
+                ["bash", "-c", f"zstd -q -d -c {stream} | tar -x -C {limit_dir} && sync -f {limit_dir}"],
+                size=dir_size(work / "data"),
+            )
             row["mb_s"] = round(dir_size(limit_dir) / row["wall_s"] / 1e6, 1)
             samples[2].append(row)
             shutil.rmtree(limit_dir)
             target = work / "restored"
             moto_before = proc_cpu(moto.pid)
-            row = measure("opsdb restore <- moto S3 (decrypt, verify, extract)",
-                          [args.opsdb, "--config", str(config), "restore", "--target-dir", str(target)], size=0)  # fmt: skip
+            row = measure(
+                "opsdb restore <- moto S3 (decrypt, verify, extract)",
+                [args.opsdb, "--config", str(config), "restore", "--target-dir", str(target)],
+                size=0,
+            )
             row["moto_cpu_s"] = round(proc_cpu(moto.pid) - moto_before, 2)
             row["mb_s"] = round(dir_size(target) / row["wall_s"] / 1e6, 1)
             samples[3].append(row)
             shutil.rmtree(target)
         rows = [median_row(kind) for kind in samples]
     finally:
-        subprocess.run(as_postgres([str(BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            as_postgres([str(BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         if moto is not None:
             moto.terminate()
             moto.wait(timeout=10)
@@ -234,10 +253,14 @@ def main() -> None:
     restore_pairs = [
         round(o["mb_s"] / lim["mb_s"], 3) for lim, o in zip(rows[2]["samples"], rows[3]["samples"], strict=True)
     ]
-    print(f"\nopsdb backup = {backup_ratio:.0%} of the backup limit (aim >= 70%); "
-          f"opsdb restore = {restore_ratio:.0%} of the restore limit (aim >= 65%)")  # fmt: skip
-    print(f"each pair: backup {', '.join(f'{r:.0%}' for r in backup_pairs)}; "
-          f"restore {', '.join(f'{r:.0%}' for r in restore_pairs)}")  # fmt: skip
+    print(
+        f"\nopsdb backup = {backup_ratio:.0%} of the backup limit (aim >= 70%); "
+        f"opsdb restore = {restore_ratio:.0%} of the restore limit (aim >= 65%)"
+    )
+    print(
+        f"each pair: backup {', '.join(f'{r:.0%}' for r in backup_pairs)}; "
+        f"restore {', '.join(f'{r:.0%}' for r in restore_pairs)}"
+    )
     summary = {
         "scale": args.scale,
         "database_bytes": size,

@@ -49,8 +49,11 @@ def main() -> None:
         primary.switch_and_push()
         t = time.monotonic()
         backup = primary.backup()
-        print(f"backup: {backup.size_bytes / 1e6:.0f} MB plain, {backup.stored_bytes / 1e6:.0f} MB stored, "
-              f"{time.monotonic() - t:.1f} s", file=sys.stderr)  # fmt: skip
+        print(
+            f"backup: {backup.size_bytes / 1e6:.0f} MB plain, {backup.stored_bytes / 1e6:.0f} MB stored, "
+            f"{time.monotonic() - t:.1f} s",
+            file=sys.stderr,
+        )
         primary.switch_and_push()
         beats = []
         stop = threading.Event()
@@ -61,8 +64,10 @@ def main() -> None:
 
         thread = threading.Thread(target=beat)
         thread.start()
-        runner.run(Cmd((pgbench, "-T", str(args.seconds), "-c", "4", "-j", "2", "-n", primary.conninfo), timeout=3600),
-                   doing="pgbench traffic")  # fmt: skip
+        runner.run(
+            Cmd((pgbench, "-T", str(args.seconds), "-c", "4", "-j", "2", "-n", primary.conninfo), timeout=3600),
+            doing="pgbench traffic",
+        )
         stop.set()
         thread.join()
         primary.switch_and_push()

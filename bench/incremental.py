@@ -107,8 +107,10 @@ def main() -> None:
     try:
         sh(as_postgres([str(BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-k"]))
         with open(data / "postgresql.auto.conf", "a") as fh:
-            fh.write(f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
-                     "summarize_wal = on\nwal_level = replica\nmax_wal_size = '4GB'\nshared_buffers = '256MB'\n")  # fmt: skip
+            fh.write(
+                f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
+                "summarize_wal = on\nwal_level = replica\nmax_wal_size = '4GB'\nshared_buffers = '256MB'\n"
+            )
         sh(as_postgres([str(BIN / "pg_ctl"), "-D", str(data), "-l", str(work / "log"), "-w", "start"]))
         started = True
         results["pg_version"] = sh([*psql, "-c", "SHOW server_version"]).stdout.strip()

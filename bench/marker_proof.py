@@ -25,7 +25,7 @@ from opsdb.storage import open_storage
 from opsdb.stream.crypto import EncryptionKey
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from storage_s3_roundtrip import moto_server  # noqa: E402
+from storage_s3_roundtrip import moto_server
 
 SEG = "000000010000000000000010"
 
@@ -56,8 +56,10 @@ def measure(label: str, storage, rounds: int, workdir: str) -> None:
     proof = median_ms(lambda: marker.prove_archive(storage, "main"), rounds)
     one_shot = median_ms(lambda: ops_wal.fetch_file(ops_wal.WalRepo(storage, "main", codec, keys), SEG, dest), rounds)
     warm = median_ms(lambda: ops_wal.fetch_file(warm_repo, SEG, dest), rounds)
-    print(f"{label:8} proof {proof:6.2f} ms   one-shot fetch {one_shot:7.2f} ms   warm fetch {warm:7.2f} ms   "
-          f"(proof = {100 * proof / one_shot:.1f} % of a one-shot fetch)")  # fmt: skip
+    print(
+        f"{label:8} proof {proof:6.2f} ms   one-shot fetch {one_shot:7.2f} ms   warm fetch {warm:7.2f} ms   "
+        f"(proof = {100 * proof / one_shot:.1f} % of a one-shot fetch)"
+    )
 
 
 def main() -> None:

@@ -51,8 +51,9 @@ def backups(tools: Tools, server: Server, kind: str, rounds: int, size: int, con
         for tool in order(r):
             archive_with(server, tools.push(tool, configs[tool]))
             row = measure(f"{tool} backup", tools.backup(tool, configs[tool]), size=size, cwd="/tmp")
-            samples.append({"path": "backup", "kind": kind, "tool": tool, "round": r, "value": row["mb_s"],
-                            "unit": "MB/s", **row})  # fmt: skip
+            samples.append(
+                {"path": "backup", "kind": kind, "tool": tool, "round": r, "value": row["mb_s"], "unit": "MB/s", **row}
+            )
     return samples
 
 
@@ -78,8 +79,9 @@ def restores(tools: Tools, kind: str, rounds: int, configs: dict[str, Path]) -> 
             row = measure(f"{tool} restore", tools.restore(tool, configs[tool], target), size=0, cwd="/tmp")
             row["mb_s"] = round(dir_size(target) / row["wall_s"] / 1e6, 1)
             shutil.rmtree(target)
-            samples.append({"path": "restore", "kind": kind, "tool": tool, "round": r, "value": row["mb_s"],
-                            "unit": "MB/s", **row})  # fmt: skip
+            samples.append(
+                {"path": "restore", "kind": kind, "tool": tool, "round": r, "value": row["mb_s"], "unit": "MB/s", **row}
+            )
     return samples
 
 
@@ -98,7 +100,7 @@ def drains(
                     if mode == "async"
                     else {}
                 )
-                cfg = config(tools, tool, f"{mode}-{kind}-r{r}", kind, **extra)  # fmt: skip
+                cfg = config(tools, tool, f"{mode}-{kind}-r{r}", kind, **extra)
                 commands[(tool, mode)] = tools.push(tool, cfg)
         for (tool, mode), command in commands.items():
             if tool == "cp":
@@ -132,8 +134,11 @@ def calls(tools: Tools, server: Server, segments: list[Path], kind: str, count: 
     times: dict[str, list[float]] = {"pgbackrest": [], "opsdb": [], "opsdb-first": []}
     for i, seg in enumerate(segments[:count]):
         path = str(probe / "pg_wal" / seg.name)
-        variants = {"pgbackrest": warm["pgbackrest"], "opsdb": warm["opsdb"],
-                    "opsdb-first": config(tools, "opsdb", f"cold-{kind}-{i}", kind)}  # fmt: skip
+        variants = {
+            "pgbackrest": warm["pgbackrest"],
+            "opsdb": warm["opsdb"],
+            "opsdb-first": config(tools, "opsdb", f"cold-{kind}-{i}", kind),
+        }
         for name in variants if i % 2 == 0 else dict(reversed(list(variants.items()))):
             tool = "pgbackrest" if name == "pgbackrest" else "opsdb"
             argv = as_pg(tools.push(tool, variants[name]).replace("%p", path).split())

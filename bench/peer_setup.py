@@ -114,7 +114,7 @@ class Endpoint:
             try:
                 s3.create_bucket(Bucket=BUCKET)
                 return
-            except Exception:  # noqa: BLE001 - haproxy still starting
+            except Exception:  # haproxy still starting
                 time.sleep(0.1)
         raise SystemExit(f"the S3 endpoint {self.url} (haproxy -> moto) does not answer")
 
@@ -145,8 +145,11 @@ class Tools:
     def opsdb_config(self, name: str, kind: str, *, wal: str = "", repo_name: str | None = None) -> Path:
         """An opsdb config (and spool) called `name` on the repository `repo_name` (default: its own)."""
         where = repo_name or name
-        repo = (f'url = "s3://{BUCKET}/{where}"\nendpoint_url = "{self.endpoint.url}"\nregion = "us-east-1"\n'
-                if kind == "s3" else f'url = "file://{self.work}/repo-{where}"\n')  # fmt: skip
+        repo = (
+            f'url = "s3://{BUCKET}/{where}"\nendpoint_url = "{self.endpoint.url}"\nregion = "us-east-1"\n'
+            if kind == "s3"
+            else f'url = "file://{self.work}/repo-{where}"\n'
+        )
         path = self.work / f"opsdb-{name}.toml"
         path.write_text(
             f"[repository]\n{repo}"
@@ -164,9 +167,11 @@ class Tools:
         of its own, made by stanza-create."""
         where = repo_name or name
         if kind == "s3":
-            repo = (f"repo1-type=s3\nrepo1-path=/{where}\nrepo1-s3-bucket={BUCKET}\nrepo1-s3-endpoint=127.0.0.1\n"
-                    f"repo1-storage-port={self.endpoint.port}\nrepo1-s3-region=us-east-1\nrepo1-s3-key=bench\n"
-                    f"repo1-s3-key-secret=bench\nrepo1-s3-uri-style=path\nrepo1-storage-ca-file={self.endpoint.cert}\n")  # fmt: skip
+            repo = (
+                f"repo1-type=s3\nrepo1-path=/{where}\nrepo1-s3-bucket={BUCKET}\nrepo1-s3-endpoint=127.0.0.1\n"
+                f"repo1-storage-port={self.endpoint.port}\nrepo1-s3-region=us-east-1\nrepo1-s3-key=bench\n"
+                f"repo1-s3-key-secret=bench\nrepo1-s3-uri-style=path\nrepo1-storage-ca-file={self.endpoint.cert}\n"
+            )
         else:
             repo = f"repo1-type=posix\nrepo1-path={self.work}/repo-{where}\n"
         path = self.work / f"pgbr-{name}.conf"

@@ -137,8 +137,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         extra = ", ".join(f"{x:.2f}" for x in r["round_ratios"])
         if "cp" in r:
             extra += f"; cp {r['cp']:.3g} {unit}, opsdb/cp {r['opsdb_over_cp']:.2f}"
-        out.append(f"{_LABEL[r['path']]:<40} {r['kind']:<5} {r['opsdb']:>6.4g} {unit:<5} {r['pgbackrest']:>6.4g} {unit:<5}"
-                   f" {r['ratio']:>10.2f}  {r['better']:<6}  {extra}")  # fmt: skip
+        out.append(
+            f"{_LABEL[r['path']]:<40} {r['kind']:<5} {r['opsdb']:>6.4g} {unit:<5} {r['pgbackrest']:>6.4g} {unit:<5}"
+            f" {r['ratio']:>10.2f}  {r['better']:<6}  {extra}"
+        )
     return "\n".join(out)
 
 
@@ -228,9 +230,11 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     save(True)
-    print(f"\nopsdb vs pgBackRest, same run: pgbench scale {args.scale} ({size / 1e6:.0f} MB), burst of {len(burst)} "
-          f"segments, {args.rounds} interleaved rounds; s3 = moto behind haproxy TLS (both verify the certificate); "
-          f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after\n")  # fmt: skip
+    print(
+        f"\nopsdb vs pgBackRest, same run: pgbench scale {args.scale} ({size / 1e6:.0f} MB), burst of {len(burst)} "
+        f"segments, {args.rounds} interleaved rounds; s3 = moto behind haproxy TLS (both verify the certificate); "
+        f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after\n"
+    )
     print(table(summarize(samples)))
     print(f"\nwritten to {out}")
 

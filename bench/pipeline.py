@@ -79,7 +79,7 @@ def child_encode_null(total: int, level: int) -> None:
     class NullStorage:  # consumes the stream and keeps nothing: the encode side alone
         url, features = "null://", frozenset()
 
-        def put(self, key, chunks, *, if_absent=False, metadata=None):  # noqa: ANN001, ANN202
+        def put(self, key, chunks, *, if_absent=False, metadata=None):
             return ObjectInfo(key, sum(len(c) for c in chunks))
 
     codec, _ = _codec(level)

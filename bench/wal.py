@@ -213,8 +213,10 @@ def main() -> None:
         os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
         moto = subprocess.Popen(
             [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(mport)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         import boto3
 
         for _ in range(100):
@@ -330,7 +332,7 @@ def main() -> None:
             "wal-push sync s3, agent off (in-process)": cold_call(push(alone_cfg), probe, prepare=forget),
             "wal-push sync s3, first call (starts the agent)": cold_call(push(first_cfg), probe, prepare=fresh_agent),
             "wal-push sync s3, agent running": cold_call(push(sync_cfg), probe, prepare=forget),
-        }  # fmt: skip
+        }
         # async: the running pusher stores .ready files ahead; the call then only confirms (hash + marker)
         subprocess.run(as_pg(push(async_cfg)), cwd=probe, check=True, capture_output=True)  # starts the pusher
         times = []

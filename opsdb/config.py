@@ -359,7 +359,7 @@ def _environment_settings() -> type[Settings]:
     """Settings that also read OPSDB_ variables (pydantic-settings), which beat the file."""
     from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-    class EnvironmentSettings(BaseSettings, Settings):  # type: ignore[misc]
+    class EnvironmentSettings(BaseSettings, Settings):
         model_config = SettingsConfigDict(
             env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", populate_by_name=True
         )
@@ -400,7 +400,7 @@ def find_config_file(explicit: str | os.PathLike[str] | None) -> Path | None:
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int) or True)
+    loc = ".".join(str(p) for p in first["loc"])  # list indexes too: jobs.0.name
     loc = loc.replace("async_", "async")
     msg = first["msg"]
     if msg.startswith("Value error, "):

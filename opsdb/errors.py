@@ -35,10 +35,6 @@ class OperationFailed(OpsdbError):
     """The operation ran and failed (a backup, a verification, a drill)."""
 
 
-class NotImplementedYet(OperationFailed):
-    """A command that exists in the contract but is not built yet says so honestly."""
-
-
 class NotFound(OpsdbError):
     """A stored object, backup or report does not exist."""
 

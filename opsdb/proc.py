@@ -407,7 +407,7 @@ class LocalRunner:
 
     def spawn(self, cmd: Cmd, *, log_path: Path | None = None) -> _SpawnHandle:
         """Start a background process in its own session; stdout+stderr go to log_path (or nowhere)."""
-        log = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115 - closed by the handle
+        log = open(log_path, "ab") if log_path is not None else None  # closed by the handle
         target: int | IO[bytes] = log if log is not None else subprocess.DEVNULL
         try:
             proc = _popen(cmd, stdin=subprocess.DEVNULL, stdout=target, stderr=target, new_session=True)

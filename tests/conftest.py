@@ -9,9 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.gate import missing
+
 pytest_plugins = ["tests.fixtures.pg", "tests.fixtures.s3"]
 
 _HELPER_COMMANDS = (b"wal-agent", b"wal-pusher", b"wal-prefetcher")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    mark = item.get_closest_marker("root")
+    if mark is not None and os.geteuid() != 0:
+        missing(mark.args[0] if mark.args else "needs root")
 
 
 def _started_ticks(pid: str) -> int:

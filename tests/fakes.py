@@ -1,7 +1,8 @@
 """Small real doubles for the interfaces in opsdb.proc (no mock.patch of opsdb internals).
 
 FakeRunner records every Cmd it is given and replays scripted results, matched by program name
-(the argv[0] base name) or by a predicate, in order. Unscripted commands succeed with empty output.
+(the argv[0] base name) or by a predicate, in order. A command no script matches fails the test
+(UnscriptedCommand): a test says what every command it causes answers, success included.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class _FakeSpawned:
         return self._rc
 
 
+class UnscriptedCommand(AssertionError):
+    """A command the test did not script reached the FakeRunner (not an opsdb error: it must not be caught
+    as one)."""
+
+
 class FakeRunner:
     """Records commands (`.calls`), feeds (`.fed`: the bytes written to stdin per call), replays scripts."""
 
@@ -83,7 +89,7 @@ class FakeRunner:
                 if s.times is not None:
                     s.times -= 1
                 return Completed(s.returncode, s.stdout, s.stderr)
-        return Completed(0, b"", b"")
+        raise UnscriptedCommand(f"FakeRunner was never told about {cmd.argv!r}: script it (runner.script(...))")
 
     def _check(self, cmd: Cmd, result: Completed, doing: str) -> None:
         if result.returncode != 0:

@@ -55,7 +55,7 @@ def post_json(url: str, payload: dict[str, Any], *, timeout: float = 10.0) -> in
         headers={"Content-Type": "application/json", "User-Agent": f"opsdb/{__version__}"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - scheme checked above
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # scheme checked above
             response.read(65536)
             return int(response.status)
     except urllib.error.HTTPError as exc:

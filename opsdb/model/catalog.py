@@ -365,7 +365,7 @@ class RestorePlan:
 
     @property
     def bytes_to_read(self) -> int:
-        return sum(s.stored_size for s in self.steps) + (self.recovery or {}).get("wal_bytes", 0)
+        return sum(s.stored_size for s in self.steps) + int((self.recovery or {}).get("wal_bytes", 0))
 
     @property
     def bytes_to_write(self) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -126,14 +126,15 @@ class RecoveryTarget:
 
     def describe(self) -> str:
         """One unambiguous line: times in UTC."""
-        what = {
+        describers: dict[str, Callable[[], str]] = {
             "time": lambda: f"time {format_time(self.time)}" if self.time else "time",
             "lsn": lambda: f"LSN {self.lsn}",
             "xid": lambda: f"transaction {self.xid}",
             "name": lambda: f"restore point {self.name!r}",
             "latest": lambda: "the end of the archived WAL",
             "immediate": lambda: "the end of the backup (earliest consistent point)",
-        }[self.kind]()
+        }
+        what = describers[self.kind]()
         return f"{what}, timeline {self.timeline}, then {self.action}"
 
     def label(self) -> str:

@@ -124,8 +124,9 @@ def server_facts(conninfo: str, bin_dir: Path, runner: Runner) -> ServerFacts:
         ) from None
 
 
-def choose_source(conninfo: str, standby_conninfos: tuple[str, ...], from_standby: bool, cluster: str,
-                  bin_dir: Path, runner: Runner) -> ServerFacts:  # fmt: skip
+def choose_source(
+    conninfo: str, standby_conninfos: tuple[str, ...], from_standby: bool, cluster: str, bin_dir: Path, runner: Runner
+) -> ServerFacts:
     """The server to back up: the cluster's conninfo, or with --from-standby a standby (the
     conninfo itself when it is one, else the first configured replica in recovery)."""
     facts = server_facts(conninfo, bin_dir, runner)

@@ -213,7 +213,7 @@ class _Tour:
         """Stop every server under the temp dir (the demo's, and a drill's scratch server if the drill was
         interrupted before its own teardown), then remove the temp dir."""
         with _no_interrupts(), self.timed("cleanup"):
-            stop_helpers(self.workdir / "spool")  # the WAL agent archive_command started
+            stop_helpers(str(self.workdir / "spool"))  # the WAL agent archive_command started
             pid_files = sorted(self.workdir.rglob("postmaster.pid")) if self.workdir.is_dir() else []
             for pid_file in pid_files:
                 server = Instance(pid_file.parent, 0, self.bin_dir, self.user, self.runner)
@@ -271,12 +271,12 @@ def summary(result: DemoResult) -> dict[str, Any]:
             "size_bytes": rec.size_bytes,
             "stored_bytes": rec.stored_bytes,
             "seconds": round(result.backup.seconds, 3),
-        },  # fmt: skip
+        },
         "wal": {
             **result.archiving.to_dict(),
             "archived_files": result.wal_archived,
             "stored_bytes": result.wal_stored_bytes,
-        },  # fmt: skip
+        },
         "target_time": format_time(result.target_time),
         "timings": result.timings,
         "steps": result.steps,

@@ -44,6 +44,7 @@ from opsdb.ops.phases import phase
 from opsdb.ops.pitr_reach import end_reader, recovery_end
 from opsdb.ops.replay_progress import OnReplay, ReplaySpan, reporter, segment_end
 from opsdb.ops.scratch import SCRATCH_SETTINGS, ScratchProvider, ScratchSpace, chown_to
+from opsdb.pg import heartbeat as hb
 from opsdb.pg.conn import connect as pg_connect
 from opsdb.pg.instance import Instance
 from opsdb.pg.tools import PgTools
@@ -358,7 +359,7 @@ def _recovery_point(
         except OpsdbError:
             primary = None
     try:
-        if primary is not None and not drill_checks.hb.table_exists(primary, request.heartbeat_schema):
+        if primary is not None and not hb.table_exists(primary, request.heartbeat_schema):
             primary.close()
             primary = None
         return drill_checks.recovery_point(

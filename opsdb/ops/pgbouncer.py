@@ -302,7 +302,7 @@ def build_files(
         )
     )
     server = parse_conninfo(server_conninfo)
-    target_params = {k: server[k] for k in ("host", "port") if k in server}
+    target_params: dict[str, str | int] = {k: server[k] for k in ("host", "port") if k in server}
     db_entries = []
     for name in sorted(pools):
         dbname, overrides = pools[name]

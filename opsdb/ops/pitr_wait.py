@@ -143,7 +143,7 @@ def wait_for_target(
                 if on_progress is not None and state is None:
                     with contextlib.suppress(Exception):
                         on_progress(Lsn.parse(query("SELECT pg_last_wal_replay_lsn()::text")))
-            except Exception as exc:  # noqa: BLE001 - any failure: fall back to the log for this poll
+            except Exception as exc:  # any failure: fall back to the log for this poll
                 sql_ok = not _is_login_refused(exc)
         if state is None:
             state = state_from_log(log_text, standby=standby)
@@ -258,7 +258,8 @@ def start_and_wait(
             return conn.fetchval(sql)
 
     def read_log() -> str:
-        return instance.log_since(offset)
+        text: str = instance.log_since(offset)
+        return text
 
     return wait_for_target(
         action=action,

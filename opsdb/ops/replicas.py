@@ -254,7 +254,12 @@ def create_replica_from_backup(
     cluster = settings.clusters[cluster_name]
     link = standby_link(cluster.conninfo, target_dir, application_name)
     backup_id = None if backup == "latest" else backup
-    common = {"target_dir": str(target_dir), "standby": True, "primary_conninfo": link.primary_conninfo, "slot": slot}
+    common: dict[str, Any] = {
+        "target_dir": str(target_dir),
+        "standby": True,
+        "primary_conninfo": link.primary_conninfo,
+        "slot": slot,
+    }
     plan, _ = restore_from_settings(settings, cluster_name, backup_id=backup_id, dry_run=True, **common)
     os_user = cluster.os_user if os.geteuid() == 0 else None
     slot_created = False

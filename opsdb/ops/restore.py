@@ -125,7 +125,7 @@ def plan_restore(
     check_target_dir(target)
     spaces = tablespace_destinations(record, request.tablespace_map, target)
     chain: tuple[str, ...] = ()
-    steps = []
+    steps: list[RestoreStep] = []
     if record.is_incremental:  # the whole chain, checked now, combined at execute (ops/restore_chain.py)
         from opsdb.ops.restore_chain import chain_plan
 
@@ -142,6 +142,7 @@ def plan_restore(
         if obj is None:
             raise OperationFailed(f"backup {record.id} lists tablespace {space.name} but not its object")
         steps.append(RestoreStep(obj.name, spaces[space.oid], obj.stored_size, obj.size))
+    signal: str | None
     if pitr_plan is not None:
         from opsdb.ops.pitr import restore_settings
 

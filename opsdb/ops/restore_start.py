@@ -43,7 +43,7 @@ def login_conninfo(socket_dir: Path, port: int, cluster_conninfo: str | None, os
     if cluster_conninfo:
         try:
             params = parse_conninfo(cluster_conninfo)
-        except Exception:  # noqa: BLE001 - a conninfo opsdb cannot parse only loses its credentials here
+        except Exception:  # a conninfo opsdb cannot parse only loses its credentials here
             params = {}
     out = {"host": str(socket_dir), "port": str(port), "dbname": "postgres"}
     out["user"] = params.get("user") or os_user or "postgres"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
@@ -111,7 +111,8 @@ def policy_from_config(retention: Any) -> RetentionPolicy:
 
 def split_records(records: Iterable[BackupRecord]) -> tuple[list[BackupRecord], list[BackupRecord]]:
     """(physical backups, logical dumps) from one catalog listing."""
-    backups, dumps = [], []
+    backups: list[BackupRecord] = []
+    dumps: list[BackupRecord] = []
     for record in records:
         (dumps if record.kind == LOGICAL else backups).append(record)
     return backups, dumps
@@ -163,7 +164,10 @@ def apply(
     """
     if dry_run and not isinstance(storage, DryRunStorage):
         storage = DryRunStorage(storage)
-    with nullcontext([]) if dry_run else cluster_locks(storage, cluster, ttl=lock_ttl) as locks:
+    held: AbstractContextManager[list[RepositoryLock]] = (
+        nullcontext([]) if dry_run else cluster_locks(storage, cluster, ttl=lock_ttl)
+    )
+    with held as locks:
 
         def still_locked() -> None:
             for lock in locks:  # a run whose lock was taken over must stop deleting

@@ -233,7 +233,8 @@ class DockerScratch:
         if container is None:
             return ""
         out, err = container.get_logs()
-        return (out + err).decode("utf-8", "replace")[-max_bytes:]
+        logs: bytes = out + err
+        return logs.decode("utf-8", "replace")[-max_bytes:]
 
     def teardown(self, space: ScratchSpace, *, keep: bool) -> None:
         if keep:
@@ -244,14 +245,3 @@ class DockerScratch:
                 container.stop()
         finally:
             shutil.rmtree(space.workdir, ignore_errors=True)
-
-
-def docker_available() -> bool:
-    """True when a Docker engine answers (for skipping the docker provider's test)."""
-    try:
-        import docker  # type: ignore[import-untyped]
-
-        docker.from_env().ping()
-        return True
-    except Exception:
-        return False

@@ -61,7 +61,7 @@ class PgConnection:
 
     def _run(self, sql: str, params: Params) -> psycopg.Cursor[dict[str, Any]]:
         try:
-            return self._conn.execute(sql, params)  # type: ignore[arg-type]
+            return self._conn.execute(sql, params)
         except psycopg.Error as exc:
             raise _db_error("query failed", exc, self._secrets) from None
 
@@ -197,6 +197,7 @@ def connect(
     """Open a connection (the password, if any, goes to libpq in-process, never to a child's argv)."""
     secrets = _secrets(conninfo)
     target = redact(conninfo)
+    simple: dict[str, Any] = {"cursor_factory": psycopg.ClientCursor} if simple_protocol else {}
     try:
         raw = psycopg.connect(
             conninfo,
@@ -204,7 +205,7 @@ def connect(
             row_factory=dict_row,
             connect_timeout=max(1, int(round(timeout))),
             application_name=application_name,
-            **({"cursor_factory": psycopg.ClientCursor} if simple_protocol else {}),
+            **simple,
         )
     except psycopg.Error as exc:
         err = _db_error(f"unable to connect to {target}", exc, secrets)

@@ -45,7 +45,7 @@ def render_replicas(report: ReplicasReport) -> str:
     lines = [f"REPLICAS {report.status.value}: {report.summary}" + (f" | {perf}" if perf else "")]
     if report.replicas:
         lines.append("")
-        rows = [
+        rows: list[tuple[str | None, ...]] = [
             (
                 r.name,
                 r.status.value,

@@ -54,7 +54,7 @@ def _ticks(lo: datetime, hi: datetime) -> tuple[list[datetime], str]:
     step = next((s for s in _TICK_STEPS if seconds / s <= 8), _TICK_STEPS[-1])
     epoch = lo.timestamp()
     first = (int(epoch // step) + 1) * step
-    ticks = []
+    ticks: list[datetime] = []
     t = first
     while t < hi.timestamp() and len(ticks) < 20:
         ticks.append(datetime.fromtimestamp(t, UTC))
@@ -93,7 +93,8 @@ def timeline_svg(report: DrillReport) -> str:
     # one WAL row per timeline: the restored backup's (the primary's line) first, branches below it
     main_tl = report.backup.timeline if report.backup and report.backup.timeline else None
     found = sorted({t for t in (_timeline_of(i) for i in pic.wal) if t is not None})
-    timelines = ([main_tl] if main_tl in found else []) + [t for t in found if t != main_tl] or [main_tl]
+    timelines: list[int | None] = [main_tl] if main_tl in found else []
+    timelines = timelines + [t for t in found if t != main_tl] or [main_tl]
     top, backup_y, wal_y = 34, 58, 112
     row = {tl: wal_y + ROW * n for n, tl in enumerate(timelines)}
     drill_y = wal_y + ROW * len(timelines) + 8

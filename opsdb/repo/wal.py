@@ -83,7 +83,7 @@ def push(
     cluster: str,
     name: str,
     source: Callable[[], Iterable[bytes]],
-    codec: Any,
+    codec: envelope.Codec,
     keys: Mapping[str, Any],
     system_identifier: int | str | None = None,
 ) -> PushResult:
@@ -122,7 +122,7 @@ def _push_partial_variant(
     key: str,
     local: str,
     source: Callable[[], Iterable[bytes]],
-    codec: Any,
+    codec: envelope.Codec,
     keys: Mapping[str, Any],
     system_identifier: int | str | None = None,
 ) -> PushResult:

@@ -66,7 +66,7 @@ def open_storage(
     if parts.scheme == "s3":
         if not _BUCKET_RE.match(parts.netloc):
             raise UsageError(f"invalid repository URL {url!r}: {parts.netloc!r} is not a valid bucket name")
-        return _s3_module().S3Storage(
+        s3_storage: Storage = _s3_module().S3Storage(
             parts.netloc,
             unquote(parts.path),
             endpoint_url=endpoint_url,
@@ -78,23 +78,16 @@ def open_storage(
             upload_concurrency=upload_concurrency,
             conditional_writes=conditional_writes,
         )
+        return s3_storage
     if parts.scheme == "memory":
         return _memory(parts.netloc + parts.path)
     raise UsageError(f"unsupported repository URL {url!r}: {_EXPECTED}")
 
 
-_NAMED_MEMORY: dict[str, MemoryStorage] = {}
-
-
 def _memory(name: str) -> MemoryStorage:
-    """memory:// is a fresh store each time; memory://<name> is one store per name for the whole
-    process, so two commands run in one test process see the same repository."""
+    """memory:// (or memory://<name>, which only names it) is a fresh, empty store each time it is opened."""
     name = name.strip("/")
-    if not name:
-        return MemoryStorage("memory://")
-    if name not in _NAMED_MEMORY:
-        _NAMED_MEMORY[name] = MemoryStorage(f"memory://{name}/")
-    return _NAMED_MEMORY[name]
+    return MemoryStorage(f"memory://{name}/" if name else "memory://")
 
 
 def _s3_module() -> Any:

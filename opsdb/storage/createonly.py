@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opsdb.errors import Conflict, IntegrityError, RepositoryUnavailable, UsageError
@@ -79,7 +79,7 @@ def probe_create_only(storage: Storage, key: str | None = None, probed_at: str =
     The S3 driver probes its raw requests itself (its put() would answer from its own fallback);
     other drivers go through put(). The probe key is deleted afterwards."""
     key = key or probe_key()
-    driver_probe = getattr(storage, "probe_create_only", None)
+    driver_probe: Callable[[str], CreateOnlyProbe] | None = getattr(storage, "probe_create_only", None)
     if driver_probe is not None:
         return dataclasses.replace(driver_probe(key), probed_at=probed_at)
     first = b"opsdb create-only probe: first write"

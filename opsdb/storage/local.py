@@ -64,8 +64,9 @@ class LocalStorage:
         directory, name = os.path.split(path)
         if if_absent and os.path.lexists(path):
             raise self._conflict(key)
+        tmp: str | None
         tmp, fd = self._create_temp(directory, key)
-        meta_tmp = None
+        meta_tmp: str | None = None
         try:
             size = self._write_file(fd, chunks)
             if meta:
@@ -227,7 +228,7 @@ class LocalStorage:
     def open(self, key: str) -> BinaryIO:
         check_key(key)
         try:
-            return open(self._path(key), "rb")  # noqa: SIM115 - the caller owns and closes it
+            return open(self._path(key), "rb")  # the caller owns and closes it
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
             raise NotFound(f"unable to open {self._where(key)}: no such object") from e
         except OSError as e:

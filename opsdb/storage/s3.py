@@ -373,7 +373,7 @@ class S3Storage:
     def open(self, key: str) -> BinaryIO:
         check_key(key)
         r = self._call("open", key, self.client.get_object, Bucket=self.bucket, Key=self._name(key))
-        return io.BufferedReader(_BodyReader(r["Body"], self, key), buffer_size=256 * 1024)  # type: ignore[return-value]
+        return io.BufferedReader(_BodyReader(r["Body"], self, key), buffer_size=256 * 1024)
 
     def stat(self, key: str) -> ObjectInfo | None:
         check_key(key)

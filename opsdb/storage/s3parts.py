@@ -39,7 +39,7 @@ class Spool:
     stays flat whatever the part size (parts grow to 5 GiB on very long streams)."""
 
     def __init__(self) -> None:
-        self.file: Any = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - closed by owner
+        self.file: Any = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # closed by owner
         self.size = 0
 
     @property

@@ -119,13 +119,18 @@ class ZstdStage:
         chunker = cctx.chunker(chunk_size=_ZSTD_OUT)
         for chunk in chunks:
             yield from chunker.compress(chunk)
-        yield from chunker.finish()
+        yield from chunker.finish()  # type: ignore[no-untyped-call]  # zstandard's stubs leave finish() unannotated
 
     def decode(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         walker = _ZstdFrameWalker()
         source = _WalkedSource(chunks, walker)
         dctx = zstandard.ZstdDecompressor()
-        reader = dctx.stream_reader(source, read_size=CHUNK_SIZE, read_across_frames=False, closefd=False)
+        reader = dctx.stream_reader(
+            source,  # type: ignore[arg-type]  # the stubs ask for IO[bytes]; zstandard calls only read()
+            read_size=CHUNK_SIZE,
+            read_across_frames=False,
+            closefd=False,
+        )
         try:
             while True:
                 out = reader.read(CHUNK_SIZE)

@@ -60,6 +60,6 @@ def storage(request: pytest.FixtureRequest) -> Storage:
 
 
 @pytest.fixture
-def storage_factory(request: pytest.FixtureRequest):  # noqa: ANN201
+def storage_factory(request: pytest.FixtureRequest):
     """storage_factory(driver) -> a fresh Storage of that driver ("memory", "local", "s3", "s3rver")."""
     return lambda driver: make_storage(driver, request)

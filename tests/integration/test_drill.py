@@ -87,9 +87,11 @@ def test_drill_between_two_heartbeats_passes_with_rpo_from_them(env: Any) -> Non
     target = h2.time + (h3.time - h2.time) / 2
     wal_before = sorted(i.key for i in env["s3"].list(layout.wal_prefix("main")))
     report = drill(
-        env, env["s3"], to_time=target,
+        env,
+        env["s3"],
+        to_time=target,
         assertions=(Assertion("orders present", "postgres", "select count(*) >= 5000 from orders", "t"),),
-    )  # fmt: skip
+    )
     assert report.passed, [c for c in report.checks if not c.passed]
     assert report.recovered_time == h2.time
     assert report.rpo_seconds == pytest.approx((target - h2.time).total_seconds(), abs=0.001)

@@ -49,8 +49,11 @@ def cli_env(pg_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
 def opsdb(env: Any, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "opsdb", "--config", str(env["config"]), *args],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "OPSDB_TEST_KEY": SECRET.hex()},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OPSDB_TEST_KEY": SECRET.hex()},
+    )
 
 
 def test_drill_passes_and_reports_are_kept_and_listed(cli_env: Any) -> None:

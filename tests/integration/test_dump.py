@@ -100,8 +100,11 @@ def _database_ddl(pg_bin_dir: Path, conninfo: str, name: str, rename_to: str | N
     blank lines and psql's per-run \\restrict keys left out; the name made the same when renamed)."""
     out = subprocess.run(
         [str(pg_bin_dir / "pg_dump"), "--create", "--schema-only", "-d", with_dbname(conninfo, name)],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     lines = [ln for ln in out.splitlines() if ln.strip() and not ln.startswith(("--", "\\restrict", "\\unrestrict"))]
     if rename_to is not None:
         lines = [

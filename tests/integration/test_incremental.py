@@ -25,8 +25,10 @@ from opsdb.stream.crypto import generate_key_file
 from tests.fixtures.pg import ClusterFactory, free_port, make_temp_dir, os_user
 from tests.integration.test_pitr import _opsdb_for_server, v, wait_archived, x
 from tests.integration.test_pitr_cli import run
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.integration
+since_17 = pytest.mark.pg_majors(since=17)  # PostgreSQL 17+ takes incremental backups
 ROWS = 20000
 
 
@@ -97,19 +99,13 @@ def env(pg_bin_dir: Path, pg_major: int) -> Any:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def needs_17(env: Any) -> None:
-    if env["major"] < 17:
-        pytest.skip(f"incremental backups need PostgreSQL 17+ (this run: {env['major']})")
-
-
 def listed(env: Any, config: Path | None = None) -> list[dict[str, Any]]:
     e = dict(env, config=config or env["config"])
     return json.loads(run(e, "--json", "backups", "list").stdout)["backups"]
 
 
+@pytest.mark.pg_majors(before=17)
 def test_refused_before_17_with_the_reason_and_nothing_stored(env: Any) -> None:
-    if env["major"] >= 17:
-        pytest.skip("PostgreSQL 17+ takes incremental backups")
     before = listed(env)
     proc = run(env, "backup", "--incremental", check=False)
     assert proc.returncode == 2, proc.stderr
@@ -117,8 +113,8 @@ def test_refused_before_17_with_the_reason_and_nothing_stored(env: Any) -> None:
     assert listed(env) == before
 
 
+@since_17
 def test_the_chain_is_recorded_and_listed(env: Any) -> None:
-    needs_17(env)
     full, inc1, inc2 = env["full"], env["inc1"], env["inc2"]
     assert full["kind"] == "physical" and full["parent"] is None
     assert inc1["kind"] == "incremental" and inc1["parent"] == full["id"] and inc1["id"].endswith("-I")
@@ -137,8 +133,8 @@ def test_the_chain_is_recorded_and_listed(env: Any) -> None:
     assert f"chain: {full['id']} (full) + 2 incremental" in run(env, "info").stdout
 
 
+@since_17
 def test_dry_run_plan_shows_the_chain_and_staging(env: Any) -> None:
-    needs_17(env)
     dest = env["factory"].new_dir() / "data"
     args = ("restore", "--target-dir", str(dest), "--backup", env["inc2"]["id"], "--dry-run")
     plan = json.loads(run(env, "--json", *args, as_root=True).stdout)["plan"]
@@ -151,11 +147,12 @@ def test_dry_run_plan_shows_the_chain_and_staging(env: Any) -> None:
 
 
 # before the restores: their promoted servers archive new timelines into the same repository
+@since_17
 def test_a_drill_restores_an_incremental_chain(env: Any) -> None:
-    needs_17(env)
     reports = env["factory"].new_dir()
-    proc = run(env, "--json", "drill", "--to-time", env["middle"], "--report-dir", str(reports), check=False,
-               as_root=True)  # fmt: skip
+    proc = run(
+        env, "--json", "drill", "--to-time", env["middle"], "--report-dir", str(reports), check=False, as_root=True
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     doc = json.loads(proc.stdout)
     assert doc["result"] == "pass", doc["checks"]
@@ -165,8 +162,8 @@ def test_a_drill_restores_an_incremental_chain(env: Any) -> None:
     assert not list(reports.parent.glob("opsdb-combine-*")), "staging left behind"
 
 
+@since_17
 def test_restore_of_the_newest_incremental_matches_the_source(env: Any) -> None:
-    needs_17(env)
     dest = env["factory"].new_dir() / "data"
     port = free_port()
     proc = run(
@@ -185,8 +182,8 @@ def test_restore_of_the_newest_incremental_matches_the_source(env: Any) -> None:
         )  # fmt: skip
 
 
+@since_17
 def test_pitr_into_the_middle_of_the_chain_matches_the_source(env: Any) -> None:
-    needs_17(env)
     dest = env["factory"].new_dir() / "data"
     port = free_port()
     proc = run(
@@ -205,8 +202,8 @@ def test_pitr_into_the_middle_of_the_chain_matches_the_source(env: Any) -> None:
         )  # fmt: skip
 
 
+@since_17
 def test_a_missing_parent_is_named_before_anything_is_written(env: Any) -> None:
-    needs_17(env)
     workdir = env["workdir"]
     copy = workdir / "repo-missing-parent"
     shutil.copytree(workdir / "repo", copy)
@@ -223,14 +220,14 @@ def test_a_missing_parent_is_named_before_anything_is_written(env: Any) -> None:
     assert proc.returncode == 2 and inc1 in proc.stderr, proc.stderr
 
 
+@since_17
 def test_summarize_wal_off_is_refused_with_the_reason(env: Any) -> None:
-    needs_17(env)
     primary = env["primary"]
     before = listed(env)
     x(primary, "ALTER SYSTEM SET summarize_wal = off")
     x(primary, "SELECT pg_reload_conf()")
     try:
-        time.sleep(0.5)
+        wait_until(lambda: v(primary, "SHOW summarize_wal") == "off", "summarize_wal = off reloaded")
         proc = run(env, "backup", "--incremental", check=False)
         assert proc.returncode == 2 and "summarize_wal" in proc.stderr, proc.stderr
         assert listed(env) == before

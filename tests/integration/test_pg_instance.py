@@ -15,6 +15,7 @@ from opsdb.pg import conn
 from opsdb.pg.instance import Instance
 from opsdb.pg.tools import PgTools
 from opsdb.proc import Cmd, LocalRunner
+from tests.polling import raises, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +71,8 @@ def _enable_password_auth(inst: Instance) -> str:
         hba.write_text("host all pwuser 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
         os.chown(hba, stat.st_uid, stat.st_gid)
         c.execute("SELECT pg_reload_conf()")
-    time.sleep(0.3)
+    wrong = f"host=127.0.0.1 port={inst.port} user=pwuser dbname=postgres password=wrong"
+    wait_until(lambda: raises(DatabaseError, lambda: conn.connect(wrong).close()), "pg_hba.conf reloaded")
     return f"host=127.0.0.1 port={inst.port} user=pwuser dbname=postgres password='{PASSWORD}'"
 
 
@@ -100,7 +102,7 @@ def test_password_reaches_the_tool_only_through_its_environment(pg_cluster: Inst
     )
 
 
-def test_instance_lifecycle(make_cluster, pg_bin_dir: Path) -> None:  # noqa: ANN001
+def test_instance_lifecycle(make_cluster, pg_bin_dir: Path) -> None:
     inst = make_cluster(start=False, max_connections=25)
     assert not inst.is_running()
     assert oct(inst.data_dir.stat().st_mode & 0o777) == "0o700"
@@ -118,7 +120,7 @@ def test_instance_lifecycle(make_cluster, pg_bin_dir: Path) -> None:  # noqa: AN
     assert inst.controldata()["Database cluster state"] == "shut down"
 
 
-def test_start_failure_reports_the_server_log(make_cluster) -> None:  # noqa: ANN001
+def test_start_failure_reports_the_server_log(make_cluster) -> None:
     inst = make_cluster(start=False, shared_buffers="not-a-size")
     with pytest.raises(ToolError) as info:
         inst.start(timeout=20)
@@ -139,7 +141,7 @@ def test_basebackup_streams_a_tar_to_stdout(pg_cluster: Instance, pg_bin_dir: Pa
     assert size > 1_000_000
 
 
-def test_standby_promote(make_cluster, pg_bin_dir: Path) -> None:  # noqa: ANN001
+def test_standby_promote(make_cluster, pg_bin_dir: Path) -> None:
     primary = make_cluster()
     standby_dir = make_cluster.new_dir() / "data"
     tools = PgTools(pg_bin_dir)

@@ -25,13 +25,15 @@ from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from opsdb.proc import Cmd, LocalRunner, Spawned
 from tests.fixtures.pg import free_port, make_temp_dir, os_user
+from tests.gate import missing
+from tests.polling import raises, wait_until
 
 pytestmark = pytest.mark.integration
 
 APP_PASSWORD = "app-Secret-42"
 PGBOUNCER = find_pgbouncer()
 if PGBOUNCER is None:
-    pytest.skip("no pgbouncer binary (apt-get install -y pgbouncer)", allow_module_level=True)
+    missing("no pgbouncer binary (apt-get install -y pgbouncer)", module=True)
 
 
 def _opsdb(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -66,9 +68,9 @@ def scram_cluster(pg_cluster: Instance) -> Instance:
     hba.write_text("host all app 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
     with connect(pg_cluster.conninfo()) as c:
         c.execute("SELECT pg_reload_conf()")
-    time.sleep(0.5)
-    with pytest.raises(DatabaseError):  # the server itself now refuses app without the password
-        connect(f"host=127.0.0.1 port={pg_cluster.port} dbname=appdb user=app password=wrong").close()
+    wrong = f"host=127.0.0.1 port={pg_cluster.port} dbname=appdb user=app password=wrong"
+    # the server itself now refuses app without the password (once it has reloaded pg_hba.conf)
+    wait_until(lambda: raises(DatabaseError, lambda: connect(wrong).close()), "pg_hba.conf reloaded")
     return pg_cluster
 
 

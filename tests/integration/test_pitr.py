@@ -33,6 +33,7 @@ from opsdb.repo.envelope import Codec
 from opsdb.storage.local import LocalStorage
 from opsdb.stream.crypto import generate_key_file
 from tests.fixtures.pg import ClusterFactory, free_port, make_temp_dir, os_user
+from tests.gate import missing
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +55,7 @@ def _opsdb_for_server() -> str:
         argv = ("runuser", "-u", user, "--", candidate, "--version") if user else (candidate, "--version")
         if subprocess.run(argv, capture_output=True, timeout=60).returncode == 0:
             return candidate
-    pytest.skip(f"no opsdb executable that {user or 'this user'} can run (set OPSDB_TEST_OPSDB_BIN)")
+    missing(f"no opsdb executable that {user or 'this user'} can run (set OPSDB_TEST_OPSDB_BIN)")
 
 
 OPSDB = ""
@@ -205,17 +206,24 @@ def test_archive_command_stored_everything(env):
     assert scan.gaps(1) == [] and scan.backup_labels
 
 
+def _pitr_halfway(env):
+    """The --to-time PITR halfway between the first two commits, made once per module (whichever test
+    asks first): it promotes onto timeline 2 and archives it, which the second PITR follows."""
+    if getattr(env, "halfway_pitr", None) is None:
+        halfway = env.after_1 + (env.before_2 - env.after_1) / 2
+        target = RecoveryTarget.from_options(to_time=format_time(halfway))
+        scan = repo_wal.scan(env.repo.storage, "main", env.repo.keys)
+        plan = pitr.plan_recovery(target, [env.backup], scan)  # planned before timeline 2 exists
+        env.halfway_pitr = (halfway, plan, *env.recover(target))
+    return env.halfway_pitr
+
+
 def test_to_time_halfway_between_two_commits_gives_the_earlier_rows(env):
-    halfway = env.after_1 + (env.before_2 - env.after_1) / 2
-    target = RecoveryTarget.from_options(to_time=format_time(halfway))
-    scan = repo_wal.scan(env.repo.storage, "main", env.repo.keys)
-    plan = pitr.plan_recovery(target, [env.backup], scan)
+    halfway, plan, instance, point = _pitr_halfway(env)
     assert plan.backup.id == "base" and plan.wal_segments >= 1
-    instance, point = env.recover(target)
     assert ids(instance) == [1]
     assert point.state == "promoted" and point.time is not None and point.time <= halfway
     assert point.lsn is not None and point.timeline == 2
-    env.first_pitr = instance
 
 
 def test_to_name(env):
@@ -255,9 +263,7 @@ def test_refusals_outside_the_window(env):
 
 
 def test_second_pitr_follows_the_new_timeline(env):
-    first = getattr(env, "first_pitr", None)
-    if first is None:
-        pytest.skip("needs the --to-time PITR above")
+    first = _pitr_halfway(env)[2]
     x(first, "INSERT INTO t VALUES (100, 'on timeline 2')")
     wait_archived(first)
     scan = repo_wal.scan(env.repo.storage, "main", env.repo.keys)

@@ -28,7 +28,7 @@ from tests.integration.backup_env import OPSDB, make_tables
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="root and the server's user taking turns needs root"),
+    pytest.mark.root("root and the server's user taking turns needs root"),
 ]
 SERVER_USER = "postgres"
 BURST = 4  # WAL segments per burst

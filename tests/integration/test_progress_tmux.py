@@ -18,6 +18,7 @@ import pytest
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from tests.fixtures.pg import make_temp_dir
+from tests.gate import missing
 from tests.integration.backup_env import OPSDB, opsdb, write_config
 
 pytestmark = pytest.mark.integration
@@ -46,7 +47,7 @@ def env(pg_cluster: Instance, tmp_path_factory: pytest.TempPathFactory) -> dict[
 @pytest.fixture
 def tmux(tmp_path: Path) -> Iterator[Any]:
     if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed")
+        missing("tmux is not installed (scripts/test.sh installs Debian's tmux as root)")
     socket = f"opsdb-test-{tmp_path.name}"
 
     def run(*args: str) -> str:

@@ -228,8 +228,10 @@ def test_non_empty_directory_is_refused(env):
 def test_from_primary_keeps_the_password_out_of_the_data_directory(env):
     dest = new_target(env)
     doc = json.loads(
-        create(env, "--json", "replica", "create", "--target-dir", str(dest), "--from-primary", "--name", "cloned").stdout
-    )  # fmt: skip
+        create(
+            env, "--json", "replica", "create", "--target-dir", str(dest), "--from-primary", "--name", "cloned"
+        ).stdout
+    )
     passfile = Path(doc["passfile"])
     assert doc["source"] == "primary" and passfile.stat().st_mode & 0o777 == 0o600
     auto = (dest / "postgresql.auto.conf").read_text()
@@ -244,8 +246,9 @@ def test_from_primary_refuses_an_existing_slot(env):
     x(env["primary"], "SELECT pg_create_physical_replication_slot('taken')")
     try:
         dest = new_target(env)
-        proc = create(env, "replica", "create", "--target-dir", str(dest), "--from-primary", "--slot", "taken",
-                      check=False)  # fmt: skip
+        proc = create(
+            env, "replica", "create", "--target-dir", str(dest), "--from-primary", "--slot", "taken", check=False
+        )
         assert proc.returncode == 2 and "already exists" in proc.stderr
         assert not dest.exists()
     finally:

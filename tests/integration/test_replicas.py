@@ -112,9 +112,12 @@ def _check(config: Path, *args: str) -> tuple[int, dict]:
 
 def _thresholds(**kw: float) -> LagThresholds:
     base = dict(
-        warning_bytes=16 * MiB, critical_bytes=256 * MiB, warning_seconds=60, critical_seconds=300,
+        warning_bytes=16 * MiB,
+        critical_bytes=256 * MiB,
+        warning_seconds=60,
+        critical_seconds=300,
         slot_retained_warning_bytes=1024**3,
-    )  # fmt: skip
+    )
     base.update(kw)
     return LagThresholds(**base)  # type: ignore[arg-type]
 
@@ -219,8 +222,11 @@ def test_human_output_lists_the_replica(pair: Pair) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSDB_")}
     done = subprocess.run(
         [sys.executable, "-m", "opsdb", "--config", str(pair.config()), "replicas", "check"],
-        capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     first, *rest = done.stdout.splitlines()
     assert first.startswith("REPLICAS OK:")

@@ -195,9 +195,12 @@ def test_start_fails_within_seconds_quoting_the_fatal_line(env):
     try:
         with pytest.raises(OperationFailed) as err:
             execute_restore(
-                raced, dataclasses.replace(request, recovery=after), storage=repo.storage, keys=repo.keys,
+                raced,
+                dataclasses.replace(request, recovery=after),
+                storage=repo.storage,
+                keys=repo.keys,
                 runner=LocalRunner(),
-            )  # fmt: skip
+            )
         assert time.monotonic() - started < 30
         assert "recovery ended before configured recovery target was reached" in str(err.value)
         instance = Instance(dest, 1, env["bin_dir"], os_user(), LocalRunner())

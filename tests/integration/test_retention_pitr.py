@@ -179,30 +179,67 @@ def env(pg_bin_dir):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_dry_run_through_the_cli_changes_nothing(env):
+# The module is one story: a dry run, a first retention run, a PITR whose promotion archives timeline 2,
+# a second run. Each step is a module fixture that asks for the step before it, so every test runs
+# alone (-k) or in any order and still sees the repository in the state its step describes.
+
+
+@pytest.fixture(scope="module")
+def preview(env):
+    """The dry run, before anything is deleted: the repository listing around it and what it printed."""
     before = listing(env["repo"])
-    assert start_segment(env["b1"]) < start_segment(env["b2"])
-    assert segments(env, 1)[0] <= start_segment(env["b1"])  # WAL before the second backup is there to expire
+    oldest_wal = segments(env, 1)[0]
     doc = json.loads(run(env, "--json", "retention", "apply", "--dry-run", config=env["preview"]).stdout)
-    assert listing(env["repo"]) == before
+    human = run(env, "retention", "apply", "--dry-run", config=env["preview"]).stdout
+    # before retention, the first backup still reaches t1
+    unused = str(env["factory"].new_dir() / "data")
+    reach = run(env, "restore", "--target-dir", unused, "--to-time", env["t1"], "--dry-run", check=False)
+    after = listing(env["repo"])
+    return {"before": before, "after": after, "doc": doc, "human": human, "reach_t1": reach, "oldest_wal": oldest_wal}
+
+
+@pytest.fixture(scope="module")
+def first_run(env, preview):
+    """Retention's first run (after the dry run): the WAL it was to delete, and its result."""
+    cutoff = start_segment(env["b2"])
+    doomed = [f.wal.name for f in archive(env) if f.wal.kind != "history" and f.wal.segno < cutoff]
+    return doomed, apply_now(env)
+
+
+@pytest.fixture(scope="module")
+def restored(env, first_run):
+    """A PITR to t2 after the first run, started with archive-mode keep (it archives timeline 2): where
+    it runs, its --json summary, and a dry run to t1 (only the deleted backup reached it)."""
+    factory = env["factory"]
+    dest = factory.new_dir() / "data"
+    port = free_port()
+    factory._made.append((Instance(dest, port, factory.bin_dir, os_user(), LocalRunner()), dest.parent))
+    proc = run(
+        env, "--json", "restore", "--target-dir", str(dest), "--to-time", env["t2"], "--start", "--port", str(port),
+        "--archive-mode", "keep", as_root=True,  # it archives timeline 2, which the second run expires
+    )  # fmt: skip
+    unused = str(factory.new_dir() / "data")
+    gone = run(env, "restore", "--target-dir", unused, "--to-time", env["t1"], "--dry-run", check=False)
+    return dest, port, json.loads(proc.stdout), gone
+
+
+def test_dry_run_through_the_cli_changes_nothing(env, preview):
+    assert start_segment(env["b1"]) < start_segment(env["b2"])
+    assert preview["oldest_wal"] <= start_segment(env["b1"])  # WAL before the second backup is there to expire
+    assert preview["after"] == preview["before"]
+    doc = preview["doc"]
     assert doc["dry_run"] is True
     actions = {b["id"]: b["action"] for b in doc["backups"]}
     assert actions == {env["b1"]["id"]: "delete", env["b2"]["id"]: "keep", env["b3"]["id"]: "keep"}
     assert doc["summary"]["wal_files_deleted"] > 0
-    human = run(env, "retention", "apply", "--dry-run", config=env["preview"]).stdout
-    assert "dry run: nothing changed" in human and f"delete backup {env['b1']['id']}" in human
-    assert listing(env["repo"]) == before
-    env["preview_doc"] = doc
-    # before retention, the first backup still reaches t1
-    unused = str(env["factory"].new_dir() / "data")
-    assert run(env, "restore", "--target-dir", unused, "--to-time", env["t1"], "--dry-run").returncode == 0
+    assert "dry run: nothing changed" in preview["human"] and f"delete backup {env['b1']['id']}" in preview["human"]
+    assert preview["reach_t1"].returncode == 0, preview["reach_t1"].stderr
 
 
-def test_apply_deletes_the_oldest_backup_and_the_wal_before_the_oldest_retained_start(env):
+def test_apply_deletes_the_oldest_backup_and_the_wal_before_the_oldest_retained_start(env, preview, first_run):
     cutoff = start_segment(env["b2"])
-    doomed = [f.wal.name for f in archive(env) if f.wal.kind != "history" and f.wal.segno < cutoff]
+    doomed, result = first_run
     assert doomed
-    result = apply_now(env)
     assert result.deleted_backups == [env["b1"]["id"]]
     assert [r.id for r in catalog.list_backups(env["storage"], "main", env["keys"])] == [
         env["b2"]["id"],
@@ -214,35 +251,21 @@ def test_apply_deletes_the_oldest_backup_and_the_wal_before_the_oldest_retained_
     assert result.wal_files_deleted == len(doomed)
     assert not list(env["storage"].list("clusters/main/locks/"))
     assert not list(env["storage"].list("clusters/main/deleting/"))
-    preview = env.get("preview_doc")
-    if preview is not None:  # the dry run announced exactly this
-        assert preview["summary"]["wal_files_deleted"] == result.wal_files_deleted
-        assert [w["first"] for w in preview["wal"]] == [w.first for w in result.wal]
+    # the dry run announced exactly this
+    assert preview["doc"]["summary"]["wal_files_deleted"] == result.wal_files_deleted
+    assert [w["first"] for w in preview["doc"]["wal"]] == [w.first for w in result.wal]
 
 
-def test_pitr_after_the_oldest_retained_backup_gives_exactly_its_rows(env):
-    factory = env["factory"]
-    dest = factory.new_dir() / "data"
-    port = free_port()
-    factory._made.append((Instance(dest, port, factory.bin_dir, os_user(), LocalRunner()), dest.parent))
-    proc = run(
-        env, "--json", "restore", "--target-dir", str(dest), "--to-time", env["t2"], "--start", "--port", str(port),
-        "--archive-mode", "keep", as_root=True,  # it archives timeline 2, which the second run expires
-    )  # fmt: skip
-    doc = json.loads(proc.stdout)
+def test_pitr_after_the_oldest_retained_backup_gives_exactly_its_rows(env, restored):
+    dest, port, doc, gone = restored
     assert doc["backup_id"] == env["b2"]["id"]
     assert rows(port) == [1, 2, 10]
-    env["restored"] = (dest, port)
     # the deleted backup took its reach with it: a point only the first backup reached is refused
-    unused = str(factory.new_dir() / "data")
-    gone = run(env, "restore", "--target-dir", unused, "--to-time", env["t1"], "--dry-run", check=False)
     assert gone.returncode == 2, gone.stderr
 
 
-def test_second_run_keeps_history_files_and_expires_wal_on_every_timeline(env):
-    if "restored" not in env:
-        pytest.skip("needs the PITR above (its promotion archives timeline 2)")
-    dest, port = env["restored"]
+def test_second_run_keeps_history_files_and_expires_wal_on_every_timeline(env, restored):
+    dest, port = restored[:2]
     history = "00000002.history"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and history not in {f.wal.name for f in archive(env)}:

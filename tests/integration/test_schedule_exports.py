@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from opsdb.automation.schedule import make_job, next_runs
+from tests.gate import missing
 
 pytestmark = pytest.mark.integration
 
 OPSDB = Path(sys.executable).with_name("opsdb")
-IN_CI = bool(os.environ.get("CI"))
 
 
 def opsdb(*args: str) -> subprocess.CompletedProcess[str]:
@@ -31,9 +31,7 @@ def opsdb(*args: str) -> subprocess.CompletedProcess[str]:
 def test_crontab_lines_run_in_a_real_cron_daemon_with_the_environment_file(tmp_path):
     cron = shutil.which("cron") or ("/usr/sbin/cron" if Path("/usr/sbin/cron").exists() else None)
     if cron is None or os.geteuid() != 0 or shutil.which("unshare") is None:
-        if IN_CI:
-            pytest.fail("CI must run this: scripts/test.sh installs Debian's cron as root")
-        pytest.skip("needs root, unshare and Debian's cron (scripts/test.sh installs it as root)")
+        missing("needs root, unshare and Debian's cron (scripts/test.sh installs it as root)")
     made = tmp_path / "metrics.prom"
     config = tmp_path / "opsdb.toml"
     config.write_text(
@@ -58,9 +56,12 @@ def test_crontab_lines_run_in_a_real_cron_daemon_with_the_environment_file(tmp_p
              (tmp_path / "crontab", "/etc/crontab"), (tmp_path / "run", "/run")]  # fmt: skip
     script = " && ".join(f"mount --bind {src} {dst}" for src, dst in binds) + f" && exec {cron} -f -L 15"
     daemon = subprocess.Popen(
-        ["unshare", "--mount", "--fork", "sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+        ["unshare", "--mount", "--fork", "sh", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 130  # cron starts jobs at the top of a minute: at most ~60 s + the job
         while not made.exists():  # bounded by the deadline
@@ -99,9 +100,7 @@ command = "verify"
 def test_systemd_units_verify_and_their_timers_fire_when_cron_would(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        if IN_CI:
-            pytest.fail("CI must run this: systemd-analyze (Debian package systemd) is missing")
-        pytest.skip("systemd-analyze is not installed on this machine (Debian package: systemd)")
+        missing("systemd-analyze is not installed on this machine (Debian package: systemd)")
     config = tmp_path / "opsdb.toml"
     config.write_text(JOBS)
     units = tmp_path / "units"
@@ -115,11 +114,15 @@ def test_systemd_units_verify_and_their_timers_fire_when_cron_would(tmp_path):
     nightly = (units / "opsdb-nightly.service").read_text()
     assert f"EnvironmentFile={env_file}" in nightly and "User=postgres" in nightly
     assert "TimeoutStartSec=21600s" in nightly and "ExecStart=/" in nightly  # an absolute path
-    verify = subprocess.run([analyze, "verify", *map(str, sorted(units.iterdir()))], capture_output=True,
-                            text=True, timeout=120, cwd=units)  # fmt: skip
+    verify = subprocess.run(
+        [analyze, "verify", *map(str, sorted(units.iterdir()))], capture_output=True, text=True, timeout=120, cwd=units
+    )
     assert verify.returncode == 0, verify.stderr
-    for name, cron, tz in (("nightly", "0 2 * * *", "Europe/Berlin"), ("workdays", "*/15 8-18 * * 1-5", "UTC"),
-                           ("monthly", "30 4 1,15 jan,jul *", "UTC")):  # fmt: skip
+    for name, cron, tz in (
+        ("nightly", "0 2 * * *", "Europe/Berlin"),
+        ("workdays", "*/15 8-18 * * 1-5", "UTC"),
+        ("monthly", "30 4 1,15 jan,jul *", "UTC"),
+    ):
         timer = (units / f"opsdb-{name}.timer").read_text()
         calendar = re.search(r"^OnCalendar=(.+)$", timer, re.M).group(1)  # type: ignore[union-attr]
         shown = subprocess.run([analyze, "calendar", "--iterations", "5", calendar], capture_output=True,

@@ -24,6 +24,7 @@ from opsdb.repo import wal as repo_wal
 from opsdb.storage.local import LocalStorage
 from opsdb.stream.crypto import generate_key_file, load_key
 from tests.fixtures.pg import ClusterFactory, free_port, make_temp_dir, os_user
+from tests.gate import missing
 from tests.integration.archiving_env import archiving_primary
 from tests.integration.test_pitr import _opsdb_for_server, v, wait_archived, x
 from tests.integration.test_retention_pitr import backup, rows, run
@@ -37,7 +38,7 @@ def _mount_tmpfs(path: Path, megabytes: int) -> None:
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m,mode=0700", "tmpfs", str(path)],
                           capture_output=True, text=True, timeout=30)  # fmt: skip
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {done.stderr.strip()}")
+        missing(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {done.stderr.strip()}")
     user = os_user()
     if user:
         entry = pwd.getpwnam(user)

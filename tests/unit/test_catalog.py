@@ -129,8 +129,10 @@ def test_kind_filter_and_order() -> None:
     for rec in (later, dump, record()):
         catalog.commit(storage, rec, CODEC)
     assert [r.id for r in catalog.list_backups(storage, "main", KEYS)] == [
-        "20261121T101500Z-F", "20261121T110000Z-D", "20261122T101500Z-F",
-    ]  # fmt: skip
+        "20261121T101500Z-F",
+        "20261121T110000Z-D",
+        "20261122T101500Z-F",
+    ]
     assert [r.id for r in catalog.list_backups(storage, "main", KEYS, kind="logical")] == ["20261121T110000Z-D"]
 
 

@@ -58,12 +58,15 @@ def test_plan_picks_the_latest_physical_and_maps_tablespaces(storage: MemoryStor
     plan = plan_restore(request, storage=storage, keys={})
     assert plan.backup.id == "20261122T101500Z-F"
     assert [(s.object, s.dest) for s in plan.steps] == [
-        ("base.tar", str(tmp_path / "data")), ("pg_tblspc-16385.tar", str(tmp_path / "ts")),
-    ]  # fmt: skip
+        ("base.tar", str(tmp_path / "data")),
+        ("pg_tblspc-16385.tar", str(tmp_path / "ts")),
+    ]
     assert plan.bytes_to_read == 300 and plan.bytes_to_write == 3000
     assert plan.recovery_settings == {
-        "restore_command": "false", "recovery_target_timeline": "current", "archive_mode": "off",
-    }  # fmt: skip
+        "restore_command": "false",
+        "recovery_target_timeline": "current",
+        "archive_mode": "off",
+    }
     assert plan.signal_file == "recovery.signal" and plan.target == "immediate"
     text = restore_plan_text(plan)
     assert "extract   pg_tblspc-16385.tar" in text and "recovery.signal" in text

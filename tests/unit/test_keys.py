@@ -17,6 +17,7 @@ import pytest
 
 from opsdb.errors import KeyFileError
 from opsdb.stream.crypto import generate_key_file, key_id_of, load_key
+from tests.gate import missing
 
 
 def test_generate_writes_0600_and_load_reads_it_back(tmp_path: Path) -> None:
@@ -146,14 +147,14 @@ def test_cli_key_generate(tmp_path: Path) -> None:
     assert "already exists; refusing to overwrite" in again.stderr
 
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a key to another user needs root")
+needs_root = pytest.mark.root("giving a key to another user needs root")
 
 
 def _user(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        pytest.skip(f"no {name!r} user here")
+        missing(f"no {name!r} OS user here")
 
 
 @pytest.fixture

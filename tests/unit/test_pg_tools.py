@@ -293,7 +293,9 @@ def test_stop_is_idempotent_and_falls_back_to_immediate(tmp_path: Path) -> None:
     inst.stop()
     assert runner.calls == []  # no postmaster.pid: nothing to do
     (tmp_path / "postmaster.pid").write_text("1\n")
+    runner.script(lambda c: "status" in c.argv, returncode=0)  # still running after the failed fast stop
     runner.script(lambda c: "-m" in c.argv and "fast" in c.argv, returncode=1, stderr=b"server does not shut down")
+    runner.script(lambda c: "-m" in c.argv and "immediate" in c.argv, returncode=0)
     inst.stop()
     modes = [c.argv[c.argv.index("-m") + 1] for c in runner.calls if "stop" in c.argv]
     assert modes == ["fast", "immediate"]

@@ -13,6 +13,7 @@ import pytest
 
 from opsdb.errors import ToolError
 from opsdb.proc import STDERR_TAIL_BYTES, Cmd, LocalRunner, effective_argv
+from tests.gate import missing
 
 runner = LocalRunner()
 PY = sys.executable
@@ -213,12 +214,12 @@ def test_run_as_only_applies_to_root_and_other_users() -> None:
         assert effective_argv(other) == ("id",)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+@pytest.mark.root("needs root to switch users")
 def test_run_as_switches_user_and_keeps_env() -> None:
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        pytest.skip("no postgres OS user")
+        missing("no postgres OS user")
     result = runner.run(
         Cmd(("sh", "-c", 'id -un; echo "$OPSDB_T_SECRET"; pwd'), env={"OPSDB_T_SECRET": "s"}, run_as="postgres")
     )

@@ -88,8 +88,11 @@ def test_an_lsn_after_the_last_record_is_refused_and_latest_reaches_it():
         pitr.plan_recovery(target(to_lsn="0/7000200"), [BACKUP], CONTIGUOUS, read_end=ends_at("0/7000120", 60))
     plan = pitr.plan_recovery(target(), [BACKUP], CONTIGUOUS, read_end=ends_at("0/7000120", 60))
     assert plan.to_json()["window"]["end_from"] == "records"
-    assert plan.reaches() == {"lsn": "0/7000120", "time": "2026-11-21T09:00:00Z",
-                              "how": "the end of the archived WAL: its last record and last commit"}  # fmt: skip
+    assert plan.reaches() == {
+        "lsn": "0/7000120",
+        "time": "2026-11-21T09:00:00Z",
+        "how": "the end of the archived WAL: its last record and last commit",
+    }
 
 
 def test_no_commit_after_the_backup_refuses_every_time_target():
@@ -140,7 +143,10 @@ def test_a_server_that_refuses_the_login_is_seen_promoting_in_its_log():
         asked.append(sql)
         raise LoginRefused('password authentication failed for user "postgres"')
 
-    logs = iter(["LOG:  redo starts at 0/2000028\n"] * 3 + ["LOG:  redo done at 0/3004208\nLOG:  database system is ready to accept connections\n"] * 10)  # fmt: skip
+    logs = iter(
+        ["LOG:  redo starts at 0/2000028\n"] * 3
+        + ["LOG:  redo done at 0/3004208\nLOG:  database system is ready to accept connections\n"] * 10
+    )
     point = wait_for_target(action="promote", standby=False, query=query, is_running=lambda: True,
                             read_log=lambda: next(logs), timeout=60, sleep=lambda s: None)  # fmt: skip
     assert point.state == "promoted" and point.lsn == Lsn.parse("0/3004208")

@@ -51,11 +51,11 @@ def record(n: int, kind: str = "physical", now: datetime = NOW) -> BackupRecord:
     )
 
 
-def P(n: int) -> str:  # noqa: N802 - reads like the ids it names
+def P(n: int) -> str:  # reads like the ids it names
     return record(n).id
 
 
-def L(n: int) -> str:  # noqa: N802
+def L(n: int) -> str:
     return record(n, "logical").id
 
 

@@ -14,6 +14,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests.gate import GATE, missing
+
 ROOT = Path(__file__).resolve().parents[2]
 APT_SH = ROOT / "scripts" / "apt.sh"
 
@@ -61,13 +63,13 @@ def test_apt_get_does_not_retry_other_failures(tmp_path):
     assert "Unable to locate package nosuch" in result.stderr and (tmp_path / "calls").read_text().strip() == "1"
 
 
-@pytest.mark.skipif(os.environ.get("OPSDB_TEST_GATE") != "1", reason="checks what scripts/test.sh set up")
+@pytest.mark.skipif(not GATE, reason="checks what scripts/test.sh set up")
 def test_no_system_pgbouncer_service_is_left_enabled():
     if (
         shutil.which("dpkg-query") is None
         or subprocess.run(["dpkg-query", "-W", "pgbouncer"], capture_output=True).returncode
     ):
-        pytest.skip("pgbouncer is not installed as a Debian package here")
+        missing("pgbouncer is not installed as a Debian package here")
     if shutil.which("systemctl"):
         state = subprocess.run(["systemctl", "is-enabled", "pgbouncer"], capture_output=True, text=True).stdout.strip()
         assert state != "enabled"

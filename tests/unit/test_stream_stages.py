@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +11,7 @@ from opsdb.errors import ToolError
 from opsdb.repo.envelope import Codec, put_object
 from opsdb.storage.memory import MemoryStorage
 from opsdb.stream.stages import Meter, prefetch
+from tests.polling import wait_until
 
 
 def test_prefetch_keeps_order_and_content() -> None:
@@ -56,9 +56,12 @@ def test_prefetch_worker_stops_when_the_consumer_stops() -> None:
     next(it)
     it.close()  # the consumer gives up (e.g. the upload failed)
     count = len(produced)
-    time.sleep(0.3)
-    assert len(produced) == count  # bounded: the worker is not running ahead any more
-    assert not any(t.name == "opsdb-prefetch" and t.is_alive() for t in threading.enumerate())
+
+    def worker_alive() -> bool:
+        return any(t.name == "opsdb-prefetch" and t.is_alive() for t in threading.enumerate())
+
+    wait_until(lambda: not worker_alive(), "the prefetch worker to end", timeout=10)
+    assert len(produced) == count  # bounded: the worker stopped when the consumer gave up
 
 
 def test_put_object_passes_source_errors_through_and_stores_nothing() -> None:

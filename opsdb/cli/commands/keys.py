@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from opsdb.cli import output
 from opsdb.errors import UsageError
 from opsdb.stream.crypto import generate_key_file
+
+if TYPE_CHECKING:
+    from opsdb.cli.state import AppState
+    from opsdb.ops.privileges import Account
 
 
 def register(app: typer.Typer) -> None:
@@ -53,7 +57,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(key, name="key")
 
 
-def _owner(state, requested: str | None):  # type: ignore[no-untyped-def]
+def _owner(state: AppState, requested: str | None) -> Account | None:
     """The account the key goes to: --owner, else (as root) the cluster's os_user; None: this user."""
     from opsdb.ops import privileges
 

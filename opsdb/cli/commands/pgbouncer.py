@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from opsdb.cli import output
 from opsdb.errors import OperationFailed, UsageError
 
+if TYPE_CHECKING:
+    from opsdb.cli.state import AppState
+    from opsdb.ops.replicas import ReplicaCreated
+    from opsdb.proc import LocalRunner
 
-def _runner():  # type: ignore[no-untyped-def]
+
+def _runner() -> LocalRunner:
     from opsdb.proc import LocalRunner
 
     return LocalRunner()
 
 
-def _run_as(state) -> str | None:  # type: ignore[no-untyped-def]
+def _run_as(state: AppState) -> str | None:
     """pgbouncer and pg_basebackup refuse root: run them as the cluster's os_user (postgres by default)."""
     if os.geteuid() != 0:
         return None
@@ -210,7 +215,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(replica, name="replica")
 
 
-def _replica_created_text(result) -> str:  # type: ignore[no-untyped-def]
+def _replica_created_text(result: ReplicaCreated) -> str:
     source = "the primary" if result.source == "primary" else f"backup {result.backup_id}"
     lines = [f"standby data directory ready in {result.target_dir} (from {source})"]
     if result.slot:

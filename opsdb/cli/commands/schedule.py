@@ -6,7 +6,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer import _click as click  # typer vendors click
@@ -172,9 +172,12 @@ def register(app: typer.Typer) -> None:
         from opsdb.automation.schedule import crontab
 
         text = crontab(
-            _jobs(ctx), ctx.obj.settings.config_path, opsdb_bin=_opsdb_bin(opsdb_bin), lock_dir=lock_dir,
+            _jobs(ctx),
+            ctx.obj.settings.config_path,
+            opsdb_bin=_opsdb_bin(opsdb_bin),
+            lock_dir=lock_dir,
             env_file=env_file,
-        )  # fmt: skip
+        )
         output.emit(ctx.obj, {"crontab": text}, text)
 
     @schedule.command("systemd")
@@ -307,7 +310,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(playbook, name="playbook")
 
 
-def _render_list(rows: list[dict]) -> str:
+def _render_list(rows: list[dict[str, Any]]) -> str:
     lines = []
     for row in rows:
         last = row["last"]

@@ -11,7 +11,6 @@ from typing import Annotated, Any
 import typer
 
 from opsdb.cli import fastpath, output
-from opsdb.cli.commands import not_built
 
 
 def register(app: typer.Typer) -> None:
@@ -84,8 +83,6 @@ def register(app: typer.Typer) -> None:
 
 def catalog_backups(repo: Any) -> list[Any]:
     """The committed backups of the cluster (repo/catalog.py, written by the backups work)."""
-    try:
-        from opsdb.repo import catalog
-    except ImportError:
-        raise not_built("info (the backup catalog)") from None
+    from opsdb.repo import catalog
+
     return list(catalog.list_backups(repo.storage, repo.cluster, repo.keys))
