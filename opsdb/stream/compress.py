@@ -174,7 +174,11 @@ class ZstdPassThrough:
     def encode(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         walker = _ZstdFrameWalker()
         # 256 KiB of output at a time: measured faster than 1 MiB (it stays in the CPU's cache)
-        writer = zstandard.ZstdDecompressor().stream_writer(self, write_size=_ZSTD_OUT, write_return_read=True)
+        writer = zstandard.ZstdDecompressor().stream_writer(
+            self,  # type: ignore[arg-type]  # the stubs ask for IO[bytes]; zstandard calls only write()
+            write_size=_ZSTD_OUT,
+            write_return_read=True,
+        )
         for chunk in chunks:
             walker.feed(chunk)
             if walker.trailing:
