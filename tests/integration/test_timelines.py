@@ -14,6 +14,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,9 @@ def test_after_a_copy_archived_its_branch_everything_still_follows_the_primary(e
     assert by_tli[1]["backups"] == 2 and by_tli[1]["primary_line"] and by_tli[1]["live"]
     assert by_tli[2]["backups"] == 0 and by_tli[2]["parent"] == 1 and not by_tli[2]["primary_line"]
     assert "the primary is not on it" in by_tli[2]["note"]
+    # the window shown is the primary's, which goes on after the copy's branch stopped
+    window_end = datetime.fromisoformat(info["recoverable_to"])
+    assert window_end > datetime.fromisoformat(env["t3"]) > datetime.fromisoformat(by_tli[2]["recoverable_to"])
     text = run(env, "info").stdout
     assert "timeline 1: 2 backup(s), the primary is live on it" in text
     assert "timeline 2, branched from 1 at" in text and "the primary is not on it" in text

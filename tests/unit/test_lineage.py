@@ -1,10 +1,17 @@
-"""model/lineage.py: which timeline is the primary's line, and how the others relate to it."""
+"""model/lineage.py: which timeline is the primary's line, and how the others relate to it; and
+ops/timelines.py's refusal that names the timelines that do reach a target."""
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import pytest
+
+from opsdb.errors import UsageError
 from opsdb.model.lineage import PrimaryLine, branch_note, primary_line, promoted_line
 from opsdb.model.lsn import HistoryEntry, Lsn
+from opsdb.model.target import RecoveryTarget
+from opsdb.ops.pitr_checks import GapRefused
+from opsdb.ops.timelines import plan_or_alternatives
 
 SEG = 16 * 1024 * 1024
 
@@ -63,3 +70,21 @@ def test_branch_notes_say_why_a_timeline_is_off_the_line() -> None:
     )
     sibling = branch_note(2, 3, histories.__getitem__, has_backups=False)
     assert sibling is not None and sibling.startswith("a branch the primary is not on (no backup was taken")
+
+
+def test_a_refusal_names_every_other_timeline_that_reaches_the_target_and_keeps_its_kind() -> None:
+    def plan(target: RecoveryTarget) -> str:
+        if target.timeline in (1, 3):
+            return f"plan on {target.timeline}"
+        raise GapRefused(f"refused on {target.timeline}", hint="choose a target before the gap")
+
+    asked = RecoveryTarget("time", time=datetime(2026, 11, 21, 10, tzinfo=UTC), timeline=2)
+    assert plan_or_alternatives(plan, RecoveryTarget(timeline=1), [1, 2, 3]) == "plan on 1"
+    with pytest.raises(GapRefused) as refused:
+        plan_or_alternatives(plan, asked, [1, 2, 3, 4])
+    assert refused.value.message == (
+        "refused on 2; the target is reachable on timeline 1 (--timeline 1), timeline 3 (--timeline 3)"
+    )
+    assert refused.value.hint == "choose a target before the gap"
+    with pytest.raises(UsageError, match=r"^refused on 2$"):  # nowhere else: the refusal as it was
+        plan_or_alternatives(plan, asked, [2, 4])
