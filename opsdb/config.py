@@ -328,7 +328,10 @@ class Settings(BaseModel):
         if name is not None:
             if name not in self.clusters:
                 known = ", ".join(sorted(self.clusters)) or "none configured"
-                raise UsageError(f"unknown cluster {name!r} (configured: {known})")
+                raise UsageError(
+                    f"unknown cluster {name!r} (configured: {known})",
+                    hint=f"pass --cluster with a configured name, or add [clusters.{name}] to the config",
+                )
             return name, self.clusters[name]
         if len(self.clusters) == 1:
             only = next(iter(self.clusters))

@@ -76,6 +76,7 @@ def root(
     (`opsdb backup --json` is `opsdb --json backup`).
     """
     ctx.obj = AppState(config_path=config, cluster_name=cluster, json=json_output, debug=debug, log_format=log_format)
+    output.for_a_program(json_output)
     _invoked.append(ctx.obj)
     if ctx.invoked_subcommand not in COMMANDS_WITHOUT_CONFIG:
         # parse and validate the configuration once, before any work: a bad file changes nothing
@@ -186,14 +187,17 @@ def main(argv: list[str] | None = None) -> None:
         run.end("ok" if exc.exit_code == 0 else "failed", exc.exit_code)
         sys.exit(exc.exit_code)
     except Abort:
+        run.end("interrupted", 130)
         output.failure("aborted", None, 130, as_json=as_json)
         sys.exit(130)
     except click.exceptions.NoArgsIsHelpError as exc:
+        run.end("failed", 2)
         sys.stderr.write(exc.format_message() + "\n")
         sys.exit(2)
     except click.exceptions.ClickException as exc:
-        # usage errors from Typer/Click: one line naming the problem, exit 2
+        # usage errors from Typer/Click: one line naming the problem, exit 2 (after the start line, an end line)
         code = 2 if isinstance(exc, click.exceptions.UsageError) else exc.exit_code
+        run.end("failed", code)
         output.failure(exc.format_message(), _usage_hint(exc), code, as_json=as_json)
         sys.exit(code)
     except KeyboardInterrupt:

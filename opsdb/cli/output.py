@@ -17,6 +17,13 @@ from opsdb.cli import logs
 if TYPE_CHECKING:
     from opsdb.cli.state import AppState
 _json_emitted = False  # one JSON object per process on stdout: set by emit()
+_for_a_program = False  # --json: a program reads the result, nobody watches a bar (set by the root callback)
+
+
+def for_a_program(flag: bool) -> None:
+    """With --json nothing but the result and the log lines: no progress bar even on a terminal."""
+    global _for_a_program
+    _for_a_program = flag
 
 
 def emit(state: AppState, data: dict[str, Any], human: str | Callable[[], str] | None = None) -> None:
@@ -71,7 +78,8 @@ def error_text(message: str) -> None:
 
 
 def is_terminal() -> bool:
-    return sys.stderr.isatty()
+    """Whether a person watches: stderr is a terminal and no --json was asked for."""
+    return sys.stderr.isatty() and not _for_a_program
 
 
 class ByteProgress:

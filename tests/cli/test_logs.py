@@ -93,3 +93,15 @@ def _json(line: str) -> dict:
         return json.loads(line)
     except ValueError:  # `opsdb: job NAME: next run ...` before the loop starts
         return {}
+
+
+def test_a_usage_error_after_the_start_line_still_logs_the_end(tmp_path):
+    cfg = config(tmp_path)
+    result = opsdb("--config", str(cfg), "backups", "list", "--nope")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("opsdb: backups list: start ")
+    assert lines[1].startswith("opsdb: backups list: end result=failed exit_code=2 ")
+    assert "No such option: --nope" in lines[2]
+    unknown = opsdb("--config", str(cfg), "--json", "info", "--cluster", "x")
+    assert json.loads(unknown.stdout)["hint"].startswith("pass --cluster with a configured name")

@@ -181,3 +181,16 @@ def test_the_restore_summary_rates_the_writing_as_the_bar_did() -> None:
     meter.stage("replay")(1, 10)
     meter.started = meter.stopped - 10  # type: ignore[operator]
     assert round(meter.rate() / 2**20, 1) == 10.0  # frozen when the replay began
+
+
+def test_a_drills_replay_span_ends_at_the_planned_end_else_after_the_last_segment() -> None:
+    from types import SimpleNamespace
+
+    from opsdb.ops.drill import replay_span
+
+    backup = SimpleNamespace(start_lsn="0/2000028")
+    latest = SimpleNamespace(backup=backup, planned_end=Lsn.parse("0/5000100"), wal_last="000000010000000000000005")
+    assert replay_span(latest, 16 * 2**20) == ReplaySpan(Lsn.parse("0/2000028"), Lsn.parse("0/5000100"))
+    by_time = SimpleNamespace(backup=backup, planned_end=None, wal_last="000000010000000000000005")
+    assert replay_span(by_time, 16 * 2**20).end == Lsn.parse("0/6000000")  # type: ignore[union-attr]
+    assert replay_span(SimpleNamespace(backup=SimpleNamespace(), planned_end=None, wal_last=None), 16) is None
