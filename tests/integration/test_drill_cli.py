@@ -66,6 +66,8 @@ def test_drill_passes_and_reports_are_kept_and_listed(cli_env: Any) -> None:
                          "checks", "report_files"]  # fmt: skip
     assert doc["result"] == "pass" and doc["recovered_time"].startswith(h1.time.strftime("%Y-%m-%dT%H:%M:%S"))
     assert "assertion: heartbeats" in {c["name"] for c in doc["checks"]}
+    stages = [line.split(" phase ", 1)[1].split(" ", 1)[0] for line in out.stderr.splitlines() if ": phase " in line]
+    assert stages == ["plan", "scratch", "fetch", "pg_verifybackup", "replay", "checks", "teardown"], out.stderr
     listed = opsdb(cli_env, "--json", "report", "list")
     assert listed.returncode == 0 and json.loads(listed.stdout)["reports"][0]["id"] == doc["id"]
     assert "RTO min/median/max" in opsdb(cli_env, "report", "list").stdout

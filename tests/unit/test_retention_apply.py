@@ -114,6 +114,23 @@ def test_apply_deletes_expired_backups_dumps_and_wal():
     assert doc["summary"]["backups_deleted"] == 7 and doc["wal"][0]["files"] == 72
 
 
+def test_each_expiry_is_a_phase_log_record(caplog):
+    """What retention deletes is in the log (the command's own output may go nowhere under cron)."""
+    storage = MemoryStorage()
+    populate(storage)
+    with caplog.at_level("INFO", logger="opsdb"):
+        retention.apply(storage, C, POLICY, KEYS, now=NOW)
+    phases = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("command") == "retention"]
+    assert (
+        phases[0]["phase"] == "plan" and phases[0]["expired"] == 15 and phases[0]["wal_files"] == 105 + 1
+    )  # + history
+    expired = [(p["phase"], p["id"]) for p in phases if p["phase"] in ("expire backup", "expire dump")]
+    assert expired == [("expire backup", P(n)) for n in range(7)] + [("expire dump", L(n)) for n in range(8)]
+    assert all(p["rules"] == "expired" for p in phases if p["phase"] == "expire backup")
+    wal = [p for p in phases if p["phase"] == "expire wal"]
+    assert [(w["first"], w["last"], w["files"]) for w in wal] == [(segment_name(1, 0), segment_name(1, 71), 72)]
+
+
 def test_dry_run_changes_nothing_and_reports_the_same():
     storage = MemoryStorage()
     populate(storage)
