@@ -97,7 +97,7 @@ class CompressionConfig(_Section):
     algorithm: Literal["zstd", "gzip", "none"] = "zstd"
     level: int = Field(3, ge=0, le=22)
     # zstd worker threads for backups and dumps (as `zstd -T2`); 0 = compress on the reading thread.
-    # WAL files are always compressed single-threaded: the pusher and agent parallelise across files.
+    # WAL files are always compressed single-threaded: the WAL helper parallelises across files.
     threads: int = Field(2, ge=0, le=64)
     # Where zstd base backups are compressed: "server" (pg_basebackup --compress=server-zstd, as
     # pgBackRest compresses on the database host: half the CPU per GB, 20x less data to move) falls
@@ -172,7 +172,7 @@ class ScheduleJob(_Section):
 
 class WalConfig(_Section):
     async_: bool = Field(False, alias="async")
-    agent: bool = True  # sync wal-push / wal-fetch through a warm per-cluster process (ops/walagent.py)
+    agent: bool = True  # accepted and ignored: calls are always served by the one WAL helper (docs/wal.md)
     push_workers: int = Field(4, ge=1, le=64)
     prefetch: int = Field(0, ge=0, le=256)
     spool_dir: Path = Path("/var/spool/opsdb")

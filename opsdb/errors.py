@@ -1,6 +1,7 @@
 """The one error tree. Every failure a user can cause is an OpsdbError with a stable exit code.
 
-cli/app.py is the only place that turns these into exit codes and messages.
+`exit_code()` below is the one exit-code policy: the Typer CLI (cli/app.py), the lean WAL path
+(cli/fastpath.py) and the WAL helper's replies (which carry the error's type, never a code) all use it.
 Messages follow one style: "unable to <verb> <object>: <reason>", plus an optional hint.
 """
 
@@ -73,3 +74,40 @@ class ToolError(OperationFailed):
 
 class DatabaseError(OperationFailed):
     """PostgreSQL refused or failed a query or connection; carries the server's own message."""
+
+
+# wal-fetch (SPEC): only "not archived" may look like a normal miss to PostgreSQL
+WAL_FETCH_MISSING_EXIT = 1
+WAL_FETCH_UNREADABLE_EXIT = 128
+INTERRUPTED_EXIT = 130
+
+
+def exit_code(exc: BaseException, command: str | None = None) -> int:
+    """The exit code for a failure of `command`: the one policy (SPEC: Exit codes).
+
+    wal-fetch: for PostgreSQL every exit from 1 to 125 means "this file does not exist", which during
+    archive recovery ends recovery (and may promote) at that point. So only NotFound ("not archived",
+    answered from a proven repository) exits 1; anything else (repository unreachable, failed
+    authentication, an unreadable config or key, a bug) exits above 125 and recovery stops instead of
+    ending early at the wrong point. Everything else: the error's own code; a bug exits 1."""
+    if isinstance(exc, KeyboardInterrupt):
+        return INTERRUPTED_EXIT
+    if command == "wal-fetch":
+        return WAL_FETCH_MISSING_EXIT if isinstance(exc, NotFound) else WAL_FETCH_UNREADABLE_EXIT
+    if isinstance(exc, OpsdbError):
+        return exc.exit_code
+    return 1
+
+
+def is_reported(exc: BaseException, command: str | None = None) -> bool:
+    """Whether the failure is printed: a wal-fetch miss is PostgreSQL's normal end of the archive."""
+    return not (command == "wal-fetch" and isinstance(exc, NotFound))
+
+
+def by_name(name: str) -> type[OpsdbError]:
+    """The error class named `name` (an error that crossed a process boundary by its type name);
+    OperationFailed for names that are not plain OpsdbError classes."""
+    cls = globals().get(name)
+    if isinstance(cls, type) and issubclass(cls, OpsdbError) and cls is not ToolError:
+        return cls
+    return OperationFailed

@@ -13,7 +13,7 @@ from tests.gate import missing
 
 pytest_plugins = ["tests.fixtures.pg", "tests.fixtures.s3"]
 
-_HELPER_COMMANDS = (b"wal-agent", b"wal-pusher", b"wal-prefetcher")
+_HELPER_COMMANDS = (b"wal-helper",)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -29,7 +29,7 @@ def _started_ticks(pid: str) -> int:
 
 @pytest.fixture(scope="session", autouse=True)
 def stop_wal_helpers_started_by_tests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """archive_command / restore_command in the tests start WAL agents (and pushers, prefetchers) that
+    """archive_command / restore_command in the tests start WAL helpers that
     would otherwise idle on for a minute after the session: stop those this session (this xdist worker)
     started with a config under its temp dirs (pytest's, and tests.fixtures.pg.make_temp_dir's)."""
     first = _started_ticks(str(os.getpid()))

@@ -15,9 +15,8 @@ from opsdb import __version__
 from opsdb.cli import fastpath, logs, output
 from opsdb.cli.commands.completion import COMPLETE_VAR
 from opsdb.cli.commands.completion import enable as enable_completion
-from opsdb.cli.fastpath import WAL_FETCH_MISSING_EXIT, WAL_FETCH_UNREADABLE_EXIT
 from opsdb.cli.state import AppState
-from opsdb.errors import KeyFileError, OpsdbError
+from opsdb.errors import KeyFileError, OpsdbError, exit_code, is_reported
 
 app = typer.Typer(
     name="opsdb",
@@ -28,9 +27,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# wal-fetch must tell PostgreSQL "repository unreadable" apart from "file not archived": exit codes
-# above 125 make PostgreSQL abort recovery instead of ending it early at the wrong point. The mapping
-# lives with the lean wal path (cli/fastpath.py) and is used from here too: one mapping, not two.
+# Exit codes: errors.exit_code is the one policy (wal-fetch must tell PostgreSQL "repository unreadable"
+# apart from "file not archived"); this module, the lean WAL path and the WAL helper's replies use it.
 
 
 # commands that must work without (or before) a configuration file
@@ -128,11 +126,6 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def exit_code_for(exc: OpsdbError, command: str | None) -> int:
-    """The one place that decides exit codes (SPEC: Exit codes)."""
-    return fastpath.exit_code_for(exc, command or "")
-
-
 @functools.cache
 def click_command() -> click.Command:
     """The Click command tree of the app, made to read like a Unix tool's help: plain text (no Rich boxes,
@@ -161,6 +154,11 @@ def main(argv: list[str] | None = None) -> None:
     # wal-push / wal-fetch: the lean path (same code, exit codes per SPEC); see opsdb/cli/fastpath.py
     if (code := fastpath.dispatch(args)) is not None:
         sys.exit(code)
+    run_typer(args)
+
+
+def run_typer(args: list[str]) -> None:
+    """Everything the lean path does not handle (cli/fastpath.py dispatched first, once)."""
     command = _guess_command(args)
     debug = "--debug" in args
     if os.environ.get(COMPLETE_VAR):  # a completion request from the script of `opsdb completion SHELL`
@@ -178,9 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         run.end("ok" if code == 0 else "failed", code)
         raise
     except OpsdbError as exc:
-        code = exit_code_for(exc, command)
+        code = exit_code(exc, command)
         run.end("failed", code)
-        if not (command == "wal-fetch" and code == WAL_FETCH_MISSING_EXIT):  # a normal miss: silent
+        if is_reported(exc, command):  # a wal-fetch miss is silent
             output.failure(str(exc), _key_hint(exc, command) or exc.hint, code, as_json=as_json)
         sys.exit(code)
     except Exit as exc:
@@ -207,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: one line, traceback only with --debug
         if debug:
             raise
-        code = 1 if command != "wal-fetch" else WAL_FETCH_UNREADABLE_EXIT
+        code = exit_code(exc, command)
         run.end("error", code)
         hint = "rerun with --debug for the traceback, and report it"
         output.failure(f"internal error: {type(exc).__name__}: {exc}", hint, code, as_json=as_json)

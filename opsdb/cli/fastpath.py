@@ -1,19 +1,17 @@
 """The lean path for wal-push and wal-fetch: PostgreSQL runs them once per WAL file, serially.
 
-Start-up cost is archiving throughput here, so this module avoids typer/rich (and, in async/prefetch mode,
-pydantic and boto3 too): it parses the few global options itself and hands anything unusual (--help,
-unknown options, other commands) to the Typer app. Validation is never duplicated: the only raw config
-reads are the routing keys (cli/routing.py: [wal] agent/async/prefetch/spool_dir, repository.url, the
-cluster name; cached per config); the real work always runs with the fully validated settings
-(in-process, or in the background helper, which reports a bad config back through the spool).
+Start-up cost is archiving throughput here, so this module avoids typer/rich, pydantic and boto3: it
+parses the global options itself and hands anything unusual (--help, unknown options, other commands)
+to the Typer app. A call reads only the routing keys (cli/routing.py: [wal] async/spool_dir,
+repository.url, the cluster name; cached per config), then asks the cluster's WAL helper
+(ops/walhelper.py, started on demand) over a Unix socket (ops/walspool.py) and exits with what it
+answered. Validation is never duplicated: the real work always runs with the fully validated
+settings, in the helper, or in-process when no helper can serve this caller (another uid, no usable
+spool, a helper that cannot start: then the in-process path reports why).
 Every import here is paid once per WAL file: only small parts of the standard library load with it.
 
-In sync mode (the default) a call hands its one file to the cluster's WAL agent (ops/walagent.py), a
-warm background process that keeps settings, keys and the storage client loaded; when no agent can
-run, the call works in-process. Async mode and prefetch use the spool helpers (ops/walspool.py).
-
-Entry point: `main()` (the console script points here; see docs/wal.md). The background helpers run as
-`python -m opsdb.cli.fastpath [global options] wal-agent push|fetch | wal-pusher | wal-prefetcher --data-dir D`.
+Entry point: `main()` (the console script points here; see docs/wal.md). The helper runs as
+`python -I -m opsdb.cli.fastpath [global options] wal-helper`.
 """
 
 from __future__ import annotations
@@ -21,19 +19,16 @@ from __future__ import annotations
 import os
 import sys
 
+from opsdb import errors
 from opsdb.cli.routing import Routing, read_routing
-from opsdb.errors import NotFound, OpsdbError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~4 ms per WAL file at run time
     from typing import Any
 
-# exit codes of wal-fetch (SPEC; cli/app.py has the same mapping for the Typer path)
-WAL_FETCH_MISSING_EXIT = 1
-WAL_FETCH_UNREADABLE_EXIT = 128
-PUSH_WAIT_SECONDS = 600.0  # how long one wal-push waits for the pusher before failing (PostgreSQL retries)
-FETCH_WAIT_SECONDS = 120.0  # how long one wal-fetch waits for the prefetcher before fetching itself
-COMMANDS = ("wal-push", "wal-fetch", "wal-agent", "wal-pusher", "wal-prefetcher")
+PUSH_WAIT_SECONDS = 600.0  # how long one wal-push waits for the helper before failing (PostgreSQL retries)
+FETCH_WAIT_SECONDS = 600.0  # how long one wal-fetch waits for the helper's answer
+COMMANDS = ("wal-push", "wal-fetch", "wal-helper")
 # The global options, the one list (cli/app.py declares them on the Typer root with these names): they are
 # accepted before or after the command, like pgBackRest's, WAL-G's and Barman's; hoist_global_options()
 # moves them in front of the command for both paths. No command may define an option of these names.
@@ -49,10 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     code = dispatch(args)
     if code is None:
-        from opsdb.cli.app import main as full_main
+        from opsdb.cli.app import run_typer
 
         try:
-            full_main(args)
+            run_typer(hoist_global_options(args))
         except SystemExit as exc:
             if argv is None:  # the console script or `python -m opsdb`: the process ends here
                 end_process(exc.code)
@@ -154,7 +149,7 @@ def _parse(args: list[str]) -> tuple[dict[str, Any], str, list[str]]:
 
 
 def dispatch(args: list[str]) -> int | None:
-    """Run wal-push / wal-fetch (and the background helpers) without Typer; None: not handled here."""
+    """Run wal-push / wal-fetch (and the helper) without Typer; None: not handled here."""
     try:
         opts, command, rest = _parse(args)
     except _NotLean:
@@ -167,43 +162,23 @@ def dispatch(args: list[str]) -> int | None:
             result = wal_push(opts.get("--config"), opts.get("--cluster"), rest[0])
         elif command == "wal-fetch":
             result = wal_fetch(opts.get("--config"), opts.get("--cluster"), rest[0], rest[1])
-        elif command == "wal-agent":
-            return run_agent(rest[0] if rest else "", opts)
-        elif command == "wal-pusher":
-            return run_daemon("pusher", opts, None)
         else:
-            data_dir = rest[1] if len(rest) == 2 and rest[0] == "--data-dir" else os.getcwd()
-            return run_daemon("prefetcher", opts, data_dir)
-    except OpsdbError as exc:
-        code = exit_code_for(exc, command)
-        if not (command == "wal-fetch" and code == WAL_FETCH_MISSING_EXIT):
-            _print_error(str(exc), exc.hint)
-        return code
-    except KeyboardInterrupt:
-        _print_error("interrupted", None)
-        return 130
+            return run_helper(opts)
+    except (errors.OpsdbError, KeyboardInterrupt) as exc:
+        if errors.is_reported(exc, command):
+            message = str(exc) if isinstance(exc, errors.OpsdbError) else "interrupted"
+            _print_error(message, getattr(exc, "hint", None))
+        return errors.exit_code(exc, command)
     except Exception as exc:  # a bug: one line; wal-fetch must still make recovery stop, not end early
         if opts["--debug"]:
             raise
         _print_error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", None)
-        return WAL_FETCH_UNREADABLE_EXIT if command == "wal-fetch" else 1
+        return errors.exit_code(exc, command)
     if opts["--json"]:
         import json
 
         sys.stdout.write(json.dumps(result) + "\n")
     return 0
-
-
-def exit_code_for(exc: OpsdbError, command: str) -> int:
-    """wal-fetch: only "not archived" may look like a normal miss to PostgreSQL. Anything else (repository
-    unreachable, failed authentication, but also an unreadable config or key file) means this recovery
-    cannot read the archive, and an exit below 126 would make PostgreSQL end recovery early, at the
-    wrong point, and promote: so every other failure exits above 125 and recovery stops."""
-    if command == "wal-fetch":
-        if isinstance(exc, NotFound):
-            return WAL_FETCH_MISSING_EXIT
-        return WAL_FETCH_UNREADABLE_EXIT
-    return exc.exit_code
 
 
 def _print_error(message: str, hint: str | None) -> None:
@@ -244,50 +219,28 @@ def _routing(config: str | None, cluster: str | None) -> Routing | None:
 def wal_push(config: str | None, cluster: str | None, path: str) -> dict[str, Any]:
     routing = _routing(config, cluster)
     name = os.path.basename(path)
-    if routing is not None and routing.async_:
-        from opsdb.ops.walspool import PushSpool, SpoolUnusable, push_via_spool, settings_fingerprint
-
-        spool = PushSpool(routing.spool_dir, routing.cluster or "")
-        if _spool_usable(spool):
-            start = _starter(routing, "wal-pusher", spool.log_path)
-            try:
-                fingerprint = settings_fingerprint(routing.config_path)
-                ahead = push_via_spool(spool, path, start, timeout=PUSH_WAIT_SECONDS, fingerprint=fingerprint)
-                return {"name": name, "stored": True, "mode": "async", "pushed_ahead": ahead}
-            except SpoolUnusable as exc:
-                _warn(f"{exc}; pushing {name} in-process")
-        routing = None  # the agent would need the same spool: in-process
-    reply = _via_agent(routing, "push", {"op": "push", "path": os.path.abspath(path)}, PUSH_WAIT_SECONDS)
+    async_ = routing is not None and routing.async_
+    request = ["push", os.path.abspath(path), "async" if async_ else "sync"]
+    reply = _via_helper(routing, request, PUSH_WAIT_SECONDS)
     if reply is not None:
-        return {"name": name, "stored": True, "mode": "sync", "already_stored": bool(reply.get("already_stored"))}
+        ahead = reply.get("ahead") == "1"
+        already = reply.get("already_stored") == "1"
+        return {"name": name, "stored": True, "mode": "async" if async_ else "sync", "already_stored": already,
+                "pushed_ahead": ahead}  # fmt: skip
     from opsdb.ops import wal as ops_wal
 
     _setup_logging()
     result = ops_wal.push_file(_wal_repo(config, cluster, writable=True), path)
-    return {"name": name, "stored": True, "mode": "sync", "already_stored": result.already_stored}
+    mode = "async" if async_ else "sync"
+    return {"name": name, "stored": True, "mode": mode, "already_stored": result.already_stored, "pushed_ahead": False}
 
 
 def wal_fetch(config: str | None, cluster: str | None, name: str, dest: str) -> dict[str, Any]:
     routing = _routing(config, cluster)
-    if routing is not None and routing.prefetch > 0:
-        from opsdb.ops.walspool import FetchSpool, SpoolUnusable, fetch_via_spool
-
-        spool = FetchSpool(routing.spool_dir, routing.cluster or "", os.getcwd(), routing.repository)
-        if _spool_usable(spool):
-            start = _starter(routing, "wal-prefetcher", spool.log_path, ["--data-dir", os.getcwd()])
-            try:
-                if fetch_via_spool(spool, name, dest, start, timeout=FETCH_WAIT_SECONDS):
-                    return {"name": name, "fetched": True, "source": "prefetch"}
-            except SpoolUnusable as exc:
-                _warn(f"{exc}; fetching {name} directly from the repository")
-                routing = None  # the agent's socket lives in the same spool: in-process
-        else:
-            routing = None  # the agent would need the same spool: in-process
-    reply = _via_agent(
-        routing, "fetch", {"op": "fetch", "name": name, "dest": os.path.abspath(dest)}, FETCH_WAIT_SECONDS
-    )
+    reply = _via_helper(routing, ["fetch", name, os.path.abspath(dest), os.getcwd()], FETCH_WAIT_SECONDS)
     if reply is not None:
-        return {"name": name, "fetched": True, "source": "repository", "size": reply.get("size")}
+        size = int(reply.get("size") or 0)
+        return {"name": name, "fetched": True, "source": reply.get("source", "repository"), "size": size}
     from opsdb.ops import wal as ops_wal
 
     _setup_logging()
@@ -295,32 +248,23 @@ def wal_fetch(config: str | None, cluster: str | None, name: str, dest: str) -> 
     return {"name": name, "fetched": True, "source": result.source, "size": result.size}
 
 
-def _via_agent(routing: Routing | None, kind: str, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
-    """The WAL agent's successful reply; None when no agent can serve (the caller works in-process).
-    An error reply is raised as the error the in-process path would have raised."""
-    if routing is None or not routing.agent:
+def _via_helper(routing: Routing | None, request: list[str], timeout: float) -> dict[str, str] | None:
+    """The helper's successful reply (its key=value fields); None when no helper can serve this call
+    (then it works in-process). An error reply is raised as the error the in-process path would raise."""
+    if routing is None:
         return None
-    from opsdb.ops import walagent
+    from opsdb.ops import walspool
 
-    sock = walagent.socket_path(routing.spool_dir, routing.cluster or "", kind, routing.config_path)
-    start = _starter(routing, "wal-agent", walagent.sibling(sock, ".log"), [kind])
-    reply = walagent.call(sock, request, start, timeout=timeout, warn=_warn_spool)
-    if reply is not None and reply.get("status") != "ok":
-        walagent.raise_reply(reply)
-    return reply
-
-
-def _spool_usable(spool: Any) -> bool:
-    """Whether the async / prefetch spool can be made here; if not, warn (the call works in-process)."""
-    try:
-        spool.ensure()
-    except OSError as exc:
-        where = exc.filename or spool.root
-        _warn_spool(
-            f"the WAL spool cannot be used: {exc.strerror or exc} ({where}); working in-process, which is slower"
-        )
-        return False
-    return True
+    paths = walspool.Paths(routing.spool_dir, routing.cluster or "", routing.config_path)
+    reply = walspool.call(paths, request, _starter(routing, paths.log), timeout=timeout, warn=_warn_spool)
+    if reply is None:
+        return None
+    if reply[0] == "error":
+        walspool.raise_error(reply)
+    values = walspool.reply_values(reply)
+    if values.get("warning"):
+        _warn(values["warning"])
+    return values
 
 
 def _warn(message: str) -> None:
@@ -335,8 +279,8 @@ def _warn_spool(message: str) -> None:
     sys.stderr.flush()
 
 
-def _starter(routing: Routing, command: str, log_path: str, extra: list[str] | None = None) -> Any:
-    """A function that starts a background helper detached from this call and says whether it lives."""
+def _starter(routing: Routing, log_path: str) -> Any:
+    """A function that starts the helper detached from this call and says whether it lives."""
 
     def start() -> Any:
         from opsdb.proc import Cmd, LocalRunner, python_module
@@ -344,8 +288,7 @@ def _starter(routing: Routing, command: str, log_path: str, extra: list[str] | N
         argv = list(python_module("opsdb.cli.fastpath"))
         if routing.config_path:
             argv += ["--config", routing.config_path]
-        argv += ["--cluster", routing.cluster or "", command, *(extra or [])]
-        os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
+        argv += ["--cluster", routing.cluster or "", "wal-helper"]
         handle = LocalRunner().spawn(Cmd(tuple(argv)), log_path=log_path)
         return lambda: handle.poll() is None
 
@@ -353,91 +296,27 @@ def _starter(routing: Routing, command: str, log_path: str, extra: list[str] | N
 
 
 def _wal_repo(config: str | None, cluster: str | None, *, writable: bool) -> Any:
-    return _validated(config, cluster, writable=writable)[1]
-
-
-def _validated(config: str | None, cluster: str | None, *, writable: bool) -> tuple[Any, Any]:
-    """The validated settings and the WAL repository of the cluster (the one full config load)."""
+    """The cluster's WAL repository from the validated settings (the one full config load)."""
     from opsdb.config import load_settings
     from opsdb.ops.wal import wal_repo_from_settings
 
     settings = load_settings(config)
     name, _ = settings.cluster(cluster)
-    return settings, wal_repo_from_settings(settings, name, writable=writable)
+    return wal_repo_from_settings(settings, name, writable=writable)
 
 
-def run_agent(kind: str, opts: dict[str, Any]) -> int:
-    """The WAL agent (ops/walagent.py): validated settings and one storage client, then serve until idle.
-    A start-up failure ends it (its log says why); the waiting call then works in-process and reports it."""
-    from opsdb.ops import wal as ops_wal
-    from opsdb.ops import walagent
-
-    if kind not in ("push", "fetch"):
-        _print_error(f"unknown WAL agent kind {kind!r}: expected push or fetch", None)
-        return 2
-    _setup_logging(opts)
-    routing = read_routing(opts.get("--config"), opts.get("--cluster"))
-    if routing is None:
-        return 2
-    sock = walagent.socket_path(routing.spool_dir, routing.cluster or "", kind, routing.config_path)
-    stale = _watch(routing, opts)  # before loading: a change while it loads is seen too
-    try:
-        settings, repo = _validated(opts.get("--config"), opts.get("--cluster"), writable=kind == "push")
-    except OpsdbError as exc:
-        _print_error(str(exc), exc.hint)
-        return exc.exit_code
-    walagent.serve(sock, ops_wal.agent_handler(repo, kind), stale=stale)
-    return 0
-
-
-def _watch(routing: Routing, opts: dict[str, Any]) -> Any:
-    """stale() over the config file and every key file it names (by content): a helper asks it
-    before it stores anything more, and leaves when the settings it loaded are no longer the config's."""
-    from opsdb.ops import walagent
-
-    paths = [routing.config_path] if routing.config_path else []
-    try:
-        from opsdb.config import load_settings
-
-        enc = load_settings(opts.get("--config")).encryption
-        paths += [str(p) for p in (enc.key_file, *enc.read_key_files) if p]
-    except OpsdbError:
-        pass  # the load below reports it
-    return walagent.files_changed(paths)
-
-
-def run_daemon(kind: str, opts: dict[str, Any], data_dir: str | None) -> int:
-    """The background pusher / prefetcher: validated settings, then the loop in ops/wal.py.
-    A start-up failure (bad config, unreadable key) is written where the waiting wal-push/fetch reads it."""
-    from opsdb.ops import wal as ops_wal
-    from opsdb.ops.walspool import FetchSpool, PushSpool, atomic_write, settings_fingerprint
+def run_helper(opts: dict[str, Any]) -> int:
+    """The WAL helper process (ops/walhelper.py): validated settings and one storage client, then serve
+    until idle. A start-up failure ends it (its log says why); the waiting call then works in-process."""
+    from opsdb.ops import walhelper, walspool
 
     _setup_logging(opts)
     routing = read_routing(opts.get("--config"), opts.get("--cluster"))
     if routing is None:
+        _print_error("the WAL helper cannot read its configuration", None)
         return 2
-    spool: Any
-    if kind == "pusher":
-        spool = PushSpool(routing.spool_dir, routing.cluster or "").ensure()
-    else:
-        spool = FetchSpool(routing.spool_dir, routing.cluster or "", data_dir or os.getcwd(), routing.repository)
-        spool.ensure()
-    stale = _watch(routing, opts)  # before loading: a change while it loads is seen too
-    fingerprint = settings_fingerprint(routing.config_path)
-    try:
-        settings, repo = _validated(opts.get("--config"), opts.get("--cluster"), writable=kind == "pusher")
-    except OpsdbError as exc:
-        atomic_write(spool.fail_path, str(exc).encode())
-        _print_error(str(exc), exc.hint)
-        return exc.exit_code
-    workers = settings.wal.push_workers
-    if kind == "pusher":
-        ops_wal.run_pusher(spool, ops_wal.pusher_push_one(repo), workers=workers, stale=stale, fingerprint=fingerprint)
-    else:
-        depth = max(1, settings.wal.prefetch)
-        fetch_one = ops_wal.prefetch_fetch_one(repo, data_dir)
-        ops_wal.run_prefetcher(spool, fetch_one, depth=depth, workers=min(workers, depth), stale=stale)
-    return 0
+    paths = walspool.Paths(routing.spool_dir, routing.cluster or "", routing.config_path)
+    return walhelper.run(opts.get("--config"), routing.cluster, paths)
 
 
 if __name__ == "__main__":

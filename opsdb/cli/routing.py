@@ -7,9 +7,9 @@ read here are cached per config file in a private directory (`$XDG_RUNTIME_DIR/o
 `/tmp/opsdb-UID`, mode 0700, used only when this user owns it). The cache entry is named and checked by
 everything the keys come from: the config file's real path and content (length and CRC-32 of the bytes,
 read on every call) and every OPSDB_* environment variable, so an edited config or a changed environment
-is parsed again, never served stale. Nothing secret is cached (spool directory, repository URL, cluster name,
-three switches, the cluster's os_user). Routing never replaces validation: the real work always runs with the fully validated
-settings, in the agent, in a background helper or in-process.
+is parsed again, never served stale. Nothing secret is cached (spool directory, cluster name, the async switch,
+the cluster's os_user). Routing never replaces validation: the real work always runs with the fully
+validated settings, in the WAL helper or in-process.
 """
 
 from __future__ import annotations
@@ -19,22 +19,20 @@ import stat
 import zlib
 
 DEFAULT_SPOOL = "/var/spool/opsdb"
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 CACHE_MAGIC = f"opsdb-routing {CACHE_VERSION}"
 CACHE_MAX_AGE = 7 * 24 * 3600  # entries of configs long since edited are dropped when a new one is written
-_FIELDS = ("config_path", "async_", "agent", "prefetch", "spool_dir", "repository", "cluster", "os_user")
+_FIELDS = ("config_path", "async_", "spool_dir", "cluster", "os_user")
 
 
 class Routing:
-    """[wal] async / agent / prefetch / spool_dir, repository.url and the cluster name, read without pydantic."""
+    """[wal] async and spool_dir, the cluster name and its os_user, read without pydantic (the helper
+    reads everything else, `[wal] prefetch` included, from the validated settings)."""
 
     def __init__(self, **fields: object) -> None:
         self.config_path: str | None = None
         self.async_ = False
-        self.agent = True
-        self.prefetch = 0
         self.spool_dir = DEFAULT_SPOOL
-        self.repository = ""
         self.cluster: str | None = None
         self.os_user = "postgres"
         for name, value in fields.items():
@@ -103,17 +101,12 @@ def _parse(path: str | None, content: bytes, cluster: str | None) -> Routing:
         data = tomllib.loads(content.decode())
     wal = data.get("wal", {})
     wal = wal if isinstance(wal, dict) else {}
-    repo = data.get("repository", {})
-    repo = repo if isinstance(repo, dict) else {}
     env = os.environ.get
     name = cluster or _only_cluster(data)
     return Routing(
         config_path=os.path.realpath(path) if path is not None else None,
         async_=boolean(env("OPSDB_WAL__ASYNC", wal.get("async", False))),
-        agent=boolean(env("OPSDB_WAL__AGENT", wal.get("agent", True))),
-        prefetch=int(env("OPSDB_WAL__PREFETCH", wal.get("prefetch", 0))),
         spool_dir=str(env("OPSDB_WAL__SPOOL_DIR", wal.get("spool_dir", DEFAULT_SPOOL))),
-        repository=str(env("OPSDB_REPOSITORY__URL", repo.get("url", ""))),
         cluster=name,
         os_user=str(env(f"OPSDB_CLUSTERS__{(name or '').upper()}__OS_USER", _os_user(data, name))),
     )

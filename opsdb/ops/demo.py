@@ -213,7 +213,7 @@ class _Tour:
         """Stop every server under the temp dir (the demo's, and a drill's scratch server if the drill was
         interrupted before its own teardown), then remove the temp dir."""
         with _no_interrupts(), self.timed("cleanup"):
-            stop_helpers(str(self.workdir / "spool"))  # the WAL agent archive_command started
+            stop_helpers(str(self.workdir / "spool"))  # the WAL helper archive_command started
             pid_files = sorted(self.workdir.rglob("postmaster.pid")) if self.workdir.is_dir() else []
             for pid_file in pid_files:
                 server = Instance(pid_file.parent, 0, self.bin_dir, self.user, self.runner)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from opsdb.errors import NotFound, OperationFailed
-from opsdb.model import walheader
 from opsdb.ops.extract import extract_object
+from opsdb.pg import walpage
 from opsdb.repo import envelope, layout
 from opsdb.repo import wal as walrepo
 from opsdb.storage.base import Storage
@@ -121,7 +121,7 @@ class RepositoryRestorer:
         """Stream one authenticated WAL file to path (written under a temp name, renamed when complete)."""
         tmp = path.with_name(f".{path.name}.tmp")
         size = 0
-        content = walheader.ContentCheck(name, layout.wal_object(self.cluster, name))  # as wal-fetch checks it
+        content = walpage.ContentCheck(name, layout.wal_object(self.cluster, name))  # as wal-fetch checks it
         try:
             with open(tmp, "wb") as fh:
                 for chunk in walrepo.fetch(self.storage, self.cluster, name, self.keys):

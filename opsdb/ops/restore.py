@@ -499,9 +499,9 @@ def restore_from_settings(
         return plan, None
     announce_total(on_bytes, plan.bytes_to_write)  # the progress bar's 100 %
     if plan.recovery is not None:  # prefetched files of an earlier restore into this directory go
-        from opsdb.ops.walspool import FetchSpool
+        from opsdb.ops.walspool import clear_prefetch
 
-        FetchSpool(settings.wal.spool_dir, cluster, plan.target_dir, settings.repository.url).clear()
+        clear_prefetch(str(settings.wal.spool_dir), cluster, str(plan.target_dir), settings.repository.url)
     if start and cfg.pg_bin_dir is None and plan.backup.pg_version_num:  # the backup's major starts it
         from opsdb.pg.tools import find_bin_dir
 

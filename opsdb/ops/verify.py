@@ -30,7 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from opsdb.errors import IntegrityError, NotFound, OpsdbError, UsageError
-from opsdb.model import walheader
 from opsdb.model.chain import broken_links, chain_of
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, parse_wal_name, segment_name
 from opsdb.model.target import as_lsn
@@ -39,6 +38,7 @@ from opsdb.ops.estimate import announce_total
 from opsdb.ops.phases import phase
 from opsdb.ops.verify_manifest import ManifestCheck, check_tar_stream, is_manifest_tar, parse_manifest
 from opsdb.ops.verify_progress import CountingStorage, bytes_to_read, log_checked
+from opsdb.pg import walpage
 from opsdb.repo import envelope, layout, marker
 from opsdb.repo import wal as walrepo
 from opsdb.storage.base import Storage
@@ -331,7 +331,7 @@ class _CatalogIdCheck:
             )
 
 
-def _content_check(key: str, sysids: frozenset[int]) -> walheader.ContentCheck | _CatalogIdCheck | None:
+def _content_check(key: str, sysids: frozenset[int]) -> walpage.ContentCheck | _CatalogIdCheck | None:
     cluster, kind, name = layout.object_identity(key)
     if kind == "catalog":
         return _CatalogIdCheck(key)
@@ -341,7 +341,7 @@ def _content_check(key: str, sysids: frozenset[int]) -> walheader.ContentCheck |
         parse_wal_name(name)
     except UsageError:
         return None  # a kept-beside .partial variant (NAME.partial.<sha>): its envelope binds it
-    return walheader.ContentCheck(name, key, sysids)
+    return walpage.ContentCheck(name, key, sysids)
 
 
 def _strip(key: str, message: str) -> str:

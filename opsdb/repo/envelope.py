@@ -26,7 +26,7 @@ trailer's SHA-256 covers:
      the identity is authenticated; unencrypted, header and trailer must agree. A reader derives
      the identity it expects from the key it reads, so an object read under any other name fails
      with both identities named. Versions 1 and 2 (written before) stay readable; WAL read from
-     them is checked by content instead (model/walheader.py).
+     them is checked by content instead (pg/walpage.py).
 
 The CRC-32 also catches flips in compressed bytes that do not change the output (a zstd window
 size, gzip's timestamp) before the digest is compared. An encrypted object authenticates its

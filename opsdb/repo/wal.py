@@ -158,12 +158,20 @@ def stored_plain_sha256(storage: Storage, key: str, keys: Mapping[str, Any]) -> 
 
 
 def fetch(
-    storage: Storage, cluster: str, name: str, keys: Mapping[str, Any], system_identifiers: Collection[str] = ()
+    storage: Storage,
+    cluster: str,
+    name: str,
+    keys: Mapping[str, Any],
+    system_identifiers: Collection[str] = (),
+    *,
+    readback: envelope.Readback | None = None,
 ) -> Iterator[bytes]:
     """The plaintext of an archived WAL file, authenticated and (envelope version 3) bound to this
-    name, cluster and one of `system_identifiers` (any, when empty). NotFound when it is not archived."""
+    name, cluster and one of `system_identifiers` (any, when empty). NotFound when it is not archived.
+    `readback` gets its size and digest once it was read to the end."""
     check_name(name)
-    return envelope.get_object(storage, layout.wal_object(cluster, name), keys, system_identifiers=system_identifiers)
+    key = layout.wal_object(cluster, name)
+    return envelope.get_object(storage, key, keys, system_identifiers=system_identifiers, readback=readback)
 
 
 def exists(storage: Storage, cluster: str, name: str) -> ObjectInfo | None:

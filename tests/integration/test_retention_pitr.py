@@ -52,7 +52,7 @@ def chown_tree(root: Path) -> None:
         for p in [root, *root.rglob("*")]:
             try:
                 os.chown(p, entry.pw_uid, entry.pw_gid)
-            except FileNotFoundError:  # gone meanwhile (a WAL agent's socket when it restarts): nothing to chown
+            except FileNotFoundError:  # gone meanwhile (a WAL helper's socket when it restarts): nothing to chown
                 pass
 
 

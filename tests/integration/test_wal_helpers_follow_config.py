@@ -1,6 +1,6 @@
-"""A running async pusher follows config and key changes, on a real primary under archiving load.
+"""A running WAL helper, pushing ahead, follows config and key changes, on a real primary under archiving load.
 
-`[wal] async = true`: a background pusher stores WAL ahead of PostgreSQL's wal-push calls. While a
+`[wal] async = true`: the WAL helper stores WAL ahead of PostgreSQL's wal-push calls. While a
 writer keeps switching WAL files, `[repository] url` is moved from repository A to B (the config
 file replaced atomically), then the key file is rotated in place (same path, new key). Every
 segment PostgreSQL archived after each change is in B, written with the new key: a wal-push never
@@ -74,7 +74,7 @@ def env(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
 
 
 class Writer:
-    """Writes and switches WAL files in a thread until stopped (bounded), so the pusher is never idle."""
+    """Writes and switches WAL files in a thread until stopped (bounded), so the helper is never idle."""
 
     def __init__(self, primary: Instance) -> None:
         self.primary = primary
@@ -124,6 +124,15 @@ def _wait_archived_past(primary: Instance, name: str, count: int, timeout: float
     raise AssertionError(f"archiving did not get {count} segments past {name} in {timeout}s")
 
 
+def _wait_stored_after(storage: LocalStorage, when: float, count: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(1 for stored in _segments(storage).values() if stored > when) >= count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {count} segments were stored after the change in {timeout}s")
+
+
 def _segments(storage: LocalStorage) -> dict[str, float]:
     """Segment name -> when it was stored."""
     return {f.wal.name: f.info.mtime for f in repo_wal.list_archive(storage, "main") if f.wal.kind == "segment"}
@@ -148,6 +157,8 @@ def test_a_busy_pusher_follows_a_moved_repository_and_a_rotated_key(env: dict[st
         rotated_at = time.time()
         rotated_by = _archived(primary)
         _wait_archived_past(primary, rotated_by, 3 * WORKERS)
+        # the helper runs up to 2 x WORKERS ahead of the archiver: wait until enough were stored after it
+        _wait_stored_after(b, rotated_at, 2 * WORKERS + 1)
     assert not writer.errors, writer.errors
     wait_archived(primary)
     last = _archived(primary)
@@ -159,7 +170,7 @@ def test_a_busy_pusher_follows_a_moved_repository_and_a_rotated_key(env: dict[st
     moved = _segment_range(changed_by, last)[1:]
     assert moved and all(n in in_b for n in moved), sorted(set(moved) - set(in_b))
     assert not [n for n in in_b if n <= moved_at]  # B got nothing before the move
-    # the pusher runs ahead of PostgreSQL's archiver: what it stored in A before the change is fine;
+    # the helper runs ahead of PostgreSQL's archiver: what it stored in A before the change is fine;
     # after the change, only the pushes already running may still complete into A
     leaked = [n for n, stored in in_a.items() if stored > changed_at]
     assert len(leaked) <= WORKERS, leaked

@@ -1,6 +1,7 @@
 """Full spools on a real archiving primary: [wal] async = true and prefetch = 4 with spool_dir on a
-small tmpfs that is then filled up. Archiving and recovery go on without the spool (in-process
-push, direct fetch), each call warning with the spool's path; no internal error, no aborted recovery.
+small tmpfs that is then filled up. Archiving goes on (the helper's pushes keep nothing in the spool
+but its socket and lock) and recovery goes on without the prefetch spool (direct fetches), each call
+warning with the spool's path; no internal error, no aborted recovery.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from opsdb.model.lsn import parse_wal_name, segment_name
 from opsdb.ops.walspool import stop_helpers
 from opsdb.pg.instance import Instance
 from opsdb.proc import LocalRunner
@@ -80,7 +82,7 @@ def env(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
                "factory": factory, "storage": LocalStorage(str(workdir / "repo")), "keys": {key.id: key}}  # fmt: skip
     finally:
         factory.close()  # stops the servers (and with them the helpers' work) before the unmount
-        stop_helpers(str(spool))  # the pusher / prefetcher / agents our servers started
+        stop_helpers(str(spool))  # the WAL helpers our servers started
         for _ in range(50):  # bounded: a helper may take a moment to exit
             if subprocess.run(["umount", str(spool)], capture_output=True, timeout=30).returncode == 0:
                 break
@@ -92,17 +94,16 @@ def test_archiving_and_recovery_go_on_with_full_spools(env: dict[str, Any]) -> N
     primary = env["primary"]
     x(primary, "CREATE TABLE t (id int primary key, note text)")
     backup(env)
-    x(primary, "INSERT INTO t VALUES (1, 'through the async pusher')")
-    wait_archived(primary)  # the spool's directories exist and the pusher has worked
+    x(primary, "INSERT INTO t VALUES (1, 'through the async helper')")
+    wait_archived(primary)  # the spool's directories exist and the helper has worked
     _fill(env["spool"])
 
     x(primary, "INSERT INTO t SELECT g, 'with the spool full' FROM generate_series(2, 2000) g")
     for _ in range(3):
-        wait_archived(primary)  # wal-push falls back to an in-process push: archiving never stops
+        wait_archived(primary)  # pushes need no room in the spool: archiving never stops
     failed = v(primary, "SELECT failed_count FROM pg_stat_archiver")
     assert failed == 0
     log = primary.log_path.read_text(errors="replace")
-    assert "the async push spool cannot be used: No space left on device" in log and str(env["spool"]) in log
     assert "internal error" not in log
     names = {f.wal.name for f in repo_wal.list_archive(env["storage"], "main")}
     last = v(primary, "SELECT last_archived_wal FROM pg_stat_archiver")
@@ -118,23 +119,32 @@ def test_archiving_and_recovery_go_on_with_full_spools(env: dict[str, Any]) -> N
                          as_root=True).stdout)  # fmt: skip
     assert doc["recovery_point"] is not None and len(rows(port)) == 2000
     recovery_log = restored.log_path.read_text(errors="replace")
-    assert "the prefetch spool cannot be used" in recovery_log and str(env["spool"]) in recovery_log
+    assert "the prefetch spool cannot" in recovery_log and str(env["spool"]) in recovery_log
     assert "fetching" in recovery_log and "directly from the repository" in recovery_log
     assert "internal error" not in recovery_log
 
 
 def test_a_prefetch_spool_too_small_for_a_segment_falls_back_to_a_direct_fetch(env: dict[str, Any]) -> None:
-    """Room for the prefetcher's small files but not for a segment: the prefetcher's answer names the spool."""
+    """Room for small files but not for a segment: the call whose segment could not be fetched ahead
+    fetches it directly, and its warning names the spool."""
     (env["spool"] / "filler").unlink(missing_ok=True)
     wait_archived(env["primary"])
-    name = v(env["primary"], "SELECT last_archived_wal FROM pg_stat_archiver")
+    last = parse_wal_name(v(env["primary"], "SELECT last_archived_wal FROM pg_stat_archiver"))
+    assert last.segno is not None and last.segno >= 2
+    first, second = (segment_name(last.timeline, last.segno - n) for n in (2, 1))
     pgdata = env["factory"].new_dir()  # wal-fetch runs in the data directory being recovered (its cwd)
     user = os_user()
-    argv = [env["opsdb"], "--config", str(env["config"]), "wal-fetch", name, str(pgdata / "RECOVERYXLOG")]
-    if user:
-        argv = ["runuser", "-u", user, "--", *argv]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=str(pgdata))
+
+    def fetch(name: str) -> subprocess.CompletedProcess[str]:
+        argv = [env["opsdb"], "--config", str(env["config"]), "wal-fetch", name, str(pgdata / "RECOVERYXLOG")]
+        if user:
+            argv = ["runuser", "-u", user, "--", *argv]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=str(pgdata))
+
+    done = fetch(first)  # fetched directly; the helper tries to fetch `second` ahead, into too small a spool
+    assert done.returncode == 0, done.stderr
+    done = fetch(second)
     assert done.returncode == 0, done.stderr
     assert (pgdata / "RECOVERYXLOG").stat().st_size == 16 * 1024 * 1024
-    assert f"the prefetch spool cannot hold {name}: No space left on device" in done.stderr
-    assert "directly from the repository" in done.stderr
+    assert f"the prefetch spool cannot hold {second}: No space left on device" in done.stderr
+    assert str(env["spool"]) in done.stderr and "directly from the repository" in done.stderr

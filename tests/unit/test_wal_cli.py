@@ -3,17 +3,16 @@
 Exit codes are the contract here (SPEC): push 0 only once stored; fetch 0 / 1 (missing, quiet) / >125.
 """
 
-import contextlib
 import os
 import pwd
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from opsdb.ops.walspool import DaemonLock, stop_helpers
 from opsdb.stream.crypto import generate_key_file
 from tests.fakes import TEST_SYSTEM_IDENTIFIER, wal_segment
 
@@ -67,9 +66,7 @@ def segment(pgdata, name=SEG, content=None, ready=False):
 @pytest.fixture
 def stop_daemons(tmp_path):
     yield
-    for lock in (tmp_path / "spool").rglob("*.lock"):
-        with contextlib.suppress(ValueError, ProcessLookupError, FileNotFoundError):
-            os.kill(int(lock.read_text().strip() or 0), signal.SIGTERM)
+    stop_helpers(str(tmp_path / "spool"))
 
 
 def test_sync_push_fetch_exit_codes(tmp_path, pgdata):
@@ -205,19 +202,22 @@ def test_prefetched_file_with_wrong_digest_is_never_served(tmp_path, pgdata, sto
     restore = tmp_path / "restored"
     (restore / "pg_wal").mkdir(parents=True)
     assert opsdb(config, "wal-fetch", SEG, "pg_wal/X", cwd=restore).returncode == 0
-    spooled = Path()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = list((tmp_path / "spool").rglob("data/000000010000000000000002"))
-        if found and Path(str(found[0]) + ".json").exists():
-            spooled = found[0]
-            break
-        time.sleep(0.05)
-    assert spooled.is_file()
+    spooled = _wait_for(lambda: next((tmp_path / "spool").rglob("prefetch/*/000000010000000000000002"), None))
     spooled.write_bytes(b"tampered")  # the spool is local disk: a damaged copy must not reach recovery
     result = opsdb(config, "--json", "wal-fetch", "000000010000000000000002", "pg_wal/X", cwd=restore)
-    assert result.returncode == 0
+    assert result.returncode == 0 and '"source": "repository"' in result.stdout
     assert (restore / "pg_wal" / "X").read_bytes() == (pgdata / "pg_wal" / "000000010000000000000002").read_bytes()
+
+
+def _wait_for(find, timeout=60.0):
+    """Poll find() until it returns something (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = find()
+        if found:
+            return found
+        time.sleep(0.005)
+    raise AssertionError(f"nothing found within {timeout}s")
 
 
 def test_lean_path_hands_everything_else_to_typer():
@@ -236,46 +236,104 @@ def test_fetch_with_an_unusable_key_stops_recovery(tmp_path, pgdata):
     assert result.returncode > 125 and "key" in result.stderr  # never "not found": that would end recovery early
 
 
-def _agent_pids(tmp_path, kind):
-    from opsdb.ops.walspool import DaemonLock
-
-    locks = (tmp_path / "spool").rglob(f"agent/{kind}-*.lock")
-    return sorted(int(lock.read_text()) for lock in locks if DaemonLock(lock).held_by_other())
+def _helper_pids(tmp_path):
+    locks = (tmp_path / "spool").rglob("helper/*.lock")
+    return sorted(int(lock.read_text()) for lock in locks if DaemonLock(str(lock)).held_by_other())
 
 
-def test_sync_calls_are_served_by_one_warm_agent(tmp_path, pgdata, stop_daemons):
+def test_pushes_and_fetches_are_served_by_one_warm_helper(tmp_path, pgdata, stop_daemons):
     config = _config(tmp_path)
     names = [f"0000000100000000000000{n:02X}" for n in range(1, 5)]
     for name in names[:2]:
         segment(pgdata, name)
         assert opsdb(config, "wal-push", f"pg_wal/{name}", cwd=pgdata).returncode == 0
-    agents = _agent_pids(tmp_path, "push")
-    assert len(agents) == 1
+    helpers = _helper_pids(tmp_path)
+    assert len(helpers) == 1
     segment(pgdata, names[2])
     assert opsdb(config, "wal-push", f"pg_wal/{names[2]}", cwd=pgdata).returncode == 0
-    assert _agent_pids(tmp_path, "push") == agents  # the same warm process served the later call
-    os.kill(agents[0], signal.SIGKILL)  # kill -9: the next call starts a new agent and succeeds
+    assert _helper_pids(tmp_path) == helpers  # the same warm process served the later call
+    os.kill(helpers[0], signal.SIGKILL)  # kill -9: the next call starts a new helper and succeeds
     segment(pgdata, names[3])
     assert opsdb(config, "wal-push", f"pg_wal/{names[3]}", cwd=pgdata).returncode == 0
-    assert _agent_pids(tmp_path, "push") not in ([], agents)
+    new = _helper_pids(tmp_path)
+    assert len(new) == 1 and new != helpers
+    helpers = new
     for name in names:
         fetched = opsdb(config, "wal-fetch", name, "pg_wal/RECOVERYXLOG", cwd=pgdata)
         assert fetched.returncode == 0, fetched.stderr
         assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == (pgdata / "pg_wal" / name).read_bytes()
-    assert len(_agent_pids(tmp_path, "fetch")) == 1
+    assert _helper_pids(tmp_path) == helpers  # fetches too: one helper per cluster
 
 
-def test_agent_off_means_every_call_works_alone(tmp_path, pgdata):
+def test_the_agent_key_of_older_configs_is_accepted_and_ignored(tmp_path, pgdata, stop_daemons):
     config = _config(tmp_path, agent=False)
     src = segment(pgdata)
     assert opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata).returncode == 0
     assert opsdb(config, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=pgdata).returncode == 0
     assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == src.read_bytes()
-    assert not list((tmp_path / "spool").rglob("agent"))
+    assert len(_helper_pids(tmp_path)) == 1
+
+
+BIG = 64 * 1024 * 1024  # long enough to push or fetch that a kill -9 lands in the middle of it
+
+
+def test_kill_9_of_the_helper_mid_push_leaves_nothing_that_looks_complete(tmp_path, pgdata, stop_daemons):
+    config = _config(tmp_path)
+    segment(pgdata)
+    assert opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata).returncode == 0  # starts the helper
+    [helper] = _helper_pids(tmp_path)
+    big = pgdata / "pg_wal" / "000000010000000000000002"
+    big.write_bytes(wal_segment(big.name, size=BIG))
+    cmd = [sys.executable, "-m", "opsdb.cli.fastpath", "--config", str(config), "wal-push", f"pg_wal/{big.name}"]
+    call = subprocess.Popen(cmd, cwd=pgdata, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: list((tmp_path / "repo").rglob(".tmp-*")))  # the helper is writing the object
+        assert not list((tmp_path / "repo").rglob(big.name))
+        os.kill(helper, signal.SIGKILL)
+        _, err = call.communicate(timeout=120)
+    finally:
+        call.kill()
+    assert call.returncode == 0, err  # the dropped call asked a new helper, which stored it
+    assert _helper_pids(tmp_path) not in ([], [helper])
+    out = tmp_path / "out"
+    assert opsdb(config, "wal-fetch", big.name, str(out), cwd=pgdata).returncode == 0
+    assert out.read_bytes() == big.read_bytes()
+    leftovers = [p.name for p in (tmp_path / "repo").rglob("*") if p.is_file() and big.name[:16] in str(p.parent)]
+    # the killed helper's temp file stays a temp file; the only objects are the two stored (and read back) ones
+    assert {n for n in leftovers if not n.startswith(".tmp-")} == {SEG, big.name, f".meta-{SEG}", f".meta-{big.name}"}
+
+
+def test_kill_9_of_the_helper_mid_prefetch_serves_nothing_it_left(tmp_path, pgdata, stop_daemons):
+    config = _config(tmp_path, prefetch=2)
+    names = [f"0000000100000000000000{n:02X}" for n in range(1, 5)]
+    for name in names:
+        (pgdata / "pg_wal" / name).write_bytes(wal_segment(name, size=BIG))
+        assert opsdb(config, "wal-push", f"pg_wal/{name}", cwd=pgdata).returncode == 0
+    stop_helpers(str(tmp_path / "spool"))
+    _wait_for(lambda: not _helper_pids(tmp_path) or None)
+    restore = tmp_path / "restored"
+    (restore / "pg_wal").mkdir(parents=True)
+    cmd = [sys.executable, "-m", "opsdb.cli.fastpath", "--config", str(config), "wal-fetch", names[0], "pg_wal/X"]
+    call = subprocess.Popen(cmd, cwd=restore, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        left_by_the_dead = _wait_for(lambda: list((tmp_path / "spool").rglob("prefetch/*/.*.tmp")))  # fetching ahead
+        os.kill(_helper_pids(tmp_path)[0], signal.SIGKILL)
+        _, err = call.communicate(timeout=120)
+    finally:
+        call.kill()
+    assert call.returncode == 0, err  # a call the helper dropped asked a new helper
+    assert (restore / "pg_wal" / "X").read_bytes() == (pgdata / "pg_wal" / names[0]).read_bytes()
+    for name in names[1:]:
+        fetched = opsdb(config, "--json", "wal-fetch", name, "pg_wal/X", cwd=restore)
+        assert fetched.returncode == 0, fetched.stderr
+        assert (restore / "pg_wal" / "X").read_bytes() == (pgdata / "pg_wal" / name).read_bytes()
+    assert not any(p.exists() for p in left_by_the_dead)  # never served: the new helper removed them
+    assert '"source": "prefetch"' in fetched.stdout  # and the new helper prefetches again
 
 
 @pytest.mark.parametrize("mode", [{"async": True}, {"prefetch": 2}, {}])
 def test_an_unusable_spool_makes_calls_work_in_process_with_a_warning(tmp_path, pgdata, mode):
+    """Typically a spool_dir created by root (0700) while PostgreSQL runs as postgres."""
     config = _config(tmp_path, **mode)
     (tmp_path / "spool").write_text("a file where the spool directory should be")
     src = segment(pgdata)

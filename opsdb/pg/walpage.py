@@ -1,5 +1,5 @@
-"""What a WAL file says about itself: the long page header of a segment, pg_control's system
-identifier, and a timeline history file's shape, checked against the name the file is stored under.
+"""What a WAL file says about itself: the long page header of a segment and a timeline history
+file's shape, checked against the name the file is stored under (pg_control: pg/control.py).
 
 These checks need no key and no binding: they read the content PostgreSQL wrote, so they also catch
 a swapped, replayed or foreign segment in a repository written before objects were bound to their
@@ -42,9 +42,11 @@ def parse_segment_header(head: bytes) -> SegmentHeader | None:
     return SegmentHeader(tli, pageaddr, sysid, seg_size)
 
 
-def control_system_identifier(raw: bytes) -> int | None:
-    """pg_control starts with the 8-byte system identifier (native order: little-endian here)."""
-    return int.from_bytes(raw[:8], "little") if len(raw) >= 8 else None
+def read_segment_header(path: str) -> SegmentHeader | None:
+    """The long page header of the segment file at path; None when it does not start with one.
+    OSError when the file cannot be read."""
+    with open(path, "rb") as fh:
+        return parse_segment_header(fh.read(LONG_HEADER_SIZE))
 
 
 def segment_mismatch(name: str, head: bytes, system_identifiers: Collection[int] = ()) -> str | None:
