@@ -1,7 +1,8 @@
 """Benchmark: opsdb beside pgBackRest, in the same run, on the same data, over the same S3 endpoint.
 
     .venv/bin/python bench/peers.py [--scale 10] [--segments 32] [--rounds 2] [--kinds s3,posix]
-                                    [--calls 5] [--prefetch 16] [--install] [--build-venv] [--out FILE]
+                                    [--calls 5] [--prefetch 16] [--install] [--build-venv] [--wal-only]
+                                    [--out FILE]
 
 Needs root (PostgreSQL and both tools run as the `postgres` OS user), pgBackRest and haproxy from
 Debian (`apt-get install -y pgbackrest haproxy`, or `--install`), and a regular install of this
@@ -18,7 +19,8 @@ comparison), in interleaved rounds (the two tools back to back, order flipped ea
             sync and async (opsdb [wal] async; pgBackRest archive-async=y), each into a fresh
             repository; `cp` + `sync` into a local directory is the local reference
   call      one archive_command call on one segment: opsdb with its helper running, opsdb's first
-            call (it starts its helper), pgBackRest archive-push (no helper: every call is a first)
+            call (it starts its helper), pgBackRest archive-push (no helper: every call is a first);
+            and one async call for a segment each tool's background work already stored ahead
   replay    PITR replay of the burst from a base backup taken just before it, until promoted:
             opsdb wal-fetch with [wal] prefetch, pgBackRest async archive-get with a queue of the
             same number of segments, `cp` from the local directory
@@ -123,10 +125,11 @@ def summarize(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-_ORDER = ["backup", "restore", "drain-sync", "drain-async", "call", "call-first", "replay"]
+_ORDER = ["backup", "restore", "drain-sync", "drain-async", "call", "call-first", "call-async", "replay"]
 _LABEL = {"backup": "backup (full)", "restore": "restore (synced)", "drain-sync": "WAL drain, sync",
           "drain-async": "WAL drain, async", "call": "one archive call, helper running",
-          "call-first": "one archive call, first (starts helper)", "replay": "PITR replay (prefetch / async get)"}  # fmt: skip
+          "call-first": "one archive call, first (starts helper)",
+          "call-async": "one async call, stored ahead", "replay": "PITR replay (prefetch / async get)"}  # fmt: skip
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -168,6 +171,7 @@ def main() -> None:
     ap.add_argument("--build-venv", action="store_true", help="(re)install this checkout into --venv first")
     ap.add_argument("--install", action="store_true", help="apt-get install pgbackrest haproxy when missing")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--wal-only", action="store_true", help="skip backup and restore (the WAL paths only)")
     ap.add_argument("--out", help="JSON file (default bench/results/peers-DATE-scaleN.json)")
     args = ap.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
@@ -202,7 +206,7 @@ def main() -> None:
         facts["database_bytes"] = size
         tools = Tools(work, endpoint, server.data, server.port, opsdb, BIN)
         main_cfg = {kind: {tool: config(tools, tool, f"main-{kind}", kind) for tool in TOOLS} for kind in kinds}
-        for kind in kinds:
+        for kind in kinds if not args.wal_only else []:
             log(f"backup and restore, {kind}, {args.rounds} rounds ({size / 1e6:.0f} MB)")
             samples += backups(tools, server, kind, args.rounds, size, main_cfg[kind])
             samples += restores(tools, kind, args.rounds, main_cfg[kind])

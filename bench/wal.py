@@ -9,13 +9,13 @@ One run, one machine, the same WAL bytes for every row (as in /work/shared/refer
 2. Drain of the .ready backlog by PostgreSQL's own archiver, per method: the .done files are renamed
    back to .ready, archive_command is set and reloaded, and the time until no burst segment is .ready
    any more is measured. Methods: `cp` + `sync` into a local directory; opsdb sync (through the WAL
-   agent, the default) into s3:// on a moto server on 127.0.0.1; opsdb async ([wal] async,
-   push_workers) into s3:// on moto.
-3. One cold `opsdb wal-push` call (a fresh process, median of 5) per mode: sync with the agent off
-   (every call imports and connects itself), the first sync call (it starts the agent), sync calls
-   served by the running agent, async calls for files the pusher stored ahead.
+   helper) into s3:// on a moto server on 127.0.0.1; opsdb async ([wal] async, push_workers: the
+   helper pushes .ready files ahead) into s3:// on moto.
+3. One cold `opsdb wal-push` call (a fresh process, median of 5) per mode: in-process (a spool_dir
+   the helper cannot use: every call imports and connects itself), the first call (it starts the
+   helper), calls served by the running helper, async calls for files the helper stored ahead.
 4. PITR replay of the whole burst from the base backup (restore_command), wall time from start until
-   the server left recovery: `cp` from the local directory; opsdb wal-fetch (through the agent);
+   the server left recovery: `cp` from the local directory; opsdb wal-fetch (through the helper);
    opsdb wal-fetch with [wal] prefetch.
 
 opsdb runs as the `postgres` OS user (as PostgreSQL runs it), through the `opsdb` console script of
@@ -114,7 +114,7 @@ def config(work: Path, name: str, endpoint: str, bucket: str, level: int, extra:
 
 
 def helper_cpu_seconds(spool: Path) -> float:
-    """CPU seconds so far of the opsdb helpers (WAL agent, pusher) running under spool (pids in their .lock)."""
+    """CPU seconds so far of the opsdb WAL helpers running under spool (pids in their .lock)."""
     total = 0.0
     for lock in spool.rglob("*.lock") if spool.is_dir() else []:
         try:
@@ -285,7 +285,7 @@ def main() -> None:
                 "segments_per_second": round(len(burst) / seconds, 2),
                 "moto_cpu_seconds": round(moto_cpu, 1),
                 "machine_busy_cpu_seconds": round(busy, 1),  # all processes, including moto and PostgreSQL
-                "opsdb_helper_cpu_seconds": round(helper_cpu, 1),  # the WAL agent / background pusher
+                "opsdb_helper_cpu_seconds": round(helper_cpu, 1),  # the WAL helper
             }
             log(
                 f"  {seconds:.1f} s, {len(burst) / seconds:.1f} segments/s "
@@ -305,10 +305,14 @@ def main() -> None:
         chown(work)
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
 
+        def in_process(text: str) -> str:  # a spool_dir nobody can use: no helper, every call works alone
+            return "\n".join("spool_dir = \"/dev/null/none\"" if line.startswith("spool_dir") else line
+                             for line in text.splitlines()) + "\n"  # fmt: skip
+
         alone_cfg = work / "alone.toml"
-        alone_cfg.write_text(sync_cfg.read_text() + "agent = false\n")
+        alone_cfg.write_text(in_process(sync_cfg.read_text()))
         alone_file_cfg = work / "alone-file.toml"
-        alone_file_cfg.write_text(file_cfg.read_text() + "agent = false\n")
+        alone_file_cfg.write_text(in_process(file_cfg.read_text()))
         first_cfg = work / "first.toml"
         chown(work)
 
@@ -318,7 +322,7 @@ def main() -> None:
         def forget() -> None:
             s3.delete_object(Bucket="walbench", Key=f"sync/clusters/main/wal/{one[:16]}/{one}")
 
-        def fresh_agent() -> None:  # a config file of its own each time: no agent serves it yet
+        def fresh_helper() -> None:  # a config file of its own each time: no helper serves it yet
             forget()
             first_cfg.write_text(sync_cfg.read_text() + f"# {time.monotonic()}\n")
             chown(first_cfg)
@@ -326,29 +330,34 @@ def main() -> None:
         calls = {
             "python -c pass (the interpreter)": cold_call([PGPY, "-c", "pass"], probe),
             "opsdb --version (Typer app)": cold_call([LEAN, "--version"], probe),
-            "wal-push sync file://, agent off (in-process)": cold_call(
+            "wal-push sync file://, in-process (no helper)": cold_call(
                 push(alone_file_cfg), probe, prepare=lambda: shutil.rmtree(work / "filerepo", ignore_errors=True)
             ),
-            "wal-push sync s3, agent off (in-process)": cold_call(push(alone_cfg), probe, prepare=forget),
-            "wal-push sync s3, first call (starts the agent)": cold_call(push(first_cfg), probe, prepare=fresh_agent),
-            "wal-push sync s3, agent running": cold_call(push(sync_cfg), probe, prepare=forget),
+            "wal-push sync s3, in-process (no helper)": cold_call(push(alone_cfg), probe, prepare=forget),
+            "wal-push sync s3, first call (starts the helper)": cold_call(push(first_cfg), probe, prepare=fresh_helper),
+            "wal-push sync s3, helper running": cold_call(push(sync_cfg), probe, prepare=forget),
         }
-        # async: the running pusher stores .ready files ahead; the call then only confirms (hash + marker)
-        subprocess.run(as_pg(push(async_cfg)), cwd=probe, check=True, capture_output=True)  # starts the pusher
+        # async: the running helper stores .ready files ahead; the call then only confirms (from its memory)
+        subprocess.run(as_pg(push(async_cfg)), cwd=probe, check=True, capture_output=True)  # starts the helper
         times = []
         for i in range(2, 7):
             name = f"0000000A00000000000000{i:02X}"
             shutil.copy(seg, probe / "pg_wal" / name)
             (probe / "pg_wal" / "archive_status" / f"{name}.ready").touch()
             chown(probe)
-            marker = work / "spool-async" / "main" / "push" / "ok" / name
+            subprocess.run(as_pg(push(async_cfg, one)), cwd=probe, check=True, capture_output=True)  # sees .ready
+            key = f"async/clusters/main/wal/{name[:16]}/{name}"
             deadline = time.monotonic() + 120
-            while not marker.exists() and time.monotonic() < deadline:
-                time.sleep(0.02)
+            while time.monotonic() < deadline:  # stored ahead by the helper
+                try:
+                    s3.head_object(Bucket="walbench", Key=key)
+                    break
+                except Exception:
+                    time.sleep(0.02)
             start = time.monotonic()
             subprocess.run(as_pg(push(async_cfg, name)), cwd=probe, check=True, capture_output=True)
             times.append(time.monotonic() - start)
-        calls["wal-push async, stored ahead by the pusher (lean)"] = statistics.median(times)
+        calls["wal-push async, stored ahead by the helper"] = statistics.median(times)
         results["cold_call_seconds"] = {k: round(v, 3) for k, v in calls.items()}
         for k, v in results["cold_call_seconds"].items():
             log(f"cold call {k}: {v * 1000:.0f} ms")
@@ -360,7 +369,7 @@ def main() -> None:
             chown(work)
             replays = {
                 "cp from local dir": f"cp {local}/%f %p",
-                "opsdb wal-fetch through the agent (s3)": f"{LEAN} --config {async_cfg} wal-fetch %f %p",
+                "opsdb wal-fetch through the helper (s3)": f"{LEAN} --config {async_cfg} wal-fetch %f %p",
                 f"opsdb wal-fetch prefetch={args.prefetch} (s3)": f"{LEAN} --config {prefetch_cfg} wal-fetch %f %p",
             }
             out = {}

@@ -70,12 +70,12 @@ def identity_digest(config_path: str | None) -> str:
 def small_sha256(data: bytes) -> str:
     """SHA-256 of a few bytes without loading OpenSSL (hashlib's import costs ~6 ms per WAL file)."""
     try:
-        from _sha2 import sha256  # Python 3.12+
+        if sys.version_info >= (3, 12):
+            from _sha2 import sha256
+        else:
+            from _sha256 import sha256
     except ImportError:
-        try:
-            from _sha256 import sha256  # Python 3.11
-        except ImportError:
-            from hashlib import sha256
+        from hashlib import sha256
     return sha256(data).hexdigest()
 
 
@@ -297,7 +297,7 @@ def call(paths: Paths, request: list[str], start: Any, *, timeout: float, warn: 
         if time.monotonic() > deadline:
             return None
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.05)
+        delay = min(delay * 1.5, 0.01)  # a starting helper is found within 10 ms of listening
 
 
 def _ask(sock: str, request: list[str], timeout: float) -> list[str] | None:
