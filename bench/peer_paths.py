@@ -149,9 +149,17 @@ def calls(tools: Tools, server: Server, segments: list[Path], kind: str, count: 
     samples = []
     for name, values in times.items():
         if name.endswith("-async"):
-            samples.append({"path": "call-async", "kind": kind, "tool": name.removesuffix("-async"), "round": 0,
-                            "value": round(statistics.median(values), 1), "unit": "ms",
-                            "samples_ms": [round(v, 1) for v in values]})  # fmt: skip
+            samples.append(
+                {
+                    "path": "call-async",
+                    "kind": kind,
+                    "tool": name.removesuffix("-async"),
+                    "round": 0,
+                    "value": round(statistics.median(values), 1),
+                    "unit": "ms",
+                    "samples_ms": [round(v, 1) for v in values],
+                }
+            )
             continue
         tool = "pgbackrest" if name == "pgbackrest" else "opsdb"
         path = "call-first" if name == "opsdb-first" else "call"
@@ -188,8 +196,9 @@ def async_calls(tools: Tools, server: Server, segments: list[Path], kind: str, c
 
         call(segments[count])  # untimed: starts the helper / async process, which pushes the .ready ones
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not all(_stored_ahead(tools, tool, cfg, kind, s.name)
-                                                      for s in segments[:count]):  # fmt: skip
+        while time.monotonic() < deadline and not all(
+            _stored_ahead(tools, tool, cfg, kind, s.name) for s in segments[:count]
+        ):
             time.sleep(0.05)
         times[f"{tool}-async"] = [call(seg) for seg in segments[:count]]
     return times
@@ -197,8 +206,9 @@ def async_calls(tools: Tools, server: Server, segments: list[Path], kind: str, c
 
 def _stored_ahead(tools: Tools, tool: str, cfg: Path, kind: str, name: str) -> bool:
     if tool == "pgbackrest":  # its async process acknowledges through its spool
-        return (tools.work / f"pgbr-spool-{cfg.stem.removeprefix('pgbr-')}" / "archive" / "main" / "out"
-                / f"{name}.ok").exists()  # fmt: skip
+        return (
+            tools.work / f"pgbr-spool-{cfg.stem.removeprefix('pgbr-')}" / "archive" / "main" / "out" / f"{name}.ok"
+        ).exists()
     where = cfg.stem.removeprefix("opsdb-")
     key = f"{where}/clusters/main/wal/{name[:16]}/{name}"
     if kind == "s3":
@@ -206,9 +216,10 @@ def _stored_ahead(tools: Tools, tool: str, cfg: Path, kind: str, name: str) -> b
 
         try:
             boto3.client("s3", endpoint_url=tools.endpoint.url, region_name="us-east-1").head_object(
-                Bucket=BUCKET, Key=key)  # fmt: skip
+                Bucket=BUCKET, Key=key
+            )
             return True
-        except Exception:  # noqa: BLE001 - not there yet
+        except Exception:  # not there yet
             return False
     return (tools.work / f"repo-{key}").exists()
 

@@ -306,8 +306,13 @@ def main() -> None:
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
 
         def in_process(text: str) -> str:  # a spool_dir nobody can use: no helper, every call works alone
-            return "\n".join("spool_dir = \"/dev/null/none\"" if line.startswith("spool_dir") else line
-                             for line in text.splitlines()) + "\n"  # fmt: skip
+            return (
+                "\n".join(
+                    'spool_dir = "/dev/null/none"' if line.startswith("spool_dir") else line
+                    for line in text.splitlines()
+                )
+                + "\n"
+            )
 
         alone_cfg = work / "alone.toml"
         alone_cfg.write_text(in_process(sync_cfg.read_text()))

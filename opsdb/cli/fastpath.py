@@ -225,8 +225,13 @@ def wal_push(config: str | None, cluster: str | None, path: str) -> dict[str, An
     if reply is not None:
         ahead = reply.get("ahead") == "1"
         already = reply.get("already_stored") == "1"
-        return {"name": name, "stored": True, "mode": "async" if async_ else "sync", "already_stored": already,
-                "pushed_ahead": ahead}  # fmt: skip
+        return {
+            "name": name,
+            "stored": True,
+            "mode": "async" if async_ else "sync",
+            "already_stored": already,
+            "pushed_ahead": ahead,
+        }
     from opsdb.ops import wal as ops_wal
 
     _setup_logging()

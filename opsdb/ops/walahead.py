@@ -188,9 +188,15 @@ class _Window:
 
 class Prefetch:
     def __init__(
-        self, repo: WalRepo, paths: walspool.Paths, repository: str, *, depth: int, workers: int,
+        self,
+        repo: WalRepo,
+        paths: walspool.Paths,
+        repository: str,
+        *,
+        depth: int,
+        workers: int,
         stale: Callable[[], bool],
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.repo, self.paths, self.repository, self.depth, self.stale = repo, paths, repository, depth, stale
         # enough parallel downloads to stay ahead of replay: a download takes longer than replaying a segment
         self.workers = max(1, min(depth, max(workers, 4)))
@@ -223,8 +229,10 @@ class Prefetch:
         if published is not None and self._serve(window, name, published, dest):
             return Fetched(published[1], "prefetch")
         if isinstance(failure, OSError):  # the spool cannot hold it (full): not a repository problem
-            warning = (f"the prefetch spool cannot hold {name}: {failure.strerror or failure} ({window.directory}); "
-                       f"fetching {name} directly from the repository")  # fmt: skip
+            warning = (
+                f"the prefetch spool cannot hold {name}: {failure.strerror or failure} ({window.directory}); "
+                f"fetching {name} directly from the repository"
+            )
         return Fetched(fetch_file(self.repo, name, dest).size, "repository", warning)
 
     def _window(self, data_dir: str, name: str) -> tuple[_Window | None, str | None]:
@@ -237,8 +245,10 @@ class Prefetch:
             try:
                 os.makedirs(directory, mode=0o700, exist_ok=True)
             except OSError as exc:
-                return None, (f"the prefetch spool cannot be used: {exc.strerror or exc} ({exc.filename or directory});"
-                              f" fetching {name} directly from the repository")  # fmt: skip
+                return None, (
+                    f"the prefetch spool cannot be used: {exc.strerror or exc} ({exc.filename or directory});"
+                    f" fetching {name} directly from the repository"
+                )
             window = _Window(directory, data_dir)
             for entry in os.scandir(directory):  # a dead helper's files: never served, whatever they hold
                 with contextlib.suppress(OSError):

@@ -273,8 +273,9 @@ def run(config: str | None, cluster: str | None, paths: walspool.Paths) -> int:
         return 2 if isinstance(exc, UsageError) else 1
     wal = settings.wal
     pusher = Pusher(repo, workers=wal.push_workers, stale=follow)
-    prefetch = Prefetch(repo, paths, settings.repository.url, depth=wal.prefetch, workers=wal.push_workers,
-                        stale=follow)  # fmt: skip
+    prefetch = Prefetch(
+        repo, paths, settings.repository.url, depth=wal.prefetch, workers=wal.push_workers, stale=follow
+    )
     follow.users = [pusher, prefetch]
     served = serve(paths, Helper(pusher, prefetch, follow))
     log.info("the WAL helper served %d calls and exits", served)
