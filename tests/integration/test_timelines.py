@@ -165,6 +165,8 @@ def test_after_a_copy_archived_its_branch_everything_still_follows_the_primary(e
     drill = run(env, "--json", "drill", as_root=True, check=False)
     report = json.loads(drill.stdout)
     assert report["result"] == "pass", [c for c in report["checks"] if c["status"] != "pass"]
+    details = {c["name"]: c["detail"] for c in report["checks"]}
+    assert details["WAL coverage"].endswith("on timeline 1") and details["row counts"] == "postgres.public.t: 4"
 
 
 def test_a_restore_that_replaced_the_lost_primary_is_followed_without_asking_it(env: dict[str, Any]) -> None:
@@ -199,3 +201,10 @@ def test_a_restore_that_replaced_the_lost_primary_is_followed_without_asking_it(
     assert plan["plan"]["recovery"]["target"]["timeline"] == promoted
     _, restored = _started(env)
     assert rows(restored.port) == [1, 2, 3, 4, 5, 6]
+    restored.stop()
+    drill = run(env, "--json", "drill", as_root=True, check=False)
+    report = json.loads(drill.stdout)
+    assert report["result"] == "pass", [c for c in report["checks"] if c["status"] != "pass"]
+    details = {c["name"]: c["detail"] for c in report["checks"]}
+    assert details["WAL coverage"].endswith(f"on timeline {promoted}")
+    assert details["row counts"] == "postgres.public.t: 6"  # row 6 exists only on the new primary's timeline
