@@ -174,9 +174,12 @@ def verify_repository(
     keys_to_read = dict(expected)
     for key in wal_keys:
         keys_to_read.setdefault(key, _Expected())
+    listed: dict[str, int] | None = None  # the whole repository's listing: the stored sizes for the bar
     if backup_id is None:  # the whole repository: also every other object stored for this cluster
         leftovers = _interrupted_deletions(storage, cluster, result)
+        listed = {}
         for info in storage.list(layout.cluster_prefix(cluster)):
+            listed[info.key] = info.size
             if (
                 "/locks/" not in info.key
                 and not info.key.startswith(leftovers)
@@ -184,7 +187,7 @@ def verify_repository(
             ):
                 keys_to_read.setdefault(info.key, _Expected())
 
-    total = bytes_to_read(storage, cluster, keys_to_read)
+    total = bytes_to_read(storage, keys_to_read, listed, _wal_sizes(cluster, scan, segment_size))
     announce_total(on_bytes, total)  # the progress bar's 100 %
     phase("verify", "read", objects=len(keys_to_read), stored_bytes=total, workers=workers)
     parsed = _read_manifests(storage, manifests, keys, result)
@@ -264,6 +267,13 @@ def verify_repository(
     log_checked(cluster, records, keys_to_read, result.problems, segment_size)
     result.seconds = clock() - started
     return result
+
+
+def _wal_sizes(cluster: str, scan: walrepo.ArchiveScan, segment_size: int) -> dict[str, int]:
+    return {
+        layout.wal_object(cluster, segment_name(tli, segno, segment_size)): size
+        for (tli, segno), size in scan.sizes.items()
+    }
 
 
 def _interrupted_deletions(storage: Storage, cluster: str, result: VerifyResult) -> tuple[str, ...]:

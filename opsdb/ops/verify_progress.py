@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, BinaryIO
 
 from opsdb.errors import UsageError
@@ -69,10 +69,29 @@ class CountingStorage:
         self.inner.delete(keys)
 
 
-def bytes_to_read(storage: Storage, cluster: str, keys: Iterable[str]) -> int:
-    """The stored size of the objects verify will read (one listing of the cluster's prefix)."""
-    wanted = set(keys)
-    return sum(info.size for info in storage.list(layout.cluster_prefix(cluster)) if info.key in wanted)
+def bytes_to_read(
+    storage: Storage, keys: Iterable[str], listed: Mapping[str, int] | None, wal_sizes: Mapping[str, int]
+) -> int:
+    """The stored size of the objects verify will read: from the repository's listing when verify made one
+    (the whole repository), else from the archive scan's sizes for WAL segments, one listing per backup
+    for its objects and a stat for the few others (catalog entries, history files). A missing object
+    counts 0 (verify names it)."""
+    if listed is not None:
+        return sum(listed.get(key, 0) for key in keys)
+    total, rest, prefixes = 0, [], set()
+    for key in keys:
+        if key in wal_sizes:
+            total += wal_sizes[key]
+        else:
+            rest.append(key)
+            parts = key.split("/")
+            if len(parts) > 4 and parts[2] == "backups":  # clusters/C/backups/ID/NAME
+                prefixes.add("/".join(parts[:4]) + "/")
+    sizes = {info.key: info.size for prefix in sorted(prefixes) for info in storage.list(prefix)}
+    for key in rest:
+        info = storage.stat(key) if key not in sizes else None
+        total += sizes[key] if key in sizes else (info.size if info else 0)
+    return total
 
 
 def log_checked(

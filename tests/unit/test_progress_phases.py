@@ -194,3 +194,28 @@ def test_a_drills_replay_span_ends_at_the_planned_end_else_after_the_last_segmen
     by_time = SimpleNamespace(backup=backup, planned_end=None, wal_last="000000010000000000000005")
     assert replay_span(by_time, 16 * 2**20).end == Lsn.parse("0/6000000")  # type: ignore[union-attr]
     assert replay_span(SimpleNamespace(backup=SimpleNamespace(), planned_end=None, wal_last=None), 16) is None
+
+
+class ListingSpy:
+    """A storage that passes everything through and remembers the prefixes listed."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.prefixes = inner, []
+
+    def list(self, prefix: str):
+        self.prefixes.append(prefix)
+        return self.inner.list(prefix)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_verify_of_one_backup_totals_what_it_reads_without_listing_the_whole_repository() -> None:
+    inner, record = build_repo()
+    storage = ListingSpy(inner)
+    meter = Meter()
+    result = verify_repository(storage, "main", KEYS, [record], backup_id=record.id, on_bytes=meter)  # type: ignore[arg-type]
+    assert result.ok, result.problems
+    assert meter.total == meter.done > 0
+    assert layout.cluster_prefix("main") not in storage.prefixes
+    assert layout.backup_prefix("main", record.id) in storage.prefixes
