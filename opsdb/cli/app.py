@@ -269,7 +269,7 @@ def _command_kind(args: list[str]) -> str:
             words.append(arg)
     if not words:
         return ""
-    group = click_command().commands.get(words[0])  # type: ignore[attr-defined]
+    group = click_command().commands.get(words[0])  # type: ignore[attr-defined]  # the root command is a group
     return " ".join(words[:2]) if group is not None and hasattr(group, "commands") else words[0]
 
 

@@ -61,7 +61,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
-class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic only in typeshed, not at run time
     """Writes to sys.stderr as it is at each record: while a progress bar runs, rich replaces it with a
     proxy that prints whole lines above the bar (a handler holding the original stream would draw over it)."""
 

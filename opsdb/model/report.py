@@ -52,6 +52,13 @@ def parse_time(text: str | None) -> datetime | None:
     return value
 
 
+def _required_time(text: str) -> datetime:
+    value = parse_time(text)
+    if value is None:
+        raise ValueError("a WAL interval in the report has no start or end time")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Check:
     """One proof step: name, pass/fail, and a detail line a human can act on."""
@@ -283,7 +290,7 @@ def _from_dict(doc: dict[str, Any]) -> DrillReport:
         picture=TimelinePicture(
             backups=[b for b in (_backup_from(x) for x in pic.get("backups") or []) if b is not None],
             wal=[
-                Interval(parse_time(i["start"]), parse_time(i["end"]), i.get("kind", "wal"), i.get("label", ""))  # type: ignore[arg-type]
+                Interval(_required_time(i["start"]), _required_time(i["end"]), i.get("kind", "wal"), i.get("label", ""))
                 for i in pic.get("wal") or []
             ],
             window_start=parse_time(pic.get("window_start")),

@@ -232,7 +232,8 @@ def choose_backup(target: RecoveryTarget, backups: Sequence[Any]) -> Any:
             )
         return fits[-1]
     if target.kind == "lsn" and target.lsn is not None:
-        fits = [b for b in usable if as_lsn(b.stop_lsn) <= target.lsn]  # type: ignore[operator]
+        goal = target.lsn
+        fits = [b for b in usable if (stop := as_lsn(b.stop_lsn)) is not None and stop <= goal]
         if not fits:
             raise UsageError(
                 f"no backup ends before LSN {target.lsn}: the oldest backup ends at {as_lsn(usable[0].stop_lsn)}"

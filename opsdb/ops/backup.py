@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opsdb import __version__
 from opsdb.errors import IntegrityError, OperationFailed, OpsdbError, ToolError
@@ -60,6 +60,9 @@ from opsdb.repo.envelope import Codec, StoredObject
 from opsdb.repo.lock import RepositoryLock
 from opsdb.storage.base import Storage
 from opsdb.stream.stages import CHUNK_SIZE
+
+if TYPE_CHECKING:
+    from opsdb.config import Settings
 
 log = logging.getLogger("opsdb.backup")
 
@@ -486,7 +489,7 @@ def _record(
 
 
 def backup_from_settings(
-    settings: Any,
+    settings: Settings,
     cluster: str,
     *,
     from_standby: bool = False,

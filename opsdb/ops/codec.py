@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opsdb.repo import storecaps
 from opsdb.repo.envelope import Codec
 from opsdb.storage import ReadOnlyStorage, Storage, open_storage
 
 if TYPE_CHECKING:  # types only: cryptography is imported by stream.crypto alone (and lazily)
+    from opsdb.config import Settings
     from opsdb.stream.crypto import EncryptionKey
 
 
@@ -28,7 +29,7 @@ class Repository:
     keys: Mapping[str, EncryptionKey]
 
 
-def open_repository(settings: Any, *, writable: bool = False) -> Storage:
+def open_repository(settings: Settings, *, writable: bool = False) -> Storage:
     """The configured repository's Storage; read-only unless `writable` (puts/deletes then refused).
     Run as root, a file:// repository's new files go to the clusters' os_user (ops/privileges.py)."""
     from opsdb.ops.privileges import handover
@@ -53,7 +54,7 @@ def open_repository(settings: Any, *, writable: bool = False) -> Storage:
     return storage
 
 
-def encryption_key(settings: Any, *, for_reading: bool = False) -> EncryptionKey | None:
+def encryption_key(settings: Settings, *, for_reading: bool = False) -> EncryptionKey | None:
     """The configured (writing) key (KeyFileError when configured but unusable), or None when none
     is set. `for_reading`: a missing file is not answered with "generate one"."""
     from opsdb.stream.crypto import load_key
@@ -64,7 +65,7 @@ def encryption_key(settings: Any, *, for_reading: bool = False) -> EncryptionKey
     return load_key(key_file=enc.key_file, key_env=enc.key_env, for_reading=for_reading)
 
 
-def codec_from_settings(settings: Any, key: EncryptionKey | None = None) -> Codec:
+def codec_from_settings(settings: Settings, key: EncryptionKey | None = None) -> Codec:
     """How new objects are written: [compression] and, when a key is configured, encryption.
     With encryption.required and no key, writing raises (the envelope refuses)."""
     comp, enc = settings.compression, settings.encryption
@@ -73,7 +74,7 @@ def codec_from_settings(settings: Any, key: EncryptionKey | None = None) -> Code
     return Codec(comp.algorithm, comp.level, comp.threads, key, enc.required)
 
 
-def keyring_from_settings(settings: Any, key: EncryptionKey | None = None) -> dict[str, EncryptionKey]:
+def keyring_from_settings(settings: Settings, key: EncryptionKey | None = None) -> dict[str, EncryptionKey]:
     """Keys for reading, by key id (objects name the key that wrote them): the writing key and
     every key in encryption.read_key_files (older keys kept after a rotation)."""
     from opsdb.stream.crypto import load_key
@@ -86,7 +87,7 @@ def keyring_from_settings(settings: Any, key: EncryptionKey | None = None) -> di
     return ring
 
 
-def repository(settings: Any, *, writable: bool = False) -> Repository:
+def repository(settings: Settings, *, writable: bool = False) -> Repository:
     key = encryption_key(settings, for_reading=not writable)
     return Repository(
         open_repository(settings, writable=writable),

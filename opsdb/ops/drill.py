@@ -242,7 +242,7 @@ def _planned_end_from_records(
     replay that stops anywhere before the very end fails the drill."""
     if plan.planned_end is None or not plan.wal_names or plan.wal_last is None:
         return plan
-    if plan.planned_end.segment_number(segment_size) > parse_wal_name(plan.wal_last, segment_size).segno:  # type: ignore[operator]
+    if plan.planned_end.segment_number(segment_size) > parse_wal_name(plan.wal_last, segment_size).segno:  # type: ignore[operator]  # wal_last names a segment
         return plan  # WAL beyond a gap: the lower bound already cannot be reached
     if not (Path(bin_dir) / "pg_waldump").is_file():
         return plan

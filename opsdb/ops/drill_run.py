@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opsdb.errors import UsageError
 from opsdb.model.report import DrillReport, HistoryRow, history_stats
@@ -28,7 +28,11 @@ from opsdb.pg.tools import find_bin_dir
 from opsdb.proc import Cmd, LocalRunner, Runner
 from opsdb.render.report import render_html, render_markdown
 from opsdb.repo import catalog, reports
+from opsdb.repo.envelope import Codec
 from opsdb.storage.base import Storage
+
+if TYPE_CHECKING:
+    from opsdb.config import Settings
 
 
 def load_catalog(storage: Storage, cluster: str, keys: Mapping[str, Any]) -> list[Any]:
@@ -37,14 +41,14 @@ def load_catalog(storage: Storage, cluster: str, keys: Mapping[str, Any]) -> lis
 
 
 def verify_from_settings(
-    settings: Any, cluster: str, backup_id: str | None = None, on_bytes: Callable[[int], None] | None = None
+    settings: Settings, cluster: str, backup_id: str | None = None, on_bytes: Callable[[int], None] | None = None
 ) -> VerifyResult:
     repo = wal_repo_from_settings(settings, cluster)
     backups = load_catalog(repo.storage, cluster, repo.keys)
     return verify_repository(repo.storage, cluster, repo.keys, backups, backup_id=backup_id, on_bytes=on_bytes)
 
 
-def _wal_fetch_command(settings: Any, cluster: str, os_user: str | None, runner: Runner) -> str:
+def _wal_fetch_command(settings: Settings, cluster: str, os_user: str | None, runner: Runner) -> str:
     """`opsdb --config C wal-fetch %f %p` when the scratch server's user can run opsdb; else "" (the
     drill then stages the WAL it needs and replays from there)."""
     exe = opsdb_executable()  # the same choice `opsdb restore` makes ($OPSDB_EXECUTABLE honoured)
@@ -67,7 +71,7 @@ def _wal_fetch_command(settings: Any, cluster: str, os_user: str | None, runner:
 
 
 def scratch_provider(
-    settings: Any, provider: str, bin_dir: Path, os_user: str, major: int, runner: Runner
+    settings: Settings, provider: str, bin_dir: Path, os_user: str, major: int, runner: Runner
 ) -> ScratchProvider:
     drill = settings.drill
     if provider == "docker":
@@ -78,7 +82,7 @@ def scratch_provider(
 
 
 def drill_from_settings(
-    settings: Any,
+    settings: Settings,
     cluster: str,
     *,
     to_time: datetime | None = None,
@@ -126,7 +130,7 @@ def drill_from_settings(
     return report, save_report(repo.storage, cluster, report, repo.codec, report_dir)
 
 
-def save_report(storage: Storage, cluster: str, report: DrillReport, codec: Any, report_dir: str | None) -> list[str]:
+def save_report(storage: Storage, cluster: str, report: DrillReport, codec: Codec, report_dir: str | None) -> list[str]:
     """Keep the report in the repository (create-only) and, when asked, as files in report_dir."""
     rendered = {"md": render_markdown(report).encode(), "html": render_html(report).encode()}
     reports.store_report(storage, cluster, report, rendered, codec)
@@ -150,13 +154,13 @@ class History:
         return {"reports": [r.to_dict() for r in self.rows], "summary": self.stats}
 
 
-def report_history(settings: Any, cluster: str, limit: int = 20) -> History:
+def report_history(settings: Settings, cluster: str, limit: int = 20) -> History:
     repo = wal_repo_from_settings(settings, cluster)
     rows = [HistoryRow.of(r) for r in reports.recent_reports(repo.storage, cluster, repo.keys, limit=limit)]
     return History(rows, history_stats(rows))
 
 
-def report_show(settings: Any, cluster: str, report_id: str, fmt: str) -> str:
+def report_show(settings: Settings, cluster: str, report_id: str, fmt: str) -> str:
     repo = wal_repo_from_settings(settings, cluster)
     if fmt == "json":
         return reports.load_report(repo.storage, cluster, report_id, repo.keys).to_json()

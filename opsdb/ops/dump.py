@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opsdb import __version__
 from opsdb.errors import UsageError
@@ -51,6 +51,9 @@ from opsdb.repo import catalog, envelope, layout, marker
 from opsdb.repo.envelope import Codec
 from opsdb.repo.lock import RepositoryLock
 from opsdb.storage.base import Storage
+
+if TYPE_CHECKING:
+    from opsdb.config import Settings
 
 log = logging.getLogger("opsdb.dump")
 OnBytes = Callable[[int], None]
@@ -343,7 +346,7 @@ def _check_targets(conninfo: str, names: list[str], clean: bool) -> list[str]:
 
 
 def dump_from_settings(
-    settings: Any,
+    settings: Settings,
     cluster: str,
     *,
     databases: tuple[str, ...] = (),
@@ -361,7 +364,7 @@ def dump_from_settings(
 
 
 def restore_dump_from_settings(
-    settings: Any,
+    settings: Settings,
     cluster: str,
     dump_id: str,
     *,

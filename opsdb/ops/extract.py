@@ -64,5 +64,5 @@ def extract_object(
         raise OperationFailed(f"unable to extract {key} into {dest}: {exc}") from None
     finally:
         extractor.abort()
-        chunks.close()  # type: ignore[attr-defined]
+        chunks.close()  # type: ignore[attr-defined]  # a generator: closing it ends its download now
     return counted

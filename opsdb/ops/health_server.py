@@ -22,11 +22,14 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opsdb.model.results import Status
 from opsdb.ops.privileges import Account
 from opsdb.proc import python_module
+
+if TYPE_CHECKING:
+    from opsdb.config import ClusterConfig, Settings
 
 OK, WARNING, CRITICAL, UNKNOWN = Status.OK, Status.WARNING, Status.CRITICAL, Status.UNKNOWN
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -287,7 +290,7 @@ def prove_archiving(
 
 
 def check_as_server(
-    report: Any, settings: Any, cluster: str, os_user: str, server: dict[str, Any], runner: Any
+    report: Any, settings: Settings, cluster: str, os_user: str, server: dict[str, Any], runner: Any
 ) -> Account | None:
     """The os_user checks (the probe run as the server's user); returns the account when it is local."""
     from opsdb.ops.privileges import account as find_account
@@ -303,7 +306,8 @@ def check_as_server(
         return account
     found = server_environment(server.get("data_directory"))
     where = "the server's environment" if found is not None else "a clean login environment (the server's is unknown)"
-    argv, extra = probe_argv(server.get("archive_command"), settings.config_path, cluster)
+    config_path = str(settings.config_path) if settings.config_path is not None else None
+    argv, extra = probe_argv(server.get("archive_command"), config_path, cluster)
     env = {**(found if found is not None else login_environment(account)), **extra}
     env.setdefault("PATH", DEFAULT_PATH)
     run_as = account.name if me == 0 and account.uid != 0 else None
@@ -359,7 +363,7 @@ def _repository_seen(
     return status, f"{detail}; {note}: {fix}"
 
 
-def check_ownership(report: Any, settings: Any, cluster: str, account: Account | None) -> None:
+def check_ownership(report: Any, settings: Settings, cluster: str, account: Account | None) -> None:
     """A file:// repository and the cluster's spool: every entry the server's user could not use."""
     if account is None or os.geteuid() not in (0, account.uid):
         return
@@ -389,7 +393,7 @@ def check_ownership(report: Any, settings: Any, cluster: str, account: Account |
 
 def check_archiving(
     report: Any,
-    cluster_cfg: Any,
+    cluster_cfg: ClusterConfig,
     server: dict[str, Any],
     connect: Any,
     archived: Callable[[str], bool],

@@ -6,15 +6,18 @@ old backups, so the message must name the key to bring back rather than suggest 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from opsdb.repo import layout
 from opsdb.repo.envelope import read_header
 
+if TYPE_CHECKING:
+    from opsdb.config import Settings
+
 SAMPLE = 20  # headers read at most: the newest catalog entries and WAL files name the keys in use
 
 
-def key_ids_in_use(settings: Any, cluster: str) -> list[str]:
+def key_ids_in_use(settings: Settings, cluster: str) -> list[str]:
     """Distinct key ids of the newest catalog entries and WAL files (newest first); [] when unencrypted."""
     from opsdb.ops.codec import open_repository
 

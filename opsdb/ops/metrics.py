@@ -14,12 +14,15 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opsdb.errors import OpsdbError, UsageError
 from opsdb.model.report import DrillReport
 from opsdb.render.metrics import Sample, render
 from opsdb.repo import wal as repo_wal
+
+if TYPE_CHECKING:
+    from opsdb.config import Settings
 
 
 def _get(obj: Any, name: str) -> Any:
@@ -263,7 +266,7 @@ def _source(out: list[Sample], cluster: str, source: str, build: Callable[[], li
 
 
 def collect_from_settings(
-    settings: Any,
+    settings: Settings,
     clusters: Sequence[str],
     *,
     job_records: Iterable[Any] = (),
@@ -282,7 +285,7 @@ def collect_from_settings(
     return render(samples)
 
 
-def _cluster(settings: Any, name: str, now: datetime, replicas_fn: Callable[..., Any] | None) -> list[Sample]:
+def _cluster(settings: Settings, name: str, now: datetime, replicas_fn: Callable[..., Any] | None) -> list[Sample]:
     from opsdb.ops import replicas as ops_replicas
     from opsdb.ops.info import cluster_info
     from opsdb.ops.wal import wal_repo_from_settings

@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn, parse_wal_name
 from opsdb.model.window import RecoveryEnd
@@ -24,6 +24,9 @@ from opsdb.pg.waldump import SegmentRecords, dump_segment
 from opsdb.proc import Runner
 from opsdb.repo import wal as repo_wal
 from opsdb.storage.base import Storage
+
+if TYPE_CHECKING:
+    from opsdb.config import Settings
 
 MAX_SEGMENTS = 16  # newest segments read looking for a commit (16 x 16 MB at most)
 TAIL_BYTES = 512 * 1024  # read first: the end of the segment
@@ -88,7 +91,9 @@ def end_reader(
     return read
 
 
-def end_reader_from_settings(settings: Any, cluster: str, storage: Storage, keys: Mapping[str, Any]) -> ReadEnd | None:
+def end_reader_from_settings(
+    settings: Settings, cluster: str, storage: Storage, keys: Mapping[str, Any]
+) -> ReadEnd | None:
     """end_reader with the cluster's PostgreSQL binaries (None when there are none on this machine)."""
     from opsdb.errors import UsageError
     from opsdb.pg.tools import find_bin_dir

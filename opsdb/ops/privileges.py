@@ -17,7 +17,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from opsdb.config import Settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +46,7 @@ def account(name: str | None) -> Account | None:
     return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
 
 
-def server_user(settings: Any, cluster: str | None = None) -> str | None:
+def server_user(settings: Settings, cluster: str | None = None) -> str | None:
     """The os_user of `cluster`; without one, the os_user every configured cluster shares (a repository
     is shared by all clusters). None when no cluster is configured or their os_users differ."""
     clusters = getattr(settings, "clusters", None) or {}
@@ -53,7 +56,7 @@ def server_user(settings: Any, cluster: str | None = None) -> str | None:
     return users.pop() if len(users) == 1 else None
 
 
-def handover(settings: Any, cluster: str | None = None) -> Account | None:
+def handover(settings: Settings, cluster: str | None = None) -> Account | None:
     """The account new shared files go to when opsdb runs as root; None when nothing is to be handed over."""
     if os.geteuid() != 0:
         return None

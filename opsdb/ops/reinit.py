@@ -15,6 +15,7 @@ from typing import Any
 from opsdb.errors import UsageError
 from opsdb.pg import conn as pg_conn
 from opsdb.repo import marker
+from opsdb.storage.base import Storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +30,7 @@ class ReinitResult:
 
 
 def reinit(
-    storage: Any,
+    storage: Storage,
     cluster: str,
     conninfo: str,
     *,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from opsdb.config import ClusterConfig
+from opsdb.config import ClusterConfig, Settings
 from opsdb.errors import DatabaseError, UsageError
 from opsdb.model.replication import (
     LagThresholds,
@@ -230,7 +230,7 @@ def _password_to_passfile(link: StandbyLink, target_dir: Path, run_as: str | Non
 
 
 def create_replica_from_backup(
-    settings: Any,
+    settings: Settings,
     cluster_name: str,
     target_dir: Path,
     *,
@@ -277,7 +277,7 @@ def create_replica_from_backup(
         remove_passfile(passfile)
         if slot_created:
             with contextlib.suppress(DatabaseError), connect_fn(cluster.conninfo, timeout=DEFAULT_TIMEOUT) as conn:
-                drop_slot(conn, slot)  # type: ignore[arg-type]
+                drop_slot(conn, slot)  # type: ignore[arg-type]  # slot_created is True only when a slot was named
         raise
     assert result is not None
     return ReplicaCreated(

@@ -25,7 +25,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opsdb.errors import NotFound, OperationFailed, UsageError
 from opsdb.model.catalog import BASE_OBJECT, PHYSICAL, BackupRecord, RestorePlan, RestoreStep
@@ -36,6 +36,9 @@ from opsdb.pg.instance import quote_setting
 from opsdb.proc import Runner, pid_alive
 from opsdb.repo import catalog, layout
 from opsdb.storage.base import Storage
+
+if TYPE_CHECKING:
+    from opsdb.config import ClusterConfig, Settings
 
 AUTO_CONF = "postgresql.auto.conf"
 OnBytes = Callable[[int], None]
@@ -436,7 +439,7 @@ def _chown_tree(root: Path, os_user: str | None) -> None:
 
 
 def restore_from_settings(
-    settings: Any,
+    settings: Settings,
     cluster: str,
     *,
     target_dir: str,
@@ -512,7 +515,7 @@ def restore_from_settings(
     return plan, result
 
 
-def _bin_dir(cfg: Any, *, required: bool) -> Path | None:
+def _bin_dir(cfg: ClusterConfig, *, required: bool) -> Path | None:
     """The cluster's PostgreSQL binaries: needed for --start, used when present for pg_waldump (the
     window's real end) and pg_verifybackup (the manifest check)."""
     from opsdb.pg.tools import find_bin_dir
@@ -525,7 +528,7 @@ def _bin_dir(cfg: Any, *, required: bool) -> Path | None:
         return None
 
 
-def _restore_command(settings: Any, cluster: str) -> str:
+def _restore_command(settings: Settings, cluster: str) -> str:
     from opsdb.ops.pitr import opsdb_executable, restore_command
 
     config = str(settings.config_path) if settings.config_path else None

@@ -49,12 +49,12 @@ def resolve_chain(storage: Storage, cluster: str, record: BackupRecord, keys: Ma
 
     Raises IntegrityError naming the first member that is missing or unusable."""
     chain = [record]
-    while chain[-1].parent is not None:
+    while (parent_id := chain[-1].parent) is not None:
         child = chain[-1]
         if len(chain) > MAX_CHAIN:
             raise IntegrityError(f"the chain of backup {record.id} is longer than {MAX_CHAIN} backups")
         try:
-            parent = catalog.load_backup(storage, cluster, child.parent, keys)  # type: ignore[arg-type]
+            parent = catalog.load_backup(storage, cluster, parent_id, keys)
         except NotFound:
             raise IntegrityError(
                 f"backup {record.id} cannot be restored: its chain member {child.parent} (parent of {child.id}) "

@@ -52,7 +52,7 @@ def check_restored_files(
             link.symlink_to(where)
     tool = Path(bin_dir) / "pg_verifybackup" if bin_dir is not None else None
     if tool is not None and tool.is_file():
-        cmd = PgTools(Path(bin_dir)).pg_verifybackup(str(target), no_parse_wal=True, timeout=3600)  # type: ignore[arg-type]
+        cmd = PgTools(tool.parent).pg_verifybackup(str(target), no_parse_wal=True, timeout=3600)
         done = runner.run(cmd, check=False, doing=f"checking the restored files against {key}")
         if done.returncode != 0:
             lines = [ln.strip() for ln in (done.stderr or done.stdout).decode("utf-8", "replace").splitlines()]

@@ -50,6 +50,7 @@ from opsdb.repo.lock import DEFAULT_TTL, RepositoryLock
 from opsdb.storage.base import DryRunStorage, Storage
 
 if TYPE_CHECKING:  # types only: cryptography is imported by stream.crypto alone
+    from opsdb.config import Settings
     from opsdb.stream.crypto import EncryptionKey
 
 # The locks `opsdb backup` and `opsdb dump` take (ops/backup.py, ops/dump.py), in the order retention takes them.
@@ -291,7 +292,7 @@ def _locked_until(mtimes: list[float], lock_for: timedelta, now: datetime) -> da
 
 
 def apply_from_settings(
-    settings: Any, cluster: str, *, dry_run: bool = False, now: datetime | None = None
+    settings: Settings, cluster: str, *, dry_run: bool = False, now: datetime | None = None
 ) -> RetentionResult:
     """Open the repository from config.Settings and apply the cluster's policy (the CLI's one call).
 

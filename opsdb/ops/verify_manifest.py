@@ -129,7 +129,7 @@ def check_tar_stream(
     reader = IterReader(chunks)
     prefix = tar_prefix(key)
     try:
-        with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]  # stream mode reads only read()
             for member in tar:
                 if not member.isfile():
                     continue

@@ -54,7 +54,7 @@ class CountingStorage:
             self._on_bytes(n)
 
     def open(self, key: str) -> BinaryIO:
-        return _CountingReader(self.inner.open(key), self._count)  # type: ignore[return-value]
+        return _CountingReader(self.inner.open(key), self._count)  # type: ignore[return-value]  # read-only: read() and close()
 
     def stat(self, key: str) -> ObjectInfo | None:
         return self.inner.stat(key)

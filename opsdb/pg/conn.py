@@ -45,7 +45,7 @@ def _secrets(conninfo: str) -> list[str]:
 
 def _db_error(prefix: str, exc: BaseException, secrets: list[str]) -> DatabaseError:
     err = DatabaseError(_scrub(f"{prefix}: {_message(exc)}", secrets))
-    err.sqlstate = getattr(exc, "sqlstate", None)  # type: ignore[attr-defined]
+    err.sqlstate = getattr(exc, "sqlstate", None)  # type: ignore[attr-defined]  # only DatabaseErrors from here carry it
     return err
 
 

@@ -302,7 +302,7 @@ def render_history_text(rows: list[HistoryRow], stats: dict[str, Any]) -> str:
     for r in rows:
         extra = ", ".join(r.failed) if r.failed else (r.backup_id or "")
         lines.append(
-            f"{r.id:<26} {format_time(r.started_at)[:19].replace('T', ' '):<20} {r.result.upper():<6} "  # type: ignore[index]
+            f"{r.id:<26} {(format_time(r.started_at) or '-')[:19].replace('T', ' '):<20} {r.result.upper():<6} "
             f"{r.target_kind:<7} {duration(r.rpo_seconds):>10} {duration(r.rto_seconds):>12}  {extra}"
         )
     rto, rpo = stats["rto_seconds"], stats["rpo_seconds"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from opsdb.errors import Conflict, IntegrityError, NotFound, UsageError
 from opsdb.model.lsn import (
@@ -27,6 +27,9 @@ from opsdb.model.lsn import (
 )
 from opsdb.repo import envelope, layout
 from opsdb.storage.base import ObjectInfo, Storage
+
+if TYPE_CHECKING:  # types only: cryptography is imported by stream.crypto alone
+    from opsdb.stream.crypto import EncryptionKey
 
 READ_CHUNK = 1024 * 1024
 
@@ -84,7 +87,7 @@ def push(
     name: str,
     source: Callable[[], Iterable[bytes]],
     codec: envelope.Codec,
-    keys: Mapping[str, Any],
+    keys: Mapping[str, EncryptionKey],
     system_identifier: int | str | None = None,
 ) -> PushResult:
     """Store one WAL file create-only. Same content already stored -> success; different -> Conflict.
@@ -123,7 +126,7 @@ def _push_partial_variant(
     local: str,
     source: Callable[[], Iterable[bytes]],
     codec: envelope.Codec,
-    keys: Mapping[str, Any],
+    keys: Mapping[str, EncryptionKey],
     system_identifier: int | str | None = None,
 ) -> PushResult:
     """Two promotions from the same timeline (two PITRs) archive the same .partial name with different
@@ -143,7 +146,7 @@ def _push_partial_variant(
     return PushResult(name, variant, stored.size, stored.stored_size, stored.sha256, False)
 
 
-def stored_plain_sha256(storage: Storage, key: str, keys: Mapping[str, Any]) -> str:
+def stored_plain_sha256(storage: Storage, key: str, keys: Mapping[str, EncryptionKey]) -> str:
     """SHA-256 of an archived object's plaintext, read back through authentication."""
     try:
         # hashed here, not taken from the trailer: an envelope version 2 object's digest is of its
@@ -161,7 +164,7 @@ def fetch(
     storage: Storage,
     cluster: str,
     name: str,
-    keys: Mapping[str, Any],
+    keys: Mapping[str, EncryptionKey],
     system_identifiers: Collection[str] = (),
     *,
     readback: envelope.Readback | None = None,
@@ -198,7 +201,9 @@ def list_archive(storage: Storage, cluster: str, segment_size: int = DEFAULT_SEG
     return files
 
 
-def read_history(storage: Storage, cluster: str, timeline: int, keys: Mapping[str, Any]) -> list[HistoryEntry]:
+def read_history(
+    storage: Storage, cluster: str, timeline: int, keys: Mapping[str, EncryptionKey]
+) -> list[HistoryEntry]:
     """The parsed history of a timeline (its ancestors); [] for timeline 1. NotFound when not archived."""
     if timeline == 1:
         return []
@@ -245,7 +250,7 @@ class ArchiveScan:
 
 
 def scan(
-    storage: Storage, cluster: str, keys: Mapping[str, Any], segment_size: int = DEFAULT_SEGMENT_SIZE
+    storage: Storage, cluster: str, keys: Mapping[str, EncryptionKey], segment_size: int = DEFAULT_SEGMENT_SIZE
 ) -> ArchiveScan:
     """One listing of the archive, plus the (small) history files read back and parsed."""
     files = list_archive(storage, cluster, segment_size)

@@ -11,7 +11,10 @@ import hashlib
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRead
 
 CHUNK_SIZE = 1024 * 1024  # 1 MiB: the unit every stage reads and emits (approximately)
 
@@ -65,9 +68,9 @@ class Pipeline:
         return iter(out)
 
 
-def read_chunks(fileobj: object, size: int = CHUNK_SIZE) -> Iterator[bytes]:
+def read_chunks(fileobj: SupportsRead[bytes], size: int = CHUNK_SIZE) -> Iterator[bytes]:
     """Iterate a binary file object in chunks of at most `size` bytes."""
-    read = fileobj.read  # type: ignore[attr-defined]
+    read = fileobj.read
     while True:
         chunk = read(size)
         if not chunk:
@@ -160,7 +163,8 @@ def prefetch(chunks: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
                 return
             if isinstance(item, _Failure):
                 raise item.exc
-            yield item  # type: ignore[misc]
+            assert isinstance(item, bytes)  # the worker hands over chunks, _Failure or _END
+            yield item
     finally:
         stop.set()
         worker.join(timeout=10)

@@ -24,3 +24,16 @@ def test_subprocess_only_in_proc():
         if path.name != "proc.py" and ("import subprocess" in path.read_text() or "from subprocess" in path.read_text())
     ]
     assert offenders == []
+
+
+def test_every_type_ignore_names_its_error_and_says_why():
+    """`# type: ignore[code]  # why`: mypy (in ./scripts/test.sh) checks the code is still needed."""
+    import re
+
+    bare = [
+        f"{path.relative_to(PACKAGE.parent)}:{n}"
+        for path in PACKAGE.rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "type: ignore" in line and not re.search(r"# type: ignore\[[a-z-, ]+\]  # \S", line)
+    ]
+    assert bare == [], f"type: ignore without an error code and a reason: {bare}"

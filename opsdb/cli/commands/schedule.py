@@ -55,7 +55,7 @@ def _opsdb_bin(explicit: str | None) -> str:
 
 def command_names(ctx: typer.Context) -> set[str]:
     root = ctx.find_root()
-    return set(root.command.list_commands(root))  # type: ignore[attr-defined]
+    return set(root.command.list_commands(root))  # type: ignore[attr-defined]  # the root command is a group
 
 
 def check_command_line(ctx: typer.Context, words: tuple[str, ...]) -> None:
