@@ -193,7 +193,7 @@ def test_follow_reloads_rotated_keys_in_place_and_leaves_on_a_config_change(tmp_
     assert follow() and follow()  # a changed config: it leaves, and stays leaving
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a caller of another uid needs root to set up")
+@pytest.mark.root("a caller of another uid needs root to set up")
 def test_the_helper_serves_only_its_own_uid_others_are_told_to_work_in_process() -> None:
     base = Path(tempfile.mkdtemp(prefix="opsdb-helper-uid-", dir="/tmp"))
     base.chmod(0o755)
