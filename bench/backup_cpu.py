@@ -75,8 +75,11 @@ def measure(name: str, argv: list[str], postmaster: int, env: dict[str, str] | N
     server = sum(cpu - before.get(pid, 0.0) for pid, cpu in seen.items())
     tree = usage.ru_utime + usage.ru_stime
     load = os.getloadavg()[0]
-    print(f"{name:28s} wall {wall:6.2f} s  tool CPU {tree:5.2f} s  server CPU {server:5.2f} s  "
-          f"total {tree + server:5.2f} s  exit {os.waitstatus_to_exitcode(status)}  load {load:.1f}", flush=True)  # fmt: skip
+    print(
+        f"{name:28s} wall {wall:6.2f} s  tool CPU {tree:5.2f} s  server CPU {server:5.2f} s  "
+        f"total {tree + server:5.2f} s  exit {os.waitstatus_to_exitcode(status)}  load {load:.1f}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -92,8 +95,11 @@ def main() -> None:
     with open(data / "postgresql.conf", "a") as conf:
         conf.write(f"port = {port}\nunix_socket_directories = '{work}'\narchive_mode = on\n")
         conf.write(f"archive_command = 'pgbackrest --config={work}/pgbackrest.conf --stanza=bench archive-push %p'\n")
-    subprocess.run(as_pg([str(BIN / "pg_ctl"), "-D", str(data), "-l", str(work / "log"), "-w", "start"]), check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        as_pg([str(BIN / "pg_ctl"), "-D", str(data), "-l", str(work / "log"), "-w", "start"]),
+        check=True,
+        capture_output=True,
+    )
     try:
         subprocess.run(as_pg([str(BIN / "pgbench"), "-i", "-q", "-s", str(args.scale), "-h", str(work), "-p", str(port),
                               "postgres"]), check=True, capture_output=True)  # fmt: skip
@@ -116,15 +122,21 @@ def main() -> None:
         )
         (work / "pgbr").mkdir()
         shutil.chown(work / "pgbr", "postgres", "postgres")
-        subprocess.run(as_pg(["pgbackrest", f"--config={pgbr}", "--stanza=bench", "stanza-create"]), check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            as_pg(["pgbackrest", f"--config={pgbr}", "--stanza=bench", "stanza-create"]),
+            check=True,
+            capture_output=True,
+        )
         size = subprocess.check_output(as_pg([str(BIN / "psql"), "-h", str(work), "-p", str(port), "-Atc",
                                               "SELECT sum(pg_database_size(oid)) FROM pg_database", "postgres"]))  # fmt: skip
         print(f"pgbench scale {args.scale}: {int(size) / 1e9:.2f} GB, {args.rounds} interleaved rounds", flush=True)
         client = {**os.environ, "OPSDB_COMPRESSION__LOCATION": "client"}
         for _ in range(args.rounds):
-            measure("pgBackRest backup", as_pg(["pgbackrest", f"--config={pgbr}", "--stanza=bench", "--type=full",
-                                                "backup"]), postmaster)  # fmt: skip
+            measure(
+                "pgBackRest backup",
+                as_pg(["pgbackrest", f"--config={pgbr}", "--stanza=bench", "--type=full", "backup"]),
+                postmaster,
+            )
             measure("opsdb backup (server zstd)", [args.opsdb, "--config", str(config), "backup"], postmaster)
             measure("opsdb backup (client zstd)", [args.opsdb, "--config", str(config), "backup"], postmaster, client)
     finally:

@@ -45,10 +45,11 @@ def measure(data_file: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-file", type=Path, default=ROOT / ".coverage")
+    parser.add_argument("--floors", type=Path, default=FLOORS, help="the floors file (JSON: package -> percent)")
     parser.add_argument("--raise", dest="raise_floors", action="store_true", help="raise floors to what was measured")
     args = parser.parse_args(argv)
     measured = measure(args.data_file)
-    floors: dict[str, float] = json.loads(FLOORS.read_text()) if FLOORS.exists() else {}
+    floors: dict[str, float] = json.loads(args.floors.read_text()) if args.floors.exists() else {}
     failed = []
     for pkg, percent in measured.items():
         floor = floors.get(pkg)
@@ -58,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(pkg)
     if args.raise_floors:
         raised = {pkg: max(floors.get(pkg, 0.0), float(math.floor(percent))) for pkg, percent in measured.items()}
-        FLOORS.write_text(json.dumps(raised, indent=2, sort_keys=True) + "\n")
-        print(f"floors written to {FLOORS.relative_to(ROOT)}")
+        args.floors.write_text(json.dumps(raised, indent=2, sort_keys=True) + "\n")
+        print(f"floors written to {args.floors}")
         return 0
     if failed:
-        print(f"coverage: below its floor or without one: {', '.join(failed)} (scripts/coverage_floors.json)")
+        print(f"coverage: below its floor or without one: {', '.join(failed)} ({args.floors})")
         return 1
     return 0
 

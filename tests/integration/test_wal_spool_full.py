@@ -115,8 +115,9 @@ def test_archiving_and_recovery_go_on_with_full_spools(env: dict[str, Any]) -> N
     port = free_port()
     restored = Instance(dest, port, factory.bin_dir, os_user(), LocalRunner())
     factory._made.append((restored, dest.parent))
-    doc = json.loads(run(env, "--json", "restore", "--target-dir", str(dest), "--start", "--port", str(port),
-                         as_root=True).stdout)  # fmt: skip
+    doc = json.loads(
+        run(env, "--json", "restore", "--target-dir", str(dest), "--start", "--port", str(port), as_root=True).stdout
+    )
     assert doc["recovery_point"] is not None and len(rows(port)) == 2000
     recovery_log = restored.log_path.read_text(errors="replace")
     assert "the prefetch spool cannot" in recovery_log and str(env["spool"]) in recovery_log

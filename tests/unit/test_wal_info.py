@@ -40,8 +40,9 @@ def test_info_timelines_gaps_and_window(tmp_path):
     assert alone["timeline"] == 1 and alone["newest_timeline"] == 2 and alone["live_timeline"] is None
     assert alone["recoverable_to_lsn"] == "0/6000000"
     assert [(t["primary_line"], t["note"]) for t in alone["timelines"]] == [
-        (True, None), (False, "descends from the primary's timeline 1, but the primary is not on it"),
-    ]  # fmt: skip
+        (True, None),
+        (False, "descends from the primary's timeline 1, but the primary is not on it"),
+    ]
     # the live primary is on timeline 2 (it failed over): that is its line, and 1 is on it too
     info = cluster_info(repo, backups, live=2)
     doc = info_json(info)
