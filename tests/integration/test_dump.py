@@ -84,6 +84,18 @@ def test_dump_and_restore_dump_give_identical_data(env: dict[str, Any], make_clu
     assert table_checksums(restored, TABLES) == before
 
 
+def test_the_dump_estimate_is_near_what_pg_dump_writes(env: dict[str, Any]) -> None:
+    """The bar's total for a dump on a terminal: the tables' data, within a factor of what was dumped."""
+    from opsdb.ops.estimate import dump_bytes
+
+    dump = opsdb_json(env["config"], "dump", "--database", "app")
+    estimate = dump_bytes(env["source"].conninfo(), ("app",))
+    assert estimate is not None and dump["size_bytes"] / 3 < estimate < dump["size_bytes"] * 3, (estimate, dump)
+    everything = dump_bytes(env["source"].conninfo())
+    assert everything is not None and everything >= estimate  # no names: every non-template database
+    assert dump_bytes(env["source"].conninfo(), ("no such database",)) is None  # never fails the dump
+
+
 def test_dump_of_named_databases_and_unknown_names(env: dict[str, Any]) -> None:
     dump = opsdb_json(env["config"], "dump", "--database", "odd name")
     assert dump["databases"] == ["odd name"]

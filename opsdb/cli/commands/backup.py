@@ -62,11 +62,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Take logical dumps: pg_dump per database plus globals."""
         from opsdb.ops.dump import dump_from_settings
+        from opsdb.ops.estimate import dump_bytes
         from opsdb.render.catalog import summary_line
 
         state = ctx.obj
-        name, _ = state.cluster()
-        with output.progress(f"dump {name}") as on_bytes:
+        name, cluster = state.cluster()
+        # the bar's 100 %, estimated: the tables' data (pg_dump writes no indexes)
+        total = dump_bytes(cluster.conninfo, tuple(database or ())) if output.is_terminal() else None
+        with output.progress(f"dump {name}", total) as on_bytes:
             result = dump_from_settings(
                 state.settings, name, databases=tuple(database or ()), with_passwords=with_passwords, on_bytes=on_bytes
             )
