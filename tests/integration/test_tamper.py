@@ -290,9 +290,13 @@ def test_missing_empty_and_mistyped_repositories_and_unknown_clusters_stop_recov
         assert fetched.returncode > 125, (tag, fetched.stderr)
         assert f"no opsdb repository at {url}" in fetched.stderr, (tag, fetched.stderr)
         assert fetched.stderr.count("error:") == 1
-    _, config = clone(world, "unknown")
-    unknown = _fetch(world, config, name, cluster="other")
-    assert (unknown.returncode, unknown.stderr) == (1, "")  # `other` exists and has no such file: a real miss
+    repo, config = clone(world, "unknown")
+    # a segment past the end of `other`'s archive (other tests of this module archive more of it, so
+    # main's segment names may well exist there too): `other` exists and has no such file, a real miss
+    newest = _segments(repo, "other")[-1]
+    beyond = f"{newest[:8]}{int(newest[8:16], 16) + 1:08X}{newest[16:]}"  # 4 GB further on
+    unknown = _fetch(world, config, beyond, cluster="other")
+    assert (unknown.returncode, unknown.stderr) == (1, "")
     text = config.read_text().replace("[clusters.other]", "[clusters.nosuch]")
     config.write_text(text)
     unknown = _fetch(world, config, name, cluster="nosuch")
