@@ -189,4 +189,5 @@ def progress(description: str, total: int | None = None, *, enabled: bool = True
             meter._bar, meter._task = bar, bar.add_task(description, total=total, meter=meter)
             yield meter
     finally:
+        meter.stopped = meter.stopped or time.monotonic()  # the work is over: its rate stays as it ended
         logs.CURRENT.bytes += meter.done

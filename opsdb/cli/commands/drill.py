@@ -13,11 +13,11 @@ from opsdb.errors import OperationFailed
 from opsdb.model.report import format_time
 
 
-def _verify_text(result: Any) -> str:
+def _verify_text(result: Any, bytes_per_second: float) -> str:
     from opsdb.model.units import human_bytes
 
-    # the rate is of the stored bytes read, as the progress bar's (the bar's 100 % is the stored size)
-    rate = human_bytes(result.stored_bytes / result.seconds) + "/s" if result.seconds > 0 else "-"
+    # the progress meter's own rate: stored bytes read since reading began (the bar showed the same)
+    rate = human_bytes(bytes_per_second) + "/s" if bytes_per_second > 0 else "-"
     head = (
         f"verify {result.scope} of cluster {result.cluster}: {result.objects} objects, "
         f"{human_bytes(result.plain_bytes)} ({human_bytes(result.stored_bytes)} stored), {result.backups} backups, "
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         name, _ = state.cluster()
         with output.progress(f"verify {name}") as on_bytes:
             result = verify_from_settings(state.settings, name, backup_id, on_bytes=on_bytes)
-        output.emit(state, result.to_dict(), _verify_text(result))
+        output.emit(state, result.to_dict(), _verify_text(result, on_bytes.rate()))
         if not result.ok:
             raise OperationFailed(f"verify found {len(result.problems)} bad object(s) in {result.scope}")
 
