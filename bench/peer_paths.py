@@ -171,11 +171,12 @@ def calls(tools: Tools, server: Server, segments: list[Path], kind: str, count: 
 
 
 def async_calls(tools: Tools, server: Server, segments: list[Path], kind: str, count: int) -> dict[str, list[float]]:
-    """One async archive_command call for a segment the tool already stored ahead (opsdb [wal] async:
-    its helper; pgBackRest archive-async=y: its async process): `count` segments marked .ready, one
-    untimed call starts the background work, and once every segment is stored each is called for."""
+    """One async archive_command call for a segment opsdb's helper already stored ahead ([wal] async):
+    `count` segments marked .ready, one untimed call starts the helper, which pushes them, and once
+    every segment is stored each is called for. opsdb only: pgBackRest's async archive-push refuses
+    WAL outside its pg1-path (exit 25), and this probe directory is not the server's."""
     times: dict[str, list[float]] = {}
-    for tool in TOOLS:
+    for tool in ("opsdb",):
         probe = tools.work / f"probe-async-{tool}-{kind}"
         status = probe / "pg_wal" / "archive_status"
         status.mkdir(parents=True, exist_ok=True)

@@ -240,6 +240,9 @@ def main() -> None:
         f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after\n"
     )
     print(table(summarize(samples)))
+    for s in samples:  # opsdb only (no pgBackRest counterpart in this probe)
+        if s["tool"] == "opsdb-only":
+            print(f"{_LABEL[s['path']]:<40} {s['kind']:<5} {s['value']:>6.4g} ms (opsdb; samples {s['samples_ms']})")
     print(f"\nwritten to {out}")
 
 
