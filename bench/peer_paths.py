@@ -153,7 +153,7 @@ def calls(tools: Tools, server: Server, segments: list[Path], kind: str, count: 
                 {
                     "path": "call-async",
                     "kind": kind,
-                    "tool": name.removesuffix("-async"),
+                    "tool": name.removesuffix("-async") + "-only",
                     "round": 0,
                     "value": round(statistics.median(values), 1),
                     "unit": "ms",
