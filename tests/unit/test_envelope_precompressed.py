@@ -13,6 +13,7 @@ import zstandard
 from opsdb.errors import IntegrityError
 from opsdb.repo.envelope import Codec, get_object, put_object
 from opsdb.storage.memory import MemoryStorage
+from opsdb.stream.compress import ZstdPassThrough
 from opsdb.stream.crypto import EncryptionKey
 from opsdb.stream.stages import CHUNK_SIZE
 
@@ -76,3 +77,30 @@ def test_only_zstd_with_a_compressed_digest_can_be_precompressed() -> None:
         put_object(MemoryStorage(), NAME, [b""], Codec("gzip"), plaintext_digest=False, precompressed=True)
     with pytest.raises(ValueError):
         put_object(MemoryStorage(), NAME, [b""], Codec("zstd"), plaintext_digest=True, precompressed=True)
+
+
+def test_a_server_stream_whose_blocks_do_not_decode_is_refused() -> None:
+    # block headers intact (the frame walker passes them), the compressed bytes inside damaged
+    plain = b"".join(b"row %d of the table with some text\n" % i for i in range(100_000))
+    damaged = bytearray(_server_stream(plain))
+    damaged[16:24] = bytes(b ^ 0xFF for b in damaged[16:24])
+    with pytest.raises(IntegrityError, match="zstd: .*corrupt"):
+        put_object(MemoryStorage(), NAME, [bytes(damaged)], Codec("zstd"), plaintext_digest=False, precompressed=True)
+
+
+def test_the_pass_through_decodes_as_zstd() -> None:
+    plain = b"base.tar " * 50_000
+    assert b"".join(ZstdPassThrough().decode([_server_stream(plain)])) == plain
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (b"\x28\xb5\x2f\xfd" + bytes([0x28]), "reserved bit"),  # frame header descriptor with bit 3 set
+        (b"\x28\xb5\x2f\xfd" + bytes([0x20, 0x05, 0x07, 0x00, 0x00]), "invalid zstd block header"),  # block type 3
+    ],
+    ids=["reserved-bit", "reserved-block-type"],
+)
+def test_frames_the_walker_refuses(frame: bytes, message: str) -> None:
+    with pytest.raises(IntegrityError, match=message):
+        list(ZstdPassThrough().encode([frame]))
