@@ -100,8 +100,9 @@ class CompressionConfig(_Section):
     # WAL files are always compressed single-threaded: the WAL helper parallelises across files.
     threads: int = Field(2, ge=0, le=64)
     # Where zstd base backups are compressed: "server" (pg_basebackup --compress=server-zstd, as
-    # pgBackRest compresses on the database host: half the CPU per GB, 20x less data to move) falls
-    # back to "client" by itself when the server's build has no zstd; "client" always compresses here.
+    # pgBackRest compresses on the database host: about a quarter less CPU per backup in
+    # bench/backup_cpu.py, 20x less data to move) falls back to "client" by itself when the server's
+    # build has no zstd; "client" always compresses here.
     location: Literal["server", "client"] = "server"
 
     @model_validator(mode="after")
