@@ -289,6 +289,8 @@ def _starter(routing: Routing, log_path: str) -> Any:
     """A function that starts the helper detached from this call and says whether it lives."""
 
     def start() -> Any:
+        from pathlib import Path  # loaded by opsdb.proc anyway
+
         from opsdb.proc import Cmd, LocalRunner, python_module
 
         argv = list(python_module("opsdb.cli.fastpath"))
@@ -297,7 +299,7 @@ def _starter(routing: Routing, log_path: str) -> Any:
         argv += ["--cluster", routing.cluster or "", "wal-helper"]
         # glibc gives each thread its own malloc arena and keeps what they freed: two arenas cap the
         # helper's resident memory (its push, prefetch and connection threads) at no measurable cost
-        handle = LocalRunner().spawn(Cmd(tuple(argv), env=HELPER_ENV), log_path=log_path)
+        handle = LocalRunner().spawn(Cmd(tuple(argv), env=HELPER_ENV), log_path=Path(log_path))
         return lambda: handle.poll() is None
 
     return start

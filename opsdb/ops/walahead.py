@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -133,7 +134,7 @@ class Pusher:
                     continue
                 future = self.pool.submit(self._push_ahead, os.path.join(wal_dir, name))
                 self.in_flight[name] = future
-                future.add_done_callback(lambda f, n=name, d=wal_dir: self._finished(n, d, f))
+                future.add_done_callback(functools.partial(self._finished, name, wal_dir))
 
     def _push_ahead(self, path: str) -> _Ahead:
         if self.stale():  # asked in the worker: a push waiting for a free worker never starts under old settings
@@ -277,7 +278,7 @@ class Prefetch:
                 continue
             future = self.pool.submit(self._fetch_ahead, window, ahead)
             window.in_flight[ahead] = future
-            future.add_done_callback(lambda f, n=ahead: self._finished(window, n, f))
+            future.add_done_callback(functools.partial(self._finished, window, ahead))
 
     def _fetch_ahead(self, window: _Window, name: str) -> int:
         if self.stale():

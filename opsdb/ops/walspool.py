@@ -68,15 +68,15 @@ def identity_digest(config_path: str | None) -> str:
 
 
 def small_sha256(data: bytes) -> str:
-    """SHA-256 of a few bytes without loading OpenSSL (hashlib's import costs ~6 ms per WAL file)."""
+    """SHA-256 of a few bytes without loading OpenSSL (hashlib's import costs ~6 ms per WAL file):
+    CPython's own module (`_sha2` from 3.12, `_sha256` before), which typeshed does not describe."""
     try:
-        if sys.version_info >= (3, 12):
-            from _sha2 import sha256
-        else:
-            from _sha256 import sha256
-    except ImportError:
-        from hashlib import sha256
-    return sha256(data).hexdigest()
+        digest: str = __import__("_sha2" if sys.version_info >= (3, 12) else "_sha256").sha256(data).hexdigest()
+    except ImportError:  # an interpreter built without it
+        import hashlib
+
+        digest = hashlib.sha256(data).hexdigest()
+    return digest
 
 
 # --- messages ------------------------------------------------------------------------------------
