@@ -17,10 +17,10 @@ import threading
 import time
 from pathlib import Path
 
-from opsdb.ops.drill import DrillRequest, run_drill
-from opsdb.ops.drill_restore import RepositoryRestorer
-from opsdb.ops.drill_run import load_catalog
-from opsdb.ops.scratch import LocalScratch
+from opsdb.ops.proof.drill import DrillRequest, run_drill
+from opsdb.ops.proof.drill_restore import RepositoryRestorer
+from opsdb.ops.proof.drill_run import load_catalog
+from opsdb.ops.proof.scratch import LocalScratch
 from opsdb.pg.tools import find_bin_dir
 from opsdb.proc import Cmd, LocalRunner
 from opsdb.storage.local import LocalStorage

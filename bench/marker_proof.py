@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from opsdb.ops import wal as ops_wal
+from opsdb.ops.wal import push_fetch as ops_wal
 from opsdb.repo import marker
 from opsdb.repo.envelope import Codec
 from opsdb.storage import open_storage

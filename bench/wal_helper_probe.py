@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from opsdb.ops.walspool import stop_helpers  # noqa: E402
+from opsdb.ops.wal.spool import stop_helpers  # noqa: E402
 from opsdb.stream.crypto import generate_key_file  # noqa: E402
 from tests.fakes import wal_segment  # noqa: E402
 

@@ -9,7 +9,7 @@ both sides on one full 16 MiB segment of many small commits (the worst case for 
 - `push`: repo.wal.push of the segment into a file:// repository (zstd level 1, AES-256-GCM), the
   cost wal-push has today;
 - `waldump`: pg_waldump over the plaintext segment alone, what push-time recording would add per push;
-- `plan_end`: ops.pitr_reach.recovery_end, what a restore plan adds once (fetch + decrypt + pg_waldump).
+- `plan_end`: ops.recovery.pitr_reach.recovery_end, what a restore plan adds once (fetch + decrypt + pg_waldump).
 
 A throwaway cluster (initdb as the `postgres` OS user when run as root) writes the commits; one JSON
 object on stdout (medians in milliseconds), a table on stderr.
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from opsdb.model.lsn import Lsn, segment_name
-from opsdb.ops.pitr_reach import recovery_end
+from opsdb.ops.recovery.pitr_reach import recovery_end
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from opsdb.pg.tools import PgTools, find_bin_dir

@@ -24,7 +24,7 @@ FLOORS = ROOT / "scripts" / "coverage_floors.json"
 
 
 def package_of(path: Path) -> str:
-    """opsdb/ops/backup.py -> "opsdb.ops"; opsdb/config.py (a top-level module) -> "opsdb"."""
+    """opsdb/ops/backup/physical.py -> "opsdb.ops"; opsdb/config.py (a top-level module) -> "opsdb"."""
     parts = path.resolve().relative_to(ROOT).parts
     return ".".join(parts[:2]) if len(parts) > 2 else parts[0]
 

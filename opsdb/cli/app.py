@@ -225,7 +225,7 @@ def _key_hint(exc: OpsdbError, command: str | None) -> str | None:
         return None
     needed = "the key that wrote them"
     try:
-        from opsdb.ops.key_ids import key_ids_in_use
+        from opsdb.ops.repository.key_ids import key_ids_in_use
 
         state = _invoked[-1]
         name, _ = state.cluster()

@@ -4,7 +4,7 @@ Start-up cost is archiving throughput here, so this module avoids typer/rich, py
 parses the global options itself and hands anything unusual (--help, unknown options, other commands)
 to the Typer app. A call reads only the routing keys (cli/routing.py: [wal] async/spool_dir,
 repository.url, the cluster name; cached per config), then asks the cluster's WAL helper
-(ops/walhelper.py, started on demand) over a Unix socket (ops/walspool.py) and exits with what it
+(ops/wal/helper.py, started on demand) over a Unix socket (ops/wal/spool.py) and exits with what it
 answered. Validation is never duplicated: the real work always runs with the fully validated
 settings, in the helper, or in-process when no helper can serve this caller (another uid, no usable
 spool, a helper that cannot start: then the in-process path reports why).
@@ -233,7 +233,7 @@ def wal_push(config: str | None, cluster: str | None, path: str) -> dict[str, An
             "already_stored": already,
             "pushed_ahead": ahead,
         }
-    from opsdb.ops import wal as ops_wal
+    from opsdb.ops.wal import push_fetch as ops_wal
 
     _setup_logging()
     result = ops_wal.push_file(_wal_repo(config, cluster, writable=True), path)
@@ -247,7 +247,7 @@ def wal_fetch(config: str | None, cluster: str | None, name: str, dest: str) -> 
     if reply is not None:
         size = int(reply.get("size") or 0)
         return {"name": name, "fetched": True, "source": reply.get("source", "repository"), "size": size}
-    from opsdb.ops import wal as ops_wal
+    from opsdb.ops.wal import push_fetch as ops_wal
 
     _setup_logging()
     result = ops_wal.fetch_file(_wal_repo(config, cluster, writable=False), name, dest)
@@ -259,7 +259,7 @@ def _via_helper(routing: Routing | None, request: list[str], timeout: float) -> 
     (then it works in-process). An error reply is raised as the error the in-process path would raise."""
     if routing is None:
         return None
-    from opsdb.ops import walspool
+    from opsdb.ops.wal import spool as walspool
 
     paths = walspool.Paths(routing.spool_dir, routing.cluster or "", routing.config_path)
     reply = walspool.call(paths, request, _starter(routing, paths.log), timeout=timeout, warn=_warn_spool)
@@ -308,7 +308,7 @@ def _starter(routing: Routing, log_path: str) -> Any:
 def _wal_repo(config: str | None, cluster: str | None, *, writable: bool) -> Any:
     """The cluster's WAL repository from the validated settings (the one full config load)."""
     from opsdb.config import load_settings
-    from opsdb.ops.wal import wal_repo_from_settings
+    from opsdb.ops.wal.push_fetch import wal_repo_from_settings
 
     settings = load_settings(config)
     name, _ = settings.cluster(cluster)
@@ -316,9 +316,10 @@ def _wal_repo(config: str | None, cluster: str | None, *, writable: bool) -> Any
 
 
 def run_helper(opts: dict[str, Any]) -> int:
-    """The WAL helper process (ops/walhelper.py): validated settings and one storage client, then serve
+    """The WAL helper process (ops/wal/helper.py): validated settings and one storage client, then serve
     until idle. A start-up failure ends it (its log says why); the waiting call then works in-process."""
-    from opsdb.ops import walhelper, walspool
+    from opsdb.ops.wal import helper as walhelper
+    from opsdb.ops.wal import spool as walspool
 
     _setup_logging(opts)
     routing = read_routing(opts.get("--config"), opts.get("--cluster"))

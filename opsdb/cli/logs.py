@@ -99,7 +99,7 @@ def setup(state: AppState, command: str) -> None:
 
 class CommandLog:
     """The start and end lines of one command, with the bytes its progress meters counted (the phases
-    between them are logged by the operations: ops/phases.py)."""
+    between them are logged by the operations: ops/common/phases.py)."""
 
     def __init__(self, command: str) -> None:
         self.command = command
@@ -142,7 +142,7 @@ def start_fields(state: AppState) -> dict[str, Any]:
     cluster = _cluster(state)
     key_id: str | None = None
     try:
-        from opsdb.ops.codec import encryption_key
+        from opsdb.ops.common.codec import encryption_key
 
         key = encryption_key(settings)
         key_id = key.id if key else "none"

@@ -354,11 +354,11 @@ class RestorePlan:
     signal_file: str | None = None  # "recovery.signal" | "standby.signal" | None (crash recovery to the end)
     start: bool = False
     port: int | None = None
-    recovery: dict[str, Any] | None = None  # PITR plan (ops/pitr.py RecoveryPlan.to_json): window, WAL, target
+    recovery: dict[str, Any] | None = None  # PITR plan (ops/recovery/pitr.py RecoveryPlan.to_json): window, WAL, target
     # whether the restored copy archives: "off" (never into the repository), "keep" (as the backup's
     # configuration says: a restore that replaces the primary), "standby" (a standby keeps it)
     archive_mode: str = "off"
-    # an incremental backup: the ids of its chain, full backup first (ops/restore_chain.py), staged
+    # an incremental backup: the ids of its chain, full backup first (ops/recovery/restore_chain.py), staged
     # under staging_dir and combined into target_dir by pg_combinebackup
     chain: tuple[str, ...] = ()
     staging_dir: str | None = None

@@ -1,7 +1,7 @@
 """Retention planning: which backups, dumps and WAL files a policy keeps, and which rule decided it.
 
 A pure function over catalog records and WAL names with an injected clock, so every rule is testable
-without waiting for days. Deletion itself lives in ops/retention.py.
+without waiting for days. Deletion itself lives in ops/retention/apply.py.
 
 Rules (a backup is kept when any rule keeps it, and every rule that keeps it is named):
   keep_last N     the newest N complete backups

@@ -19,7 +19,7 @@ from typing import Any
 
 from opsdb.model.catalog import BackupRecord, StoredFile
 from opsdb.model.lsn import Lsn
-from opsdb.ops.heartbeat import record_heartbeat
+from opsdb.ops.proof.heartbeat import record_heartbeat
 from opsdb.pg.conn import connect
 from opsdb.pg.heartbeat import Heartbeat
 from opsdb.pg.instance import CLOSE_SEGMENT_SQL, Instance

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from opsdb.errors import RepositoryUnavailable
-from opsdb.ops.backup import BackupRequest, run_backup
+from opsdb.ops.backup.physical import BackupRequest, run_backup
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from opsdb.proc import LocalRunner

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from opsdb.errors import DatabaseError
-from opsdb.ops.backup_source import choose_source, server_facts, slot_session
+from opsdb.ops.backup.source import choose_source, server_facts, slot_session
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from opsdb.proc import LocalRunner

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from opsdb.ops.replicas import create_replica_from_primary
+from opsdb.ops.replicas.create import create_replica_from_primary
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from opsdb.pg.tools import PgTools

@@ -10,8 +10,8 @@ import pytest
 
 from opsdb.config import Settings
 from opsdb.model.results import Status
-from opsdb.ops import health
-from opsdb.ops.codec import open_repository
+from opsdb.ops.common.codec import open_repository
+from opsdb.ops.health import check as health
 from opsdb.repo import marker, storecaps
 from opsdb.storage.createonly import IGNORED, REFUSED, CreateOnlyProbe
 from tests.contract.s3_helpers import count_calls

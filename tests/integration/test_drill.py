@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from opsdb.model.report import DrillReport
-from opsdb.ops.drill import DrillRequest, run_drill
-from opsdb.ops.drill_checks import Assertion
-from opsdb.ops.drill_restore import RepositoryRestorer
-from opsdb.ops.scratch import LocalScratch
-from opsdb.ops.verify import verify_repository
+from opsdb.ops.proof.drill import DrillRequest, run_drill
+from opsdb.ops.proof.drill_checks import Assertion
+from opsdb.ops.proof.drill_restore import RepositoryRestorer
+from opsdb.ops.proof.scratch import LocalScratch
+from opsdb.ops.proof.verify import verify_repository
 from opsdb.proc import LocalRunner
 from opsdb.repo import layout
 from opsdb.storage import open_storage
@@ -125,7 +125,7 @@ def test_scratch_never_archives_and_is_removed(env: Any) -> None:
         assert not list(env["local"].list(layout.wal_object("main", "00000002.history")))
     finally:
         LocalScratch(env["bin_dir"], "postgres", LocalRunner())._instance(
-            __import__("opsdb.ops.scratch", fromlist=["ScratchSpace"]).ScratchSpace(workdir, 0, "local")
+            __import__("opsdb.ops.proof.scratch", fromlist=["ScratchSpace"]).ScratchSpace(workdir, 0, "local")
         ).stop(mode="immediate")
         shutil.rmtree(workdir, ignore_errors=True)
     assert not workdir.exists()

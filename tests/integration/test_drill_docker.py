@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from opsdb.ops.drill import DrillRequest, run_drill
-from opsdb.ops.drill_restore import RepositoryRestorer
-from opsdb.ops.scratch import DockerScratch
+from opsdb.ops.proof.drill import DrillRequest, run_drill
+from opsdb.ops.proof.drill_restore import RepositoryRestorer
+from opsdb.ops.proof.scratch import DockerScratch
 from opsdb.proc import LocalRunner
 from tests.integration.drill_env import KEYS
 from tests.integration.test_drill import env  # noqa: F401  (the module fixture: primary, backup, heartbeats)

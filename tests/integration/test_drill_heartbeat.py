@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from opsdb.errors import OperationFailed
-from opsdb.ops.heartbeat import record_heartbeat
+from opsdb.ops.proof.heartbeat import record_heartbeat
 from opsdb.pg import heartbeat as hb
 from opsdb.pg.conn import connect
 

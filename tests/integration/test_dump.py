@@ -86,7 +86,7 @@ def test_dump_and_restore_dump_give_identical_data(env: dict[str, Any], make_clu
 
 def test_the_dump_estimate_is_near_what_pg_dump_writes(env: dict[str, Any]) -> None:
     """The bar's total for a dump on a terminal: the tables' data, within a factor of what was dumped."""
-    from opsdb.ops.estimate import dump_bytes
+    from opsdb.ops.common.estimate import dump_bytes
 
     dump = opsdb_json(env["config"], "dump", "--database", "app")
     estimate = dump_bytes(env["source"].conninfo(), ("app",))

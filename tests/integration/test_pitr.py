@@ -23,8 +23,8 @@ import pytest
 from opsdb.errors import UsageError
 from opsdb.model.lsn import Lsn
 from opsdb.model.target import RecoveryTarget, format_time
-from opsdb.ops import pitr
-from opsdb.ops import wal as ops_wal
+from opsdb.ops.recovery import pitr
+from opsdb.ops.wal import push_fetch as ops_wal
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import CLOSE_SEGMENT_SQL, Instance
 from opsdb.proc import Cmd, LocalRunner

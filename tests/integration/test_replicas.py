@@ -19,7 +19,8 @@ import pytest
 from opsdb.errors import ToolError
 from opsdb.model.lsn import Lsn
 from opsdb.model.replication import LagThresholds, Status
-from opsdb.ops.replicas import collect_replicas_report, create_replica_from_primary
+from opsdb.ops.replicas.create import create_replica_from_primary
+from opsdb.ops.replicas.lag import collect_replicas_report
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from opsdb.pg.tools import PgTools

@@ -22,9 +22,9 @@ import pytest
 from opsdb.config import load_settings
 from opsdb.errors import OperationFailed
 from opsdb.model.target import RecoveryTarget, format_time
-from opsdb.ops.codec import repository
-from opsdb.ops.pitr_reach import end_reader
-from opsdb.ops.restore import RestoreRequest, execute_restore, plan_restore
+from opsdb.ops.common.codec import repository
+from opsdb.ops.recovery.pitr_reach import end_reader
+from opsdb.ops.recovery.restore import RestoreRequest, execute_restore, plan_restore
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from opsdb.proc import LocalRunner

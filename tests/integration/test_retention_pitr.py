@@ -29,7 +29,7 @@ import pytest
 from opsdb.config import load_settings
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn
 from opsdb.model.target import format_time
-from opsdb.ops import retention
+from opsdb.ops.retention import apply as retention
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from opsdb.proc import LocalRunner

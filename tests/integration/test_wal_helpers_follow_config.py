@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from opsdb.ops.walspool import stop_helpers
+from opsdb.ops.wal.spool import stop_helpers
 from opsdb.pg.instance import Instance
 from opsdb.repo import envelope, layout
 from opsdb.repo import wal as repo_wal

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from opsdb.model.lsn import parse_wal_name, segment_name
-from opsdb.ops.walspool import stop_helpers
+from opsdb.ops.wal.spool import stop_helpers
 from opsdb.pg.instance import Instance
 from opsdb.proc import LocalRunner
 from opsdb.repo import wal as repo_wal

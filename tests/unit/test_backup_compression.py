@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from opsdb.errors import ToolError
-from opsdb.ops.backup_compression import server_compression_spec, stream_with_fallback
+from opsdb.ops.backup.compression import server_compression_spec, stream_with_fallback
 from opsdb.repo.envelope import Codec
 
 # what pg_basebackup prints (PostgreSQL 15-18 message texts)

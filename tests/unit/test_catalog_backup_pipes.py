@@ -1,4 +1,4 @@
-"""ops.backup's pipe machinery without PostgreSQL: a scripted stand-in for pg_basebackup writes into
+"""ops.backup.physical's pipe machinery without PostgreSQL: a scripted stand-in for pg_basebackup writes into
 the named pipes (or, having lost the race, into regular files), and the objects must arrive intact."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from opsdb.errors import ToolError
 from opsdb.model.catalog import Tablespace
-from opsdb.ops.backup import BackupRequest, ServerFacts, _stream_basebackup, wal_range
+from opsdb.ops.backup.physical import BackupRequest, ServerFacts, _stream_basebackup, wal_range
 from opsdb.proc import Cmd
 from opsdb.repo import envelope, layout
 from opsdb.repo.envelope import Codec

@@ -1,4 +1,4 @@
-"""ops.codec: settings -> storage (read-only unless asked), codec and keyring."""
+"""ops.common.codec: settings -> storage (read-only unless asked), codec and keyring."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from opsdb.config import Settings
 from opsdb.errors import KeyFileError, UsageError
-from opsdb.ops.codec import codec_from_settings, keyring_from_settings, open_repository, repository
+from opsdb.ops.common.codec import codec_from_settings, keyring_from_settings, open_repository, repository
 from opsdb.stream.crypto import generate_key_file
 
 

@@ -11,7 +11,7 @@ import pytest
 from opsdb.errors import NotFound, UsageError
 from opsdb.model.catalog import BackupRecord, DumpDatabase, StoredFile, Tablespace
 from opsdb.model.lsn import Lsn
-from opsdb.ops.restore import (
+from opsdb.ops.recovery.restore import (
     RestoreRequest,
     parse_tablespace_map,
     plan_restore,

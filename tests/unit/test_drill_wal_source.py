@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from opsdb.ops.drill_run import _wal_fetch_command
+from opsdb.ops.proof.drill_run import _wal_fetch_command
 from tests.fakes import FakeRunner
 
 

@@ -1,8 +1,8 @@
-"""ops.dump_database: which archive entries describe the database, and renaming their SQL."""
+"""ops.dump.database: which archive entries describe the database, and renaming their SQL."""
 
 from __future__ import annotations
 
-from opsdb.ops.dump_database import database_entries, rename_database_sql
+from opsdb.ops.dump.database import database_entries, rename_database_sql
 
 LISTING = """;
 ; Archive created at 2026-12-05 02:42:13 UTC

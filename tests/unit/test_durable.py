@@ -1,4 +1,4 @@
-"""ops/durable.py: which paths a restore syncs, in which order, and how failures and options read.
+"""ops/recovery/durable.py: which paths a restore syncs, in which order, and how failures and options read.
 
 The sync calls are recorded by a small double that resolves each descriptor to its path through
 /proc/self/fd, so the tests see exactly what would have been fsynced; the real calls run too."""
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from opsdb.errors import OperationFailed, UsageError
-from opsdb.ops.durable import check_sync_method, libc_syncfs, sync_trees
+from opsdb.ops.recovery.durable import check_sync_method, libc_syncfs, sync_trees
 
 
 class RecordingSync:

@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from opsdb.errors import IntegrityError
-from opsdb.ops.extract import extract_object
+from opsdb.ops.recovery.extract import extract_object
 from opsdb.repo.envelope import Codec, get_object, put_object
 from opsdb.storage.memory import MemoryStorage
 

@@ -1,4 +1,4 @@
-"""ops.health.check with a MemoryStorage and a small fake connection: every archive/WAL rule and the exit codes."""
+"""ops.health.check.check with a MemoryStorage and a small fake connection: every archive/WAL rule, the exit codes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from opsdb.config import Settings
 from opsdb.errors import ConfigError, DatabaseError, RepositoryUnavailable
 from opsdb.model.results import CheckReport, Status, worst
-from opsdb.ops import health
+from opsdb.ops.health import check as health
 from opsdb.repo import layout, marker
 from opsdb.storage.memory import MemoryStorage
 from tests.fakes import FakeRunner

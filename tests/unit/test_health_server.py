@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from opsdb.model.results import Status
-from opsdb.ops import health_server as hs
-from opsdb.ops.privileges import Account
+from opsdb.ops.common.privileges import Account
+from opsdb.ops.health import as_server as hs
 
 STRANGER = Account("stranger", 4_000_321, 4_000_321, "/nonexistent")
 

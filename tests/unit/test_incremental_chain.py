@@ -13,10 +13,10 @@ from opsdb.model import retention
 from opsdb.model.catalog import BackupRecord, StoredFile, kind_of_id, new_backup_id, parse_backup_id
 from opsdb.model.chain import broken_links, chain_of, chains
 from opsdb.model.lsn import Lsn
-from opsdb.ops.backup_incremental import check_server_supports, choose_parent, parent_manifest
-from opsdb.ops.backup_source import ServerFacts
-from opsdb.ops.restore import RestoreRequest, plan_restore
-from opsdb.ops.verify import verify_repository
+from opsdb.ops.backup.incremental import check_server_supports, choose_parent, parent_manifest
+from opsdb.ops.backup.source import ServerFacts
+from opsdb.ops.proof.verify import verify_repository
+from opsdb.ops.recovery.restore import RestoreRequest, plan_restore
 from opsdb.render.catalog import backup_details, backups_table, restore_plan_text
 from opsdb.repo import catalog, envelope, layout
 from opsdb.repo.envelope import Codec

@@ -71,6 +71,6 @@ def test_click_context_keeps_the_subcommand_in_protected_args() -> None:
 
 
 def test_cpython_builtin_sha256_module_is_there() -> None:
-    """ops/walspool.py `small_sha256` hashes without importing hashlib (OpenSSL) through `_sha256`/`_sha2`."""
+    """ops/wal/spool.py `small_sha256` hashes without importing hashlib (OpenSSL) through `_sha256`/`_sha2`."""
     module = importlib.import_module("_sha2" if sys.version_info >= (3, 12) else "_sha256")
     assert module.sha256(b"opsdb").hexdigest() == hashlib.sha256(b"opsdb").hexdigest()

@@ -1,5 +1,5 @@
 """model/lineage.py: which timeline is the primary's line, and how the others relate to it; and
-ops/timelines.py's refusal that names the timelines that do reach a target."""
+ops/recovery/timelines.py's refusal that names the timelines that do reach a target."""
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,8 +10,8 @@ from opsdb.errors import UsageError
 from opsdb.model.lineage import PrimaryLine, branch_note, primary_line, promoted_line
 from opsdb.model.lsn import HistoryEntry, Lsn
 from opsdb.model.target import RecoveryTarget
-from opsdb.ops.pitr_checks import GapRefused
-from opsdb.ops.timelines import plan_or_alternatives
+from opsdb.ops.recovery.pitr_checks import GapRefused
+from opsdb.ops.recovery.timelines import plan_or_alternatives
 
 SEG = 16 * 1024 * 1024
 

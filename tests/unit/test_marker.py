@@ -108,7 +108,7 @@ class _Server:
 
 def test_reinit_needs_yes_to_move_an_existing_cluster() -> None:
     from opsdb.errors import UsageError
-    from opsdb.ops.reinit import reinit
+    from opsdb.ops.repository.reinit import reinit
 
     storage = MemoryStorage()
     first = reinit(storage, "main", "host=x", confirm=False, connect=lambda _c: _Server(11))

@@ -11,7 +11,7 @@ import pytest
 from opsdb.automation.history import RunRecord
 from opsdb.errors import UsageError
 from opsdb.model.lsn import parse_wal_name
-from opsdb.ops import metrics
+from opsdb.ops.health import metrics
 from opsdb.render.metrics import Sample, render
 from opsdb.repo.wal import ArchivedFile
 from opsdb.storage.base import ObjectInfo

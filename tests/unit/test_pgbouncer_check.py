@@ -7,8 +7,8 @@ from pathlib import Path
 from opsdb.config import PgbouncerConfig
 from opsdb.model.pgbouncer import ServerLimits, plan_pools
 from opsdb.model.pgbouncer_ini import parse_ini
-from opsdb.ops.pgbouncer_check import check_ini_file, hba_log_problems, scratch_copy, sizing_request
-from opsdb.ops.pgbouncer_status import admin_conninfo
+from opsdb.ops.pooler.check import check_ini_file, hba_log_problems, scratch_copy, sizing_request
+from opsdb.ops.pooler.status import admin_conninfo
 from tests.fakes import FakeRunner
 
 INI = """\

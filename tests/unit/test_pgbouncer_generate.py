@@ -9,7 +9,7 @@ from opsdb.config import PgbouncerConfig
 from opsdb.errors import ConfigError, UsageError
 from opsdb.model.pgbouncer import ServerLimits
 from opsdb.model.pgbouncer_ini import NEWEST_KNOWN, check_text, parse_ini, parse_userlist
-from opsdb.ops.pgbouncer import (
+from opsdb.ops.pooler.generate import (
     DEFAULT_AUTH_QUERY,
     ServerFacts,
     TargetVersion,
@@ -243,7 +243,7 @@ def test_every_new_key_together_is_deterministic():
 
 
 def test_generate_notes_a_missing_or_broken_hba_file(tmp_path):
-    from opsdb.ops.pgbouncer import _hba_notes
+    from opsdb.ops.pooler.generate import _hba_notes
 
     missing = _hba_notes(tmp_path / "hba.conf", (1, 18, 0))
     assert missing == [

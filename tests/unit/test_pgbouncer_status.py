@@ -10,7 +10,7 @@ from opsdb.config import PgbouncerConfig
 from opsdb.errors import DatabaseError
 from opsdb.model.pgbouncer_status import ConsoleFigures, StatusThresholds, grade, unreachable
 from opsdb.model.results import Status
-from opsdb.ops.pgbouncer_status import pgbouncer_status, thresholds_from
+from opsdb.ops.pooler.status import pgbouncer_status, thresholds_from
 from opsdb.render.pgbouncer_status import render_status
 
 ADMIN_POOL = {"database": "pgbouncer", "user": "pgbouncer", "cl_active": 1, "cl_waiting": 9, "maxwait": 999}

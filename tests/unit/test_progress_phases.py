@@ -11,9 +11,16 @@ import pytest
 
 from opsdb.cli.output import ByteProgress, _rich_columns
 from opsdb.model.lsn import Lsn, segment_name
-from opsdb.ops import pitr_wait
-from opsdb.ops.replay_progress import ReplaySpan, planned_end, reporter, segment_end, segment_start, span_of_restore
-from opsdb.ops.verify import verify_repository
+from opsdb.ops.proof.verify import verify_repository
+from opsdb.ops.recovery import pitr_wait
+from opsdb.ops.recovery.replay_progress import (
+    ReplaySpan,
+    planned_end,
+    reporter,
+    segment_end,
+    segment_start,
+    span_of_restore,
+)
 from opsdb.repo import layout
 from tests.unit.test_verify import KEYS, build_repo, flip_byte
 
@@ -186,7 +193,7 @@ def test_the_restore_summary_rates_the_writing_as_the_bar_did() -> None:
 def test_a_drills_replay_span_ends_at_the_planned_end_else_after_the_last_segment() -> None:
     from types import SimpleNamespace
 
-    from opsdb.ops.drill import replay_span
+    from opsdb.ops.proof.drill import replay_span
 
     backup = SimpleNamespace(start_lsn="0/2000028")
     latest = SimpleNamespace(backup=backup, planned_end=Lsn.parse("0/5000100"), wal_last="000000010000000000000005")

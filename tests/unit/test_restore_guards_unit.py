@@ -13,9 +13,10 @@ from opsdb.errors import IntegrityError, OperationFailed, UsageError
 from opsdb.model.lsn import Lsn, segment_name
 from opsdb.model.report import FAIL, PASS
 from opsdb.model.window import RecoveryEnd
-from opsdb.ops import drill_checks, pitr
-from opsdb.ops.pitr_wait import state_from_log, wait_for_target
-from opsdb.ops.restore_start import check_reached_planned_end, login_conninfo
+from opsdb.ops.proof import drill_checks
+from opsdb.ops.recovery import pitr
+from opsdb.ops.recovery.pitr_wait import state_from_log, wait_for_target
+from opsdb.ops.recovery.restore_start import check_reached_planned_end, login_conninfo
 from opsdb.pg.waldump import parse_records
 from opsdb.repo import catalog, envelope, layout
 from opsdb.storage.memory import MemoryStorage

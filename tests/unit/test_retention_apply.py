@@ -15,7 +15,7 @@ from opsdb.errors import IntegrityError, LockHeld, OperationFailed, RepositoryUn
 from opsdb.model.catalog import BackupRecord, new_backup_id
 from opsdb.model.lsn import Lsn, segment_name
 from opsdb.model.retention import RetentionPolicy
-from opsdb.ops import retention
+from opsdb.ops.retention import apply as retention
 from opsdb.repo import catalog, layout
 from opsdb.repo.envelope import Codec
 from opsdb.repo.lock import RepositoryLock

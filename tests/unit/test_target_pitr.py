@@ -1,4 +1,4 @@
-"""ops/pitr.py: planning refusals (exit 2 with the window), recovery settings, log parsing, waiting."""
+"""ops/recovery/pitr.py: planning refusals (exit 2 with the window), recovery settings, log parsing, waiting."""
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
@@ -8,7 +8,7 @@ import pytest
 from opsdb.errors import OperationFailed, UsageError
 from opsdb.model.lsn import HistoryEntry, Lsn, contiguous_ranges, parse_wal_name, segment_name
 from opsdb.model.target import RecoveryTarget
-from opsdb.ops import pitr
+from opsdb.ops.recovery import pitr
 from opsdb.repo.wal import ArchiveScan
 
 T0 = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)

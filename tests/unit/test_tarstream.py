@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from opsdb.errors import IntegrityError
-from opsdb.ops.tarstream import TarExtractor, UnsafeTarMember
+from opsdb.ops.recovery.tarstream import TarExtractor, UnsafeTarMember
 
 
 def _tar(*members: tuple[tarfile.TarInfo, bytes | None], fmt: int = tarfile.USTAR_FORMAT) -> bytes:

@@ -14,7 +14,7 @@ import pytest
 
 from opsdb.errors import NotFound
 from opsdb.model.lsn import segment_name
-from opsdb.ops.verify import verify_repository
+from opsdb.ops.proof.verify import verify_repository
 from opsdb.repo import layout
 from opsdb.repo.envelope import Codec, put_object
 from opsdb.storage.memory import MemoryStorage
@@ -246,7 +246,7 @@ def test_an_interrupted_retention_run_is_reported_as_such_not_as_a_bad_object() 
     from datetime import UTC, datetime
 
     from opsdb.model.retention import Decision
-    from opsdb.ops.retention import delete_backup, resume
+    from opsdb.ops.retention.apply import delete_backup, resume
 
     storage, record = build_repo()
     killed: Any = _KilledAfterObjects(storage)

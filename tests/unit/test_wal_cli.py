@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from opsdb.ops.walspool import DaemonLock, stop_helpers
+from opsdb.ops.wal.spool import DaemonLock, stop_helpers
 from opsdb.stream.crypto import generate_key_file
 from tests.fakes import TEST_SYSTEM_IDENTIFIER, wal_segment
 

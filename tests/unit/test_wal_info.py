@@ -1,10 +1,10 @@
-"""ops/info.py + render/info.py over a MemoryStorage archive with two timelines and a gap."""
+"""ops/repository/info.py + render/info.py over a MemoryStorage archive with two timelines and a gap."""
 
 import dataclasses
 from datetime import UTC, datetime
 
-from opsdb.ops import wal as ops_wal
-from opsdb.ops.info import cluster_info
+from opsdb.ops.repository.info import cluster_info
+from opsdb.ops.wal import push_fetch as ops_wal
 from opsdb.render.info import info_json, info_text
 from opsdb.repo.envelope import Codec
 from opsdb.storage.memory import MemoryStorage

@@ -1,11 +1,11 @@
-"""repo/wal.py and ops/wal.py against real doubles: MemoryStorage / LocalStorage and the real envelope."""
+"""repo/wal.py and ops/wal/push_fetch.py against real doubles: MemoryStorage / LocalStorage and the real envelope."""
 
 import os
 
 import pytest
 
 from opsdb.errors import Conflict, IntegrityError, NotFound, RepositoryUnavailable, UsageError
-from opsdb.ops import wal as ops_wal
+from opsdb.ops.wal import push_fetch as ops_wal
 from opsdb.repo import layout, marker
 from opsdb.repo import wal as repo_wal
 from opsdb.repo.envelope import Codec, put_object
@@ -144,8 +144,8 @@ def test_conflicting_partial_is_kept_beside_and_never_blocks(repo, tmp_path):
 
 def test_wal_objects_are_compressed_single_threaded_whatever_backups_use(tmp_path):
     from opsdb.config import load_settings
-    from opsdb.ops.codec import repository
-    from opsdb.ops.wal import wal_repo_from_settings
+    from opsdb.ops.common.codec import repository
+    from opsdb.ops.wal.push_fetch import wal_repo_from_settings
 
     config = tmp_path / "opsdb.toml"
     config.write_text(

@@ -1,4 +1,4 @@
-"""The WAL helper's socket protocol (ops/walspool.py) and serving loop (ops/walhelper.py), with a real
+"""The WAL helper's socket protocol (ops/wal/spool.py) and serving loop (ops/wal/helper.py), with a real
 Unix socket and a small double of the helper's work."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from opsdb.errors import IntegrityError, NotFound, OperationFailed, exit_code
-from opsdb.ops import walhelper, walspool
+from opsdb.ops.wal import helper as walhelper
+from opsdb.ops.wal import spool as walspool
 
 
 class Work:
@@ -207,7 +208,7 @@ def test_the_helper_serves_only_its_own_uid_others_are_told_to_work_in_process()
         os.chmod(paths.sock, 0o666)  # let the other uid reach the socket: only the peer check stands in its way
         root = str(Path(walspool.__file__).parents[2])
         code = (
-            f"import sys; sys.path.insert(0, {root!r}); from opsdb.ops import walspool\n"
+            f"import sys; sys.path.insert(0, {root!r}); from opsdb.ops.wal import spool as walspool\n"
             f"try:\n    print(walspool._ask({paths.sock!r}, ['push', '/x'], 5))\n"
             "except walspool._Foreign:\n    print('foreign')"
         )

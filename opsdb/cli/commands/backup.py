@@ -30,8 +30,8 @@ def register(app: typer.Typer) -> None:
 
         pg_basebackup streamed, compressed and encrypted into the repository; --incremental on PostgreSQL 17+.
         """
-        from opsdb.ops.backup import backup_from_settings
-        from opsdb.ops.estimate import backup_bytes
+        from opsdb.ops.backup.physical import backup_from_settings
+        from opsdb.ops.common.estimate import backup_bytes
         from opsdb.render.catalog import summary_line
 
         state = ctx.obj
@@ -61,8 +61,8 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Take logical dumps: pg_dump per database plus globals."""
-        from opsdb.ops.dump import dump_from_settings
-        from opsdb.ops.estimate import dump_bytes
+        from opsdb.ops.common.estimate import dump_bytes
+        from opsdb.ops.dump.logical import dump_from_settings
         from opsdb.render.catalog import summary_line
 
         state = ctx.obj

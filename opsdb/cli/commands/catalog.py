@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     @backups.command("list")
     def list_(ctx: typer.Context) -> None:
         """List complete backups and dumps."""
-        from opsdb.ops.codec import repository
+        from opsdb.ops.common.codec import repository
         from opsdb.render.catalog import backups_table
         from opsdb.repo import catalog
 
@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
     @backups.command("show")
     def show(ctx: typer.Context, backup_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
         """Show one backup's or dump's metadata."""
-        from opsdb.ops.codec import repository
+        from opsdb.ops.common.codec import repository
         from opsdb.render.catalog import backup_details
         from opsdb.repo import catalog
 

@@ -41,7 +41,9 @@ def register(app: typer.Typer) -> None:
         Proven as the server's os_user. Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (monitoring-plugin
         convention).
         """
-        from opsdb.ops import health  # imported on use: keeps psycopg out of every other command's start-up
+        from opsdb.ops.health import (
+            check as health,  # imported on use: keeps psycopg out of every other command's start-up
+        )
 
         state = ctx.obj
         report = health.check(lambda: state.settings, state.cluster_name, as_server=True, switch_wal=not no_switch)
@@ -52,7 +54,7 @@ def register(app: typer.Typer) -> None:
     @app.command("archive-probe", hidden=True)
     def archive_probe(ctx: typer.Context) -> None:
         """What `check` runs as the server's user: repository, key and spool as archive_command sees them."""
-        from opsdb.ops import health
+        from opsdb.ops.health import check as health
 
         state = ctx.obj
         doc = health.probe(state.settings, state.cluster_name)

@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
 
         A throwaway cluster and local repository: backup, WAL archiving, PITR drill, report.
         """
-        from opsdb.ops.demo import run_demo, summary
+        from opsdb.ops.proof.demo import run_demo, summary
 
         state: AppState = ctx.obj
         try:

@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
 
         Checksums, authentication tags, the catalog and WAL continuity.
         """
-        from opsdb.ops.drill_run import verify_from_settings
+        from opsdb.ops.proof.drill_run import verify_from_settings
 
         state: AppState = ctx.obj
         name, _ = state.cluster()
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
     @app.command("heartbeat")
     def heartbeat(ctx: typer.Context) -> None:
         """Write a heartbeat row (time, LSN, txid) on the primary."""
-        from opsdb.ops.heartbeat import record_heartbeat
+        from opsdb.ops.proof.heartbeat import record_heartbeat
 
         state: AppState = ctx.obj
         name, cluster = state.cluster()
@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
         Restores, checks the data and writes a recovery report with measured RTO and RPO.
         """
         from opsdb.model.target import parse_time
-        from opsdb.ops.drill_run import drill_from_settings
+        from opsdb.ops.proof.drill_run import drill_from_settings
 
         state: AppState = ctx.obj
         name, _ = state.cluster()
@@ -123,7 +123,7 @@ def register(app: typer.Typer) -> None:
         limit: Annotated[int, typer.Option("--limit", help="How many recent drills.")] = 20,
     ) -> None:
         """List drill reports with their RTO/RPO history."""
-        from opsdb.ops.drill_run import report_history
+        from opsdb.ops.proof.drill_run import report_history
         from opsdb.render.report import render_history_text
 
         state: AppState = ctx.obj
@@ -140,7 +140,7 @@ def register(app: typer.Typer) -> None:
         """Print one drill report."""
         import json
 
-        from opsdb.ops.drill_run import report_show as show
+        from opsdb.ops.proof.drill_run import report_show as show
 
         state: AppState = ctx.obj
         name, _ = state.cluster()

@@ -13,7 +13,7 @@ from opsdb.stream.crypto import generate_key_file
 
 if TYPE_CHECKING:
     from opsdb.cli.state import AppState
-    from opsdb.ops.privileges import Account
+    from opsdb.ops.common.privileges import Account
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         Refuses to overwrite an existing file. Run as root, the key goes to the configured cluster's
         os_user (or --owner), so PostgreSQL's archive_command can read it; root reads every file anyway.
         Never readable by group or others."""
-        from opsdb.ops import privileges
+        from opsdb.ops.common import privileges
 
         account = _owner(ctx.obj, owner)
         new = generate_key_file(path, owner=account.owner if account is not None else None)
@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
 
 def _owner(state: AppState, requested: str | None) -> Account | None:
     """The account the key goes to: --owner, else (as root) the cluster's os_user; None: this user."""
-    from opsdb.ops import privileges
+    from opsdb.ops.common import privileges
 
     if requested is None:
         return privileges.handover(state.settings, state.cluster_name)

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         Backups, WAL, drills, replicas and scheduled jobs in the Prometheus text format.
         """
         from opsdb.automation.history import JobHistory, state_dir
-        from opsdb.ops import metrics as ops_metrics
+        from opsdb.ops.health import metrics as ops_metrics
 
         state = ctx.obj
         settings = state.settings

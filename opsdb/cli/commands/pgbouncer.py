@@ -13,7 +13,7 @@ from opsdb.errors import OperationFailed, UsageError
 
 if TYPE_CHECKING:
     from opsdb.cli.state import AppState
-    from opsdb.ops.replicas import ReplicaCreated
+    from opsdb.ops.replicas.create import ReplicaCreated
     from opsdb.proc import LocalRunner
 
 
@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
 
         userlist.txt is written 0600; pools are sized against the server's max_connections.
         """
-        from opsdb.ops import pgbouncer as ops
+        from opsdb.ops.pooler import generate as ops
         from opsdb.render.pgbouncer_text import render_generate
 
         state = ctx.obj
@@ -71,8 +71,8 @@ def register(app: typer.Typer) -> None:
 
         Loads it in a real pgbouncer when one is installed.
         """
-        from opsdb.ops import pgbouncer as gen
-        from opsdb.ops import pgbouncer_check as ops
+        from opsdb.ops.pooler import check as ops
+        from opsdb.ops.pooler import generate as gen
         from opsdb.render.pgbouncer_text import render_check
 
         state = ctx.obj
@@ -117,7 +117,7 @@ def register(app: typer.Typer) -> None:
 
         Read from the admin console; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
         """
-        from opsdb.ops import pgbouncer_status as ops
+        from opsdb.ops.pooler import status as ops
         from opsdb.render.pgbouncer_status import render_status
 
         state = ctx.obj
@@ -149,7 +149,7 @@ def register(app: typer.Typer) -> None:
 
         Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
         """
-        from opsdb.ops import replicas as ops
+        from opsdb.ops.replicas import lag as ops
         from opsdb.render.replicas import render_replicas
 
         state = ctx.obj
@@ -190,7 +190,7 @@ def register(app: typer.Typer) -> None:
         """
         if from_primary == (from_backup is not None):
             raise UsageError("give exactly one of --from-primary or --from-backup ID|latest")
-        from opsdb.ops import replicas as ops
+        from opsdb.ops.replicas import create as ops
 
         state = ctx.obj
         cluster_name, cluster = state.cluster()

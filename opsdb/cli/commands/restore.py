@@ -75,9 +75,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Restore a base backup, optionally to a point in time."""
         from opsdb.model.target import RecoveryTarget
-        from opsdb.ops.durable import check_sync_method
-        from opsdb.ops.pitr import plan_text
-        from opsdb.ops.restore import restore_from_settings
+        from opsdb.ops.recovery.durable import check_sync_method
+        from opsdb.ops.recovery.pitr import plan_text
+        from opsdb.ops.recovery.restore import restore_from_settings
         from opsdb.render.catalog import restore_plan_text, restore_result_text
 
         state = ctx.obj
@@ -146,7 +146,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Restore a logical dump with pg_restore."""
-        from opsdb.ops.dump import restore_dump_from_settings
+        from opsdb.ops.dump.logical import restore_dump_from_settings
 
         state = ctx.obj
         name, _ = state.cluster()

@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
 
         Applies the cluster's retention policy to backups, dumps and WAL.
         """
-        from opsdb.ops import retention as ops_retention
+        from opsdb.ops.retention import apply as ops_retention
 
         state = ctx.obj
         name, _ = state.cluster()

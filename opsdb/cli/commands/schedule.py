@@ -48,7 +48,7 @@ def _opsdb_bin(explicit: str | None) -> str:
     """An absolute path: cron's PATH (/usr/bin:/bin) and systemd's ExecStart= do not find a venv's opsdb."""
     if explicit:
         return explicit
-    from opsdb.ops.pitr import opsdb_executable
+    from opsdb.ops.recovery.pitr import opsdb_executable
 
     return os.path.abspath(opsdb_executable())
 

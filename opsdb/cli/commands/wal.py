@@ -44,10 +44,10 @@ def register(app: typer.Typer) -> None:
 
         Backups, WAL archived range, gaps and the recoverable window per timeline.
         """
-        from opsdb.ops.info import cluster_info
-        from opsdb.ops.pitr_reach import end_reader_from_settings
-        from opsdb.ops.timelines import live_timeline
-        from opsdb.ops.wal import wal_repo_from_settings
+        from opsdb.ops.recovery.pitr_reach import end_reader_from_settings
+        from opsdb.ops.recovery.timelines import live_timeline
+        from opsdb.ops.repository.info import cluster_info
+        from opsdb.ops.wal.push_fetch import wal_repo_from_settings
         from opsdb.render.info import info_json, info_text
 
         state = ctx.obj
@@ -66,8 +66,8 @@ def register(app: typer.Typer) -> None:
 
         After initdb or pg_upgrade.
         """
-        from opsdb.ops.codec import repository
-        from opsdb.ops.reinit import reinit as run_reinit
+        from opsdb.ops.common.codec import repository
+        from opsdb.ops.repository.reinit import reinit as run_reinit
 
         state = ctx.obj
         name, cluster = state.cluster()

@@ -1,0 +1,2 @@
+"""Retention: `opsdb retention apply` runs the retention plan (model.retention decides what goes) against
+the repository, deleting expired backups, dumps and WAL crash-safe and resumably (apply)."""
