@@ -8,7 +8,7 @@ from opsdb.errors import Conflict, IntegrityError, NotFound, RepositoryUnavailab
 from opsdb.ops.wal import push_fetch as ops_wal
 from opsdb.repo import layout, marker
 from opsdb.repo import wal as repo_wal
-from opsdb.repo.envelope import Codec, put_object
+from opsdb.repo.envelope import Codec, put_object, read_header
 from opsdb.storage.local import LocalStorage
 from opsdb.storage.memory import MemoryStorage
 from opsdb.stream.crypto import EncryptionKey
@@ -51,6 +51,26 @@ def test_push_same_content_twice_succeeds(repo, tmp_path):
     ops_wal.push_file(repo, str(src))
     again = ops_wal.push_file(repo, str(src))
     assert again.already_stored
+
+
+def test_a_pushed_segment_is_digested_by_its_compressed_bytes_and_still_compared_by_content(repo, tmp_path):
+    """SHA-256 over the ~0.5 MB compressed rather than the 16 MiB plaintext; a repeated push still
+    compares plaintexts (read back), and a legacy plaintext-digest object reads and compares as before."""
+    src = wal_file(tmp_path, content=b"x" * 300_000)
+    first = ops_wal.push_file(repo, str(src))
+    key = layout.wal_object("main", SEG)
+    assert first.digest_of == "compressed" == read_header(repo.storage, key).digest_of
+    again = ops_wal.push_file(repo, str(src))
+    assert again.already_stored and again.digest_of == "plaintext"
+    src.write_bytes(wal_segment(SEG, b"y" * 300_000))
+    with pytest.raises(Conflict):
+        ops_wal.push_file(repo, str(src))
+    legacy = wal_file(tmp_path, "000000010000000000000004", b"z" * 300_000)
+    put_object(repo.storage, layout.wal_object("main", legacy.name), [legacy.read_bytes()], repo.codec, bind=False)
+    assert read_header(repo.storage, layout.wal_object("main", legacy.name)).digest_of == "plaintext"
+    assert ops_wal.push_file(repo, str(legacy)).already_stored
+    ops_wal.fetch_file(repo, legacy.name, str(tmp_path / "RECOVERYXLOG"))
+    assert (tmp_path / "RECOVERYXLOG").read_bytes() == legacy.read_bytes()
 
 
 def test_push_different_content_conflicts_and_keeps_the_original(repo, tmp_path):

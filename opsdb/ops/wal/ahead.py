@@ -3,9 +3,10 @@ and fetches (with prefetch of the next segments when `[wal] prefetch` > 0).
 
 Push-ahead: a push call in async mode makes the helper store every file PostgreSQL has marked
 `.ready` in that pg_wal, `push_workers` at a time, and keep going while `.ready` files remain. What
-it stored ahead is remembered in memory only (name, the file's identity and SHA-256), so a later call
-for that name is answered at once, but only for the very same file (same device, inode, size and
-mtime, unchanged while it was read) or the same content (SHA-256); anything else is pushed again.
+it stored ahead is remembered in memory only (name and the file's identity), so a later call for
+that name is answered at once, but only for the very same file (same device, inode, size and mtime,
+unchanged while it was read); anything else is pushed again (create-only: an identical stored object
+is then read back and compared, a different one is a conflict).
 
 Prefetch: a fetch call for NAME makes the helper fetch the next `prefetch` segments of the same
 timeline into `spool_dir/<cluster>/prefetch/<key>/` (authenticated and checked against the restoring
@@ -163,10 +164,9 @@ class Pusher:
 
 
 def _same_file(ahead: _Ahead, path: str) -> bool:
-    """Whether what was stored ahead is the file at path: the very same file, or the same content."""
-    if ahead.identity is not None and ahead.identity == file_identity(path):
-        return True
-    return ahead.result.sha256 == repo_wal.file_sha256(path)[0]
+    """Whether what was stored ahead is the very same file at path (unchanged since it was read).
+    Anything else is pushed again: the create-only store then compares the content it holds."""
+    return ahead.identity is not None and ahead.identity == file_identity(path)
 
 
 @dataclasses.dataclass(frozen=True)
