@@ -246,7 +246,15 @@ def wal_fetch(config: str | None, cluster: str | None, name: str, dest: str) -> 
     reply = _via_helper(routing, ["fetch", name, os.path.abspath(dest), os.getcwd()], FETCH_WAIT_SECONDS)
     if reply is not None:
         size = int(reply.get("size") or 0)
-        return {"name": name, "fetched": True, "source": reply.get("source", "repository"), "size": size}
+        source = reply.get("source", "repository")
+        # waited_ms: how long the helper waited for this segment, still being fetched ahead (0: it was ready)
+        return {
+            "name": name,
+            "fetched": True,
+            "source": source,
+            "size": size,
+            "waited_ms": int(reply.get("waited_ms") or 0),
+        }
     from opsdb.ops.wal import push_fetch as ops_wal
 
     _setup_logging()

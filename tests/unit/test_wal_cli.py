@@ -189,7 +189,7 @@ def test_prefetch_serves_verified_files(tmp_path, pgdata, stop_daemons):
         result = opsdb(config, "--json", "wal-fetch", name, "pg_wal/RECOVERYXLOG", cwd=restore)
         assert result.returncode == 0, result.stderr
         assert (restore / "pg_wal" / "RECOVERYXLOG").read_bytes() == (pgdata / "pg_wal" / name).read_bytes()
-    assert '"source": "prefetch"' in result.stdout
+    assert '"source": "prefetch"' in result.stdout and '"waited_ms": ' in result.stdout
     missing = opsdb(config, "wal-fetch", "000000010000000000000007", "pg_wal/RECOVERYXLOG", cwd=restore)
     assert missing.returncode == 1
 

@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -174,6 +175,7 @@ class Fetched:
     size: int
     source: str  # "prefetch" or "repository"
     warning: str | None = None
+    waited_ms: int = 0  # how long the call waited for its segment, still being fetched ahead
 
 
 class _Window:
@@ -181,10 +183,12 @@ class _Window:
 
     def __init__(self, directory: str, data_dir: str) -> None:
         self.directory, self.data_dir = directory, data_dir
+        self.asked: str | None = None  # what recovery asks for now (a call may be waiting for it)
         self.names: list[str] = []  # what recovery will ask for next
         self.published: dict[str, tuple[str | None, int]] = {}  # name -> (identity, size)
         self.in_flight: dict[str, Future[int]] = {}
         self.failed: dict[str, BaseException] = {}
+        self.parallel = 1  # downloads at once: Prefetch._pace sizes it to keep ahead of recovery
 
 
 class Prefetch:
@@ -199,7 +203,8 @@ class Prefetch:
         stale: Callable[[], bool],
     ) -> None:
         self.repo, self.paths, self.repository, self.depth, self.stale = repo, paths, repository, depth, stale
-        # enough parallel downloads to stay ahead of replay: a download takes longer than replaying a segment
+        # at most this many downloads at once per recovery (a slow or distant repository needs several
+        # to keep ahead); each window starts with one and grows only while recovery waits (_pace)
         self.workers = max(1, min(depth, max(workers, 4)))
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="wal-prefetch")
         self.lock = threading.RLock()
@@ -220,21 +225,25 @@ class Prefetch:
             return Fetched(fetch_file(self.repo, name, dest).size, "repository", warning)
         with self.lock:
             future = window.in_flight.get(name)
+            self._pace(window, ready=name in window.published)
             self._advance(window, name)
+        waited_ms = 0
         if future is not None:
+            began = time.monotonic()
             with contextlib.suppress(Exception):  # a failure ahead: the direct fetch below reports it properly
                 future.result()
+            waited_ms = round((time.monotonic() - began) * 1000)
         with self.lock:
             published = window.published.pop(name, None)
             failure = window.failed.pop(name, None)
         if published is not None and self._serve(window, name, published, dest):
-            return Fetched(published[1], "prefetch")
+            return Fetched(published[1], "prefetch", waited_ms=waited_ms)
         if isinstance(failure, OSError):  # the spool cannot hold it (full): not a repository problem
             warning = (
                 f"the prefetch spool cannot hold {name}: {failure.strerror or failure} ({window.directory}); "
                 f"fetching {name} directly from the repository"
             )
-        return Fetched(fetch_file(self.repo, name, dest).size, "repository", warning)
+        return Fetched(fetch_file(self.repo, name, dest).size, "repository", warning, waited_ms)
 
     def _window(self, data_dir: str, name: str) -> tuple[_Window | None, str | None]:
         key = os.path.realpath(data_dir)
@@ -257,9 +266,20 @@ class Prefetch:
             self.windows[key] = window
             return window, None
 
+    def _pace(self, window: _Window, *, ready: bool) -> None:
+        """Size the window's downloads at once to keep ahead of recovery: one more (up to `workers`)
+        each time recovery asks for a segment not yet published, one fewer while more than half the
+        window is published ahead. On two cores every download beyond what keeps ahead only takes CPU
+        from PostgreSQL's replay (and makes the segment it needs next arrive later); against a distant
+        repository downloads wait on the network, and recovery's waits grow the window until it keeps ahead."""
+        if not ready:
+            window.parallel = min(self.workers, window.parallel + 1)
+        elif len(window.published) > self.depth // 2:
+            window.parallel = max(1, window.parallel - 1)
+
     def _advance(self, window: _Window, name: str) -> None:
         """Recovery asked for NAME: what it will ask for next is the window; the rest is dropped."""
-        window.names = next_names(name, self.depth)
+        window.asked, window.names = name, next_names(name, self.depth)
         keep = {name, *window.names}
         for old in [n for n in window.published if n not in keep]:
             window.published.pop(old)
@@ -272,7 +292,7 @@ class Prefetch:
         if self.closed or self.stale():
             return
         for ahead in window.names:
-            if len(window.in_flight) >= self.workers:
+            if len(window.in_flight) >= window.parallel:
                 break
             if ahead in window.in_flight or ahead in window.published or ahead in window.failed:
                 continue
@@ -286,7 +306,8 @@ class Prefetch:
         final = os.path.join(window.directory, name)
         tmp = os.path.join(window.directory, f".{name}.{os.getpid()}.tmp")
         try:
-            size = fetch_checked(self.repo, name, tmp, window.data_dir)
+            # written out here, ahead: PostgreSQL's own fsync of the segment then finds nothing to write
+            size = fetch_checked(self.repo, name, tmp, window.data_dir, sync=True)
             os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -305,7 +326,7 @@ class Prefetch:
                 window.failed[name] = exc
                 return
             final = os.path.join(window.directory, name)
-            if name in window.names:
+            if name == window.asked or name in window.names:  # the one asked for now: a call waits for it
                 window.published[name] = (file_identity(final), size)
             else:  # recovery moved past it meanwhile
                 with contextlib.suppress(OSError):

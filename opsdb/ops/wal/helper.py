@@ -62,7 +62,9 @@ class Helper:
                 return walspool.ok_reply(already_stored=int(result.already_stored), ahead=int(ahead), size=result.size)
             if request[0] == "fetch" and len(request) == 4:
                 fetched = self.prefetch.fetch(request[1], request[2], request[3] or None)
-                return walspool.ok_reply(size=fetched.size, source=fetched.source, warning=fetched.warning)
+                return walspool.ok_reply(
+                    size=fetched.size, source=fetched.source, warning=fetched.warning, waited_ms=fetched.waited_ms
+                )
             raise UsageError(f"the WAL helper does not understand {request[0]!r}")
         except OpsdbError as exc:
             return walspool.error_reply(exc)
