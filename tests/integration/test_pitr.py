@@ -27,6 +27,7 @@ from opsdb.ops.recovery import pitr
 from opsdb.ops.wal import push_fetch as ops_wal
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import CLOSE_SEGMENT_SQL, Instance
+from opsdb.pg.recovery import RECOVERY_SIGNAL, STANDBY_SIGNAL, write_recovery
 from opsdb.proc import Cmd, LocalRunner
 from opsdb.repo import wal as repo_wal
 from opsdb.repo.envelope import Codec
@@ -161,7 +162,9 @@ class Env:
     def recover(self, target: RecoveryTarget, *, standby: bool = False, **kw) -> tuple[Instance, pitr.RecoveryPoint]:
         instance = self.restored()
         self.factory._made.append((instance, instance.data_dir.parent))
-        pitr.configure_recovery(instance, target, self.fetch, standby=standby, **kw)
+        # what `opsdb restore` writes for this target (pitr.recovery_settings), through pg/recovery.py
+        settings = pitr.recovery_settings(target, self.fetch, standby=standby, **kw)
+        write_recovery(instance.data_dir, settings, STANDBY_SIGNAL if standby else RECOVERY_SIGNAL, os_user=os_user())
         point = pitr.start_and_wait(instance, target, standby=standby, connect=connect, timeout=120)
         return instance, point
 

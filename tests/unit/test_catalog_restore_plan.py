@@ -1,4 +1,4 @@
-"""Restore planning (no PostgreSQL needed), recovery settings, and the catalog renderers."""
+"""Restore planning (no PostgreSQL needed) and the catalog renderers."""
 
 from __future__ import annotations
 
@@ -11,12 +11,7 @@ import pytest
 from opsdb.errors import NotFound, UsageError
 from opsdb.model.catalog import BackupRecord, DumpDatabase, StoredFile, Tablespace
 from opsdb.model.lsn import Lsn
-from opsdb.ops.recovery.restore import (
-    RestoreRequest,
-    parse_tablespace_map,
-    plan_restore,
-    write_recovery_settings,
-)
+from opsdb.ops.recovery.restore import RestoreRequest, parse_tablespace_map, plan_restore
 from opsdb.render.catalog import backup_details, backups_table, restore_plan_text, summary_line
 from opsdb.repo import catalog
 from opsdb.repo.envelope import Codec
@@ -111,14 +106,6 @@ def test_plan_refusals(storage: MemoryStorage, tmp_path: Path) -> None:
         plan_restore(RestoreRequest("main", tmp_path / "full", tablespace_map=(ts,)), storage=storage, keys={})
     with pytest.raises(UsageError, match="OLD=NEW"):
         parse_tablespace_map(["nonsense"])
-
-
-def test_recovery_settings_override_the_source_and_add_the_signal(tmp_path: Path) -> None:
-    (tmp_path / "postgresql.auto.conf").write_text("restore_command = 'cp /old/%f %p'")
-    write_recovery_settings(tmp_path, {"recovery_target": "immediate", "restore_command": "it's"}, "recovery.signal")
-    text = (tmp_path / "postgresql.auto.conf").read_text()
-    assert text.index("cp /old") < text.index("restore_command = 'it''s'")  # later lines win
-    assert (tmp_path / "recovery.signal").exists()
 
 
 def test_renderers() -> None:

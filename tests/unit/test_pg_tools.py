@@ -9,8 +9,9 @@ import psycopg.conninfo
 import pytest
 
 from opsdb.errors import ToolError, UsageError
+from opsdb.pg.autoconf import quote_setting
 from opsdb.pg.conninfo import make_conninfo, parse_conninfo, redact, split_password, with_dbname
-from opsdb.pg.instance import Instance, parse_controldata, quote_setting
+from opsdb.pg.instance import Instance, parse_controldata
 from opsdb.pg.tools import PgTools, find_bin_dir
 from tests.fakes import FakeRunner
 

@@ -46,7 +46,7 @@ from opsdb.ops.recovery.pitr_reach import end_reader, recovery_end
 from opsdb.ops.recovery.replay_progress import OnReplay, ReplaySpan, reporter, segment_end
 from opsdb.pg import heartbeat as hb
 from opsdb.pg.conn import connect as pg_connect
-from opsdb.pg.instance import Instance
+from opsdb.pg.recovery import RECOVERY_SIGNAL, write_recovery
 from opsdb.pg.tools import PgTools
 from opsdb.proc import Runner
 from opsdb.storage.base import Storage
@@ -199,7 +199,7 @@ def _restore_and_prove(
         if verified is not None:
             run.checks.append(verified)
     with run.phase(PHASE_FETCH, clock):
-        _write_recovery(request, plan.target, space, scratch, bin_dir, runner, staged=staged)
+        _write_recovery(request, plan.target, space, scratch, staged=staged)
     span = replay_span(plan, request.segment_size)
     phase("drill", "replay", from_lsn=span and span.start, to_lsn=span and span.end, replay_bytes=span and span.total)
     with run.phase(PHASE_REPLAY, clock):
@@ -256,14 +256,7 @@ def _planned_end_from_records(
 
 
 def _write_recovery(
-    request: DrillRequest,
-    target: RecoveryTarget,
-    space: ScratchSpace,
-    scratch: ScratchProvider,
-    bin_dir: Path,
-    runner: Runner,
-    *,
-    staged: bool,
+    request: DrillRequest, target: RecoveryTarget, space: ScratchSpace, scratch: ScratchProvider, *, staged: bool
 ) -> None:
     settings: dict[str, object] = dict(SCRATCH_SETTINGS)
     settings.update(target.recovery_settings())
@@ -273,19 +266,15 @@ def _write_recovery(
     else:
         settings["restore_command"] = scratch.restore_command(space, request.restore_command)
     os_user = request.os_user if scratch.name == "local" else None
-    instance = Instance(space.data_dir, space.port, bin_dir, os_user, runner)
-    instance.configure(settings)
+    # recovery.signal, never standby.signal: a standby would never promote
+    write_recovery(space.data_dir, settings, RECOVERY_SIGNAL, os_user=os_user)
     # the scratch server is reachable only from this machine; trust keeps production passwords out of it
     hba = space.data_dir / "pg_hba.conf"
     hba.write_text("local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n")
-    # standby.signal would keep it a standby forever; tablespace_map would re-point pg_tblspc/<oid>
-    # at the production paths (the restorer's links point into the scratch directory instead)
-    for name in ("standby.signal", "tablespace_map"):
-        (space.data_dir / name).unlink(missing_ok=True)
-    signal = space.data_dir / "recovery.signal"
-    signal.touch()
-    for path in (hba, signal):
-        chown_to(path, os_user)
+    chown_to(hba, os_user)
+    # tablespace_map would re-point pg_tblspc/<oid> at the production paths (the restorer's links point
+    # into the scratch directory instead)
+    (space.data_dir / "tablespace_map").unlink(missing_ok=True)
 
 
 def replay_span(plan: DrillPlan, segment_size: int) -> ReplaySpan | None:

@@ -21,7 +21,6 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -103,13 +102,6 @@ class ScratchProvider(Protocol):
     def log_tail(self, space: ScratchSpace, max_bytes: int = 4096) -> str: ...
 
     def teardown(self, space: ScratchSpace, *, keep: bool) -> None: ...
-
-
-def configure(
-    space: ScratchSpace, settings: Mapping[str, object], os_user: str | None, bin_dir: Path, runner: Runner
-) -> None:
-    """Write the scratch settings into the restored postgresql.auto.conf (last value wins)."""
-    Instance(space.data_dir, space.port, bin_dir, os_user, runner).configure(settings)
 
 
 class LocalScratch:

@@ -7,11 +7,8 @@ reachable before anything is written, and configures and watches the recovery af
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import pwd
-import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -39,6 +36,7 @@ from opsdb.ops.recovery.pitr_checks import (
 from opsdb.ops.recovery.pitr_checks import fmt as _fmt
 from opsdb.ops.recovery.pitr_checks import refuse as _refuse
 from opsdb.ops.recovery.pitr_wait import RecoveryPoint, parse_log, start_and_wait, wait_for_target
+from opsdb.pg.recovery import RECOVERY_SIGNAL, STANDBY_SIGNAL
 from opsdb.repo.wal import ArchiveScan
 
 __all__ = [
@@ -49,14 +47,6 @@ __all__ = [
     "start_and_wait",
     "wait_for_target",
 ]  # re-exported for callers
-
-TARGET_SETTINGS = (
-    "recovery_target",
-    "recovery_target_lsn",
-    "recovery_target_name",
-    "recovery_target_time",
-    "recovery_target_xid",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,8 +247,8 @@ def recovery_settings(
     slot: str | None = None,
     archive: bool = True,
 ) -> dict[str, str]:
-    """The settings for postgresql.auto.conf (configure_recovery first removes every recovery_target*
-    line the backup carried, e.g. from an earlier PITR: PostgreSQL refuses two targets, even an empty one)."""
+    """The settings for postgresql.auto.conf (pg/recovery.write_recovery writes them, after removing
+    every recovery_target* line the backup carried)."""
     settings: dict[str, str] = {"restore_command": command}
     if standby:
         # a standby follows the primary across promotions
@@ -275,72 +265,6 @@ def recovery_settings(
         # a scratch copy must never archive into the production archive (a drill's promotion would
         # create a new timeline there, which a later `--timeline latest` restore would follow)
         settings["archive_mode"] = "off"
-    return settings
-
-
-def drop_settings(data_dir: Path, names: Sequence[str]) -> None:
-    """Remove lines setting `names` from postgresql.auto.conf (owner and mode kept)."""
-    path = data_dir / "postgresql.auto.conf"
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return
-    wanted = {n.lower() for n in names}
-    pattern = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=")
-    kept = [ln for ln in lines if not ((m := pattern.match(ln)) and m.group(1).lower() in wanted)]
-    if kept != lines:
-        stat = path.stat()
-        tmp = path.with_name(path.name + ".opsdb-tmp")
-        tmp.write_text("\n".join(kept) + "\n")
-        os.chmod(tmp, stat.st_mode & 0o777)
-        if os.geteuid() == 0:
-            os.chown(tmp, stat.st_uid, stat.st_gid)
-        os.replace(tmp, path)
-
-
-def write_signal(data_dir: Path, *, standby: bool, os_user: str | None) -> Path:
-    """recovery.signal (targeted recovery) or standby.signal; the other one is removed."""
-    keep, drop = ("standby.signal", "recovery.signal") if standby else ("recovery.signal", "standby.signal")
-    with contextlib.suppress(FileNotFoundError):
-        (data_dir / drop).unlink()
-    path = data_dir / keep
-    path.touch(mode=0o600)
-    if os_user and os.geteuid() == 0:
-        entry = pwd.getpwnam(os_user)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-    return path
-
-
-# --- the restored instance: configure, start, watch ----------------------------------------------------
-
-
-def configure_recovery(
-    instance: Any,
-    target: RecoveryTarget,
-    command: str,
-    *,
-    timeline: int | None = None,
-    standby: bool = False,
-    primary_conninfo: str | None = None,
-    slot: str | None = None,
-    archive: bool = True,
-    port: int | None = None,
-) -> dict[str, str]:
-    """Write the recovery settings into the restored data directory (postgresql.auto.conf + signal file)."""
-    settings = recovery_settings(
-        target,
-        command,
-        timeline=timeline,
-        standby=standby,
-        primary_conninfo=primary_conninfo,
-        slot=slot,
-        archive=archive,
-    )
-    if port is not None:
-        settings["port"] = str(port)
-    drop_settings(Path(instance.data_dir), (*TARGET_SETTINGS, "recovery_target_inclusive", "recovery_target_action"))
-    instance.configure(settings)
-    write_signal(Path(instance.data_dir), standby=standby, os_user=getattr(instance, "run_as", None))
     return settings
 
 
@@ -411,7 +335,7 @@ def restore_settings(
     return (
         ("standby" if standby else plan.target.label()),
         settings,
-        ("standby.signal" if standby else "recovery.signal"),
+        (STANDBY_SIGNAL if standby else RECOVERY_SIGNAL),
     )
 
 

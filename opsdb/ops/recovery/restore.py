@@ -5,7 +5,7 @@
 
 execute: create the target (0700) and tablespace directories, stream each tar object into place
 (ops/recovery/extract.py), point tablespace_map at the restored locations, write the recovery settings
-(`write_recovery_settings`, the one place they are written), hand everything to os_user when run
+(pg/recovery.py, the one place they are written), hand everything to os_user when run
 as root, sync it all to disk (ops/recovery/durable.py: fsync or syncfs; --no-sync skips), and with --start start the server and wait until it accepts connections and has left
 recovery. If anything fails before the server starts, what this run created is removed again.
 
@@ -32,7 +32,7 @@ from opsdb.model.catalog import BASE_OBJECT, PHYSICAL, BackupRecord, RestorePlan
 from opsdb.ops.common.phases import phase
 from opsdb.ops.recovery.durable import DEFAULT_SYNC_METHOD, SyncReport, sync_trees
 from opsdb.ops.recovery.extract import extract_object
-from opsdb.pg.instance import quote_setting
+from opsdb.pg.recovery import RECOVERY_SIGNAL, write_recovery
 from opsdb.proc import Runner, pid_alive
 from opsdb.repo import catalog, layout
 from opsdb.storage.base import Storage
@@ -40,7 +40,6 @@ from opsdb.storage.base import Storage
 if TYPE_CHECKING:
     from opsdb.config import ClusterConfig, Settings
 
-AUTO_CONF = "postgresql.auto.conf"
 OnBytes = Callable[[int], None]
 
 
@@ -216,7 +215,7 @@ def recovery_for(record: BackupRecord) -> tuple[str, dict[str, str], str | None]
         "restore_command": "false",
         "recovery_target_timeline": "current",
     }
-    return "immediate", settings, "recovery.signal"
+    return "immediate", settings, RECOVERY_SIGNAL
 
 
 def check_target_dir(target: Path) -> None:
@@ -339,9 +338,8 @@ def execute_restore(
             )
         (target / "pg_wal" / "archive_status").mkdir(mode=0o700, parents=True, exist_ok=True)
         write_tablespace_map(target, plan.tablespace_map)
-        _drop_recovery_targets(target)
         phase("restore", "recovery config", signal_file=plan.signal_file, target=plan.target)
-        write_recovery_settings(target, plan.recovery_settings, plan.signal_file)
+        write_recovery(target, plan.recovery_settings, plan.signal_file)  # os_user: the whole tree, below
         roots = [target, *(Path(p) for p in plan.tablespace_map.values())]
         for path in roots:
             os.chmod(path, 0o700)
@@ -393,33 +391,6 @@ def write_tablespace_map(target: Path, spaces: Mapping[int, str]) -> None:
     lines = [f"{oid} {where}" for oid, where in sorted(spaces.items())]
     path.write_text("\n".join(lines) + "\n")
     os.chmod(path, 0o600)
-
-
-def write_recovery_settings(target: Path, settings: Mapping[str, str], signal_file: str | None) -> None:
-    """The one place recovery settings are written: appended to postgresql.auto.conf (later lines
-    win, so the source's values for these names are overridden) plus the signal file."""
-    if settings:
-        path = target / AUTO_CONF
-        existing = path.read_text() if path.exists() else ""
-        block = "".join(f"{name} = {quote_setting(value)}\n" for name, value in settings.items())
-        text = existing + ("" if existing.endswith("\n") or not existing else "\n")
-        path.write_text(text + "# added by opsdb restore\n" + block)
-        os.chmod(path, 0o600)
-    if signal_file:
-        (target / signal_file).write_text("")
-        os.chmod(target / signal_file, 0o600)
-
-
-def _drop_recovery_targets(target: Path) -> None:
-    """Targets the backup carried (a backup of a server restored by PITR) would combine with ours, and
-    PostgreSQL refuses more than one target, so they go first."""
-    from opsdb.ops.recovery.pitr import TARGET_SETTINGS, drop_settings
-
-    drop_settings(target, (*TARGET_SETTINGS, "recovery_target_inclusive", "recovery_target_action"))
-    if (target / "standby.signal").exists() or (target / "recovery.signal").exists():
-        for name in ("standby.signal", "recovery.signal"):
-            with contextlib.suppress(FileNotFoundError):
-                (target / name).unlink()
 
 
 def _chown_tree(root: Path, os_user: str | None) -> None:

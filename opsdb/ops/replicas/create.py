@@ -27,6 +27,7 @@ from opsdb.ops.replicas.standby_link import (
 )
 from opsdb.pg.conn import connect
 from opsdb.pg.conninfo import make_conninfo, parse_conninfo
+from opsdb.pg.recovery import STANDBY_SIGNAL, write_recovery
 from opsdb.pg.tools import PgTools
 from opsdb.proc import Runner
 
@@ -129,12 +130,8 @@ def _password_to_passfile(link: StandbyLink, target_dir: Path, run_as: str | Non
     (even one given in PGPASSWORD): replace that line by ours, which names the passfile instead."""
     if link.passfile is None:
         return None
-    from opsdb.ops.recovery.pitr import drop_settings
-    from opsdb.ops.recovery.restore import write_recovery_settings
-
     path = write_passfile(link, run_as)
-    drop_settings(target_dir, ("primary_conninfo",))
-    write_recovery_settings(target_dir, {"primary_conninfo": link.primary_conninfo}, None)
+    write_recovery(target_dir, {"primary_conninfo": link.primary_conninfo}, STANDBY_SIGNAL, os_user=run_as)
     return path
 
 
