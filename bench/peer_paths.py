@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from backup import dir_size, measure
-from peer_setup import BUCKET, Tools
+from peer_setup import BUCKET, Tools, stop_helper
 from wal import Server, as_pg, chown, drain, free_port, replay, sh
 
 TOOLS = ("opsdb", "pgbackrest")
@@ -122,38 +122,44 @@ def drains(
 def calls(tools: Tools, server: Server, segments: list[Path], kind: str, count: int) -> list[Sample]:
     """One archive_command call on one 16 MiB segment, run from the data directory as PostgreSQL
     does (through runuser, which both pay): pgBackRest archive-push; opsdb wal-push with its helper
-    already running; opsdb's first call, which starts a helper (a fresh config and spool each time)."""
+    already running; opsdb's first call after its helper went idle, which starts a helper (the same
+    config and repository each time, its helper stopped before the call as the idle exit stops it);
+    and the interpreter's own start (`python -I -c pass` of opsdb's install), the floor of any call."""
     probe = tools.work / f"probe-{kind}"
     (probe / "pg_wal").mkdir(parents=True, exist_ok=True)
     for seg in segments:
         shutil.copy(seg, probe / "pg_wal" / seg.name)
     chown(probe)
     warm = {tool: config(tools, tool, f"call-{kind}", kind) for tool in TOOLS}
-    first = str(probe / "pg_wal" / segments[-1].name)  # untimed: starts the helper the timed calls find running
-    sh(as_pg(tools.push("opsdb", warm["opsdb"]).replace("%p", first).split()), cwd=server.data)
-    times: dict[str, list[float]] = {"pgbackrest": [], "opsdb": [], "opsdb-first": []}
+    cold = config(tools, "opsdb", f"first-{kind}", kind)
+    last = str(probe / "pg_wal" / segments[-1].name)
+    for cfg in (warm["opsdb"], cold):  # untimed: the helpers' first start (the config validated once)
+        sh(as_pg(tools.push("opsdb", cfg).replace("%p", last).split()), cwd=server.data)
+    python = str(tools.opsdb.with_name("python3"))
+    times: dict[str, list[float]] = {"pgbackrest": [], "opsdb": [], "opsdb-first": [], "python-floor": []}
     for i, seg in enumerate(segments[:count]):
         path = str(probe / "pg_wal" / seg.name)
         variants = {
-            "pgbackrest": warm["pgbackrest"],
-            "opsdb": warm["opsdb"],
-            "opsdb-first": config(tools, "opsdb", f"cold-{kind}-{i}", kind),
+            "pgbackrest": as_pg(tools.push("pgbackrest", warm["pgbackrest"]).replace("%p", path).split()),
+            "opsdb": as_pg(tools.push("opsdb", warm["opsdb"]).replace("%p", path).split()),
+            "opsdb-first": as_pg(tools.push("opsdb", cold).replace("%p", path).split()),
+            "python-floor": as_pg([python, "-I", "-c", "pass"]),
         }
         for name in variants if i % 2 == 0 else dict(reversed(list(variants.items()))):
-            tool = "pgbackrest" if name == "pgbackrest" else "opsdb"
-            argv = as_pg(tools.push(tool, variants[name]).replace("%p", path).split())
+            if name == "opsdb-first":
+                stop_helper(tools.work / f"spool-opsdb-{cold.stem.removeprefix('opsdb-')}")
             start = time.monotonic()
-            sh(argv, cwd=server.data)
+            sh(variants[name], cwd=server.data)
             times[name].append((time.monotonic() - start) * 1000)
     times.update(async_calls(tools, server, segments, kind, count))
     samples = []
     for name, values in times.items():
-        if name.endswith("-async"):
+        if name.endswith("-async") or name == "python-floor":
             samples.append(
                 {
-                    "path": "call-async",
+                    "path": "call-floor" if name == "python-floor" else "call-async",
                     "kind": kind,
-                    "tool": name.removesuffix("-async") + "-only",
+                    "tool": "opsdb-only",
                     "round": 0,
                     "value": round(statistics.median(values), 1),
                     "unit": "ms",

@@ -21,6 +21,7 @@ defaults. Both run as the `postgres` OS user, as PostgreSQL runs archive_command
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -210,6 +211,26 @@ class Tools:
         if tool == "pgbackrest":
             return as_pg(["pgbackrest", f"--config={config}", "--stanza=main", f"--pg1-path={target}", "restore"])
         return as_pg([str(self.opsdb), "--config", str(config), "restore", "--target-dir", str(target)])
+
+
+def stop_helper(spool: Path) -> None:
+    """End the WAL helpers serving under `spool` as their idle exit would, and wait until each is gone
+    (its lock is free): the next call is a first call after idle."""
+    import fcntl
+
+    for lock in spool.glob("**/helper/*.lock"):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                continue  # nobody holds it: no helper (and its pid may be another process's by now)
+            except BlockingIOError:
+                pass
+            with contextlib.suppress(ValueError, IndexError, OSError):
+                os.kill(int(lock.read_text().strip().split()[0]), signal.SIGTERM)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # granted once the helper exited
+        finally:
+            os.close(fd)
 
 
 def stop_helpers(work: Path) -> None:

@@ -19,8 +19,9 @@ comparison), in interleaved rounds (the two tools back to back, order flipped ea
             sync and async (opsdb [wal] async; pgBackRest archive-async=y), each into a fresh
             repository; `cp` + `sync` into a local directory is the local reference
   call      one archive_command call on one segment: opsdb with its helper running, opsdb's first
-            call (it starts its helper), pgBackRest archive-push (no helper: every call is a first);
-            and one async call for a segment each tool's background work already stored ahead
+            call after its helper went idle (stopped first; the call starts a new one), pgBackRest
+            archive-push (no helper: every call is a first); one async call for a segment opsdb's
+            helper already stored ahead; and `python -I -c pass`, the interpreter's floor of a call
   replay    PITR replay of the burst from a base backup taken just before it, until promoted:
             opsdb wal-fetch with [wal] prefetch, pgBackRest async archive-get with a queue of the
             same number of segments, `cp` from the local directory
@@ -125,11 +126,11 @@ def summarize(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-_ORDER = ["backup", "restore", "drain-sync", "drain-async", "call", "call-first", "call-async", "replay"]
+_ORDER = ["backup", "restore", "drain-sync", "drain-async", "call", "call-first", "call-async", "call-floor", "replay"]
 _LABEL = {"backup": "backup (full)", "restore": "restore (synced)", "drain-sync": "WAL drain, sync",
           "drain-async": "WAL drain, async", "call": "one archive call, helper running",
           "call-first": "one archive call, first (starts helper)",
-          "call-async": "one async call, stored ahead", "replay": "PITR replay (prefetch / async get)"}  # fmt: skip
+          "call-async": "one async call, stored ahead", "call-floor": "python -I -c pass (a call's floor)", "replay": "PITR replay (prefetch / async get)"}  # fmt: skip
 
 
 def table(rows: list[dict[str, Any]]) -> str:

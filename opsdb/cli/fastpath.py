@@ -297,18 +297,17 @@ def _starter(routing: Routing, log_path: str) -> Any:
     """A function that starts the helper detached from this call and says whether it lives."""
 
     def start() -> Any:
-        from pathlib import Path  # loaded by opsdb.proc anyway
+        from opsdb.ops.wal import spool as walspool
 
-        from opsdb.proc import Cmd, LocalRunner, python_module
-
-        argv = list(python_module("opsdb.cli.fastpath"))
+        # `python -I -m` as proc.python_module builds it: neither the working directory nor PYTHON*
+        # variables nor the user's site-packages are on its path
+        argv = [sys.executable, "-I", "-m", "opsdb.cli.fastpath"]
         if routing.config_path:
             argv += ["--config", routing.config_path]
         argv += ["--cluster", routing.cluster or "", "wal-helper"]
         # glibc gives each thread its own malloc arena and keeps what they freed: two arenas cap the
         # helper's resident memory (its push, prefetch and connection threads) at no measurable cost
-        handle = LocalRunner().spawn(Cmd(tuple(argv), env=HELPER_ENV), log_path=Path(log_path))
-        return lambda: handle.poll() is None
+        return walspool.start_detached(argv, HELPER_ENV, log_path)
 
     return start
 

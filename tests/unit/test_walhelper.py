@@ -179,7 +179,7 @@ def test_follow_reloads_rotated_keys_in_place_and_leaves_on_a_config_change(tmp_
         f'[repository]\nurl = "file://{tmp_path}/repo"\n[encryption]\nkey_file = "{tmp_path}/key"\n'
         '[clusters.main]\nconninfo = "host=x"\n'
     )
-    follow = walhelper.Follow(str(config), None)
+    follow = walhelper.Follow(str(config), None, str(tmp_path))
     _, repo = follow.load()
     holder = type("Holder", (), {"repo": repo})()
     follow.users = [holder]

@@ -58,9 +58,14 @@ def server_user(settings: Settings, cluster: str | None = None) -> str | None:
 
 def handover(settings: Settings, cluster: str | None = None) -> Account | None:
     """The account new shared files go to when opsdb runs as root; None when nothing is to be handed over."""
+    return handover_to(server_user(settings, cluster)) if os.geteuid() == 0 else None
+
+
+def handover_to(user: str | None) -> Account | None:
+    """handover() for a known os_user (server_user's answer)."""
     if os.geteuid() != 0:
         return None
-    found = account(server_user(settings, cluster))
+    found = account(user)
     return found if found is not None and found.uid != 0 else None
 
 

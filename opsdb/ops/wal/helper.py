@@ -33,11 +33,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from opsdb.errors import OperationFailed, OpsdbError, UsageError
+from opsdb.ops.wal import settings as walsettings
 from opsdb.ops.wal import spool as walspool
 from opsdb.ops.wal.ahead import Prefetch, Pusher
+from opsdb.ops.wal.push_fetch import WalRepo, wal_repo_from_settings
+from opsdb.ops.wal.settings import WalSettings
 
 log = logging.getLogger("opsdb.wal")
 
@@ -221,27 +223,24 @@ class Follow:
       re-push of one can still be compared with what is stored;
     - the new keys cannot be loaded: True (the in-process path reports why)."""
 
-    def __init__(self, config: str | None, cluster: str | None) -> None:
-        self.config, self.cluster = config, cluster
+    def __init__(self, config: str | None, cluster: str | None, directory: str) -> None:
+        self.config, self.cluster, self.directory = config, cluster, directory
         self.lock = threading.Lock()
         self.left = False
-        self.users: list[Any] = []  # what holds the repository (its .repo is replaced on a key change)
+        self.users: list[Pusher | Prefetch] = []  # what holds the repository (its .repo is replaced on a key change)
         self.config_seen: list[bytes | None] = []
         self.keys: list[str] = []
         self.keys_seen: list[bytes | None] = []
 
-    def load(self) -> tuple[Any, Any]:
-        """(settings, WAL repository): read the files first, so a change while loading is seen too."""
-        from opsdb.config import load_settings
-        from opsdb.ops.wal.push_fetch import wal_repo_from_settings
-
+    def load(self) -> tuple[WalSettings, WalRepo]:
+        """(settings, WAL repository): read the files first, so a change while loading is seen too.
+        The validated settings come from the helper directory's entry for this very config when
+        there is one (ops/wal/settings.py: no config models imported), else from opsdb.config."""
         self.config_seen = _contents([self.config] if self.config else [])
-        settings = load_settings(self.config)
-        enc = settings.encryption
-        self.keys = [str(p) for p in (enc.key_file, *enc.read_key_files) if p]
+        settings = walsettings.load(self.config, self.cluster, self.directory)
+        self.keys = settings.repository.key_files()
         self.keys_seen = _contents(self.keys)
-        name, _ = settings.cluster(self.cluster)
-        return settings, wal_repo_from_settings(settings, name, writable=True)
+        return settings, wal_repo_from_settings(settings.repository, settings.cluster, writable=True)
 
     def __call__(self) -> bool:
         with self.lock:
@@ -267,17 +266,15 @@ class Follow:
 def run(config: str | None, cluster: str | None, paths: walspool.Paths) -> int:
     """The helper process: load and validate the settings, follow their files, serve until idle.
     A start-up failure ends it (its log says why); the waiting call then works in-process and reports it."""
-    follow = Follow(config, cluster)
+    follow = Follow(config, cluster, paths.directory)
     try:
         settings, repo = follow.load()
     except OpsdbError as exc:
         log.error("the WAL helper cannot start: %s", exc)
         return 2 if isinstance(exc, UsageError) else 1
-    wal = settings.wal
-    pusher = Pusher(repo, workers=wal.push_workers, stale=follow)
-    prefetch = Prefetch(
-        repo, paths, settings.repository.url, depth=wal.prefetch, workers=wal.push_workers, stale=follow
-    )
+    workers = settings.push_workers
+    pusher = Pusher(repo, workers=workers, stale=follow)
+    prefetch = Prefetch(repo, paths, settings.repository.url, depth=settings.prefetch, workers=workers, stale=follow)
     follow.users = [pusher, prefetch]
     served = serve(paths, Helper(pusher, prefetch, follow))
     log.info("the WAL helper served %d calls and exits", served)

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opsdb.errors import IntegrityError, NotFound, OpsdbError, RepositoryUnavailable, UsageError
 from opsdb.model.lsn import parse_wal_name
@@ -23,6 +23,10 @@ from opsdb.pg import control, walpage
 from opsdb.repo import envelope, layout, marker
 from opsdb.repo import wal as repo_wal
 from opsdb.storage.base import Storage
+
+if TYPE_CHECKING:
+    from opsdb.config import Settings
+    from opsdb.ops.common.codec import RepositoryOptions
 
 log = logging.getLogger("opsdb.wal")
 
@@ -209,7 +213,7 @@ def data_dir_of(dest: str) -> str | None:
     return os.path.dirname(wal_dir) if os.path.basename(wal_dir) == "pg_wal" else None
 
 
-def wal_repo_from_settings(settings: Any, cluster: str, *, writable: bool = False) -> WalRepo:
+def wal_repo_from_settings(settings: Settings | RepositoryOptions, cluster: str, *, writable: bool = False) -> WalRepo:
     """Storage (read-only with writable=False), codec and read keys from validated settings (ops/common/codec.py)."""
     from opsdb.ops.common.codec import repository
 
