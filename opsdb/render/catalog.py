@@ -7,6 +7,7 @@ from typing import Any
 
 from opsdb.model.catalog import BackupRecord, RestorePlan, format_time
 from opsdb.model.units import human_bytes
+from opsdb.render.text import table
 
 
 def _ratio(size: int, stored: int) -> str:
@@ -29,7 +30,7 @@ def backups_table(records: Sequence[BackupRecord]) -> str:
     if not records:
         return "no complete backups or dumps in the repository"
     header = ("ID", "KIND", "PARENT", "STOP (UTC)", "TL", "START LSN", "STOP LSN", "SIZE", "STORED", "ENC", "DBS")
-    rows = [header]
+    rows = []
     for r in records:
         rows.append(
             (
@@ -46,8 +47,7 @@ def backups_table(records: Sequence[BackupRecord]) -> str:
                 str(len(r.databases)) if r.kind == "logical" else "-",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return "\n".join(table(header, rows))
 
 
 def backup_details(r: BackupRecord) -> str:

@@ -5,9 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from opsdb.render.replicas import render_pools
+from opsdb.render.text import table
 
 _RANK = {"OK": 0, "WARNING": 1, "UNKNOWN": 2, "CRITICAL": 3}
+POOL_COLUMNS = (
+    "database",
+    "user",
+    "cl_active",
+    "cl_waiting",
+    "sv_active",
+    "sv_idle",
+    "sv_used",
+    "maxwait",
+    "pool_mode",
+)
 
 
 def _perfdata(doc: dict[str, Any]) -> str:
@@ -30,5 +41,5 @@ def render_status(doc: dict[str, Any]) -> str:
     pools = [p for p in doc.get("pools", []) if p.get("database") != "pgbouncer"]
     if pools:
         lines.append("")
-        lines += render_pools(pools)
+        lines += table(POOL_COLUMNS, [tuple(p.get(k) for k in POOL_COLUMNS) for p in pools])
     return "\n".join(lines)

@@ -1,19 +1,10 @@
-"""Human tables for `replicas check`, `pgbouncer generate|check|status` (pure: results -> text)."""
+"""Human text for `replicas check` (pure: the report -> a status line and tables)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from opsdb.model.replication import ReplicasReport
 from opsdb.model.units import human_bytes
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*headers).rstrip()] + [fmt.format(*r).rstrip() for r in cells]
+from opsdb.render.text import table
 
 
 def _bytes(n: int | None) -> str | None:
@@ -79,8 +70,3 @@ def render_replicas(report: ReplicasReport) -> str:
     if report.primary_lsn:
         lines += ["", f"primary LSN {report.primary_lsn}"]
     return "\n".join(lines)
-
-
-def render_pools(pools: list[dict[str, Any]]) -> list[str]:
-    keys = ("database", "user", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used", "maxwait", "pool_mode")
-    return table(keys, [tuple(p.get(k) for k in keys) for p in pools])

@@ -13,6 +13,7 @@ from typing import Any
 
 from opsdb.model.report import PHASE_LABELS, DrillReport, HistoryRow, format_time
 from opsdb.model.units import human_bytes
+from opsdb.render.text import table
 from opsdb.render.timeline import phases_svg, timeline_svg
 
 
@@ -297,14 +298,20 @@ def render_history_text(rows: list[HistoryRow], stats: dict[str, Any]) -> str:
     """A table of the last drills, newest first, with a one-line trend summary."""
     if not rows:
         return "no drill reports in the repository yet (run `opsdb drill`)"
-    header = f"{'report':<26} {'started (UTC)':<20} {'result':<6} {'target':<7} {'RPO':>10} {'RTO':>12}  backup / failed checks"
-    lines = [header]
-    for r in rows:
-        extra = ", ".join(r.failed) if r.failed else (r.backup_id or "")
-        lines.append(
-            f"{r.id:<26} {(format_time(r.started_at) or '-')[:19].replace('T', ' '):<20} {r.result.upper():<6} "
-            f"{r.target_kind:<7} {duration(r.rpo_seconds):>10} {duration(r.rto_seconds):>12}  {extra}"
+    header = ("report", "started (UTC)", "result", "target", "RPO", "RTO", "backup / failed checks")
+    cells = [
+        (
+            r.id,
+            (format_time(r.started_at) or "-")[:19].replace("T", " "),
+            r.result.upper(),
+            r.target_kind,
+            duration(r.rpo_seconds),
+            duration(r.rto_seconds),
+            ", ".join(r.failed) if r.failed else (r.backup_id or ""),
         )
+        for r in rows
+    ]
+    lines = table(header, cells, right={4, 5})
     rto, rpo = stats["rto_seconds"], stats["rpo_seconds"]
     lines.append("")
     lines.append(
