@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -275,6 +276,19 @@ def test_the_agent_key_of_older_configs_is_accepted_and_ignored(tmp_path, pgdata
 
 
 BIG = 64 * 1024 * 1024  # long enough to push or fetch that a kill -9 lands in the middle of it
+
+
+def test_a_helper_that_validated_its_config_serves_without_the_config_models(tmp_path, pgdata, stop_daemons):
+    """The first helper of a config validates it (pydantic), keeps the settings and starts again from
+    them (exec: same pid); so does every later start. pydantic_core is a shared library: mapped once loaded."""
+    config = _config(tmp_path)
+    segment(pgdata)
+    assert opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata).returncode == 0
+    [helper] = _helper_pids(tmp_path)
+    assert list((tmp_path / "spool").rglob("helper/settings-*.json"))
+    assert "pydantic_core" not in Path(f"/proc/{helper}/maps").read_text()
+    assert opsdb(config, "wal-push", f"pg_wal/{SEG}", cwd=pgdata).returncode == 0  # and it serves
+    assert _helper_pids(tmp_path) == [helper]
 
 
 def test_kill_9_of_the_helper_mid_push_leaves_nothing_that_looks_complete(tmp_path, pgdata, stop_daemons):

@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +47,8 @@ log = logging.getLogger("opsdb.wal")
 IDLE_EXIT = 60.0  # seconds without a request (and no background work) before the helper exits
 START_WAIT = 20.0  # how long a successor waits for a leaving helper's lock
 WORKERS = 8  # calls served at once (the archiver, a restore, a standby)
+# set in a helper that started again from its kept settings (neither OPSDB_ nor AWS_: not in its digest)
+RESTARTED_ENV = "WAL_HELPER_STARTED_AGAIN"
 
 
 class Helper:
@@ -263,6 +266,19 @@ class Follow:
             return False
 
 
+def _start_again_from_kept_settings(config: str | None, cluster: str | None, paths: walspool.Paths) -> None:
+    """A helper that validated its config (nothing was kept for it yet) holds pydantic and the config
+    models, ~12 MB for as long as it serves: once the settings are kept, it starts again from them
+    (exec: the same pid, before it takes the lock or the socket). Once: the environment says so."""
+    if "opsdb.config" not in sys.modules or os.environ.get(RESTARTED_ENV) or "wal-helper" not in sys.orig_argv:
+        return  # loaded from kept settings, started again already, or not the helper process
+    if not walsettings.kept(config, cluster, paths.directory):
+        return  # nothing could be kept (a full spool): serve with what is loaded
+    os.environ[RESTARTED_ENV] = "1"
+    logging.shutdown()  # flush the log before the process image is replaced
+    os.execv(sys.executable, sys.orig_argv)
+
+
 def run(config: str | None, cluster: str | None, paths: walspool.Paths) -> int:
     """The helper process: load and validate the settings, follow their files, serve until idle.
     A start-up failure ends it (its log says why); the waiting call then works in-process and reports it."""
@@ -272,6 +288,7 @@ def run(config: str | None, cluster: str | None, paths: walspool.Paths) -> int:
     except OpsdbError as exc:
         log.error("the WAL helper cannot start: %s", exc)
         return 2 if isinstance(exc, UsageError) else 1
+    _start_again_from_kept_settings(config, cluster, paths)
     workers = settings.push_workers
     pusher = Pusher(repo, workers=workers, stale=follow)
     prefetch = Prefetch(repo, paths, settings.repository.url, depth=settings.prefetch, workers=workers, stale=follow)

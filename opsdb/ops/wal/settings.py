@@ -65,8 +65,7 @@ def load(config: str | None, cluster: str | None, directory: str) -> WalSettings
     """The validated settings of `config` for `cluster`: from `directory`'s entry when one matches,
     else validated (opsdb.config) and written there. Raises what load_settings raises."""
     content = _read(config)
-    key = _key(config, content, cluster) if config is not None and content is not None else ""
-    path = os.path.join(directory, f"{PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:32]}.json")
+    key, path = _entry(config, content, cluster, directory)
     cached = _cached(path, key) if key else None
     if cached is not None:
         return cached
@@ -76,6 +75,18 @@ def load(config: str | None, cluster: str | None, directory: str) -> WalSettings
     if key and _read(config) == content:  # written only when the file did not change while validated
         _write(path, key, found)
     return found
+
+
+def kept(config: str | None, cluster: str | None, directory: str) -> bool:
+    """Whether `directory` holds the settings of `config` as it is now."""
+    key, path = _entry(config, _read(config), cluster, directory)
+    return bool(key) and _cached(path, key) is not None
+
+
+def _entry(config: str | None, content: bytes | None, cluster: str | None, directory: str) -> tuple[str, str]:
+    """(key, path) of the entry for this config content; key "" when nothing is kept (no config file)."""
+    key = _key(config, content, cluster) if config is not None and content is not None else ""
+    return key, os.path.join(directory, f"{PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:32]}.json")
 
 
 def _read(config: str | None) -> bytes | None:
