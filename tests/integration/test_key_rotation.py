@@ -11,19 +11,16 @@ does not suggest generating a key.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from opsdb.pg.instance import Instance
-from opsdb.proc import LocalRunner
-from opsdb.stream.crypto import generate_key_file
-from tests.fixtures.pg import ClusterFactory, bin_dir_of_server, free_port, make_temp_dir, os_user
-from tests.integration.archiving_env import archiving_primary
-from tests.integration.test_pitr import _opsdb_for_server, wait_archived, x
+from opsdb.stream.crypto import generate_key_file, load_key
+from tests.fixtures.pg import bin_dir_of_server
+from tests.integration.archiving_env import archiving_env, config_text, restore_started
+from tests.integration.test_pitr import wait_archived, x
 from tests.integration.test_retention_pitr import backup, chown_tree, now_between, rows, run
 
 pytestmark = pytest.mark.integration
@@ -32,32 +29,22 @@ pytestmark = pytest.mark.integration
 def _config(workdir: Path, port: int, key: str, read_keys: list[str]) -> str:
     conninfo = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
     bin_dir = f'pg_bin_dir = "{bin_dir_of_server(conninfo)}"\n' if port else ""  # the server's major
-    return (
-        f'[repository]\nurl = "file://{workdir}/repo"\n'
-        f'[encryption]\nkey_file = "{workdir}/{key}"\nrequired = true\n'
-        f"read_key_files = {json.dumps([str(workdir / k) for k in read_keys])}\n"
-        "[compression]\nlevel = 1\n"
-        f'[wal]\nspool_dir = "{workdir}/spool"\n'
-        f'[clusters.main]\nconninfo = "{conninfo}"\n{bin_dir}'
-        '[clusters.main.retention]\nkeep_last = 1\nmin_age = "1s"\n'
+    return config_text(
+        workdir,
+        port,
+        key=key,
+        encryption=f"read_key_files = {json.dumps([str(workdir / k) for k in read_keys])}\n",
+        cluster=bin_dir,
+        extra='[clusters.main.retention]\nkeep_last = 1\nmin_age = "1s"\n',
     )
 
 
 @pytest.fixture(scope="module")
 def env(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
-    opsdb = _opsdb_for_server()
-    factory = ClusterFactory(pg_bin_dir)
-    workdir = make_temp_dir("opsdb-rotation-")
-    try:
-        key_a = generate_key_file(workdir / "a.key")
-        (workdir / "repo").mkdir()
-        config = workdir / "opsdb.toml"
-        primary = archiving_primary(factory, opsdb, config, lambda port: _config(workdir, port, "a.key", []))
-        yield {"opsdb": opsdb, "config": config, "workdir": workdir, "primary": primary, "factory": factory,
-               "key_a": key_a}  # fmt: skip
-    finally:
-        factory.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+    render = lambda workdir, port: _config(workdir, port, "a.key", [])  # noqa: E731
+    with archiving_env(pg_bin_dir, "opsdb-rotation-", render, key="a.key") as e:
+        e["key_a"] = load_key(key_file=e["workdir"] / "a.key")
+        yield e
 
 
 def _rotate(env: dict[str, Any], key: str, read_keys: list[str]) -> None:
@@ -66,12 +53,8 @@ def _rotate(env: dict[str, Any], key: str, read_keys: list[str]) -> None:
 
 
 def _restore(env: dict[str, Any], *args: str) -> tuple[dict[str, Any], int]:
-    factory = env["factory"]
-    dest = factory.new_dir() / "data"
-    port = free_port()
-    factory._made.append((Instance(dest, port, factory.bin_dir, os_user(), LocalRunner()), dest.parent))
-    proc = run(env, "--json", "restore", "--target-dir", str(dest), "--start", "--port", str(port), *args, as_root=True)
-    return json.loads(proc.stdout), port
+    doc, instance = restore_started(env, *args)
+    return doc, instance.port
 
 
 def test_rotation_end_to_end(env: dict[str, Any]) -> None:

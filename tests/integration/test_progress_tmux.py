@@ -159,37 +159,22 @@ def test_without_a_terminal_no_progress_only_start_phase_and_end_records(env):
 @pytest.fixture(scope="module")
 def archiving(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
     """A primary archiving through `opsdb wal-push`, one backup, then 40 segments of WAL to replay."""
-    from opsdb.stream.crypto import generate_key_file
-    from tests.fixtures.pg import ClusterFactory
-    from tests.integration.test_pitr import _opsdb_for_server, wait_archived, x
+    from tests.integration.archiving_env import archiving_env, config_text
+    from tests.integration.test_pitr import wait_archived, x
     from tests.integration.test_retention_pitr import chown_tree
 
-    server_opsdb = _opsdb_for_server()
-    factory = ClusterFactory(pg_bin_dir)
-    work = make_temp_dir("opsdb-progress-replay-")
-    try:
-        generate_key_file(work / "key")
-        config = work / "opsdb.toml"
-        config.write_text(
-            f'[repository]\nurl = "file://{work}/repo"\n[encryption]\nkey_file = "{work}/key"\nrequired = true\n'
-            f'[clusters.main]\nconninfo = "host=127.0.0.1 port=PORT user=postgres dbname=postgres"\n'
-            f'os_user = "postgres"\npg_bin_dir = "{pg_bin_dir}"\n[wal]\nspool_dir = "{work}/spool"\n'
-        )
-        primary = factory(archive_mode="on", archive_command=f"{server_opsdb} --config {config} wal-push %p",
-                          lc_messages="C")  # fmt: skip
-        config.write_text(config.read_text().replace("PORT", str(primary.port)))
-        chown_tree(work)
+    cluster = f'os_user = "postgres"\npg_bin_dir = "{pg_bin_dir}"\n'
+    render = lambda work, port: config_text(work, port, cluster=cluster)  # noqa: E731
+    with archiving_env(pg_bin_dir, "opsdb-progress-replay-", render) as env:
+        primary = env["primary"]
         x(primary, "CREATE TABLE t (id int, note text)")
-        opsdb(config, "backup")
-        chown_tree(work)
+        opsdb(env["config"], "backup")
+        chown_tree(env["workdir"])
         for n in range(40):  # bounded: 40 segments with rows in each (replay has records to apply)
             x(primary, f"INSERT INTO t SELECT g, md5(g::text) FROM generate_series({n * 5000}, {n * 5000 + 4999}) g")
             x(primary, "SELECT pg_switch_wal()")
         wait_archived(primary, timeout=180)
-        yield {"config": config, "factory": factory, "server_opsdb": server_opsdb}
-    finally:
-        factory.close()
-        shutil.rmtree(work, ignore_errors=True)
+        yield {"config": env["config"], "factory": env["factory"], "server_opsdb": env["opsdb"]}
 
 
 def test_restore_start_shows_the_wal_replayed_out_of_the_wal_to_replay(archiving, tmux):

@@ -11,9 +11,7 @@ takes the newest backup, and a refusal names every timeline that reaches the tar
 from __future__ import annotations
 
 import json
-import shutil
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,46 +20,28 @@ import pytest
 
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
-from opsdb.proc import LocalRunner
-from opsdb.stream.crypto import generate_key_file
-from tests.fixtures.pg import ClusterFactory, free_port, make_temp_dir, os_user
-from tests.integration.test_pitr import _opsdb_for_server, wait_archived, x
+from tests.fixtures.pg import free_port
+from tests.integration.archiving_env import archiving_env, config_text, restore_started
+from tests.integration.test_pitr import v, wait_archived, x
 from tests.integration.test_retention_pitr import backup, chown_tree, now_between, rows, run
 
 pytestmark = pytest.mark.integration
 HISTORY = "clusters/main/wal/history/00000002.history"
 
 
-def _config(workdir: Path, port: int, bin_dir: Path) -> str:
-    return (
-        f'[repository]\nurl = "file://{workdir}/repo"\n'
-        f'[encryption]\nkey_file = "{workdir}/key"\nrequired = true\n'
-        "[compression]\nlevel = 1\n"
-        f'[wal]\nspool_dir = "{workdir}/spool"\n'
-        f'[clusters.main]\nconninfo = "host=127.0.0.1 port={port} user=postgres dbname=postgres"\n'
-        f'pg_bin_dir = "{bin_dir}"\n'
-        "[drill]\nlargest_tables = 1\n"
-    )
+def _config(pg_bin_dir: Path) -> Callable[[Path, int], str]:
+    bin_dir, drill = f'pg_bin_dir = "{pg_bin_dir}"\n', "[drill]\nlargest_tables = 1\n"
+    return lambda workdir, port: config_text(workdir, port, cluster=bin_dir, extra=drill)
 
 
 @pytest.fixture(scope="module")
 def env(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
-    opsdb = _opsdb_for_server()
-    factory = ClusterFactory(pg_bin_dir)
-    workdir = make_temp_dir("opsdb-timelines-")
-    try:
-        generate_key_file(workdir / "key")
-        (workdir / "repo").mkdir()
-        config = workdir / "opsdb.toml"
-        config.write_text(_config(workdir, 0, pg_bin_dir))
-        primary = factory(archive_mode="on", archive_command=f"{opsdb} --config {config} wal-push %p", lc_messages="C")
-        config.write_text(_config(workdir, primary.port, pg_bin_dir))
+    with archiving_env(pg_bin_dir, "opsdb-timelines-", _config(pg_bin_dir)) as e:
+        primary, workdir = e["primary"], e["workdir"]
         # the same repository with the primary unreachable: the newest backup says which line it is on
-        offline = workdir / "offline.toml"
-        offline.write_text(_config(workdir, free_port(), pg_bin_dir))
+        e["offline"] = workdir / "offline.toml"
+        e["offline"].write_text(_config(pg_bin_dir)(workdir, free_port()))
         chown_tree(workdir)
-        e: dict[str, Any] = {"opsdb": opsdb, "config": config, "offline": offline, "workdir": workdir,
-                             "primary": primary, "factory": factory}  # fmt: skip
         x(primary, "CREATE TABLE t (id int primary key, note text)")
         run(e, "heartbeat")
         e["b1"] = backup(e)
@@ -70,25 +50,10 @@ def env(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
         x(primary, "INSERT INTO t VALUES (2, 'the mistake')")
         wait_archived(primary)
         yield e
-    finally:
-        factory.close()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _started(env: dict[str, Any], *args: str) -> tuple[dict[str, Any], Instance]:
-    """`restore --start` into a new directory on a free port (stopped by the factory at the end)."""
-    factory = env["factory"]
-    dest = factory.new_dir() / "data"
-    port = free_port()
-    instance = Instance(dest, port, factory.bin_dir, os_user(), LocalRunner())
-    factory._made.append((instance, dest.parent))
-    proc = run(env, "--json", "restore", "--target-dir", str(dest), "--start", "--port", str(port), *args,
-               as_root=True)  # fmt: skip
-    return json.loads(proc.stdout), instance
 
 
 def _side_by_side(env: dict[str, Any], *args: str) -> tuple[dict[str, Any], Instance]:
-    return _started(env, "--to-time", env["t1"], *args)
+    return restore_started(env, "--to-time", env["t1"], *args)
 
 
 def _stored(env: dict[str, Any], key: str) -> bool:
@@ -101,7 +66,7 @@ def test_a_side_by_side_pitr_does_not_archive_into_the_repository(env: dict[str,
     x(copy, "INSERT INTO t VALUES (100, 'written on the copy')")
     x(copy, "SELECT pg_switch_wal()")
     x(copy, "CHECKPOINT")
-    time.sleep(1.0)  # an archiver would have run by now
+    assert v(copy, "SHOW archive_mode") == "off"  # no archiver at all: nothing to wait for
     assert not _stored(env, HISTORY)
     copy.stop()
 
@@ -159,7 +124,7 @@ def test_after_a_copy_archived_its_branch_everything_still_follows_the_primary(e
     assert json.loads(on_one.stdout)["plan"]["recovery"]["target"]["timeline"] == 1
 
     # the default restore, started, has the primary's rows; a drill follows the primary too
-    _, restored = _started(env)
+    _, restored = restore_started(env)
     assert rows(restored.port) == [1, 2, 3, 4]
     restored.stop()
     drill = run(env, "--json", "drill", as_root=True, check=False)
@@ -177,7 +142,7 @@ def test_a_restore_that_replaced_the_lost_primary_is_followed_without_asking_it(
     x(primary, "INSERT INTO t VALUES (5, 'last on the old primary')")
     wait_archived(primary)
     primary.stop()
-    doc, new = _started(env, "--archive-mode", "keep")
+    doc, new = restore_started(env, "--archive-mode", "keep")
     assert doc["archive_mode"] == "keep" and rows(new.port) == [1, 2, 3, 4, 5]
     with connect(new.conninfo(), timeout=10) as conn:
         promoted = conn.live_timeline()
@@ -199,7 +164,7 @@ def test_a_restore_that_replaced_the_lost_primary_is_followed_without_asking_it(
         run(env, "--json", "restore", "--target-dir", str(env["factory"].new_dir() / "data"), "--dry-run").stdout
     )
     assert plan["plan"]["recovery"]["target"]["timeline"] == promoted
-    _, restored = _started(env)
+    _, restored = restore_started(env)
     assert rows(restored.port) == [1, 2, 3, 4, 5, 6]
     restored.stop()
     drill = run(env, "--json", "drill", as_root=True, check=False)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,28 +19,23 @@ from typing import Any
 
 import pytest
 
-from opsdb.ops.wal.spool import stop_helpers
 from opsdb.pg.instance import Instance
 from opsdb.repo import envelope, layout
 from opsdb.repo import wal as repo_wal
 from opsdb.storage.local import LocalStorage
 from opsdb.stream.crypto import generate_key_file, load_key
-from tests.fixtures.pg import ClusterFactory, make_temp_dir
-from tests.integration.archiving_env import archiving_primary
-from tests.integration.test_pitr import _opsdb_for_server, v, wait_archived, x
+from tests.integration.archiving_env import Writer, archiving_env, config_text
+from tests.integration.test_pitr import v, wait_archived, x
+from tests.integration.test_retention_pitr import chown_tree
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.integration
 WORKERS = 4
 
 
 def _config(workdir: Path, port: int, repo: str) -> str:
-    return (
-        f'[repository]\nurl = "file://{workdir}/{repo}"\n'
-        f'[encryption]\nkey_file = "{workdir}/key"\nrequired = true\n'
-        "[compression]\nlevel = 1\n"
-        f'[wal]\nasync = true\npush_workers = {WORKERS}\nspool_dir = "{workdir}/spool"\n'
-        f'[clusters.main]\nconninfo = "host=127.0.0.1 port={port} user=postgres dbname=postgres"\n'
-    )
+    wal = f"async = true\npush_workers = {WORKERS}\n"
+    return config_text(workdir, port, url=f"file://{workdir}/{repo}", wal=wal)
 
 
 def _replace(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -57,52 +51,12 @@ def _replace(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 @pytest.fixture(scope="module")
 def env(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
-    opsdb = _opsdb_for_server()
-    factory = ClusterFactory(pg_bin_dir)
-    workdir = make_temp_dir("opsdb-follow-")
-    try:
-        generate_key_file(workdir / "key")
+    render = lambda workdir, port: _config(workdir, port, "a")  # noqa: E731
+    with archiving_env(pg_bin_dir, "opsdb-follow-", render) as e:
         for repo in ("a", "b"):
-            (workdir / repo).mkdir()
-        config = workdir / "opsdb.toml"
-        primary = archiving_primary(factory, opsdb, config, lambda port: _config(workdir, port, "a"))
-        yield {"config": config, "workdir": workdir, "primary": primary}
-    finally:
-        factory.close()
-        stop_helpers(str(workdir / "spool"))
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-class Writer:
-    """Writes and switches WAL files in a thread until stopped (bounded), so the helper is never idle."""
-
-    def __init__(self, primary: Instance) -> None:
-        self.primary = primary
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.errors: list[BaseException] = []
-
-    def _run(self) -> None:
-        try:
-            for i in range(2000):
-                if self.stop.is_set():
-                    return
-                x(
-                    self.primary,
-                    f"INSERT INTO t SELECT g, repeat('w', 200) FROM generate_series({i * 100}, {i * 100 + 99}) g",
-                )
-                x(self.primary, "SELECT pg_switch_wal()")
-                time.sleep(0.05)
-        except BaseException as exc:  # reported by the test
-            self.errors.append(exc)
-
-    def __enter__(self) -> Writer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(60)
+            (e["workdir"] / repo).mkdir(exist_ok=True)
+        chown_tree(e["workdir"])
+        yield e
 
 
 def _archived(primary: Instance) -> str:
@@ -115,22 +69,14 @@ def segno(name: str) -> int:
 
 def _wait_archived_past(primary: Instance, name: str, count: int, timeout: float = 180) -> str:
     """Wait until PostgreSQL archived `count` more segments after `name` (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        last = _archived(primary)
-        if last > name and segno(last) - segno(name) >= count:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"archiving did not get {count} segments past {name} in {timeout}s")
+    past = lambda: segno(_archived(primary)) - segno(name) >= count  # noqa: E731
+    wait_until(past, f"archiving {count} segments past {name}", timeout=timeout, interval=0.1)
+    return _archived(primary)
 
 
 def _wait_stored_after(storage: LocalStorage, when: float, count: int, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sum(1 for stored in _segments(storage).values() if stored > when) >= count:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"fewer than {count} segments were stored after the change in {timeout}s")
+    stored = lambda: sum(1 for at in _segments(storage).values() if at > when) >= count  # noqa: E731
+    wait_until(stored, f"{count} segments stored after the change", timeout=timeout, interval=0.1)
 
 
 def _segments(storage: LocalStorage) -> dict[str, float]:
