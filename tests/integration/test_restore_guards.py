@@ -24,7 +24,8 @@ from opsdb.errors import OperationFailed
 from opsdb.model.target import RecoveryTarget, format_time
 from opsdb.ops.common.codec import repository
 from opsdb.ops.recovery.pitr_reach import end_reader
-from opsdb.ops.recovery.restore import RestoreRequest, execute_restore, plan_restore
+from opsdb.ops.recovery.restore_execute import execute_restore
+from opsdb.ops.recovery.restore_plan import RestoreRequest, plan_restore
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from opsdb.proc import LocalRunner

@@ -11,7 +11,7 @@ import pytest
 from opsdb.errors import NotFound, UsageError
 from opsdb.model.catalog import BackupRecord, DumpDatabase, StoredFile, Tablespace
 from opsdb.model.lsn import Lsn
-from opsdb.ops.recovery.restore import RestoreRequest, parse_tablespace_map, plan_restore
+from opsdb.ops.recovery.restore_plan import RestoreRequest, parse_tablespace_map, plan_restore
 from opsdb.render.catalog import backup_details, backups_table, restore_plan_text, summary_line
 from opsdb.repo import catalog
 from opsdb.repo.envelope import Codec

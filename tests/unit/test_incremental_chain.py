@@ -16,7 +16,7 @@ from opsdb.model.lsn import Lsn
 from opsdb.ops.backup.incremental import check_server_supports, choose_parent, parent_manifest
 from opsdb.ops.backup.source import ServerFacts
 from opsdb.ops.proof.verify import verify_repository
-from opsdb.ops.recovery.restore import RestoreRequest, plan_restore
+from opsdb.ops.recovery.restore_plan import RestoreRequest, plan_restore
 from opsdb.render.catalog import backup_details, backups_table, restore_plan_text
 from opsdb.repo import catalog, envelope, layout
 from opsdb.repo.envelope import Codec
