@@ -92,7 +92,7 @@ def _memory(name: str) -> MemoryStorage:
 
 def _s3_module() -> Any:
     # Imported on first use, by name: boto3 loads only for s3:// repositories, and the
-    # "boto3 only in storage.s3" import contract does not see every importer of opsdb.storage
+    # "boto3 and botocore only in the S3 driver" import contract does not see every importer of opsdb.storage
     # as reaching boto3 through this package.
     return importlib.import_module("opsdb.storage.s3")
 

@@ -1,4 +1,5 @@
-"""s3:// driver: AWS S3 or any S3-compatible store (MinIO, Ceph RGW, R2, ...). The only boto3/botocore importer.
+"""s3:// driver: AWS S3 or any S3-compatible store (MinIO, Ceph RGW, R2, ...). With s3client.py (the client
+and its errors), the only botocore importer; boto3 itself is never imported.
 
 A put streams a chunk iterator of unknown length in bounded memory: objects smaller than one part
 go up as a single PutObject; anything larger becomes a multipart upload whose parts are spooled (RAM up
@@ -17,21 +18,16 @@ import concurrent.futures
 import contextlib
 import datetime
 import io
-import json
-import os
 import random
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, NamedTuple
 
-import botocore.loaders
-import botocore.session
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from opsdb.errors import OperationFailed, UsageError
-from opsdb.storage import createonly
+from opsdb.storage import createonly, s3client
 from opsdb.storage.base import (
     Conflict,
     NotFound,
@@ -58,14 +54,6 @@ PART_ATTEMPTS = 3  # whole-part retries on top of botocore's own per-request ret
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 CHECKSUM_MODES = ("when_required", "when_supported")
 WRITE_ID = "opsdb-write-id"  # user metadata a guarded put stamps on its object (hidden from stat())
-_RETRYABLE_CODES = {
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestTimeout",
-    "InternalError",
-    "ServiceUnavailable",
-}
 
 
 class _Guard(NamedTuple):
@@ -119,26 +107,17 @@ class S3Storage:
         # Called once, at the first create-only write, to fill create_only (repo/storecaps.py reads the
         # repository marker, or probes and records): commands that write nothing create-only pay nothing.
         self.create_only_loader: Callable[[], createonly.CreateOnlyProbe | None] | None = None
-        config = Config(
+        # `client` is public for diagnostics and tests (event hooks), not for callers' I/O
+        self.client: Any = s3client.make_client(
+            self.url,
+            endpoint_url=endpoint_url,
+            region=region,
+            checksum_mode=checksum_mode,
+            max_attempts=max_attempts,
+            max_pool_connections=max(10, upload_concurrency + 2),
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            retries={"mode": "standard", "total_max_attempts": max_attempts},  # total, first try included
-            request_checksum_calculation=checksum_mode,
-            response_checksum_validation=checksum_mode,
-            max_pool_connections=max(10, upload_concurrency + 2),
-            # S3-compatible stores rarely have wildcard DNS for virtual-hosted buckets.
-            s3={"addressing_style": "path"} if endpoint_url else {},
         )
-        try:
-            # A Session per storage: a shared session is not thread-safe, clients are. botocore's own
-            # session, not boto3's: the client is the same, without importing boto3 and s3transfer
-            # (about 3 MB of RSS and 0.1 s of start-up that no command here uses).
-            # `client` is public for diagnostics and tests (event hooks), not for callers' I/O.
-            self.client: Any = _s3_session().create_client(
-                "s3", endpoint_url=endpoint_url, region_name=region, config=config
-            )
-        except (ValueError, BotoCoreError) as e:
-            raise UsageError(f"invalid S3 settings for {self.url}: {e}") from e
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -282,11 +261,11 @@ class S3Storage:
                 try:
                     r = self.client.upload_part(PartNumber=number, Body=BodyReads(spool.file), **where, **extra)
                 except (ClientError, BotoCoreError) as e:
-                    if attempt + 1 < PART_ATTEMPTS and _retryable(e):
+                    if attempt + 1 < PART_ATTEMPTS and s3client.retryable(e):
                         time.sleep(min(8.0, 0.5 * 2**attempt) * (0.5 + random.random()))
                         continue
                     raise self._error("put", key, e, detail=f"part {number}") from e
-                return {"PartNumber": number, "ETag": r["ETag"], **_part_checksum(r)}
+                return {"PartNumber": number, "ETag": r["ETag"], **s3client.part_checksum(r)}
             raise AssertionError("unreachable")
         finally:
             spool.close()
@@ -341,7 +320,7 @@ class S3Storage:
                     **where,
                     **sums,
                 )
-                done = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"], **_part_checksum(part)}]}
+                done = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"], **s3client.part_checksum(part)}]}
                 multipart = self._probe_outcome(
                     key,
                     lambda: self.client.complete_multipart_upload(
@@ -363,7 +342,7 @@ class S3Storage:
             mapped = self._error("probe", key, e)
             if isinstance(mapped, Conflict):
                 return createonly.REFUSED
-            if isinstance(mapped, RepositoryUnavailable) and _retryable(e):
+            if isinstance(mapped, RepositoryUnavailable) and s3client.retryable(e):
                 raise mapped from e  # the store is down, which says nothing about conditional writes
             return createonly.ERROR_PREFIX + str(mapped).split(": ", 1)[-1]
         return createonly.IGNORED
@@ -373,7 +352,9 @@ class S3Storage:
     def open(self, key: str) -> BinaryIO:
         check_key(key)
         r = self._call("open", key, self.client.get_object, Bucket=self.bucket, Key=self._name(key))
-        return io.BufferedReader(_BodyReader(r["Body"], self, key), buffer_size=256 * 1024)
+        return io.BufferedReader(
+            s3client.BodyReader(r["Body"], lambda e: self._error("read", key, e)), buffer_size=256 * 1024
+        )
 
     def stat(self, key: str) -> ObjectInfo | None:
         check_key(key)
@@ -403,7 +384,7 @@ class S3Storage:
                 pages_read += 1
                 for obj in page.get("Contents", []):
                     if obj["Key"][cut:] <= last and listed:  # code point order is UTF-8 byte order
-                        raise _out_of_order(object_url(self.url, prefix), last, obj["Key"][cut:])
+                        raise s3client.out_of_order(object_url(self.url, prefix), last, obj["Key"][cut:])
                     last = obj["Key"][cut:]
                     listed += 1
                     if obj["Key"].endswith("/"):
@@ -427,107 +408,4 @@ class S3Storage:
 
     def _error(self, doing: str, key: str, e: Exception, *, detail: str = "") -> Exception:
         where = object_url(self.url, key) + (f" ({detail})" if detail else "")
-        if not isinstance(e, ClientError):
-            return RepositoryUnavailable(f"unable to {doing} {where}: {e}")
-        err = e.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code == "NoSuchBucket":
-            return RepositoryUnavailable(f"unable to {doing} {where}: bucket {self.bucket!r} does not exist")
-        if code in ("NoSuchKey", "NotFound", "404") or status == 404:
-            return NotFound(f"unable to {doing} {where}: no such object")
-        if code == "PreconditionFailed" or status == 412:
-            return Conflict(f"unable to {doing} {where}: object already exists")
-        if code == "ConditionalRequestConflict":
-            return Conflict(f"unable to {doing} {where}: another writer created it at the same time")
-        message = err.get("Message") or "no message"
-        return RepositoryUnavailable(f"unable to {doing} {where}: {code or 'error'}: {message} (HTTP {status})")
-
-
-def _s3_session() -> botocore.session.Session:
-    session = botocore.session.Session()
-    session.register_component("data_loader", _S3Loader(session.get_config_variable("data_path")))
-    return session
-
-
-class _S3Loader(botocore.loaders.Loader):
-    """botocore's data loader, minus what an S3 client never reads but would keep alive as long as it
-    lives. Models are parsed into plain dicts (not OrderedDicts: insertion order is kept all the
-    same) with their documentation strings emptied (botocore reads them only for help texts), and
-    endpoints.json keeps only the "s3" entries of its partitions (it describes every AWS service).
-    Measured: 11.2 MB of Python objects per client -> 2.7 MB, and a smaller peak while parsing."""
-
-    def __init__(self, data_path: str | None) -> None:
-        paths = [os.path.expanduser(os.path.expandvars(p)) for p in (data_path or "").split(os.pathsep) if p]
-        super().__init__(extra_search_paths=paths, file_loader=_LeanJSONFileLoader())
-
-    def load_data_with_path(self, name: str) -> tuple[Any, str]:
-        data, path = super().load_data_with_path(name)
-        if name == "endpoints" and isinstance(data, dict):
-            partitions = [
-                {**p, "services": {k: v for k, v in p.get("services", {}).items() if k == "s3"}}
-                for p in data.get("partitions", [])
-            ]
-            data = {**data, "partitions": partitions}
-            self._cache[("load_data_with_path", name)] = (data, path)  # instance_cache's dict: drop the full copy
-        return data, path
-
-
-class _LeanJSONFileLoader(botocore.loaders.JSONFileLoader):
-    def _load_file(self, full_path: str, open_method: Any) -> Any:
-        if not os.path.isfile(full_path):
-            return None
-        with open_method(full_path, "rb") as fp:
-            payload = fp.read()
-        return json.loads(payload, object_pairs_hook=_lean_object)
-
-
-def _lean_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    return {k: "" if k == "documentation" and isinstance(v, str) else v for k, v in pairs}
-
-
-def _part_checksum(uploaded: dict[str, Any]) -> dict[str, Any]:
-    """A part's checksum for CompleteMultipartUpload, when it was uploaded with one (locked buckets)."""
-    return {"ChecksumSHA256": uploaded["ChecksumSHA256"]} if "ChecksumSHA256" in uploaded else {}
-
-
-def _out_of_order(where: str, before: str, after: str) -> RepositoryUnavailable:
-    """A store that does not list in S3's order (s3rver lists '/' before '-' and '.'): callers rely on
-    the order (the storage contract), so this is an error rather than a silently different listing."""
-    return RepositoryUnavailable(
-        f"unable to list {where}: the store listed {after!r} after {before!r}, not in the byte order of "
-        "S3's ListObjectsV2 that opsdb relies on"
-    )
-
-
-def _retryable(e: Exception) -> bool:
-    if isinstance(e, ClientError):
-        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return status >= 500 or e.response.get("Error", {}).get("Code") in _RETRYABLE_CODES
-    return isinstance(e, BotoCoreError)  # connection reset, timeouts, endpoint unreachable
-
-
-class _BodyReader(io.RawIOBase):
-    """A GetObject body as a raw stream; network errors mid-read become RepositoryUnavailable."""
-
-    def __init__(self, body: Any, storage: S3Storage, key: str) -> None:
-        self._body = body
-        self._storage = storage
-        self._key = key
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        try:
-            data = self._body.read(len(b))
-        except (ClientError, BotoCoreError) as e:
-            raise self._storage._error("read", self._key, e) from e
-        n = len(data)
-        b[:n] = data
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._body.close()
-        super().close()
+        return s3client.map_error(doing, where, self.bucket, e)

@@ -14,12 +14,12 @@ import botocore.loaders
 import typer
 from typer import _click as click
 
-from opsdb.storage.s3 import _S3Loader
+from opsdb.storage.s3client import S3Loader
 
 
 def test_botocore_loader_caches_load_data_with_path_under_the_key_storage_s3_overwrites() -> None:
-    """storage/s3.py `_S3Loader.load_data_with_path` replaces the cached endpoints with the trimmed copy."""
-    loader = _S3Loader(None)
+    """storage/s3client.py `S3Loader.load_data_with_path` replaces the cached endpoints with the trimmed copy."""
+    loader = S3Loader(None)
     data, path = loader.load_data_with_path("endpoints")
     assert loader._cache[("load_data_with_path", "endpoints")] == (data, path)
     assert loader._cache[("load_data_with_path", "endpoints")][0] is data
@@ -27,10 +27,10 @@ def test_botocore_loader_caches_load_data_with_path_under_the_key_storage_s3_ove
 
 
 def test_botocore_json_file_loader_reads_through_load_file() -> None:
-    """storage/s3.py `_LeanJSONFileLoader` overrides `_load_file(full_path, open_method)`."""
+    """storage/s3client.py `LeanJSONFileLoader` overrides `_load_file(full_path, open_method)`."""
     params = list(inspect.signature(botocore.loaders.JSONFileLoader._load_file).parameters)
     assert params == ["self", "full_path", "open_method"]
-    model = _S3Loader(None).load_service_model("s3", "service-2")
+    model = S3Loader(None).load_service_model("s3", "service-2")
     assert type(model) is dict  # only our _load_file makes plain dicts (botocore's makes OrderedDicts)
 
 

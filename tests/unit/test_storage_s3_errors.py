@@ -6,7 +6,8 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from opsdb.errors import Conflict, NotFound, RepositoryUnavailable
-from opsdb.storage.s3 import S3Storage, _retryable
+from opsdb.storage.s3 import S3Storage
+from opsdb.storage.s3client import retryable
 
 
 def client_error(code: str, status: int, message: str = "") -> ClientError:
@@ -49,9 +50,9 @@ def test_error_mapping(s3: S3Storage, error: Exception, kind: type, text: str) -
 
 
 def test_what_is_retried() -> None:
-    assert _retryable(client_error("SlowDown", 503))
-    assert _retryable(client_error("InternalError", 500))
-    assert _retryable(client_error("RequestTimeout", 400))
-    assert _retryable(EndpointConnectionError(endpoint_url="http://x"))
-    assert not _retryable(client_error("AccessDenied", 403))
-    assert not _retryable(client_error("PreconditionFailed", 412))
+    assert retryable(client_error("SlowDown", 503))
+    assert retryable(client_error("InternalError", 500))
+    assert retryable(client_error("RequestTimeout", 400))
+    assert retryable(EndpointConnectionError(endpoint_url="http://x"))
+    assert not retryable(client_error("AccessDenied", 403))
+    assert not retryable(client_error("PreconditionFailed", 412))

@@ -7,7 +7,8 @@ import io
 
 import pytest
 
-from opsdb.storage.s3 import S3Storage, _S3Loader
+from opsdb.storage.s3 import S3Storage
+from opsdb.storage.s3client import S3Loader
 from opsdb.storage.s3parts import BODY_READ
 from opsdb.storage.s3parts import BodyReads as _BodyReads
 
@@ -19,7 +20,7 @@ def _credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_endpoints_keep_only_s3_in_every_partition() -> None:
-    loader = _S3Loader(None)
+    loader = S3Loader(None)
     data, _ = loader.load_data_with_path("endpoints")
     assert data["partitions"], "partitions must survive"
     for partition in data["partitions"]:
@@ -29,7 +30,7 @@ def test_endpoints_keep_only_s3_in_every_partition() -> None:
 
 
 def test_models_are_plain_dicts_without_documentation() -> None:
-    model = _S3Loader(None).load_service_model("s3", "service-2")
+    model = S3Loader(None).load_service_model("s3", "service-2")
     assert type(model) is dict
     op = model["operations"]["PutObject"]
     assert op.get("documentation", "") == ""
