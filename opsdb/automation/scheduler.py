@@ -202,8 +202,13 @@ class Scheduler:
         line = output.strip().splitlines()[-1] if output.strip() else ""
         detail = f": {line[:200]}" if status != "ok" and line else ""
         level = logging.INFO if status == "ok" else logging.ERROR
-        fields = {"event": "end", "job": job.name, "result": status, "exit_code": exit_code,
-                  "duration_seconds": round(duration, 3)}  # fmt: skip
+        fields = {
+            "event": "end",
+            "job": job.name,
+            "result": status,
+            "exit_code": exit_code,
+            "duration_seconds": round(duration, 3),
+        }
         log.log(
             level,
             "job %s: %s (exit %s) in %.1fs, `opsdb %s`%s",

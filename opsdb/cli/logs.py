@@ -116,8 +116,14 @@ class CommandLog:
             return
         self.active = False
         seconds = round(time.monotonic() - self.started, 3)
-        fields = {"event": "end", "command": self.command, "result": result, "exit_code": exit_code,
-                  "bytes": self.bytes or None, "duration_seconds": seconds}  # fmt: skip
+        fields = {
+            "event": "end",
+            "command": self.command,
+            "result": result,
+            "exit_code": exit_code,
+            "bytes": self.bytes or None,
+            "duration_seconds": seconds,
+        }
         level = logging.INFO if exit_code == 0 else logging.ERROR
         log.log(level, "%s: end", self.command, extra={"fields": fields})
 

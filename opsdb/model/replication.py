@@ -207,10 +207,13 @@ def evaluate_replica(
     """One configured replica's figures and status."""
     sync_state = sender.sync_state if sender else None
     if not sample.in_recovery:
-        return ReplicaLag(
-            name, "not in recovery", True, False, None, None, None, None, None, False, None, sync_state,
-            Status.CRITICAL, ("not in recovery: promoted, or not a standby",),
-        )  # fmt: skip
+        return _unmeasured(
+            name,
+            "not in recovery",
+            "not in recovery: promoted, or not a standby",
+            in_recovery=False,
+            sync_state=sync_state,
+        )
     lag_bytes = _diff(primary_lsn, sample.replay_lsn)
     receive_lag = _diff(primary_lsn, sample.receive_lsn)
     lag_seconds = idle_aware_lag_seconds(sample, primary_lsn)
@@ -255,10 +258,37 @@ def evaluate_replica(
 
 
 def unreachable_replica(name: str, error: str) -> ReplicaLag:
+    return _unmeasured(name, "unreachable", f"unreachable: {error}", reachable=False, error=error)
+
+
+def _unmeasured(
+    name: str,
+    state: str,
+    reason: str,
+    *,
+    reachable: bool = True,
+    in_recovery: bool | None = None,
+    sync_state: str | None = None,
+    error: str | None = None,
+) -> ReplicaLag:
+    """A replica whose lag cannot be measured: CRITICAL, for `reason`."""
     return ReplicaLag(
-        name, "unreachable", False, None, None, None, None, None, None, False, None, None,
-        Status.CRITICAL, (f"unreachable: {error}",), error,
-    )  # fmt: skip
+        name=name,
+        state=state,
+        reachable=reachable,
+        in_recovery=in_recovery,
+        receive_lsn=None,
+        replay_lsn=None,
+        lag_bytes=None,
+        receive_lag_bytes=None,
+        lag_seconds=None,
+        replay_paused=False,
+        receiver_status=None,
+        sync_state=sync_state,
+        status=Status.CRITICAL,
+        reasons=(reason,),
+        error=error,
+    )
 
 
 def evaluate_sender(sender: WalSender, thresholds: LagThresholds) -> WalSender:

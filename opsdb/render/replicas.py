@@ -52,20 +52,34 @@ def render_replicas(report: ReplicasReport) -> str:
     if report.senders:
         lines.append("")
         rows = [
-            (s.application_name or "-", s.client_addr, s.status.value, s.state, s.sync_state,
-             _bytes(s.replay_lag_bytes), _secs(s.replay_lag_seconds))
+            (
+                s.application_name or "-",
+                s.client_addr,
+                s.status.value,
+                s.state,
+                s.sync_state,
+                _bytes(s.replay_lag_bytes),
+                _secs(s.replay_lag_seconds),
+            )
             for s in report.senders
-        ]  # fmt: skip
+        ]
         lines += table(
             ("standby (primary's view)", "client", "status", "state", "sync", "replay_lag", "lag_time"), rows
         )
     if report.slots:
         lines.append("")
         rows = [
-            (s.slot_name, s.slot_type, s.status.value, "yes" if s.active else "no", s.wal_status,
-             _bytes(s.retained_bytes), "; ".join(s.reasons))
+            (
+                s.slot_name,
+                s.slot_type,
+                s.status.value,
+                "yes" if s.active else "no",
+                s.wal_status,
+                _bytes(s.retained_bytes),
+                "; ".join(s.reasons),
+            )
             for s in report.slots
-        ]  # fmt: skip
+        ]
         lines += table(("slot", "type", "status", "active", "wal_status", "retained", "why"), rows)
     if report.primary_lsn:
         lines += ["", f"primary LSN {report.primary_lsn}"]

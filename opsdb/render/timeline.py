@@ -26,10 +26,12 @@ CHAR_WIDTH = 6.4  # of 11 px text: enough to keep labels apart
 PHASE_COLORS = {"plan": "#8250df", "fetch_extract": "#0969da", "wal_replay": "#bf8700", "checks": "#1a7f37"}
 _FALLBACK_COLORS = ("#57606a", "#cf222e", "#116329", "#953800")
 
-_TICK_STEPS = [
-    1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600,
-    86400, 2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400,
-]  # fmt: skip
+_TICK_STEPS = [  # seconds: 1 s .. 30 s, 1 min .. 30 min, 1 h .. 12 h, 1 day .. 30 days
+    *(1, 2, 5, 10, 15, 30),
+    *(60 * m for m in (1, 2, 5, 10, 15, 30)),
+    *(3600 * h for h in (1, 2, 3, 6, 12)),
+    *(86400 * d for d in (1, 2, 7, 14, 30)),
+]
 
 
 def _span(report: DrillReport) -> tuple[datetime, datetime] | None:

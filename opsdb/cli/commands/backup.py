@@ -42,9 +42,13 @@ def register(app: typer.Typer) -> None:
         total = backup_bytes(cluster.conninfo) if output.is_terminal() and not incremental else None
         with output.progress(f"backup {name}", total) as on_bytes:
             result = backup_from_settings(
-                state.settings, name, from_standby=from_standby, incremental=incremental,
-                incremental_from=from_id, on_bytes=on_bytes,
-            )  # fmt: skip
+                state.settings,
+                name,
+                from_standby=from_standby,
+                incremental=incremental,
+                incremental_from=from_id,
+                on_bytes=on_bytes,
+            )
         line = summary_line("backup", result.record, result.seconds)
         if state.json:
             output.info(line)

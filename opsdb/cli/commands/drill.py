@@ -107,9 +107,16 @@ def register(app: typer.Typer) -> None:
         when = parse_time(to_time) if to_time is not None else None
         with output.progress(f"drill {name}: restore") as on_bytes:
             report, files = drill_from_settings(
-                state.settings, name, to_time=when, random_target=random_target, provider=provider,
-                report_dir=report_dir, keep=keep, on_bytes=on_bytes, on_replay=on_bytes.stage(f"drill {name}: replay"),
-            )  # fmt: skip
+                state.settings,
+                name,
+                to_time=when,
+                random_target=random_target,
+                provider=provider,
+                report_dir=report_dir,
+                keep=keep,
+                on_bytes=on_bytes,
+                on_replay=on_bytes.stage(f"drill {name}: replay"),
+            )
         output.emit(state, {**report.summary(), "report_files": files}, _drill_text(report, files))
         if not report.passed:
             names = ", ".join(c.name for c in report.failed_checks)

@@ -80,17 +80,27 @@ def register(app: typer.Typer) -> None:
         if from_backup is not None:
             with output.progress(f"replicas create from {from_backup}") as on_bytes:
                 result = ops.create_replica_from_backup(
-                    state.settings, cluster_name, Path(target_dir), backup=from_backup, slot=slot,
-                    application_name=name, on_bytes=on_bytes,
-                )  # fmt: skip
+                    state.settings,
+                    cluster_name,
+                    Path(target_dir),
+                    backup=from_backup,
+                    slot=slot,
+                    application_name=name,
+                    on_bytes=on_bytes,
+                )
         else:
             from opsdb.pg.tools import PgTools, find_bin_dir
             from opsdb.proc import LocalRunner
 
             result = ops.create_replica_from_primary(
-                cluster.conninfo, Path(target_dir), runner=LocalRunner(), tools=PgTools(find_bin_dir(cluster.pg_bin_dir)),
-                os_user=cluster.os_user, slot=slot, application_name=name,
-            )  # fmt: skip
+                cluster.conninfo,
+                Path(target_dir),
+                runner=LocalRunner(),
+                tools=PgTools(find_bin_dir(cluster.pg_bin_dir)),
+                os_user=cluster.os_user,
+                slot=slot,
+                application_name=name,
+            )
         if not result.primary_conninfo_written:
             raise OperationFailed(f"{target_dir} was built but has no standby.signal")
         output.emit(state, result.to_dict(), _replica_created_text(result))

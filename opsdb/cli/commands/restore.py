@@ -89,24 +89,49 @@ def register(app: typer.Typer) -> None:
             or immediate
         ):
             recovery = RecoveryTarget.from_options(
-                to_time=to_time, to_lsn=to_lsn, to_xid=to_xid, to_name=to_name, latest=latest, immediate=immediate,
-                timeline=timeline, action=target_action,
-            )  # fmt: skip
+                to_time=to_time,
+                to_lsn=to_lsn,
+                to_xid=to_xid,
+                to_name=to_name,
+                latest=latest,
+                immediate=immediate,
+                timeline=timeline,
+                action=target_action,
+            )
         if (primary_conninfo or slot) and not standby:
             raise UsageError("--primary-conninfo and --slot need --standby")
         sync = check_sync_method(sync_method, no_sync=no_sync)
         with output.progress(f"restore {name}", enabled=not dry_run) as on_bytes:
             plan, result = restore_from_settings(
-                state.settings, name, target_dir=target_dir, backup_id=backup_id, tablespace_map=tablespace_map,
-                start=start, port=port, dry_run=dry_run, on_bytes=on_bytes, recovery=recovery, standby=standby,
-                primary_conninfo=primary_conninfo, slot=slot, sync_method=sync, archive_mode=archive_mode,
-                accept_gap=accept_gap, wait_timeout=wait_timeout,
+                state.settings,
+                name,
+                target_dir=target_dir,
+                backup_id=backup_id,
+                tablespace_map=tablespace_map,
+                start=start,
+                port=port,
+                dry_run=dry_run,
+                on_bytes=on_bytes,
+                recovery=recovery,
+                standby=standby,
+                primary_conninfo=primary_conninfo,
+                slot=slot,
+                sync_method=sync,
+                archive_mode=archive_mode,
+                accept_gap=accept_gap,
+                wait_timeout=wait_timeout,
                 on_progress=on_bytes.stage(f"replay WAL {name}") if start else None,
                 follow_primary=timeline is None,
-            )  # fmt: skip
+            )
         if result is None:
-            doc = {"backup_id": plan.backup.id, "target": plan.target, "recovery_point": None,
-                   "target_dir": plan.target_dir, "dry_run": True, "plan": plan.to_dict()}  # fmt: skip
+            doc = {
+                "backup_id": plan.backup.id,
+                "target": plan.target,
+                "recovery_point": None,
+                "target_dir": plan.target_dir,
+                "dry_run": True,
+                "plan": plan.to_dict(),
+            }
             human = restore_plan_text(plan) + ("\n" + plan_text(plan.recovery) if plan.recovery else "")
             output.emit(state, doc, human)
             return
@@ -152,7 +177,15 @@ def register(app: typer.Typer) -> None:
         name, _ = state.cluster()
         with output.progress(f"restore-dump {dump_id}") as on_bytes:
             result = restore_dump_from_settings(
-                state.settings, name, dump_id, conninfo=dbname, databases=tuple(database or ()), jobs=jobs,
-                clean=clean, with_globals=globals_, rename=rename, on_bytes=on_bytes,
-            )  # fmt: skip
+                state.settings,
+                name,
+                dump_id,
+                conninfo=dbname,
+                databases=tuple(database or ()),
+                jobs=jobs,
+                clean=clean,
+                with_globals=globals_,
+                rename=rename,
+                on_bytes=on_bytes,
+            )
         output.emit(state, result.to_dict(), result.summary())

@@ -154,9 +154,14 @@ def run_backup(
         while catalog.id_taken(storage, request.cluster, backup_id):
             backup_id = next_backup_id(backup_id)
         phase(
-            "backup", "start backup", backup_id=backup_id, kind=kind, parent=parent.id if parent else None,
-            source="standby" if source.in_recovery else "primary", server_version=source.version,
-        )  # fmt: skip
+            "backup",
+            "start backup",
+            backup_id=backup_id,
+            kind=kind,
+            parent=parent.id if parent else None,
+            source="standby" if source.in_recovery else "primary",
+            server_version=source.version,
+        )
         with contextlib.ExitStack() as stack:
             extra: tuple[str, ...] = ()
             if parent is not None:
@@ -177,9 +182,14 @@ def run_backup(
         lock.check()
         catalog.commit(storage, record, codec)
         phase(
-            "backup", "catalog written", backup_id=backup_id, bytes=record.size_bytes,
-            stored_bytes=record.stored_bytes, start_lsn=record.start_lsn, stop_lsn=record.stop_lsn,
-        )  # fmt: skip
+            "backup",
+            "catalog written",
+            backup_id=backup_id,
+            bytes=record.size_bytes,
+            stored_bytes=record.stored_bytes,
+            start_lsn=record.start_lsn,
+            stop_lsn=record.stop_lsn,
+        )
     return BackupResult(record, time.monotonic() - started_mono, tuple(lo.backup_id for lo in cleaned))
 
 

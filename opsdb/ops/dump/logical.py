@@ -105,18 +105,20 @@ def run_dump(
         while catalog.id_taken(storage, request.cluster, dump_id):
             dump_id = next_backup_id(dump_id)
         start_time = clock()
+
+        def store(cmd: Any, name: str, role: str, doing: str) -> StoredFile:
+            return _store_stream(runner, cmd, storage, request.cluster, dump_id, name, codec, on_bytes, role, doing)
+
         stored: list[StoredFile] = []
         entries: list[DumpDatabase] = []
         for db in databases:
             name = dump_object_name(db)
             phase("dump", "dump database", dump_id=dump_id, database=db)
             cmd = tools.pg_dump(request.conninfo, dbname=db, extra=("-Z", "0"))  # compressed once, by the codec
-            stored.append(_store_stream(runner, cmd, storage, request.cluster, dump_id, name, codec, on_bytes, "dump",
-                                        f"dumping database {db}"))  # fmt: skip
+            stored.append(store(cmd, name, "dump", f"dumping database {db}"))
             entries.append(DumpDatabase(db, name))
         cmd = tools.pg_dumpall(request.conninfo, globals_only=True, no_role_passwords=not request.with_passwords)
-        stored.append(_store_stream(runner, cmd, storage, request.cluster, dump_id, GLOBALS_OBJECT, codec, on_bytes,
-                                    "globals", "dumping roles and tablespaces"))  # fmt: skip
+        stored.append(store(cmd, GLOBALS_OBJECT, "globals", "dumping roles and tablespaces"))
         record = BackupRecord(
             id=dump_id,
             cluster=request.cluster,
@@ -141,8 +143,14 @@ def run_dump(
         )
         lock.check()
         catalog.commit(storage, record, codec)
-        phase("dump", "catalog written", dump_id=dump_id, databases=len(entries), bytes=record.size_bytes,
-              stored_bytes=record.stored_bytes)  # fmt: skip
+        phase(
+            "dump",
+            "catalog written",
+            dump_id=dump_id,
+            databases=len(entries),
+            bytes=record.size_bytes,
+            stored_bytes=record.stored_bytes,
+        )
     return DumpResult(record, time.monotonic() - started, tuple(lo.backup_id for lo in cleaned))
 
 
@@ -383,7 +391,17 @@ def restore_dump_from_settings(
     cfg = settings.clusters[cluster]
     repo = repository(settings)
     return restore_dump(
-        dump_id, cluster=cluster, storage=repo.storage, keys=repo.keys, runner=LocalRunner(),
-        bin_dir=find_bin_dir(cfg.pg_bin_dir), conninfo=conninfo, databases=databases, jobs=jobs, clean=clean,
-        with_globals=with_globals, rename=rename, on_bytes=on_bytes,
-    )  # fmt: skip
+        dump_id,
+        cluster=cluster,
+        storage=repo.storage,
+        keys=repo.keys,
+        runner=LocalRunner(),
+        bin_dir=find_bin_dir(cfg.pg_bin_dir),
+        conninfo=conninfo,
+        databases=databases,
+        jobs=jobs,
+        clean=clean,
+        with_globals=with_globals,
+        rename=rename,
+        on_bytes=on_bytes,
+    )

@@ -131,19 +131,30 @@ def run_drill(
     try:
         with run.phase(PHASE_PLAN, clock):
             run.plan = make_plan(
-                storage, request.cluster, keys, restorer.backups(), request.target_kind, request.to_time,
-                drill_started=started, rng=rng or random.Random(), segment_size=request.segment_size,
+                storage,
+                request.cluster,
+                keys,
+                restorer.backups(),
+                request.target_kind,
+                request.to_time,
+                drill_started=started,
+                rng=rng or random.Random(),
+                segment_size=request.segment_size,
                 read_end=end_reader(storage, request.cluster, keys, bin_dir, runner),
                 live_timeline=request.live_timeline,
-            )  # fmt: skip
+            )
             run.checks.append(run.plan.coverage)
             run.plan = _planned_end_from_records(
                 run.plan, storage, request.cluster, keys, bin_dir, runner, request.segment_size
             )
             phase(
-                "drill", "plan", target=run.plan.target.describe(), backup_id=run.plan.backup.id,
-                wal_segments=len(run.plan.wal_names), planned_end=run.plan.planned_end,
-            )  # fmt: skip
+                "drill",
+                "plan",
+                target=run.plan.target.describe(),
+                backup_id=run.plan.backup.id,
+                wal_segments=len(run.plan.wal_names),
+                planned_end=run.plan.planned_end,
+            )
         space = scratch.prepare()
         run.environment.update({"scratch_dir": str(space.workdir)})
         phase("drill", "scratch", provider=scratch.name, scratch_dir=str(space.workdir), port=space.port)
@@ -213,8 +224,8 @@ def _restore_and_prove(
             log_text = scratch.log_tail(space, 256 * 1024)
             run.checks.append(drill_checks.replay_reached(plan.planned_end, run.point.lsn, plan.target_kind, log_text))
             run.environment["postgresql"] = conn.fetchval("SHOW server_version")
-            databases = [r["datname"] for r in conn.fetchall(
-                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname")]  # fmt: skip
+            sql = "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname"
+            databases = [r["datname"] for r in conn.fetchall(sql)]
             check, beat = _recovery_point(request, plan, conn, connect)
             run.checks.append(check)
         run.recovered = beat.time if beat else run.point.replay_time
@@ -352,9 +363,13 @@ def _recovery_point(
             primary.close()
             primary = None
         return drill_checks.recovery_point(
-            restored, request.heartbeat_schema, target_kind=plan.target_kind, target_time=plan.target_time,
-            primary=primary, archive_end_lsn=str(plan.archive_end_lsn) if plan.archive_end_lsn else None,
-        )  # fmt: skip
+            restored,
+            request.heartbeat_schema,
+            target_kind=plan.target_kind,
+            target_time=plan.target_time,
+            primary=primary,
+            archive_end_lsn=str(plan.archive_end_lsn) if plan.archive_end_lsn else None,
+        )
     finally:
         if primary is not None:
             primary.close()

@@ -125,8 +125,10 @@ def make_plan(
         window = TimelineWindow(timeline, ending_at_records(window.windows, read_end, history, segment_size))
     if target_kind == "random":
         if window.from_time is None or window.to_time is None or window.to_time <= window.from_time:
-            raise UsageError("the recoverable window is empty: nothing to pick a random target from",
-                             hint="see `opsdb info`; a backup and archived WAL after it are needed")  # fmt: skip
+            raise UsageError(
+                "the recoverable window is empty: nothing to pick a random target from",
+                hint="see `opsdb info`; a backup and archived WAL after it are needed",
+            )
         span = (window.to_time - window.from_time).total_seconds()
         to_time = window.from_time + timedelta(seconds=rng.uniform(0, span))
     if target_kind in ("time", "random"):
@@ -186,12 +188,24 @@ def _coverage(scan: walrepo.ArchiveScan, timeline: int, w: Any, target_time: dat
     end_time = datetime.fromtimestamp(w.end_time, UTC) if w.end_time else None
     if target_time is not None and end_time is not None and target_time > end_time:
         if newest > w.last_segno:
-            return Check(name, FAIL, f"{w.first_missing} is missing from the archive: WAL after "
-                         f"{end_time.isoformat()} cannot be replayed, the target {target_time.isoformat()} is beyond it")  # fmt: skip
-        return Check(name, FAIL, f"the target is after the newest archived WAL ({end_time.isoformat()}): "
-                     "archiving lags behind (see archive_timeout)")  # fmt: skip
+            return Check(
+                name,
+                FAIL,
+                f"{w.first_missing} is missing from the archive: WAL after "
+                f"{end_time.isoformat()} cannot be replayed, the target {target_time.isoformat()} is beyond it",
+            )
+        return Check(
+            name,
+            FAIL,
+            f"the target is after the newest archived WAL ({end_time.isoformat()}): "
+            "archiving lags behind (see archive_timeout)",
+        )
     if target_time is None and newest > w.last_segno:
-        return Check(name, FAIL, f"{w.first_missing} is missing from the archive: the newest archived WAL "
-                     f"({segment_name(timeline, newest, scan.segment_size)}) cannot be reached")  # fmt: skip
+        return Check(
+            name,
+            FAIL,
+            f"{w.first_missing} is missing from the archive: the newest archived WAL "
+            f"({segment_name(timeline, newest, scan.segment_size)}) cannot be reached",
+        )
     gap = f"; later gap at {w.first_missing}" if newest > w.last_segno else ""
     return Check(name, PASS, f"{w.count} contiguous segments from the backup's start on timeline {timeline}{gap}")

@@ -119,14 +119,25 @@ def drill_from_settings(
         live_timeline=live_timeline(cfg.conninfo),
     )
     restorer = RepositoryRestorer(
-        repo.storage, cluster, repo.keys, lambda: load_catalog(repo.storage, cluster, repo.keys), request.os_user,
+        repo.storage,
+        cluster,
+        repo.keys,
+        lambda: load_catalog(repo.storage, cluster, repo.keys),
+        request.os_user,
         bin_dir,
-    )  # fmt: skip
+    )
     scratch = scratch_provider(settings, provider or settings.drill.provider, bin_dir, cfg.os_user, major, runner)
     report = run_drill(
-        request, storage=repo.storage, keys=repo.keys, restorer=restorer, scratch=scratch, bin_dir=bin_dir,
-        runner=runner, on_bytes=on_bytes, on_replay=on_replay,
-    )  # fmt: skip
+        request,
+        storage=repo.storage,
+        keys=repo.keys,
+        restorer=restorer,
+        scratch=scratch,
+        bin_dir=bin_dir,
+        runner=runner,
+        on_bytes=on_bytes,
+        on_replay=on_replay,
+    )
     return report, save_report(repo.storage, cluster, report, repo.codec, report_dir)
 
 

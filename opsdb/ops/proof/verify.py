@@ -155,7 +155,7 @@ def verify_repository(
             Problem(
                 layout.catalog_entry(cluster, child),
                 f"incremental backup {child}: its parent {parent} is not in the catalog, so it cannot be restored",
-            )  # fmt: skip
+            )
         )
 
     expected: dict[str, _Expected] = {}

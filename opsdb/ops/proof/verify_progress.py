@@ -115,6 +115,11 @@ def log_checked(
             first, last = run.names(segment_size)
             bad = sum(1 for name in bad_names if first <= name <= last)
             phase(
-                "verify", "wal checked", timeline=timeline, first=first, last=last,
-                segments=run.last - run.first + 1, problems=bad,
-            )  # fmt: skip
+                "verify",
+                "wal checked",
+                timeline=timeline,
+                first=first,
+                last=last,
+                segments=run.last - run.first + 1,
+                problems=bad,
+            )

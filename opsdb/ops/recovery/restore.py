@@ -84,8 +84,15 @@ def restore_from_settings(
     )
     read_end = end_reader(repo.storage, cluster, repo.keys, bin_dir, runner)
     plan = plan_restore(request, storage=repo.storage, keys=repo.keys, read_end=read_end)
-    phase("restore", "plan", backup_id=plan.backup.id, target=plan.target, bytes_to_write=plan.bytes_to_write,
-          wal_bytes=(plan.recovery or {}).get("wal_bytes"), dry_run=dry_run or None)  # fmt: skip
+    phase(
+        "restore",
+        "plan",
+        backup_id=plan.backup.id,
+        target=plan.target,
+        bytes_to_write=plan.bytes_to_write,
+        wal_bytes=(plan.recovery or {}).get("wal_bytes"),
+        dry_run=dry_run or None,
+    )
     if dry_run:
         return plan, None
     announce_total(on_bytes, plan.bytes_to_write)  # the progress bar's 100 %

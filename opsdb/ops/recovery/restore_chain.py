@@ -177,9 +177,17 @@ def restore_chain_into(
     chain, steps, _ = chain_plan(storage, record.cluster, record, keys, target)
     major = (record.pg_version_num or 0) // 10000 or None
     return stage_and_combine(
-        storage, keys, record.cluster, chain, steps, target, runner=runner, bin_dir=bin_dir, major=major,
+        storage,
+        keys,
+        record.cluster,
+        chain,
+        steps,
+        target,
+        runner=runner,
+        bin_dir=bin_dir,
+        major=major,
         on_bytes=on_bytes,
-    )  # fmt: skip
+    )
 
 
 def combine(runner: Runner, bin_dir: Path, members: list[Path], target: Path) -> None:

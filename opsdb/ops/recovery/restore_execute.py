@@ -81,16 +81,30 @@ def execute_restore(
     check_target_dir(target)  # again: time passed since the plan
     created = _make_dirs(target, plan.tablespace_map.values())
     total = 0
-    phase("restore", "fetch", backup_id=plan.backup.id, objects=len(plan.steps), bytes=plan.bytes_to_write,
-          target_dir=plan.target_dir)  # fmt: skip
+    phase(
+        "restore",
+        "fetch",
+        backup_id=plan.backup.id,
+        objects=len(plan.steps),
+        bytes=plan.bytes_to_write,
+        target_dir=plan.target_dir,
+    )
     try:
         if plan.chain:
             from opsdb.ops.recovery.restore_chain import stage_and_combine
 
             total += stage_and_combine(
-                storage, keys, plan.backup.cluster, plan.chain, plan.steps, target, runner=runner,
-                bin_dir=request.bin_dir, major=(plan.backup.pg_version_num or 0) // 10000 or None, on_bytes=on_bytes,
-            )  # fmt: skip
+                storage,
+                keys,
+                plan.backup.cluster,
+                plan.chain,
+                plan.steps,
+                target,
+                runner=runner,
+                bin_dir=request.bin_dir,
+                major=(plan.backup.pg_version_num or 0) // 10000 or None,
+                on_bytes=on_bytes,
+            )
         for step in plan.steps if not plan.chain else ():
             dest = Path(step.dest)
             dest.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -104,9 +104,12 @@ def plan_restore(
         from opsdb.ops.recovery.pitr import restore_settings
 
         target_name, settings, signal = restore_settings(
-            pitr_plan, request.restore_command, standby=request.standby,
-            primary_conninfo=request.primary_conninfo, slot=request.slot,
-        )  # fmt: skip
+            pitr_plan,
+            request.restore_command,
+            standby=request.standby,
+            primary_conninfo=request.primary_conninfo,
+            slot=request.slot,
+        )
     else:
         target_name, settings, signal = recovery_for(record)
     if archive_mode == "off":
@@ -151,10 +154,16 @@ def _pitr_plan(request: RestoreRequest, storage: Storage, keys: Mapping[str, Any
     backups = catalog.list_backups(storage, request.cluster, keys, kind=PHYSICAL, skip_unreadable=True)
     scan = repo_wal.scan(storage, request.cluster, keys)
     return plan_on_line(
-        request.recovery, backups, scan, backup_id=request.backup_id, standby=request.standby,
-        accept_gap=request.accept_gap, read_end=read_end,
-        follow_primary=request.follow_primary, live=request.live_timeline,
-    )  # fmt: skip
+        request.recovery,
+        backups,
+        scan,
+        backup_id=request.backup_id,
+        standby=request.standby,
+        accept_gap=request.accept_gap,
+        read_end=read_end,
+        follow_primary=request.follow_primary,
+        live=request.live_timeline,
+    )
 
 
 def recovery_for(record: BackupRecord) -> tuple[str, dict[str, str], str | None]:

@@ -79,22 +79,38 @@ def start_restored(
         target = RecoveryTarget("latest", timeline=target.timeline)  # accepted: replay up to the gap
     span = span_of_restore(plan.backup, plan.recovery)
     phase(
-        "restore", "replay", port=plan.port, target=target.label(), from_lsn=span and span.start,
-        to_lsn=span and span.end, replay_bytes=span and span.total,
-    )  # fmt: skip
+        "restore",
+        "replay",
+        port=plan.port,
+        target=target.label(),
+        from_lsn=span and span.start,
+        to_lsn=span and span.end,
+        replay_bytes=span and span.total,
+    )
     try:
         point = start_and_wait(
-            instance, target, standby=request.standby, connect=connect, timeout=request.start_timeout,
+            instance,
+            target,
+            standby=request.standby,
+            connect=connect,
+            timeout=request.start_timeout,
             conninfo=login_conninfo(sockets, plan.port, request.conninfo, request.os_user),
-            window=window_text, on_progress=reporter(span, on_progress),
-        )  # fmt: skip
+            window=window_text,
+            on_progress=reporter(span, on_progress),
+        )
     except OperationFailed as exc:
         left = f"{target_dir} was not promoted (recovery.signal is still there): remove it before restoring again"
         raise OperationFailed(exc.message, hint=f"{exc.hint}; {left}" if exc.hint else left) from None
     reached = point.to_json()
     check_reached_planned_end(recovery, reached, instance.log_path)
-    phase("restore", "reached", state=reached.get("state"), lsn=reached.get("lsn"), time=reached.get("time"),
-          timeline=reached.get("timeline"))  # fmt: skip
+    phase(
+        "restore",
+        "reached",
+        state=reached.get("state"),
+        lsn=reached.get("lsn"),
+        time=reached.get("time"),
+        timeline=reached.get("timeline"),
+    )
     return reached
 
 

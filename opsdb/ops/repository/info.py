@@ -104,6 +104,13 @@ def cluster_info(
         )
     newest = max(timelines, default=1)
     return ClusterInfo(
-        repo.cluster, line.timeline, complete, infos, scan.partials, scan.stored_bytes,
-        newest_timeline=newest, live_timeline=live, timeline_choice=line.describe(newest),
-    )  # fmt: skip
+        repo.cluster,
+        line.timeline,
+        complete,
+        infos,
+        scan.partials,
+        scan.stored_bytes,
+        newest_timeline=newest,
+        live_timeline=live,
+        timeline_choice=line.describe(newest),
+    )

@@ -181,9 +181,14 @@ def apply(
         the_plan = plan(policy, backups, dumps, [f.wal for f in wal_files], now, tz, segment_size=segment_size)
         result = RetentionResult(cluster, dry_run, the_plan, resumed=resumed)
         phase(
-            "retention", "plan", backups=len(backups), dumps=len(dumps), wal_files=len(wal_files),
-            expired=sum(1 for d in (*the_plan.backups, *the_plan.dumps) if not d.keep), dry_run=dry_run or None,
-        )  # fmt: skip
+            "retention",
+            "plan",
+            backups=len(backups),
+            dumps=len(dumps),
+            wal_files=len(wal_files),
+            expired=sum(1 for d in (*the_plan.backups, *the_plan.dumps) if not d.keep),
+            dry_run=dry_run or None,
+        )
         mtimes = _object_mtimes(storage, cluster) if object_lock_days else {}
         lock_for = timedelta(days=object_lock_days)
 
@@ -202,8 +207,14 @@ def apply(
                         retained_ids.add(decision.id)
                     continue
                 still_locked()
-                phase("retention", "expire " + kind, id=decision.id, stop_time=decision.stop_time.isoformat(),
-                      rules=",".join(decision.rules), dry_run=dry_run or None)  # fmt: skip
+                phase(
+                    "retention",
+                    "expire " + kind,
+                    id=decision.id,
+                    stop_time=decision.stop_time.isoformat(),
+                    rules=",".join(decision.rules),
+                    dry_run=dry_run or None,
+                )
                 result.objects_deleted += delete_backup(storage, cluster, decision, kind)
                 done.append(decision.id)
 
@@ -222,8 +233,15 @@ def apply(
                 result.locked.append(Locked(f"{run.first}..{run.last}", "wal", until))
             if free:
                 still_locked()
-                phase("retention", "expire wal", first=free[0], last=free[-1], files=len(free), reason=run.reason,
-                      dry_run=dry_run or None)  # fmt: skip
+                phase(
+                    "retention",
+                    "expire wal",
+                    first=free[0],
+                    last=free[-1],
+                    files=len(free),
+                    reason=run.reason,
+                    dry_run=dry_run or None,
+                )
                 storage.delete(layout.wal_object(cluster, n) for n in free)
                 result.wal_files_deleted += len(free)
                 result.wal.append(dataclasses.replace(run, names=tuple(free)) if len(free) < len(run.names) else run)
