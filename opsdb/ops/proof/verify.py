@@ -34,9 +34,9 @@ from opsdb.model.chain import broken_links, chain_of
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, parse_wal_name, segment_name
 from opsdb.model.target import as_lsn
 from opsdb.model.window import timeline_of_segment, walk
+from opsdb.ops.common.backup_manifest import ManifestCheck, check_tar_stream, is_manifest_tar, parse_manifest
 from opsdb.ops.common.estimate import announce_total
 from opsdb.ops.common.phases import phase
-from opsdb.ops.proof.verify_manifest import ManifestCheck, check_tar_stream, is_manifest_tar, parse_manifest
 from opsdb.ops.proof.verify_progress import CountingStorage, bytes_to_read, log_checked
 from opsdb.pg import walpage
 from opsdb.repo import envelope, layout, marker

@@ -17,7 +17,7 @@ from typing import Any
 
 from opsdb.errors import IntegrityError
 from opsdb.model.catalog import BackupRecord
-from opsdb.ops.proof.verify_manifest import parse_manifest
+from opsdb.ops.common.backup_manifest import parse_manifest
 from opsdb.pg.tools import PgTools
 from opsdb.proc import Runner
 from opsdb.repo import envelope, layout

@@ -1,4 +1,6 @@
-"""Check a backup's tar streams against PostgreSQL's backup_manifest, reading each tar once.
+"""PostgreSQL's backup_manifest: parse it, and check a backup's tar streams against it, reading each tar once.
+
+`opsdb verify` checks stored backups with it, `opsdb restore` the restored files (ops/recovery/restore_manifest.py).
 
 The manifest (PG13+) lists every file of the base backup with its size and, unless the backup was
 taken with --manifest-checksums=NONE, a checksum (CRC32C by default, or SHA-224/256/384/512). The
