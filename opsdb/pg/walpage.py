@@ -116,8 +116,13 @@ class ContentCheck:
     def feed(self, chunk: bytes) -> None:
         if self.checked:
             return
-        self.head += chunk
-        if self.kind != "history" and len(self.head) >= LONG_HEADER_SIZE:
+        if self.kind == "history":
+            self.head += chunk
+            return
+        # only the long page header is read: a copy of the whole first chunk (up to a MiB) cost ~5 %
+        # of a prefetching helper's CPU
+        self.head += chunk[: LONG_HEADER_SIZE - len(self.head)]
+        if len(self.head) >= LONG_HEADER_SIZE:
             self._judge(segment_mismatch(self.name, bytes(self.head), self.sysids))
 
     def finish(self) -> None:

@@ -1,6 +1,7 @@
 """pg/walpage.py and pg/control.py: a WAL file's own headers checked against the name it is stored
 under, and the data directory's system identifier."""
 
+from opsdb.errors import IntegrityError
 from opsdb.pg import control, walpage
 from tests.fakes import TEST_SYSTEM_IDENTIFIER, wal_segment
 
@@ -60,3 +61,19 @@ def test_pg_control_and_segment_files_are_read_without_a_connection(tmp_path) ->
     (tmp_path / SEG5).write_bytes(wal_segment(SEG5))
     header = walpage.read_segment_header(str(tmp_path / SEG5))
     assert header is not None and header.system_identifier == TEST_SYSTEM_IDENTIFIER
+
+
+def test_the_streaming_check_reads_the_header_across_chunks_of_any_size() -> None:
+    for size in (1, 7, 40, 65536):
+        for name, content, ok in (
+            (SEG5, wal_segment(SEG5), True),
+            (SEG5, wal_segment("000000010000000A00000004"), False),
+        ):
+            check = walpage.ContentCheck(name, f"wal/{name}", {TEST_SYSTEM_IDENTIFIER})
+            try:
+                for i in range(0, 4096, size):
+                    check.feed(content[i : i + size])
+                check.finish()
+                assert ok, f"a swapped segment passed in chunks of {size}"
+            except IntegrityError as exc:
+                assert not ok and "A/4000000" in str(exc)
