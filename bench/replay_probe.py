@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from peer_paths import TOOLS, config, load
+from peer_paths import TOOLS, config, load, order
 from peer_setup import Endpoint, Tools, need_tools, opsdb_venv, stop_helpers
 from peers import make_burst, make_cluster, set_archive_command
 from wal import BIN, chown, cpu_seconds, drain, free_port, replay
@@ -163,7 +163,7 @@ def main() -> None:
         server.stop()
         queue = f"archive-async=y\narchive-get-queue-max={args.prefetch * 16}MiB\n"
         for r in range(args.rounds):
-            for tool in tools_wanted:
+            for tool in [t for t in ("cp", *order(r)) if t in tools_wanted]:  # as bench/peers.py: cp, then flipped
                 name = f"{tool}-r{r}"
                 data = work / f"replay-{name}"
                 spool = work / f"spool-opsdb-o-probe-replay-{r}"
