@@ -8,25 +8,81 @@
   (a dict: opsdb, config, workdir, primary, factory); everything stopped and removed at the end.
 - `restore_started(env, *args)`: `opsdb restore --start` as root into a new directory on a free port.
 - `Writer`: a thread that writes and switches WAL files until stopped (bounded).
+- `run(env, *args)`: the CLI as the server's OS user (or as root); `backup`, `now_between`, `rows`: the
+  steps of a PITR story (a backup, a target time between two commits, the rows of table t).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import pwd
 import shutil
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from opsdb.model.target import format_time
 from opsdb.ops.wal.spool import stop_helpers
+from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from opsdb.proc import LocalRunner
 from opsdb.stream.crypto import generate_key_file
 from tests.fixtures.pg import ClusterFactory, free_port, make_temp_dir, os_user
-from tests.integration.test_pitr import _opsdb_for_server, x
-from tests.integration.test_retention_pitr import chown_tree, run
+from tests.integration.test_pitr import _opsdb_for_server, v, x
+
+OPSDB_HERE = str(Path(sys.executable).with_name("opsdb"))  # this checkout's, for commands run as root
+
+
+def chown_tree(root: Path) -> None:
+    user = os_user()
+    if user:
+        entry = pwd.getpwnam(user)
+        for p in [root, *root.rglob("*")]:
+            try:
+                os.chown(p, entry.pw_uid, entry.pw_gid)
+            except FileNotFoundError:  # gone meanwhile (a WAL helper's socket when it restarts): nothing to chown
+                pass
+
+
+def run(env: dict[str, Any], *args: str, config: Path | None = None, check: bool = True, as_root: bool = False):
+    """The CLI as the server's OS user; restore as root with this checkout's opsdb (it hands the files to
+    os_user; the restore_command it writes runs the server user's opsdb, $OPSDB_EXECUTABLE)."""
+    user = None if as_root else os_user()
+    argv = [env["opsdb"] if user else OPSDB_HERE, "--config", str(config or env["config"]), *args]
+    if user:
+        argv = ["runuser", "-u", user, "--", *argv]
+    environ = dict(os.environ, OPSDB_EXECUTABLE=env["opsdb"])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=environ, cwd="/tmp")
+    if check and proc.returncode != 0:
+        raise AssertionError(f"opsdb {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def backup(env: dict[str, Any]) -> dict[str, Any]:
+    doc = json.loads(run(env, "--json", "backup").stdout)
+    time.sleep(1.1)  # ids have second precision; keep the three apart without relying on the collision rule
+    return doc
+
+
+def now_between(primary: Instance) -> str:
+    """A time strictly between two commits: the caller commits before and after."""
+    time.sleep(0.3)
+    before = v(primary, "SELECT clock_timestamp()")
+    time.sleep(1.0)
+    after = v(primary, "SELECT clock_timestamp()")
+    time.sleep(0.3)
+    return format_time(before + (after - before) / 2)
+
+
+def rows(port: int) -> list[int]:
+    with connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", timeout=10) as c:
+        return [r["id"] for r in c.fetchall("SELECT id FROM t ORDER BY id")]
 
 
 def config_text(

@@ -23,8 +23,8 @@ from opsdb.model.target import format_time
 from opsdb.pg.conn import connect
 from opsdb.stream.crypto import generate_key_file
 from tests.fixtures.pg import ClusterFactory, free_port, make_temp_dir, os_user
+from tests.integration.archiving_env import run
 from tests.integration.test_pitr import _opsdb_for_server, v, wait_archived, x
-from tests.integration.test_pitr_cli import run
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.integration

@@ -19,9 +19,17 @@ import pytest
 
 from opsdb.stream.crypto import generate_key_file, load_key
 from tests.fixtures.pg import bin_dir_of_server
-from tests.integration.archiving_env import archiving_env, config_text, restore_started
+from tests.integration.archiving_env import (
+    archiving_env,
+    backup,
+    chown_tree,
+    config_text,
+    now_between,
+    restore_started,
+    rows,
+    run,
+)
 from tests.integration.test_pitr import wait_archived, x
-from tests.integration.test_retention_pitr import backup, chown_tree, now_between, rows, run
 
 pytestmark = pytest.mark.integration
 

@@ -35,6 +35,7 @@ from opsdb.storage.local import LocalStorage
 from opsdb.stream.crypto import generate_key_file
 from tests.fixtures.pg import ClusterFactory, free_port, make_temp_dir, os_user
 from tests.gate import missing
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -288,9 +289,6 @@ def test_standby_streams_from_the_primary(env):
     )
     assert point.state == "streaming"
     x(env.primary, "INSERT INTO t VALUES (50, 'streamed') ON CONFLICT DO NOTHING")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and 50 not in ids(instance):
-        time.sleep(0.2)
-    assert 50 in ids(instance)
+    wait_until(lambda: 50 in ids(instance), "row 50 streamed to the standby", timeout=60, interval=0.2)
     assert v(instance, "SELECT status FROM pg_stat_wal_receiver") == "streaming"
     instance.stop()

@@ -5,80 +5,31 @@ runs them (as the server's OS user), and every refusal: exit 2, nothing written.
 from __future__ import annotations
 
 import json
-import os
-import pwd
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from opsdb.model.target import format_time
 from opsdb.pg.conn import connect
-from opsdb.stream.crypto import generate_key_file
-from tests.fixtures.pg import ClusterFactory, free_port, make_temp_dir, os_user
-from tests.integration.test_pitr import _opsdb_for_server, ids, q, v, wait_archived, x
+from tests.fixtures.pg import free_port, os_user
+from tests.integration.archiving_env import archiving_env, config_text, now_between, run
+from tests.integration.test_pitr import ids, q, wait_archived, x
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.integration
-OPSDB_HERE = str(Path(sys.executable).with_name("opsdb"))
-
-
-def run(env, *args, check=True, as_root=False):
-    """The CLI as the server's OS user (which owns the repository, as in a real deployment); restore runs
-    as root with this checkout's opsdb (it hands the restored files to os_user), while the
-    restore_command it writes uses the server user's opsdb ($OPSDB_EXECUTABLE)."""
-    user = None if as_root else os_user()
-    argv = [env["opsdb"] if user else OPSDB_HERE, "--config", str(env["config"]), *args]
-    if user:
-        argv = ["runuser", "-u", user, "--", *argv]
-    environ = dict(os.environ, OPSDB_EXECUTABLE=env["opsdb"])
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=environ, cwd="/tmp")
-    if check and proc.returncode != 0:
-        raise AssertionError(f"opsdb {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")
 def env(pg_bin_dir):
-    opsdb = _opsdb_for_server()
-    factory = ClusterFactory(pg_bin_dir)
-    workdir = make_temp_dir("opsdb-pitrcli-")
-    try:
-        generate_key_file(workdir / "key")
-        config = workdir / "opsdb.toml"
-        config.write_text(
-            f'[repository]\nurl = "file://{workdir}/repo"\n'
-            f'[encryption]\nkey_file = "{workdir}/key"\nrequired = true\n'
-            "[compression]\nlevel = 1\n"
-            f'[clusters.main]\nconninfo = "host=127.0.0.1 port=PORT user=postgres dbname=postgres"\n'
-            f'pg_bin_dir = "{pg_bin_dir}"\n'
-            f'[wal]\nspool_dir = "{workdir}/spool"\n'
-        )
-        primary = factory(archive_mode="on", archive_command=f"{opsdb} --config {config} wal-push %p", lc_messages="C")
-        config.write_text(config.read_text().replace("PORT", str(primary.port)))
-        user = os_user()
-        if user:
-            entry = pwd.getpwnam(user)
-            for p in [workdir, *workdir.rglob("*")]:
-                os.chown(p, entry.pw_uid, entry.pw_gid)
-        e = {"opsdb": opsdb, "config": config, "primary": primary, "factory": factory, "workdir": workdir}
+    cluster = f'pg_bin_dir = "{pg_bin_dir}"\n'
+    with archiving_env(pg_bin_dir, "opsdb-pitrcli-", lambda w, port: config_text(w, port, cluster=cluster)) as e:
+        primary = e["primary"]
         x(primary, "CREATE TABLE t (id int primary key, note text)")
         e["backup"] = json.loads(run(e, "--json", "backup").stdout)
         x(primary, "INSERT INTO t VALUES (1, 'first')")
-        time.sleep(0.3)
-        after_1 = v(primary, "SELECT clock_timestamp()")
-        time.sleep(1.0)
-        before_2 = v(primary, "SELECT clock_timestamp()")
-        time.sleep(0.3)
+        e["halfway"] = now_between(primary)
         x(primary, "INSERT INTO t VALUES (2, 'second')")
         wait_archived(primary)
-        e["halfway"] = format_time(after_1 + (before_2 - after_1) / 2)
         yield e
-    finally:
-        factory.close()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def target_dir(env) -> Path:
@@ -160,10 +111,7 @@ def test_restore_standby_streams(env):
     standby = Instance(dest, port, env["factory"].bin_dir, os_user(), LocalRunner())
     try:
         x(primary, "INSERT INTO t VALUES (77, 'streamed')")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and 77 not in ids(standby):
-            time.sleep(0.2)
-        assert 77 in ids(standby)
+        wait_until(lambda: 77 in ids(standby), "row 77 streamed to the standby", timeout=60, interval=0.2)
         assert q(standby, "SELECT status FROM pg_stat_wal_receiver")[0]["status"] == "streaming"
     finally:
         standby.stop()

@@ -159,9 +159,8 @@ def test_without_a_terminal_no_progress_only_start_phase_and_end_records(env):
 @pytest.fixture(scope="module")
 def archiving(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
     """A primary archiving through `opsdb wal-push`, one backup, then 40 segments of WAL to replay."""
-    from tests.integration.archiving_env import archiving_env, config_text
+    from tests.integration.archiving_env import archiving_env, chown_tree, config_text
     from tests.integration.test_pitr import wait_archived, x
-    from tests.integration.test_retention_pitr import chown_tree
 
     cluster = f'os_user = "postgres"\npg_bin_dir = "{pg_bin_dir}"\n'
     render = lambda work, port: config_text(work, port, cluster=cluster)  # noqa: E731

@@ -32,8 +32,8 @@ from opsdb.proc import LocalRunner
 from opsdb.repo import envelope, layout
 from opsdb.stream.crypto import generate_key_file
 from tests.fixtures.pg import ClusterFactory, free_port, make_temp_dir, os_user
+from tests.integration.archiving_env import run
 from tests.integration.test_pitr import _opsdb_for_server, v, wait_archived, x
-from tests.integration.test_pitr_cli import run
 
 pytestmark = pytest.mark.integration
 

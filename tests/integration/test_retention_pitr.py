@@ -14,12 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pwd
-import shutil
-import subprocess
-import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,46 +22,20 @@ import pytest
 
 from opsdb.config import load_settings
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn
-from opsdb.model.target import format_time
 from opsdb.ops.retention import apply as retention
-from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from opsdb.proc import LocalRunner
 from opsdb.repo import catalog
 from opsdb.repo import wal as repo_wal
 from opsdb.storage.local import LocalStorage
-from opsdb.stream.crypto import generate_key_file, load_key
-from tests.fixtures.pg import ClusterFactory, free_port, make_temp_dir, os_user
-from tests.integration.test_pitr import _opsdb_for_server, v, wait_archived, x
+from opsdb.stream.crypto import load_key
+from tests.fixtures.pg import free_port, os_user
+from tests.integration.archiving_env import archiving_env, backup, chown_tree, config_text, now_between, rows, run
+from tests.integration.test_pitr import wait_archived, x
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.integration
-OPSDB_HERE = str(Path(sys.executable).with_name("opsdb"))
 SEG = DEFAULT_SEGMENT_SIZE
-
-
-def chown_tree(root: Path) -> None:
-    user = os_user()
-    if user:
-        entry = pwd.getpwnam(user)
-        for p in [root, *root.rglob("*")]:
-            try:
-                os.chown(p, entry.pw_uid, entry.pw_gid)
-            except FileNotFoundError:  # gone meanwhile (a WAL helper's socket when it restarts): nothing to chown
-                pass
-
-
-def run(env: dict[str, Any], *args: str, config: Path | None = None, check: bool = True, as_root: bool = False):
-    """The CLI as the server's OS user; restore as root with this checkout's opsdb (it hands the files to
-    os_user; the restore_command it writes runs the server user's opsdb, $OPSDB_EXECUTABLE)."""
-    user = None if as_root else os_user()
-    argv = [env["opsdb"] if user else OPSDB_HERE, "--config", str(config or env["config"]), *args]
-    if user:
-        argv = ["runuser", "-u", user, "--", *argv]
-    environ = dict(os.environ, OPSDB_EXECUTABLE=env["opsdb"])
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=environ, cwd="/tmp")
-    if check and proc.returncode != 0:
-        raise AssertionError(f"opsdb {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
-    return proc
 
 
 def listing(repo: Path) -> dict[str, Any]:
@@ -108,56 +76,19 @@ def apply_now(env: dict[str, Any]) -> retention.RetentionResult:
         chown_tree(env["repo"])  # markers/locks directories created by this (root) process
 
 
-def backup(env: dict[str, Any]) -> dict[str, Any]:
-    doc = json.loads(run(env, "--json", "backup").stdout)
-    time.sleep(1.1)  # ids have second precision; keep the three apart without relying on the collision rule
-    return doc
-
-
-def now_between(primary: Instance) -> str:
-    """A time strictly between two commits: the caller commits before and after."""
-    time.sleep(0.3)
-    before = v(primary, "SELECT clock_timestamp()")
-    time.sleep(1.0)
-    after = v(primary, "SELECT clock_timestamp()")
-    time.sleep(0.3)
-    return format_time(before + (after - before) / 2)
-
-
-def rows(port: int) -> list[int]:
-    with connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", timeout=10) as c:
-        return [r["id"] for r in c.fetchall("SELECT id FROM t ORDER BY id")]
-
-
 @pytest.fixture(scope="module")
 def env(pg_bin_dir):
-    opsdb = _opsdb_for_server()
-    factory = ClusterFactory(pg_bin_dir)
-    workdir = make_temp_dir("opsdb-retention-")
-    try:
-        generate_key_file(workdir / "key")
-        (workdir / "repo").mkdir()
-        config = workdir / "opsdb.toml"
-        base = (
-            f'[repository]\nurl = "file://{workdir}/repo"\n'
-            f'[encryption]\nkey_file = "{workdir}/key"\nrequired = true\n'
-            "[compression]\nlevel = 1\n"
-            f'[wal]\nspool_dir = "{workdir}/spool"\n'
-            f'[clusters.main]\nconninfo = "host=127.0.0.1 port=PORT user=postgres dbname=postgres"\n'
-            f'pg_bin_dir = "{pg_bin_dir}"\n'
-        )
-        config.write_text(base + '[clusters.main.retention]\nkeep_last = 2\nmin_age = "1h"\n')
-        primary = factory(archive_mode="on", archive_command=f"{opsdb} --config {config} wal-push %p", lc_messages="C")
-        config.write_text(config.read_text().replace("PORT", str(primary.port)))
+    bin_dir = f'pg_bin_dir = "{pg_bin_dir}"\n'
+    retention = '[clusters.main.retention]\nkeep_last = 2\nmin_age = "1h"\n'
+    render = lambda workdir, port: config_text(workdir, port, cluster=bin_dir, extra=retention)  # noqa: E731
+    with archiving_env(pg_bin_dir, "opsdb-retention-", render) as e:
+        primary, workdir, config = e["primary"], e["workdir"], e["config"]
         # the same cluster and repository with min_age = 1s: a CLI dry run that would delete something
-        preview = workdir / "preview.toml"
-        preview.write_text(config.read_text().replace('min_age = "1h"', 'min_age = "1s"'))
+        e["preview"] = workdir / "preview.toml"
+        e["preview"].write_text(config.read_text().replace('min_age = "1h"', 'min_age = "1s"'))
         chown_tree(workdir)
         key = load_key(key_file=workdir / "key")
-        e: dict[str, Any] = {
-            "opsdb": opsdb, "config": config, "preview": preview, "primary": primary, "factory": factory,
-            "repo": workdir / "repo", "storage": LocalStorage(str(workdir / "repo")), "keys": {key.id: key},
-        }  # fmt: skip
+        e.update(repo=workdir / "repo", storage=LocalStorage(str(workdir / "repo")), keys={key.id: key})
 
         x(primary, "CREATE TABLE t (id int primary key, note text)")
         e["b1"] = backup(e)
@@ -174,9 +105,6 @@ def env(pg_bin_dir):
         x(primary, "INSERT INTO t VALUES (4, 'after the third backup')")
         wait_archived(primary)
         yield e
-    finally:
-        factory.close()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # The module is one story: a dry run, a first retention run, a PITR whose promotion archives timeline 2,
@@ -267,10 +195,7 @@ def test_pitr_after_the_oldest_retained_backup_gives_exactly_its_rows(env, resto
 def test_second_run_keeps_history_files_and_expires_wal_on_every_timeline(env, restored):
     dest, port = restored[:2]
     history = "00000002.history"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and history not in {f.wal.name for f in archive(env)}:
-        time.sleep(0.2)
-    assert history in {f.wal.name for f in archive(env)}
+    wait_until(lambda: history in {f.wal.name for f in archive(env)}, f"{history} archived", timeout=60, interval=0.2)
     restored = Instance(dest, port, env["factory"].bin_dir, os_user(), LocalRunner())
     wait_archived(restored)  # the first segment of timeline 2 (before the third backup's start) is archived
     restored.stop()

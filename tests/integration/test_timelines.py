@@ -21,9 +21,17 @@ import pytest
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from tests.fixtures.pg import free_port
-from tests.integration.archiving_env import archiving_env, config_text, restore_started
+from tests.integration.archiving_env import (
+    archiving_env,
+    backup,
+    chown_tree,
+    config_text,
+    now_between,
+    restore_started,
+    rows,
+    run,
+)
 from tests.integration.test_pitr import v, wait_archived, x
-from tests.integration.test_retention_pitr import backup, chown_tree, now_between, rows, run
 
 pytestmark = pytest.mark.integration
 HISTORY = "clusters/main/wal/history/00000002.history"

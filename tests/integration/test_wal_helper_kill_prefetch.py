@@ -23,9 +23,8 @@ import pytest
 from opsdb.pg.instance import Instance
 from opsdb.proc import LocalRunner
 from tests.fixtures.pg import free_port, os_user
-from tests.integration.archiving_env import archiving_env
+from tests.integration.archiving_env import OPSDB_HERE, archiving_env, backup, now_between, rows
 from tests.integration.test_pitr import v, wait_archived, x
-from tests.integration.test_retention_pitr import OPSDB_HERE, backup, now_between, rows
 from tests.integration.wal_kill_env import Repository, kill_helper, repository_for
 
 pytestmark = pytest.mark.integration

@@ -24,9 +24,8 @@ from opsdb.repo import envelope, layout
 from opsdb.repo import wal as repo_wal
 from opsdb.storage.local import LocalStorage
 from opsdb.stream.crypto import generate_key_file, load_key
-from tests.integration.archiving_env import Writer, archiving_env, config_text
+from tests.integration.archiving_env import Writer, archiving_env, chown_tree, config_text
 from tests.integration.test_pitr import v, wait_archived, x
-from tests.integration.test_retention_pitr import chown_tree
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.integration

@@ -27,9 +27,8 @@ from opsdb.storage.local import LocalStorage
 from opsdb.stream.crypto import generate_key_file, load_key
 from tests.fixtures.pg import ClusterFactory, free_port, make_temp_dir, os_user
 from tests.gate import missing
-from tests.integration.archiving_env import archiving_primary
+from tests.integration.archiving_env import archiving_primary, backup, config_text, rows, run
 from tests.integration.test_pitr import _opsdb_for_server, v, wait_archived, x
-from tests.integration.test_retention_pitr import backup, rows, run
 
 pytestmark = pytest.mark.integration
 SPOOL_MB = 12  # less than one 16 MiB segment: a prefetched segment can never fit
@@ -68,15 +67,9 @@ def env(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
         generate_key_file(workdir / "key")
         (workdir / "repo").mkdir()
         config = workdir / "opsdb.toml"
-        body = (
-            f'[repository]\nurl = "file://{workdir}/repo"\n'
-            f'[encryption]\nkey_file = "{workdir}/key"\nrequired = true\n'
-            "[compression]\nlevel = 1\n"
-            f'[wal]\nasync = true\nprefetch = 4\nspool_dir = "{spool}"\n'
-            '[clusters.main]\nconninfo = "host=127.0.0.1 port=PORT user=postgres dbname=postgres"\n'
-            f'pg_bin_dir = "{pg_bin_dir}"\n'
-        )
-        primary = archiving_primary(factory, opsdb, config, lambda port: body.replace("PORT", str(port)))
+        wal, cluster = "async = true\nprefetch = 4\n", f'pg_bin_dir = "{pg_bin_dir}"\n'
+        render = lambda port: config_text(workdir, port, wal=wal, cluster=cluster)  # noqa: E731
+        primary = archiving_primary(factory, opsdb, config, render)
         key = load_key(key_file=workdir / "key")
         yield {"opsdb": opsdb, "config": config, "workdir": workdir, "spool": spool, "primary": primary,
                "factory": factory, "storage": LocalStorage(str(workdir / "repo")), "keys": {key.id: key}}  # fmt: skip
