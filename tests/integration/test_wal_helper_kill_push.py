@@ -12,6 +12,7 @@ killed store leaves at most a temp file, never listed). The prefetch side: test_
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import time
@@ -25,7 +26,7 @@ from opsdb.model.lsn import parse_wal_name, segment_name
 from opsdb.pg.instance import CLOSE_SEGMENT_SQL, Instance
 from opsdb.repo import wal as repo_wal
 from opsdb.stream.crypto import load_key
-from tests.integration.archiving_env import Writer, archiving_env
+from tests.integration.archiving_env import Writer, archiving_env, run
 from tests.integration.test_pitr import q, v, x
 from tests.integration.wal_kill_env import Repository, is_helper, kill_helper, repository_for
 from tests.polling import wait_until
@@ -143,5 +144,8 @@ def test_kill_9_of_the_helper_mid_push_loses_nothing_and_leaves_nothing_that_loo
             objects = {p.name for p in on_disk if not p.name.startswith(".")}
             assert objects == set(archived)
             assert all(p.name.startswith((".tmp-", ".meta-")) for p in on_disk if p.name.startswith("."))
+        info = json.loads(run(env, "--json", "info").stdout)  # and opsdb itself sees one range, no gap
+        assert info["wal_gaps"] == [], info
+        assert [(t["wal_first"], t["wal_last"]) for t in info["timelines"]] == [(expected[0], last)], info
         log = primary.log_path.read_text(errors="replace")
         assert "internal error" not in log
