@@ -207,8 +207,25 @@ def async_calls(tools: Tools, server: Server, segments: list[Path], kind: str, c
             _stored_ahead(tools, tool, cfg, kind, s.name) for s in segments[:count]
         ):
             time.sleep(0.05)
+        _wait_idle(tools.work / f"spool-opsdb-{cfg.stem.removeprefix('opsdb-')}")
         times[f"{tool}-async"] = [call(seg) for seg in segments[:count]]
     return times
+
+
+def _wait_idle(spool: Path, timeout: float = 60.0) -> None:
+    """Until the helper serving under `spool` used no CPU for 0.3 s: an object is visible in the store
+    before the helper's push returns (a guarded create-only write reads its object back after
+    publishing it), and a call made meanwhile measures the helper's work ahead, not the call."""
+    stats = [Path(f"/proc/{lock.read_text().strip()}/stat") for lock in spool.glob("**/helper/*.lock")]
+    deadline, last, still = time.monotonic() + timeout, -1, 0
+    while time.monotonic() < deadline and still < 3:
+        try:
+            used = sum(sum(int(v) for v in p.read_text().rsplit(")", 1)[1].split()[11:13]) for p in stats)
+        except (OSError, ValueError):
+            return  # the helper is gone: nothing runs ahead
+        still = still + 1 if used == last else 0
+        last = used
+        time.sleep(0.1)
 
 
 def _stored_ahead(tools: Tools, tool: str, cfg: Path, kind: str, name: str) -> bool:
