@@ -54,14 +54,15 @@ def main(argv: list[str] | None = None) -> None:
                 end_process(exc.code)
             raise
         return
-    if argv is None and "wal-fetch" in args and "threading" not in sys.modules:
+    if argv is None and ("wal-fetch" in args or "wal-push" in args) and "threading" not in sys.modules:
         exit_at_once(code)
     sys.exit(code)
 
 
 def exit_at_once(code: int) -> None:
-    """End a wal-fetch the helper answered without the interpreter's teardown: ~1.5 ms of CPU per
-    call here, on recovery's path (PostgreSQL runs restore_command once per segment, serially).
+    """End a wal-fetch or wal-push the helper answered without the interpreter's teardown: ~1.5 ms of
+    CPU per call here, on recovery's and archiving's path (PostgreSQL runs restore_command and
+    archive_command once per segment, serially). A push is answered only once it is stored.
     Only when no thread was ever started (no in-process work ran): nothing is left to finish but
     the output, which is flushed first (a closed stdout makes it 120, as Python's own exit does)."""
     for stream in (sys.stdout, sys.stderr):
