@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/wal_helper_probe.py cpu [--opsdb PATH] [--calls 40]
     .venv/bin/python bench/wal_helper_probe.py rss [--opsdb PATH]
+    .venv/bin/python bench/wal_helper_probe.py push [--opsdb PATH] [--calls 6]
 
 cpu: a file:// repository, `--calls` segments pushed, then `--calls` wal-fetch calls and `--calls`
      wal-push calls of stored files, all served by the running helper; CPU (user + sys, getrusage of
@@ -10,6 +11,10 @@ cpu: a file:// repository, `--calls` segments pushed, then `--calls` wal-fetch c
      bench/peers.py --build-venv makes): an editable install adds import hooks to every start.
 rss: 12 segments of 16 MiB pushed and fetched (prefetch = 4) through the helper, file:// and S3
      (moto_server on 127.0.0.1, plain HTTP), then VmRSS / VmHWM of the helper from /proc.
+push: the CPU of one wal-push of a new 16 MiB segment (pgbench WAL from bench/peers.py's burst when
+     --segments DIR holds some, else a synthetic one), file://: the call's process (getrusage) and
+     the helper (/proc/PID/stat) with the helper running, and the first call after the helper went
+     idle (stopped first, as its idle exit stops it) until it was answered; `python -I -c pass` beside.
 Runs as the current user (the helper serves only its own uid). Prints one line per figure.
 """
 
@@ -122,16 +127,81 @@ def rss(work: Path, opsdb: str) -> None:
         moto.wait(timeout=10)
 
 
+def push(work: Path, opsdb: str, calls: int, segments: Path | None) -> None:
+    import fcntl
+    import statistics
+
+    pgdata = work / "pgdata"
+    (pgdata / "pg_wal").mkdir(parents=True)
+    names = [f"0000000100000000000000{n:02X}" for n in range(1, calls + 2)]
+    real = sorted(segments.iterdir()) if segments else []
+    for i, name in enumerate(names):  # a real segment's bytes under each name: only zstd's work matters here
+        data = real[i % len(real)].read_bytes() if real else wal_segment(name, size=16 << 20)
+        (pgdata / "pg_wal" / name).write_bytes(data)
+    configs = {
+        kind: write_config(work, kind, f'url = "file://{work}/repo-{kind}"', prefetch=0) for kind in ("warm", "cold")
+    }
+    tick = 1000 / os.sysconf("SC_CLK_TCK")
+
+    def helper(kind: str) -> int:
+        return int(next((work / f"spool-{kind}").rglob("helper/*.lock")).read_text())
+
+    def helper_ms(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * tick
+
+    def stop(kind: str) -> None:
+        for lock in (work / f"spool-{kind}").rglob("helper/*.lock"):
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    continue  # no helper
+                except BlockingIOError:
+                    os.kill(int(lock.read_text()), signal.SIGTERM)
+                fcntl.flock(fd, fcntl.LOCK_EX)  # until it is gone
+            finally:
+                os.close(fd)
+
+    def call(kind: str, name: str) -> float:
+        return children_cpu_ms([[opsdb, "--config", str(configs[kind]), "wal-push", f"pg_wal/{name}"]], pgdata)
+
+    for kind in configs:  # untimed: each config validated once, its helper started
+        call(kind, names[-1])
+    rows: dict[str, list[tuple[float, float]]] = {"running": [], "first": [], "floor": []}
+    python = str(Path(opsdb).with_name("python3"))
+    for name in names[:calls]:
+        pid = helper("warm")
+        before = helper_ms(pid)
+        rows["running"].append((call("warm", name), helper_ms(pid) - before))
+        stop("cold")
+        rows["first"].append((call("cold", name), 0.0))
+        rows["first"][-1] = (rows["first"][-1][0], helper_ms(helper("cold")))
+        rows["floor"].append((children_cpu_ms([[python, "-I", "-c", "pass"]], pgdata), 0.0))
+    print(f"load average {os.getloadavg()[0]:.1f}; CPU per call, median of {calls} (call's process + helper):")
+    for what, values in rows.items():
+        mine, helper_part = statistics.median(v[0] for v in values), statistics.median(v[1] for v in values)
+        print(f"{what:<8} {mine:6.1f} + {helper_part:6.1f} ms; totals {[round(a + b) for a, b in values]}")
+    stop("warm")
+    stop("cold")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=("cpu", "rss"))
+    ap.add_argument("probe", choices=("cpu", "rss", "push"))
+    ap.add_argument("--segments", type=Path, help="push: a directory of real WAL segments to push")
     ap.add_argument("--opsdb", default=str(Path(sys.executable).with_name("opsdb")))
     ap.add_argument("--calls", type=int, default=40)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="opsdb-walprobe-"))
     try:
         generate_key_file(work / "key")
-        cpu(work, args.opsdb, args.calls) if args.probe == "cpu" else rss(work, args.opsdb)
+        if args.probe == "cpu":
+            cpu(work, args.opsdb, args.calls)
+        elif args.probe == "rss":
+            rss(work, args.opsdb)
+        else:
+            push(work, args.opsdb, args.calls, args.segments)
     finally:
         stop_helpers(str(work))
         shutil.rmtree(work, ignore_errors=True)
