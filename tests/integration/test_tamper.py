@@ -342,8 +342,10 @@ def _downgrade(repo: Path, key_path: Path) -> None:
         header = read_header(storage, k)
         data = b"".join(get_object(storage, k, keys))
         storage.delete([k])
+        # earlier releases digested WAL's plaintext (version 1), whatever this one writes
+        wal = k.startswith(layout.wal_prefix("main"))
         rewritten[k] = put_object(
-            storage, k, [data], codec, plaintext_digest=header.digest_of == "plaintext", bind=False
+            storage, k, [data], codec, plaintext_digest=wal or header.digest_of == "plaintext", bind=False
         )
     for info in list(storage.list(layout.catalog_prefix("main"))):
         doc = get_json(storage, info.key, keys)
