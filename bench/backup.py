@@ -149,10 +149,20 @@ def main() -> None:
         )
         conninfo = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
         t0 = time.monotonic()
-        subprocess.run([str(BIN / "pgbench"), "-i", "-q", "-s", str(args.scale), "-d", conninfo], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        size = int(subprocess.run([str(BIN / "psql"), "-d", conninfo, "-Atc", "select sum(pg_database_size(oid)) from pg_database"],
-                                  check=True, capture_output=True, text=True).stdout)  # fmt: skip
+        subprocess.run(
+            [str(BIN / "pgbench"), "-i", "-q", "-s", str(args.scale), "-d", conninfo],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        size = int(
+            subprocess.run(
+                [str(BIN / "psql"), "-d", conninfo, "-Atc", "select sum(pg_database_size(oid)) from pg_database"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
         print(f"pgbench -i -s {args.scale}: {size / 1e6:.0f} MB in {time.monotonic() - t0:.1f} s", file=sys.stderr)
 
         mport = free_port()
@@ -187,8 +197,13 @@ def main() -> None:
 
         samples: list[list[dict[str, Any]]] = [[], [], [], []]
         for _ in range(args.repeat):
-            samples[0].append(measure("backup limit: pg_basebackup | zstd -1 -T2 > /dev/null",
-                              ["bash", "-c", f"set -o pipefail; {basebackup} | zstd -q -1 -T2 > /dev/null"], size=size))  # fmt: skip
+            samples[0].append(
+                measure(
+                    "backup limit: pg_basebackup | zstd -1 -T2 > /dev/null",
+                    ["bash", "-c", f"set -o pipefail; {basebackup} | zstd -q -1 -T2 > /dev/null"],
+                    size=size,
+                )
+            )
             moto_before = proc_cpu(moto.pid)
             row = measure(
                 "opsdb backup (zstd, AES-256-GCM) -> moto S3",

@@ -101,8 +101,13 @@ def main() -> None:
         capture_output=True,
     )
     try:
-        subprocess.run(as_pg([str(BIN / "pgbench"), "-i", "-q", "-s", str(args.scale), "-h", str(work), "-p", str(port),
-                              "postgres"]), check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            as_pg(
+                [str(BIN / "pgbench"), "-i", "-q", "-s", str(args.scale), "-h", str(work), "-p", str(port), "postgres"]
+            ),
+            check=True,
+            capture_output=True,
+        )
         postmaster = int((data / "postmaster.pid").read_text().split()[0])
         conninfo = f"host={work} port={port} user=postgres"
         key = work / "repo.key"
@@ -127,8 +132,20 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        size = subprocess.check_output(as_pg([str(BIN / "psql"), "-h", str(work), "-p", str(port), "-Atc",
-                                              "SELECT sum(pg_database_size(oid)) FROM pg_database", "postgres"]))  # fmt: skip
+        size = subprocess.check_output(
+            as_pg(
+                [
+                    str(BIN / "psql"),
+                    "-h",
+                    str(work),
+                    "-p",
+                    str(port),
+                    "-Atc",
+                    "SELECT sum(pg_database_size(oid)) FROM pg_database",
+                    "postgres",
+                ]
+            )
+        )
         print(f"pgbench scale {args.scale}: {int(size) / 1e9:.2f} GB, {args.rounds} interleaved rounds", flush=True)
         client = {**os.environ, "OPSDB_COMPRESSION__LOCATION": "client"}
         for _ in range(args.rounds):

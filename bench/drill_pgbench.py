@@ -74,10 +74,23 @@ def main() -> None:
         mid = len(beats) // 2
         target = beats[mid].time + (beats[mid + 1].time - beats[mid].time) / 2
         restorer = RepositoryRestorer(storage, "main", KEYS, lambda: load_catalog(storage, "main", KEYS), "postgres")
-        request = DrillRequest(cluster="main", target_kind="time", to_time=target, primary_conninfo=primary.conninfo,
-                               os_user="postgres", timeout=3600)  # fmt: skip
-        report = run_drill(request, storage=storage, keys=KEYS, restorer=restorer,
-                           scratch=LocalScratch(bin_dir, "postgres", runner), bin_dir=bin_dir, runner=runner)  # fmt: skip
+        request = DrillRequest(
+            cluster="main",
+            target_kind="time",
+            to_time=target,
+            primary_conninfo=primary.conninfo,
+            os_user="postgres",
+            timeout=3600,
+        )
+        report = run_drill(
+            request,
+            storage=storage,
+            keys=KEYS,
+            restorer=restorer,
+            scratch=LocalScratch(bin_dir, "postgres", runner),
+            bin_dir=bin_dir,
+            runner=runner,
+        )
         print(f"drill {report.result}: target {target.isoformat()}, reached {report.recovered_time}")
         for name, secs in report.phases.items():
             print(f"  {name:<14} {secs:8.2f} s")

@@ -115,7 +115,22 @@ def main() -> None:
         started = True
         results["pg_version"] = sh([*psql, "-c", "SHOW server_version"]).stdout.strip()
         print(f"PostgreSQL {results['pg_version']}: pgbench -i -s {args.scale} ...", file=sys.stderr)
-        sh([str(BIN / "pgbench"), "-i", "-q", "-s", str(args.scale), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "postgres"])  # fmt: skip
+        sh(
+            [
+                str(BIN / "pgbench"),
+                "-i",
+                "-q",
+                "-s",
+                str(args.scale),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "postgres",
+            ]
+        )
         sh([*psql, "-c", "CHECKPOINT"])
         sh([OPSDB, "key", "generate", str(work / "key")])
         config = work / "opsdb.toml"
@@ -131,8 +146,13 @@ def main() -> None:
         def backup(name: str, *extra: str) -> dict[str, Any]:
             seconds, out = timed([*opsdb, "backup", *extra])
             doc = json.loads(out)
-            row = {"row": name, "id": doc["id"], "seconds": round(seconds, 2), "size_bytes": doc["size_bytes"],
-                   "stored_bytes": doc["stored_bytes"]}  # fmt: skip
+            row = {
+                "row": name,
+                "id": doc["id"],
+                "seconds": round(seconds, 2),
+                "size_bytes": doc["size_bytes"],
+                "stored_bytes": doc["stored_bytes"],
+            }
             results["rows"].append(row)
             print(f"{name}: {row}", file=sys.stderr)
             return row

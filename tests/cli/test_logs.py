@@ -17,8 +17,9 @@ from opsdb.stream.crypto import generate_key_file, load_key
 
 def opsdb(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSDB_")}
-    return subprocess.run([sys.executable, "-m", "opsdb", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "opsdb", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=60
+    )
 
 
 def config(tmp_path: Path, extra: str = "") -> Path:
@@ -64,11 +65,19 @@ def test_text_lines_quote_values_with_spaces(tmp_path):
 
 
 def test_the_schedulers_jobs_log_the_same_way(tmp_path):
-    cfg = config(tmp_path, '[schedule.listing]\ncron = "* * * * * */2"\ncommand = "backups list"\n'
-                 f'[scheduler]\nstate_dir = "{tmp_path}/state"\n')  # fmt: skip
+    cfg = config(
+        tmp_path,
+        '[schedule.listing]\ncron = "* * * * * */2"\ncommand = "backups list"\n'
+        f'[scheduler]\nstate_dir = "{tmp_path}/state"\n',
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSDB_")}
-    proc = subprocess.Popen([sys.executable, "-m", "opsdb", "--config", str(cfg), "--log-format", "json",
-                             "schedule", "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opsdb", "--config", str(cfg), "--log-format", "json", "schedule", "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     job_log = tmp_path / "logs" / "main-backups-list.log"
     try:
         deadline = time.monotonic() + 30

@@ -105,11 +105,21 @@ class Primary:
         start_lsn = re.search(r"START WAL LOCATION: (\S+)", label).group(1)  # type: ignore[union-attr]
         stop_lsn = self.sql("SELECT pg_current_wal_lsn()::text")
         record = BackupRecord(
-            id=backup_id, cluster=self.cluster, kind="physical", start_time=start_time, stop_time=stop_time,
-            size_bytes=stored.size, stored_bytes=stored.stored_size, compression="zstd", encrypted=True,
-            key_id=KEY.id, timeline=1, start_lsn=Lsn.parse(start_lsn), stop_lsn=Lsn.parse(stop_lsn),
+            id=backup_id,
+            cluster=self.cluster,
+            kind="physical",
+            start_time=start_time,
+            stop_time=stop_time,
+            size_bytes=stored.size,
+            stored_bytes=stored.stored_size,
+            compression="zstd",
+            encrypted=True,
+            key_id=KEY.id,
+            timeline=1,
+            start_lsn=Lsn.parse(start_lsn),
+            stop_lsn=Lsn.parse(stop_lsn),
             objects=(StoredFile("base.tar", stored.size, stored.stored_size, stored.sha256, role="base"),),
-        )  # fmt: skip
+        )
         for storage in self.repos:
             catalog.commit(storage, record, CODEC)  # the catalog format `opsdb backups list` reads
         return record

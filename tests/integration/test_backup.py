@@ -60,9 +60,21 @@ def test_backup_is_listed_with_the_spec_fields(env: dict[str, Any], backup: dict
     listed = opsdb_json(env["config"], "backups", "list")["backups"]
     row = next(b for b in listed if b["id"] == backup["id"])
     assert set(row) == {
-        "id", "kind", "cluster", "status", "start_time", "stop_time", "start_lsn", "stop_lsn", "timeline",
-        "size_bytes", "stored_bytes", "encrypted", "compression", "parent",
-    }  # fmt: skip
+        "id",
+        "kind",
+        "cluster",
+        "status",
+        "start_time",
+        "stop_time",
+        "start_lsn",
+        "stop_lsn",
+        "timeline",
+        "size_bytes",
+        "stored_bytes",
+        "encrypted",
+        "compression",
+        "parent",
+    }
     assert row["parent"] is None  # a full backup
     assert row["kind"] == "physical" and row["status"] == "complete" and row["encrypted"] is True
     assert row["id"].endswith("-F") and row["timeline"] == 1
@@ -142,14 +154,30 @@ def test_restore_and_start_gives_identical_data(env: dict[str, Any], backup: dic
     restored = Instance(target, port, source.tools.bin_dir, os_user(), LocalRunner())
     try:
         plan = opsdb_json(
-            env["config"], "restore", "--target-dir", str(target), "--backup", backup["id"],
-            "--tablespace-map", f"{env['space']}={space}", "--dry-run",
-        )  # fmt: skip
+            env["config"],
+            "restore",
+            "--target-dir",
+            str(target),
+            "--backup",
+            backup["id"],
+            "--tablespace-map",
+            f"{env['space']}={space}",
+            "--dry-run",
+        )
         assert plan["plan"]["bytes_to_read"] > 0 and not target.exists()
         result = opsdb_json(
-            env["config"], "restore", "--target-dir", str(target), "--backup", backup["id"],
-            "--tablespace-map", f"{env['space']}={space}", "--start", "--port", str(port),
-        )  # fmt: skip
+            env["config"],
+            "restore",
+            "--target-dir",
+            str(target),
+            "--backup",
+            backup["id"],
+            "--tablespace-map",
+            f"{env['space']}={space}",
+            "--start",
+            "--port",
+            str(port),
+        )
         assert set(result) >= {"backup_id", "target", "recovery_point", "target_dir"}
         assert result["backup_id"] == backup["id"] and result["target_dir"] == str(target)
         assert result["recovery_point"]["lsn"]

@@ -108,9 +108,15 @@ def test_expired_lock_of_another_host_is_taken_over(env: dict[str, Any]) -> None
     lock = env["repo"] / layout.lock_object("main", "backup")
     past = datetime.now(UTC) - timedelta(hours=1)
     stale = {
-        "owner": "dead", "kind": "backup", "cluster": "main", "host": "other-host", "pid": 4242,
-        "started": past.isoformat(), "heartbeat": past.isoformat(), "expires": (past + timedelta(minutes=5)).isoformat(),
-    }  # fmt: skip
+        "owner": "dead",
+        "kind": "backup",
+        "cluster": "main",
+        "host": "other-host",
+        "pid": 4242,
+        "started": past.isoformat(),
+        "heartbeat": past.isoformat(),
+        "expires": (past + timedelta(minutes=5)).isoformat(),
+    }
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.write_text(json.dumps(stale))
     result = opsdb(env["config"], "--json", "backup")

@@ -31,9 +31,14 @@ def pair(pg_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         make_tables(primary.conninfo())
         target = factory.new_dir() / "standby"
         create_replica_from_primary(
-            primary.conninfo(), target, runner=LocalRunner(), tools=PgTools(pg_bin_dir),
-            os_user=os_user() or "postgres", slot="standby_slot", application_name="standby1",
-        )  # fmt: skip
+            primary.conninfo(),
+            target,
+            runner=LocalRunner(),
+            tools=PgTools(pg_bin_dir),
+            os_user=os_user() or "postgres",
+            slot="standby_slot",
+            application_name="standby1",
+        )
         standby = Instance(target, free_port(), pg_bin_dir, os_user(), LocalRunner())
         standby.start(timeout=60)
         work = tmp_path_factory.mktemp("standby")

@@ -71,8 +71,12 @@ def _run_demo(
     extra = ["--pg-bin-dir", str(bin_dir)] if bin_dir else []
     proc = subprocess.Popen(
         _argv("--json", "demo", "--report-dir", str(report_dir), *extra),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(opsdb_executable), cwd="/tmp",
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(opsdb_executable),
+        cwd="/tmp",
+    )
     try:
         out, err = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
@@ -119,8 +123,15 @@ def test_demo_archives_through_wal_push_and_leaves_only_the_report(tmp_path: Pat
     assert doc["wal"]["mode"] == "archive_command" and doc["wal"]["executable"] == exe
     assert doc["wal"]["archive_command"].endswith(" wal-push %p") and "FALLBACK" not in err
     # the narrated tour is on stderr, with sizes and timings; the JSON alone is on stdout
-    for line in ("demo: WAL archiving: PostgreSQL archives through `opsdb wal-push`", "demo: backup ", "MiB",
-                 "demo: drill PASS: RPO", "demo: report: ", "demo: cleanup: ", "demo: total "):  # fmt: skip
+    for line in (
+        "demo: WAL archiving: PostgreSQL archives through `opsdb wal-push`",
+        "demo: backup ",
+        "MiB",
+        "demo: drill PASS: RPO",
+        "demo: report: ",
+        "demo: cleanup: ",
+        "demo: total ",
+    ):
         assert line in err, line
     _assert_nothing_left(err, proc.pid)
 
@@ -182,9 +193,13 @@ def test_interrupted_demo_cleans_up(tmp_path: Path, signum: int, when: str) -> N
     with _holding_opsdb(_opsdb_for_server()) as (exe, flags):
         proc = subprocess.Popen(
             _argv("demo", "--report-dir", str(tmp_path / "reports")),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(exe),
-            cwd="/tmp", start_new_session=True,
-        )  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(exe),
+            cwd="/tmp",
+            start_new_session=True,
+        )
         assert proc.stderr is not None
         seen = ""
         try:

@@ -54,8 +54,16 @@ def env(
             _sleep(1.0)
             primary.switch_and_push()
             _sleep(1.2)
-        yield {"primary": primary, "backup": backup, "beats": beats, "s3": s3, "local": local, "repo_dir": repo_dir,
-               "bin_dir": pg_bin_dir, "tmp": tmp_path_factory}  # fmt: skip
+        yield {
+            "primary": primary,
+            "backup": backup,
+            "beats": beats,
+            "s3": s3,
+            "local": local,
+            "repo_dir": repo_dir,
+            "bin_dir": pg_bin_dir,
+            "tmp": tmp_path_factory,
+        }
     finally:
         factory.close()
 
@@ -73,9 +81,15 @@ def drill(
     user = "postgres" if os.geteuid() == 0 else None
     restorer = RepositoryRestorer(storage, "main", KEYS, lambda: [env["backup"]], os_user=user)
     request = DrillRequest(
-        cluster="main", target_kind=kind, to_time=to_time, keep=keep, primary_conninfo=env["primary"].conninfo,
-        os_user=user, timeout=120, **extra,
-    )  # fmt: skip
+        cluster="main",
+        target_kind=kind,
+        to_time=to_time,
+        keep=keep,
+        primary_conninfo=env["primary"].conninfo,
+        os_user=user,
+        timeout=120,
+        **extra,
+    )
     scratch = LocalScratch(env["bin_dir"], user, runner)
     return run_drill(
         request, storage=storage, keys=KEYS, restorer=restorer, scratch=scratch, bin_dir=env["bin_dir"], runner=runner
@@ -97,8 +111,15 @@ def test_drill_between_two_heartbeats_passes_with_rpo_from_them(env: Any) -> Non
     assert report.rpo_seconds == pytest.approx((target - h2.time).total_seconds(), abs=0.001)
     assert 0 < report.rpo_seconds < (h3.time - h2.time).total_seconds()
     names = [c.name for c in report.checks]
-    for name in ("WAL coverage", "pg_verifybackup", "target reached and promoted", "recovery point", "pg_amcheck",
-                 "row counts", "assertion: orders present"):  # fmt: skip
+    for name in (
+        "WAL coverage",
+        "pg_verifybackup",
+        "target reached and promoted",
+        "recovery point",
+        "pg_amcheck",
+        "row counts",
+        "assertion: orders present",
+    ):
         assert name in names
     assert report.rto_seconds == pytest.approx(sum(report.phases.values()), abs=0.01)
     assert set(report.phases) == {"plan", "fetch_extract", "wal_replay", "checks"} and report.bytes_read > 0

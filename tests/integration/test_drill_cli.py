@@ -62,8 +62,17 @@ def test_drill_passes_and_reports_are_kept_and_listed(cli_env: Any) -> None:
     out = opsdb(cli_env, "--json", "drill", "--to-time", target, "--report-dir", str(cli_env["base"] / "reports"))
     doc = json.loads(out.stdout)
     assert out.returncode == 0, [c for c in doc["checks"] if c["status"] == "fail"]
-    assert list(doc) == ["id", "result", "target_time", "recovered_time", "rpo_seconds", "rto_seconds", "phases",
-                         "checks", "report_files"]  # fmt: skip
+    assert list(doc) == [
+        "id",
+        "result",
+        "target_time",
+        "recovered_time",
+        "rpo_seconds",
+        "rto_seconds",
+        "phases",
+        "checks",
+        "report_files",
+    ]
     assert doc["result"] == "pass" and doc["recovered_time"].startswith(h1.time.strftime("%Y-%m-%dT%H:%M:%S"))
     assert "assertion: heartbeats" in {c["name"] for c in doc["checks"]}
     stages = [line.split(" phase ", 1)[1].split(" ", 1)[0] for line in out.stderr.splitlines() if ": phase " in line]

@@ -34,9 +34,21 @@ def docker_available() -> bool:
 def test_docker_drill_between_two_heartbeats(env: Any) -> None:  # noqa: F811
     h1, h2, h3 = env["beats"]
     restorer = RepositoryRestorer(env["local"], "main", KEYS, lambda: [env["backup"]])
-    request = DrillRequest(cluster="main", target_kind="time", to_time=h2.time + timedelta(milliseconds=500),
-                           primary_conninfo=env["primary"].conninfo, timeout=300)  # fmt: skip
-    report = run_drill(request, storage=env["local"], keys=KEYS, restorer=restorer, scratch=DockerScratch("postgres:15"),
-                       bin_dir=env["bin_dir"], runner=LocalRunner())  # fmt: skip
+    request = DrillRequest(
+        cluster="main",
+        target_kind="time",
+        to_time=h2.time + timedelta(milliseconds=500),
+        primary_conninfo=env["primary"].conninfo,
+        timeout=300,
+    )
+    report = run_drill(
+        request,
+        storage=env["local"],
+        keys=KEYS,
+        restorer=restorer,
+        scratch=DockerScratch("postgres:15"),
+        bin_dir=env["bin_dir"],
+        runner=LocalRunner(),
+    )
     assert report.passed, report.failed_checks
     assert report.recovered_time == h2.time and report.environment["provider"] == "docker"

@@ -167,9 +167,18 @@ def test_restore_of_the_newest_incremental_matches_the_source(env: Any) -> None:
     dest = env["factory"].new_dir() / "data"
     port = free_port()
     proc = run(
-        env, "--json", "restore", "--target-dir", str(dest), "--backup", env["inc2"]["id"], "--start", "--port",
-        str(port), as_root=True,
-    )  # fmt: skip
+        env,
+        "--json",
+        "restore",
+        "--target-dir",
+        str(dest),
+        "--backup",
+        env["inc2"]["id"],
+        "--start",
+        "--port",
+        str(port),
+        as_root=True,
+    )
     assert json.loads(proc.stdout)["backup_id"] == env["inc2"]["id"]
     conninfo = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
     try:
@@ -177,9 +186,22 @@ def test_restore_of_the_newest_incremental_matches_the_source(env: Any) -> None:
         assert not list(dest.parent.glob("opsdb-combine-*")), "staging left behind"
     finally:
         subprocess.run(
-            ["runuser", "-u", os_user() or "postgres", "--", str(env["bin_dir"] / "pg_ctl"), "stop", "-D", str(dest),
-             "-m", "fast", "-w"], capture_output=True, timeout=60,
-        )  # fmt: skip
+            [
+                "runuser",
+                "-u",
+                os_user() or "postgres",
+                "--",
+                str(env["bin_dir"] / "pg_ctl"),
+                "stop",
+                "-D",
+                str(dest),
+                "-m",
+                "fast",
+                "-w",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
 
 
 @since_17
@@ -187,9 +209,18 @@ def test_pitr_into_the_middle_of_the_chain_matches_the_source(env: Any) -> None:
     dest = env["factory"].new_dir() / "data"
     port = free_port()
     proc = run(
-        env, "--json", "restore", "--target-dir", str(dest), "--to-time", env["middle"], "--start", "--port",
-        str(port), as_root=True,
-    )  # fmt: skip
+        env,
+        "--json",
+        "restore",
+        "--target-dir",
+        str(dest),
+        "--to-time",
+        env["middle"],
+        "--start",
+        "--port",
+        str(port),
+        as_root=True,
+    )
     doc = json.loads(proc.stdout)
     assert doc["backup_id"] == env["inc1"]["id"]  # the newest backup before the target: mid-chain
     conninfo = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
@@ -197,9 +228,22 @@ def test_pitr_into_the_middle_of_the_chain_matches_the_source(env: Any) -> None:
         assert rows(conninfo) == env["rows_middle"]
     finally:
         subprocess.run(
-            ["runuser", "-u", os_user() or "postgres", "--", str(env["bin_dir"] / "pg_ctl"), "stop", "-D", str(dest),
-             "-m", "fast", "-w"], capture_output=True, timeout=60,
-        )  # fmt: skip
+            [
+                "runuser",
+                "-u",
+                os_user() or "postgres",
+                "--",
+                str(env["bin_dir"] / "pg_ctl"),
+                "stop",
+                "-D",
+                str(dest),
+                "-m",
+                "fast",
+                "-w",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
 
 
 @since_17

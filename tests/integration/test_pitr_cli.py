@@ -78,9 +78,18 @@ def test_restore_to_time_with_start_reports_the_point(env):
     dest = target_dir(env)
     port = free_port()
     proc = run(
-        env, "--json", "restore", "--target-dir", str(dest), "--to-time", env["halfway"], "--start", "--port", str(port),
+        env,
+        "--json",
+        "restore",
+        "--target-dir",
+        str(dest),
+        "--to-time",
+        env["halfway"],
+        "--start",
+        "--port",
+        str(port),
         as_root=True,
-    )  # fmt: skip
+    )
     doc = json.loads(proc.stdout)
     assert doc["backup_id"] == env["backup"]["id"] and doc["target_dir"] == str(dest)
     point = doc["recovery_point"]
@@ -100,10 +109,21 @@ def test_restore_standby_streams(env):
     port = free_port()
     primary = env["primary"]
     proc = run(
-        env, "--json", "restore", "--target-dir", str(dest), "--standby", "--start", "--port", str(port),
-        "--primary-conninfo", f"host=127.0.0.1 port={primary.port} user=postgres", "--timeline", "current",
+        env,
+        "--json",
+        "restore",
+        "--target-dir",
+        str(dest),
+        "--standby",
+        "--start",
+        "--port",
+        str(port),
+        "--primary-conninfo",
+        f"host=127.0.0.1 port={primary.port} user=postgres",
+        "--timeline",
+        "current",
         as_root=True,
-    )  # fmt: skip
+    )
     assert json.loads(proc.stdout)["recovery_point"]["state"] == "streaming"
     from opsdb.pg.instance import Instance
     from opsdb.proc import LocalRunner

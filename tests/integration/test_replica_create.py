@@ -148,9 +148,21 @@ def test_standby_from_latest_backup_catches_up_from_the_archive_then_streams(env
     assert env["archived_segment"] not in pg_wal, "the primary still has the segment: the test would prove nothing"
     dest = new_target(env)
     doc = json.loads(
-        create(env, "--json", "replicas", "create", "--target-dir", str(dest), "--from-backup", "latest",
-               "--slot", "standby1", "--name", "standby1").stdout
-    )  # fmt: skip
+        create(
+            env,
+            "--json",
+            "replicas",
+            "create",
+            "--target-dir",
+            str(dest),
+            "--from-backup",
+            "latest",
+            "--slot",
+            "standby1",
+            "--name",
+            "standby1",
+        ).stdout
+    )
     assert doc["source"] == f"backup:{env['backup']['id']}" and doc["backup_id"] == env["backup"]["id"]
     assert doc["slot"] == "standby1" and doc["slot_created"] is True and doc["primary_conninfo_written"] is True
     assert doc["target_dir"] == str(dest) and doc["bytes_read"] > 0
@@ -190,8 +202,18 @@ def test_standby_from_latest_backup_catches_up_from_the_archive_then_streams(env
 
     # the same slot while that standby uses it: refused before anything is written
     other = new_target(env)
-    proc = create(env, "replica", "create", "--target-dir", str(other), "--from-backup", "latest",
-                  "--slot", "standby1", check=False)  # fmt: skip
+    proc = create(
+        env,
+        "replica",
+        "create",
+        "--target-dir",
+        str(other),
+        "--from-backup",
+        "latest",
+        "--slot",
+        "standby1",
+        check=False,
+    )
     assert proc.returncode == 2 and "in use" in proc.stderr
     assert not other.exists() and not Path(str(other) + ".pgpass").exists()
 
@@ -218,8 +240,18 @@ def test_non_empty_directory_is_refused(env):
     dest = new_target(env)
     dest.mkdir()
     (dest / "keep.txt").write_text("mine")
-    proc = create(env, "replica", "create", "--target-dir", str(dest), "--from-backup", "latest",
-                  "--slot", "never_made", check=False)  # fmt: skip
+    proc = create(
+        env,
+        "replica",
+        "create",
+        "--target-dir",
+        str(dest),
+        "--from-backup",
+        "latest",
+        "--slot",
+        "never_made",
+        check=False,
+    )
     assert proc.returncode == 2 and "not empty" in proc.stderr
     assert [p.name for p in dest.iterdir()] == ["keep.txt"] and (dest / "keep.txt").read_text() == "mine"
     assert not Path(str(dest) + ".pgpass").exists() and slot_row(env, "never_made") is None

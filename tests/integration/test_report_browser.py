@@ -21,8 +21,15 @@ from tests.unit.test_report import T0, sample_report
 
 pytestmark = pytest.mark.integration
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 # appended to a copy of the report (the report itself has no scripts): writes every text box it finds
 MEASURE = """<script>
@@ -59,10 +66,25 @@ def failed_report() -> DrillReport:
     wal = [
         Interval(T0, T0 + timedelta(minutes=20), "wal", "000000010000000000000001..000000010000000000000004"),
         Interval(T0 + timedelta(minutes=20), T0 + timedelta(minutes=22), "gap", "missing 000000010000000000000005"),
-        Interval(T0 + timedelta(minutes=22), T0 + timedelta(minutes=48), "wal", "000000010000000000000006..00000001000000000000000C"),
-        Interval(T0 + timedelta(minutes=35), T0 + timedelta(minutes=47), "wal", "000000020000000000000009..00000002000000000000000B"),
-    ]  # fmt: skip
-    backups = [*base.picture.backups, BackupRef("20261121T094000Z", T0 + timedelta(minutes=40), T0 + timedelta(minutes=40, seconds=20), None, None, 2)]  # fmt: skip
+        Interval(
+            T0 + timedelta(minutes=22),
+            T0 + timedelta(minutes=48),
+            "wal",
+            "000000010000000000000006..00000001000000000000000C",
+        ),
+        Interval(
+            T0 + timedelta(minutes=35),
+            T0 + timedelta(minutes=47),
+            "wal",
+            "000000020000000000000009..00000002000000000000000B",
+        ),
+    ]
+    backups = [
+        *base.picture.backups,
+        BackupRef(
+            "20261121T094000Z", T0 + timedelta(minutes=40), T0 + timedelta(minutes=40, seconds=20), None, None, 2
+        ),
+    ]
     return dataclasses.replace(
         base,
         target_time=T0 + timedelta(minutes=47, seconds=15),

@@ -114,9 +114,16 @@ def test_tampered_object_fails_and_removes_what_it_wrote(env: dict[str, Any], tm
             fh.write(bytes([byte[0] ^ 0xFF]))
         target = tmp_path / "t"
         proc = opsdb(
-            env["config"], "restore", "--target-dir", str(target), "--backup", env["first"]["id"],
-            "--tablespace-map", f"extra={tmp_path / 'ts'}", check=False,
-        )  # fmt: skip
+            env["config"],
+            "restore",
+            "--target-dir",
+            str(target),
+            "--backup",
+            env["first"]["id"],
+            "--tablespace-map",
+            f"extra={tmp_path / 'ts'}",
+            check=False,
+        )
         assert proc.returncode == 1 and "base.tar" in proc.stderr
         assert not target.exists() and not (tmp_path / "ts").exists()
     finally:
@@ -130,9 +137,16 @@ def test_default_is_the_latest_backup_and_it_starts(env: dict[str, Any]) -> None
     restored = Instance(target, port, env["instance"].tools.bin_dir, os_user(), LocalRunner())
     try:
         result = opsdb_json(
-            env["config"], "restore", "--target-dir", str(target), "--tablespace-map", f"extra={base / 'ts'}",
-            "--start", "--port", str(port),
-        )  # fmt: skip
+            env["config"],
+            "restore",
+            "--target-dir",
+            str(target),
+            "--tablespace-map",
+            f"extra={base / 'ts'}",
+            "--start",
+            "--port",
+            str(port),
+        )
         assert result["backup_id"] == env["second"]["id"] and result["target"] == "immediate"
         assert table_checksums(restored.conninfo(), ["orders", "customers", "archived"]) == table_checksums(
             env["instance"].conninfo(), ["orders", "customers", "archived"]
@@ -156,8 +170,15 @@ def test_restore_syncs_every_restored_file_unless_no_sync(env: dict[str, Any], t
             env["config"], "restore", "--target-dir", str(target), "--tablespace-map", f"extra={space}", *options
         )
         again = tmp_path / name / "text"  # the same restore, for the human line
-        human = opsdb(env["config"], "restore", "--target-dir", str(again / "data"),
-                      "--tablespace-map", f"extra={again / 'ts'}", *options).stdout  # fmt: skip
+        human = opsdb(
+            env["config"],
+            "restore",
+            "--target-dir",
+            str(again / "data"),
+            "--tablespace-map",
+            f"extra={again / 'ts'}",
+            *options,
+        ).stdout
         if name == "none":
             assert result["synced"] is False and result["sync"] is None and "not synced (--no-sync)" in human
             continue

@@ -153,8 +153,20 @@ def test_accept_gap_restores_up_to_the_gap_and_says_so(env):
     human = run(e, "restore", "--target-dir", str(dest), "--accept-gap", "--dry-run", as_root=True).stdout
     assert f"WAL gap: {missing} is missing" in human and "the restore reaches" in human
     port = free_port()
-    proc = run(e, "--json", "restore", "--target-dir", str(dest), "--accept-gap", "--start", "--port", str(port),
-               "--wait-timeout", "120", as_root=True)  # fmt: skip
+    proc = run(
+        e,
+        "--json",
+        "restore",
+        "--target-dir",
+        str(dest),
+        "--accept-gap",
+        "--start",
+        "--port",
+        str(port),
+        "--wait-timeout",
+        "120",
+        as_root=True,
+    )
     try:
         result = json.loads(proc.stdout)
         assert result["gap"]["first_missing"] == missing and result["recovery_point"]["state"] == "promoted"
@@ -184,10 +196,16 @@ def test_start_fails_within_seconds_quoting_the_fatal_line(env):
     dest = target_dir(env)
     inside = RecoveryTarget.from_options(to_time=format_time(env["before_last_commit"]))
     request = RestoreRequest(
-        cluster="main", target_dir=dest, start=True, port=free_port(), os_user=os_user(), bin_dir=env["bin_dir"],
-        recovery=inside, restore_command=f"{env['opsdb']} --config {env['config']} wal-fetch \"%f\" \"%p\"",
+        cluster="main",
+        target_dir=dest,
+        start=True,
+        port=free_port(),
+        os_user=os_user(),
+        bin_dir=env["bin_dir"],
+        recovery=inside,
+        restore_command=f'{env["opsdb"]} --config {env["config"]} wal-fetch "%f" "%p"',
         start_timeout=600,
-    )  # fmt: skip
+    )
     reader = end_reader(repo.storage, "main", repo.keys, env["bin_dir"], LocalRunner())
     plan = plan_restore(request, storage=repo.storage, keys=repo.keys, read_end=reader)
     after = RecoveryTarget.from_options(to_time=env["after_last_commit"])
@@ -279,8 +297,19 @@ def test_scram_with_the_password_only_in_the_conninfo_completes(env):
     dest = target_dir(e)
     port = free_port()
     started = time.monotonic()
-    proc = run(e, "--json", "restore", "--target-dir", str(dest), "--start", "--port", str(port),
-               "--wait-timeout", "120", as_root=True)  # fmt: skip
+    proc = run(
+        e,
+        "--json",
+        "restore",
+        "--target-dir",
+        str(dest),
+        "--start",
+        "--port",
+        str(port),
+        "--wait-timeout",
+        "120",
+        as_root=True,
+    )
     try:
         assert time.monotonic() - started < 60
         assert json.loads(proc.stdout)["recovery_point"]["state"] == "promoted"
@@ -294,8 +323,19 @@ def test_scram_with_the_password_only_in_the_conninfo_completes(env):
     _chown_all(blind["config"])
     dest = target_dir(e)
     started = time.monotonic()
-    proc = run(blind, "--json", "restore", "--target-dir", str(dest), "--start", "--port", str(free_port()),
-               "--wait-timeout", "120", as_root=True)  # fmt: skip
+    proc = run(
+        blind,
+        "--json",
+        "restore",
+        "--target-dir",
+        str(dest),
+        "--start",
+        "--port",
+        str(free_port()),
+        "--wait-timeout",
+        "120",
+        as_root=True,
+    )
     try:
         assert time.monotonic() - started < 60
         assert json.loads(proc.stdout)["recovery_point"]["state"] == "promoted"

@@ -143,9 +143,20 @@ def restored(env, first_run):
     port = free_port()
     factory._made.append((Instance(dest, port, factory.bin_dir, os_user(), LocalRunner()), dest.parent))
     proc = run(
-        env, "--json", "restore", "--target-dir", str(dest), "--to-time", env["t2"], "--start", "--port", str(port),
-        "--archive-mode", "keep", as_root=True,  # it archives timeline 2, which the second run expires
-    )  # fmt: skip
+        env,
+        "--json",
+        "restore",
+        "--target-dir",
+        str(dest),
+        "--to-time",
+        env["t2"],
+        "--start",
+        "--port",
+        str(port),
+        "--archive-mode",
+        "keep",
+        as_root=True,  # it archives timeline 2, which the second run expires
+    )
     unused = str(factory.new_dir() / "data")
     gone = run(env, "restore", "--target-dir", unused, "--to-time", env["t1"], "--dry-run", check=False)
     return dest, port, json.loads(proc.stdout), gone

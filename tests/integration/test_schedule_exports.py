@@ -44,16 +44,28 @@ def test_crontab_lines_run_in_a_real_cron_daemon_with_the_environment_file(tmp_p
     for sub in ("spool", "cron.d", "run", "lock"):
         (tmp_path / sub).mkdir()
     (tmp_path / "crontab").touch()
-    result = opsdb("schedule", "crontab", "--config", str(config), "--env-file", str(env_file),
-                   "--lock-dir", str(tmp_path / "lock"))  # fmt: skip
+    result = opsdb(
+        "schedule",
+        "crontab",
+        "--config",
+        str(config),
+        "--env-file",
+        str(env_file),
+        "--lock-dir",
+        str(tmp_path / "lock"),
+    )
     assert result.returncode == 0, result.stderr
     line = next(ln for ln in result.stdout.splitlines() if ln.startswith("* * * * *"))
     assert f" {OPSDB} " in line or f" {os.path.realpath(OPSDB)} " in line  # absolute: cron's PATH lacks it
     crontab = tmp_path / "spool" / "root"
     crontab.write_text(result.stdout)
     crontab.chmod(0o600)
-    binds = [(tmp_path / "spool", "/var/spool/cron/crontabs"), (tmp_path / "cron.d", "/etc/cron.d"),
-             (tmp_path / "crontab", "/etc/crontab"), (tmp_path / "run", "/run")]  # fmt: skip
+    binds = [
+        (tmp_path / "spool", "/var/spool/cron/crontabs"),
+        (tmp_path / "cron.d", "/etc/cron.d"),
+        (tmp_path / "crontab", "/etc/crontab"),
+        (tmp_path / "run", "/run"),
+    ]
     script = " && ".join(f"mount --bind {src} {dst}" for src, dst in binds) + f" && exec {cron} -f -L 15"
     daemon = subprocess.Popen(
         ["unshare", "--mount", "--fork", "sh", "-c", script],
@@ -106,8 +118,18 @@ def test_systemd_units_verify_and_their_timers_fire_when_cron_would(tmp_path):
     units = tmp_path / "units"
     env_file = tmp_path / "opsdb.env"
     env_file.write_text("AWS_ACCESS_KEY_ID=x\n")
-    result = opsdb("schedule", "systemd", "--config", str(config), "--env-file", str(env_file),
-                   "--user", "postgres", "--output-dir", str(units))  # fmt: skip
+    result = opsdb(
+        "schedule",
+        "systemd",
+        "--config",
+        str(config),
+        "--env-file",
+        str(env_file),
+        "--user",
+        "postgres",
+        "--output-dir",
+        str(units),
+    )
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in units.iterdir())
     assert names == [f"opsdb-{j}.{k}" for j in ("monthly", "nightly", "workdays") for k in ("service", "timer")]
@@ -125,8 +147,13 @@ def test_systemd_units_verify_and_their_timers_fire_when_cron_would(tmp_path):
     ):
         timer = (units / f"opsdb-{name}.timer").read_text()
         calendar = re.search(r"^OnCalendar=(.+)$", timer, re.M).group(1)  # type: ignore[union-attr]
-        shown = subprocess.run([analyze, "calendar", "--iterations", "5", calendar], capture_output=True,
-                               text=True, timeout=60, env={**os.environ, "TZ": "UTC"})  # fmt: skip
+        shown = subprocess.run(
+            [analyze, "calendar", "--iterations", "5", calendar],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "TZ": "UTC"},
+        )
         assert shown.returncode == 0, shown.stderr
         elapses = re.findall(r"(?:Next elapse|Iter\. #\d+): \w+ (\S+ \S+) UTC", shown.stdout)
         job = make_job(name, {"cron": cron, "command": "heartbeat", "timezone": tz})

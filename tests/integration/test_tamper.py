@@ -369,8 +369,19 @@ def test_a_repository_written_before_the_binding_still_restores_and_is_checked_b
     assert any("before objects were bound" in n for n in json.loads(verify.stdout)["notes"])
     dest = world["factory"].new_dir() / "data"
     port = free_port()
-    done = opsdb(world, config, "--json", "--cluster", "main", "restore", "--target-dir", str(dest), "--start",
-                 "--port", str(port))  # fmt: skip
+    done = opsdb(
+        world,
+        config,
+        "--json",
+        "--cluster",
+        "main",
+        "restore",
+        "--target-dir",
+        str(dest),
+        "--start",
+        "--port",
+        str(port),
+    )
     assert done.returncode == 0, done.stderr
     instance = Instance(dest, port, world["bin_dir"], os_user(), LocalRunner())
     world["factory"]._made.append((instance, dest.parent))

@@ -125,8 +125,9 @@ def test_after_a_copy_archived_its_branch_everything_still_follows_the_primary(e
     assert immediate["backup_id"] == b2["id"]
 
     # a point only timeline 1 reaches, asked on the branch: the refusal names timeline 1 and its flag
-    refused = run(env, "restore", "--target-dir", unused, "--dry-run", "--timeline", "latest", "--to-time", env["t3"],
-                  check=False)  # fmt: skip
+    refused = run(
+        env, "restore", "--target-dir", unused, "--dry-run", "--timeline", "latest", "--to-time", env["t3"], check=False
+    )
     assert refused.returncode == 2 and "reachable on timeline 1 (--timeline 1)" in refused.stderr
     on_one = run(env, "--json", "restore", "--target-dir", unused, "--dry-run", "--to-time", env["t3"])
     assert json.loads(on_one.stdout)["plan"]["recovery"]["target"]["timeline"] == 1

@@ -36,8 +36,12 @@ SPOOL_MB = 12  # less than one 16 MiB segment: a prefetched segment can never fi
 
 def _mount_tmpfs(path: Path, megabytes: int) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m,mode=0700", "tmpfs", str(path)],
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m,mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if done.returncode != 0:
         missing(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {done.stderr.strip()}")
     user = os_user()
@@ -71,8 +75,16 @@ def env(pg_bin_dir: Path) -> Iterator[dict[str, Any]]:
         render = lambda port: config_text(workdir, port, wal=wal, cluster=cluster)  # noqa: E731
         primary = archiving_primary(factory, opsdb, config, render)
         key = load_key(key_file=workdir / "key")
-        yield {"opsdb": opsdb, "config": config, "workdir": workdir, "spool": spool, "primary": primary,
-               "factory": factory, "storage": LocalStorage(str(workdir / "repo")), "keys": {key.id: key}}  # fmt: skip
+        yield {
+            "opsdb": opsdb,
+            "config": config,
+            "workdir": workdir,
+            "spool": spool,
+            "primary": primary,
+            "factory": factory,
+            "storage": LocalStorage(str(workdir / "repo")),
+            "keys": {key.id: key},
+        }
     finally:
         factory.close()  # stops the servers (and with them the helpers' work) before the unmount
         stop_helpers(str(spool))  # the WAL helpers our servers started

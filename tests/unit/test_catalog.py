@@ -71,9 +71,21 @@ def test_ids_sort_by_time_and_carry_the_kind() -> None:
 def test_to_json_has_exactly_the_spec_fields() -> None:
     row = record().to_json()
     assert list(row) == [
-        "id", "kind", "cluster", "status", "start_time", "stop_time", "start_lsn", "stop_lsn",
-        "timeline", "size_bytes", "stored_bytes", "encrypted", "compression", "parent",
-    ]  # fmt: skip
+        "id",
+        "kind",
+        "cluster",
+        "status",
+        "start_time",
+        "stop_time",
+        "start_lsn",
+        "stop_lsn",
+        "timeline",
+        "size_bytes",
+        "stored_bytes",
+        "encrypted",
+        "compression",
+        "parent",
+    ]
     assert row["start_time"] == "2026-11-21T10:15:00.000Z"
     assert row["start_lsn"] == "0/4000028"
     assert row["status"] == "complete"

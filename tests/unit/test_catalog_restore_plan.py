@@ -23,13 +23,24 @@ CODEC = Codec("none", 0)
 
 def physical(backup_id: str = "20261121T101500Z-F", **kw: object) -> BackupRecord:
     base = dict(
-        id=backup_id, cluster="main", kind="physical", start_time=T0, stop_time=T0 + timedelta(seconds=10),
-        size_bytes=3000, stored_bytes=300, compression="zstd", encrypted=False, timeline=1,
-        start_lsn=Lsn.parse("0/4000028"), stop_lsn=Lsn.parse("0/4000100"),
-        objects=(StoredFile("base.tar", 2000, 200, "a" * 64, "base"),
-                 StoredFile("pg_tblspc-16385.tar", 1000, 100, "b" * 64, "tablespace")),
+        id=backup_id,
+        cluster="main",
+        kind="physical",
+        start_time=T0,
+        stop_time=T0 + timedelta(seconds=10),
+        size_bytes=3000,
+        stored_bytes=300,
+        compression="zstd",
+        encrypted=False,
+        timeline=1,
+        start_lsn=Lsn.parse("0/4000028"),
+        stop_lsn=Lsn.parse("0/4000100"),
+        objects=(
+            StoredFile("base.tar", 2000, 200, "a" * 64, "base"),
+            StoredFile("pg_tblspc-16385.tar", 1000, 100, "b" * 64, "tablespace"),
+        ),
         tablespaces=(Tablespace(16385, "extra", "/srv/extra"),),
-    )  # fmt: skip
+    )
     base.update(kw)
     return BackupRecord(**base)  # type: ignore[arg-type]
 

@@ -35,11 +35,22 @@ def record(day: int, parent: str | None = None, **kw: object) -> BackupRecord:
     start = T0 + timedelta(days=day)
     kind = "incremental" if parent else "physical"
     base = dict(
-        id=new_backup_id(start, kind), cluster="main", kind=kind, start_time=start,
-        stop_time=start + timedelta(seconds=30), size_bytes=1000 if parent else 9000, stored_bytes=100,
-        compression="none", encrypted=False, timeline=1, system_identifier=SYSID, pg_version_num=180001,
-        start_lsn=Lsn.parse(f"0/{day + 2:X}000028"), stop_lsn=Lsn.parse(f"0/{day + 2:X}000100"), parent=parent,
-    )  # fmt: skip
+        id=new_backup_id(start, kind),
+        cluster="main",
+        kind=kind,
+        start_time=start,
+        stop_time=start + timedelta(seconds=30),
+        size_bytes=1000 if parent else 9000,
+        stored_bytes=100,
+        compression="none",
+        encrypted=False,
+        timeline=1,
+        system_identifier=SYSID,
+        pg_version_num=180001,
+        start_lsn=Lsn.parse(f"0/{day + 2:X}000028"),
+        stop_lsn=Lsn.parse(f"0/{day + 2:X}000100"),
+        parent=parent,
+    )
     base.update(kw)
     return BackupRecord(**base)  # type: ignore[arg-type]
 

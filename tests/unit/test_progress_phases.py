@@ -136,9 +136,15 @@ def test_waiting_for_the_target_reports_the_replay_position_by_sql_then_by_the_l
             log["text"] += "LOG:  database system is ready to accept connections\n"
 
     point = pitr_wait.wait_for_target(
-        action="promote", standby=False, query=query, is_running=lambda: True, read_log=lambda: log["text"],
-        timeout=60, sleep=sleep, on_progress=positions.append,
-    )  # fmt: skip
+        action="promote",
+        standby=False,
+        query=query,
+        is_running=lambda: True,
+        read_log=lambda: log["text"],
+        timeout=60,
+        sleep=sleep,
+        on_progress=positions.append,
+    )
     assert point.state == "promoted"
     assert positions[:3] == [Lsn.parse("0/3000000"), Lsn.parse("0/4000000"), Lsn.parse("0/5000000")]
     assert Lsn.parse("0/7000000") in positions  # the start of the segment the log says was restored
@@ -176,8 +182,13 @@ def test_the_restore_summary_rates_the_writing_as_the_bar_did() -> None:
     (whose rate stops when the replay bar appears), not 2.5 MiB/s."""
     from opsdb.render.catalog import restore_result_text
 
-    doc = {"backup_id": "B", "target_dir": "/t", "recovery_point": {"lsn": "0/3000000", "time": None},
-           "sync": None, "replay_seconds": 30.0}  # fmt: skip
+    doc = {
+        "backup_id": "B",
+        "target_dir": "/t",
+        "recovery_point": {"lsn": "0/3000000", "time": None},
+        "sync": None,
+        "replay_seconds": 30.0,
+    }
     text = restore_result_text(doc, 40.0, 100 * 2**20)
     assert "100.0 MiB in 40.0 s (replay 30.0 s), 10.0 MiB/s" in text
     plain = restore_result_text({**doc, "recovery_point": None, "replay_seconds": 0.0}, 10.0, 100 * 2**20)

@@ -97,11 +97,22 @@ def test_cli_overrides_lower_critical_and_warning():
 
 def _sender(**kw):
     base = dict(
-        application_name="replica1", client_addr="127.0.0.1", state="streaming", sync_state="async",
-        sent_lsn="0/1", write_lsn="0/1", flush_lsn="0/1", replay_lsn="0/1", sent_lag_bytes=0,
-        write_lag_bytes=0, flush_lag_bytes=0, replay_lag_bytes=0, write_lag_seconds=None,
-        flush_lag_seconds=None, replay_lag_seconds=None,
-    )  # fmt: skip
+        application_name="replica1",
+        client_addr="127.0.0.1",
+        state="streaming",
+        sync_state="async",
+        sent_lsn="0/1",
+        write_lsn="0/1",
+        flush_lsn="0/1",
+        replay_lsn="0/1",
+        sent_lag_bytes=0,
+        write_lag_bytes=0,
+        flush_lag_bytes=0,
+        replay_lag_bytes=0,
+        write_lag_seconds=None,
+        flush_lag_seconds=None,
+        replay_lag_seconds=None,
+    )
     base.update(kw)
     return WalSender(**base)
 

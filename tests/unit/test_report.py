@@ -79,8 +79,15 @@ def sample_report(*, passed: bool = True, picture: bool = True) -> DrillReport:
 def test_summary_is_exactly_the_spec_shape() -> None:
     summary = sample_report().summary()
     assert list(summary) == [
-        "id", "result", "target_time", "recovered_time", "rpo_seconds", "rto_seconds", "phases", "checks",
-    ]  # fmt: skip
+        "id",
+        "result",
+        "target_time",
+        "recovered_time",
+        "rpo_seconds",
+        "rto_seconds",
+        "phases",
+        "checks",
+    ]
     assert summary["target_time"] == "2026-11-21T09:45:10.000Z"
     assert summary["checks"][0] == {
         "name": "pg_verifybackup",

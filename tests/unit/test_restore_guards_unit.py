@@ -58,8 +58,12 @@ def test_accept_gap_plans_up_to_the_gap_and_says_so():
     plan = pitr.plan_for_restore(None, [BACKUP], GAP, backup_id=None, standby=False, accept_gap=True)
     assert plan is not None and plan.target.kind == "latest" and plan.wal_last == segment_name(1, 3)
     doc = plan.to_json()
-    assert doc["gap"] == {"first_missing": segment_name(1, 4), "resumes_at": segment_name(1, 5),
-                          "requested": "latest", "accepted": True}  # fmt: skip
+    assert doc["gap"] == {
+        "first_missing": segment_name(1, 4),
+        "resumes_at": segment_name(1, 5),
+        "requested": "latest",
+        "accepted": True,
+    }
     assert doc["reaches"]["lsn"] == "0/4000000" and "before the gap" in doc["reaches"]["how"]
     assert "WAL gap: " + segment_name(1, 4) in pitr.plan_text(doc)
 
@@ -76,8 +80,12 @@ CONTIGUOUS = make_scan({(1, n): n * 10 for n in range(2, 8)})
 
 def test_a_time_after_the_last_commit_is_refused_with_the_real_end():
     with pytest.raises(UsageError) as err:
-        pitr.plan_recovery(target(to_time=(T0 + timedelta(minutes=65)).isoformat()), [BACKUP], CONTIGUOUS,
-                           read_end=ends_at("0/7000120", 60))  # fmt: skip
+        pitr.plan_recovery(
+            target(to_time=(T0 + timedelta(minutes=65)).isoformat()),
+            [BACKUP],
+            CONTIGUOUS,
+            read_end=ends_at("0/7000120", 60),
+        )
     assert "last commit or abort in it: 2026-11-21T09:00:00Z" in str(err.value)
     assert "--latest" in (err.value.hint or "")
     # the archive's upload time (70 minutes) would have accepted it
@@ -98,8 +106,12 @@ def test_an_lsn_after_the_last_record_is_refused_and_latest_reaches_it():
 
 def test_no_commit_after_the_backup_refuses_every_time_target():
     with pytest.raises(UsageError, match="none found"):
-        pitr.plan_recovery(target(to_time=(T0 + timedelta(minutes=5)).isoformat()), [BACKUP], CONTIGUOUS,
-                           read_end=ends_at("0/7000120", None))  # fmt: skip
+        pitr.plan_recovery(
+            target(to_time=(T0 + timedelta(minutes=5)).isoformat()),
+            [BACKUP],
+            CONTIGUOUS,
+            read_end=ends_at("0/7000120", None),
+        )
 
 
 WALDUMP = """\
@@ -148,17 +160,31 @@ def test_a_server_that_refuses_the_login_is_seen_promoting_in_its_log():
         ["LOG:  redo starts at 0/2000028\n"] * 3
         + ["LOG:  redo done at 0/3004208\nLOG:  database system is ready to accept connections\n"] * 10
     )
-    point = wait_for_target(action="promote", standby=False, query=query, is_running=lambda: True,
-                            read_log=lambda: next(logs), timeout=60, sleep=lambda s: None)  # fmt: skip
+    point = wait_for_target(
+        action="promote",
+        standby=False,
+        query=query,
+        is_running=lambda: True,
+        read_log=lambda: next(logs),
+        timeout=60,
+        sleep=lambda s: None,
+    )
     assert point.state == "promoted" and point.lsn == Lsn.parse("0/3004208")
     assert len(asked) == 1  # an authentication failure is not retried
 
 
 def test_a_dead_server_fails_with_its_fatal_line_and_the_window():
     with pytest.raises(OperationFailed) as err:
-        wait_for_target(action="promote", standby=False, query=lambda s: True, is_running=lambda: False,
-                        read_log=lambda: "FATAL:  recovery ended before configured recovery target was reached\n",
-                        timeout=10, sleep=lambda s: None, window="A .. B")  # fmt: skip
+        wait_for_target(
+            action="promote",
+            standby=False,
+            query=lambda s: True,
+            is_running=lambda: False,
+            read_log=lambda: "FATAL:  recovery ended before configured recovery target was reached\n",
+            timeout=10,
+            sleep=lambda s: None,
+            window="A .. B",
+        )
     assert "recovery ended before configured recovery target was reached" in str(err.value)
     assert "A .. B" in str(err.value) and "restore --latest" in (err.value.hint or "")
 

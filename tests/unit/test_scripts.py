@@ -80,10 +80,23 @@ def test_no_system_pgbouncer_service_is_left_enabled():
 def test_the_package_metadata_builds_without_deprecation_warnings(tmp_path):
     """pip builds the metadata in an isolated env with a current setuptools (pyproject: setuptools>=77)."""
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--quiet", "--report", str(tmp_path / "r"),
-         str(ROOT)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--no-deps",
+            "--quiet",
+            "--report",
+            str(tmp_path / "r"),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Deprecat" not in result.stderr and "deprecated" not in result.stderr, result.stderr[-3000:]
 
