@@ -1,4 +1,4 @@
-"""ops.backup.physical's pipe machinery without PostgreSQL: a scripted stand-in for pg_basebackup writes into
+"""ops.backup.pipes: the pipe machinery without PostgreSQL: a scripted stand-in for pg_basebackup writes into
 the named pipes (or, having lost the race, into regular files), and the objects must arrive intact."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import pytest
 
 from opsdb.errors import ToolError
 from opsdb.model.catalog import Tablespace
-from opsdb.ops.backup.physical import BackupRequest, ServerFacts, _stream_basebackup, wal_range
+from opsdb.ops.backup.physical import wal_range
+from opsdb.ops.backup.pipes import stream_basebackup
+from opsdb.ops.backup.source import ServerFacts
 from opsdb.proc import Cmd
 from opsdb.repo import envelope, layout
 from opsdb.repo.envelope import Codec
@@ -68,9 +70,19 @@ class ScriptedBasebackup:
 
 
 def run(runner: Any, storage: MemoryStorage, tmp_path: Path) -> Any:
-    request = BackupRequest("main", "host=x", Path("/usr/lib/postgresql/15/bin"))
-    return _stream_basebackup(
-        request, FACTS, FACTS, "20261121T101500Z-F", storage, Codec("zstd", 1), runner, None, str(tmp_path)
+    return stream_basebackup(
+        Path("/usr/lib/postgresql/15/bin"),
+        "host=x",
+        FACTS,
+        "main",
+        "20261121T101500Z-F",
+        storage,
+        Codec("zstd", 1),
+        runner,
+        None,
+        str(tmp_path),
+        fast_checkpoint=True,
+        manifest_checksums="CRC32C",
     )
 
 
