@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from opsdb.errors import DatabaseError
-from opsdb.ops.pooler.generate import find_pgbouncer
+from opsdb.ops.pooler.target import find_pgbouncer
 from opsdb.pg.conn import connect
 from opsdb.pg.instance import Instance
 from opsdb.proc import Cmd, LocalRunner, Spawned

@@ -9,14 +9,8 @@ from opsdb.config import PgbouncerConfig
 from opsdb.errors import ConfigError, UsageError
 from opsdb.model.pgbouncer import ServerLimits
 from opsdb.model.pgbouncer_ini import NEWEST_KNOWN, check_text, parse_ini, parse_userlist
-from opsdb.ops.pooler.generate import (
-    DEFAULT_AUTH_QUERY,
-    ServerFacts,
-    TargetVersion,
-    build_files,
-    find_pgbouncer,
-    target_version,
-)
+from opsdb.ops.pooler.files import DEFAULT_AUTH_QUERY, ServerFacts, build_files
+from opsdb.ops.pooler.target import TargetVersion, find_pgbouncer, target_version
 from opsdb.proc import LocalRunner
 from tests.fakes import FakeRunner
 

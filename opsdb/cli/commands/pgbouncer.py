@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         Loads it in a real pgbouncer when one is installed.
         """
         from opsdb.ops.pooler import check as ops
-        from opsdb.ops.pooler import generate as gen
+        from opsdb.ops.pooler.target import find_pgbouncer
         from opsdb.render.pgbouncer_text import render_check
 
         state = ctx.obj
@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
         result = ops.check_ini_file(
             Path(ini),
             runner=_runner(),
-            pgbouncer_bin=gen.find_pgbouncer(cfg.binary),
+            pgbouncer_bin=find_pgbouncer(cfg.binary),
             run_as=_run_as(state),
             server_limits=limits,
             instances=cfg.instances,

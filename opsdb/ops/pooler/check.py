@@ -36,7 +36,7 @@ from opsdb.model.pgbouncer_ini import (
     parse_userlist,
     version_str,
 )
-from opsdb.ops.pooler.generate import target_version
+from opsdb.ops.pooler.target import target_version
 from opsdb.pg import pooler
 from opsdb.pg.conn import PgConnection, connect
 from opsdb.proc import Cmd, Runner
