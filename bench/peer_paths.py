@@ -113,9 +113,18 @@ def drains(
                     f"{len(missing)} burst segments were recycled (first {missing[0]}): drains would be short"
                 )
             seconds = drain(server, burst, command)
-            samples.append({"path": f"drain-{mode}", "kind": "local" if tool == "cp" else kind, "tool": tool,
-                            "round": r, "value": round(len(burst) / seconds, 2), "unit": "segments/s",
-                            "wall_s": round(seconds, 2), "command": command})  # fmt: skip
+            samples.append(
+                {
+                    "path": f"drain-{mode}",
+                    "kind": "local" if tool == "cp" else kind,
+                    "tool": tool,
+                    "round": r,
+                    "value": round(len(burst) / seconds, 2),
+                    "unit": "segments/s",
+                    "wall_s": round(seconds, 2),
+                    "command": command,
+                }
+            )
     return samples
 
 
@@ -171,8 +180,17 @@ def calls(tools: Tools, server: Server, segments: list[Path], kind: str, count: 
         path = "call-first" if name == "opsdb-first" else "call"
         rows = [(path, tool)] + ([("call-first", "pgbackrest")] if name == "pgbackrest" else [])
         for p, t in rows:  # pgBackRest has no helper: each of its calls is also its "first" call
-            samples.append({"path": p, "kind": kind, "tool": t, "round": 0, "value": round(statistics.median(values), 1),
-                            "unit": "ms", "samples_ms": [round(v, 1) for v in values]})  # fmt: skip
+            samples.append(
+                {
+                    "path": p,
+                    "kind": kind,
+                    "tool": t,
+                    "round": 0,
+                    "value": round(statistics.median(values), 1),
+                    "unit": "ms",
+                    "samples_ms": [round(v, 1) for v in values],
+                }
+            )
     return samples
 
 
@@ -270,9 +288,18 @@ def replays(
                 )
                 command = tools.fetch(tool, cfg, data)
             seconds = replay(tools.work, base, name, command, free_port())
-            samples.append({"path": "replay", "kind": kind, "tool": tool, "round": r,
-                            "value": round(len(burst) / seconds, 2), "unit": "segments/s",
-                            "wall_s": round(seconds, 2), "command": command})  # fmt: skip
+            samples.append(
+                {
+                    "path": "replay",
+                    "kind": kind,
+                    "tool": tool,
+                    "round": r,
+                    "value": round(len(burst) / seconds, 2),
+                    "unit": "segments/s",
+                    "wall_s": round(seconds, 2),
+                    "command": command,
+                }
+            )
     return samples
 
 

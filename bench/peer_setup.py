@@ -82,15 +82,38 @@ class Endpoint:
         tls = self.cert.parent
         tls.mkdir(parents=True)
         key = tls / "key.pem"
-        sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", str(key), "-out", str(self.cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=DNS:127.0.0.1,IP:127.0.0.1"])  # fmt: skip
+        sh(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                str(key),
+                "-out",
+                str(self.cert),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=DNS:127.0.0.1,IP:127.0.0.1",
+            ]
+        )
         (tls / "haproxy.pem").write_bytes(self.cert.read_bytes() + key.read_bytes())
         os.chmod(tls, 0o755)
         os.chmod(self.cert, 0o644)
         moto_server = Path(sys.executable).with_name("moto_server")
-        self.moto = subprocess.Popen([str(moto_server), "-H", "127.0.0.1", "-p", str(self.moto_port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        self.moto = subprocess.Popen(
+            [str(moto_server), "-H", "127.0.0.1", "-p", str(self.moto_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         cfg = tls / "haproxy.cfg"
         cfg.write_text(
             "global\n  maxconn 256\n  tune.ssl.default-dh-param 2048\n"
@@ -98,10 +121,18 @@ class Endpoint:
             f"frontend s3tls\n  bind 127.0.0.1:{self.port} ssl crt {tls / 'haproxy.pem'}\n  default_backend moto\n"
             f"backend moto\n  server moto 127.0.0.1:{self.moto_port}\n"
         )
-        self.proxy = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                          AWS_CA_BUNDLE=str(self.cert))  # fmt: skip
+        self.proxy = subprocess.Popen(
+            ["haproxy", "-db", "-f", str(cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_CA_BUNDLE=str(self.cert),
+        )
         for _ in range(200):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.moto_port}/moto-api/data.json", timeout=1).close()

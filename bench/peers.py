@@ -76,8 +76,24 @@ def make_cluster(work: Path, scale: int) -> tuple[Server, int]:
         "checkpoint_timeout = '30min'\nmax_wal_senders = 4"
     )
     server.start()
-    sh(as_pg([str(BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", "-i", "-q",
-              "-s", str(scale), "postgres"]))  # fmt: skip
+    sh(
+        as_pg(
+            [
+                str(BIN / "pgbench"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(server.port),
+                "-U",
+                "postgres",
+                "-i",
+                "-q",
+                "-s",
+                str(scale),
+                "postgres",
+            ]
+        )
+    )
     size = int(server.sql("SELECT sum(pg_database_size(oid)) FROM pg_database"))
     return server, size
 
@@ -91,13 +107,47 @@ def make_burst(server: Server, work: Path, segments: int) -> tuple[Path, list[st
             break
         time.sleep(0.1)
     base = work / "base"
-    sh(as_pg([str(BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres",
-              "-D", str(base), "-Fp", "-X", "fetch", "-c", "fast"]))  # fmt: skip
+    sh(
+        as_pg(
+            [
+                str(BIN / "pg_basebackup"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(server.port),
+                "-U",
+                "postgres",
+                "-D",
+                str(base),
+                "-Fp",
+                "-X",
+                "fetch",
+                "-c",
+                "fast",
+            ]
+        )
+    )
     first = server.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")
     server.sql("CREATE DATABASE burst")
     scale = max(1, int(segments * SEG / 12_500_000))  # pgbench -i writes ~13 MB of WAL per scale unit
-    sh(as_pg([str(BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", "-i", "-q",
-              "-s", str(scale), "burst"]))  # fmt: skip
+    sh(
+        as_pg(
+            [
+                str(BIN / "pgbench"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(server.port),
+                "-U",
+                "postgres",
+                "-i",
+                "-q",
+                "-s",
+                str(scale),
+                "burst",
+            ]
+        )
+    )
     last = server.sql("SELECT pg_walfile_name(pg_switch_wal())")
     burst = sorted(p.name[:-6] for p in status.glob("*.ready") if len(p.name) == 30 and first <= p.name[:-6] <= last)
     return base, burst
@@ -114,10 +164,16 @@ def summarize(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by = {t: {s["round"]: s["value"] for s in mine if s["tool"] == t} for t in TOOLS}
         ratios = [round(by["opsdb"][r] / by["pgbackrest"][r], 3) for r in sorted(by["opsdb"]) if r in by["pgbackrest"]]
         unit = mine[0]["unit"]
-        row = {"path": path, "kind": kind, "unit": unit, "better": HIGHER[unit],
-               "opsdb": statistics.median(by["opsdb"].values()),
-               "pgbackrest": statistics.median(by["pgbackrest"].values()),
-               "ratio": round(statistics.median(ratios), 3), "round_ratios": ratios}  # fmt: skip
+        row = {
+            "path": path,
+            "kind": kind,
+            "unit": unit,
+            "better": HIGHER[unit],
+            "opsdb": statistics.median(by["opsdb"].values()),
+            "pgbackrest": statistics.median(by["pgbackrest"].values()),
+            "ratio": round(statistics.median(ratios), 3),
+            "round_ratios": ratios,
+        }
         cp = [s for s in samples if s["path"] == path and s["tool"] == "cp" and s["kind"] in (kind, "local")]
         if cp:  # the local reference of the same rounds
             row["cp"] = statistics.median(s["value"] for s in cp)
@@ -127,10 +183,17 @@ def summarize(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 _ORDER = ["backup", "restore", "drain-sync", "drain-async", "call", "call-first", "call-async", "call-floor", "replay"]
-_LABEL = {"backup": "backup (full)", "restore": "restore (synced)", "drain-sync": "WAL drain, sync",
-          "drain-async": "WAL drain, async", "call": "one archive call, helper running",
-          "call-first": "one archive call, first (starts helper)",
-          "call-async": "one async call, stored ahead", "call-floor": "python -I -c pass (a call's floor)", "replay": "PITR replay (prefetch / async get)"}  # fmt: skip
+_LABEL = {
+    "backup": "backup (full)",
+    "restore": "restore (synced)",
+    "drain-sync": "WAL drain, sync",
+    "drain-async": "WAL drain, async",
+    "call": "one archive call, helper running",
+    "call-first": "one archive call, first (starts helper)",
+    "call-async": "one async call, stored ahead",
+    "call-floor": "python -I -c pass (a call's floor)",
+    "replay": "PITR replay (prefetch / async get)",
+}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -155,9 +218,15 @@ def versions(opsdb: Path) -> dict[str, str]:
 
     import moto
 
-    return {"opsdb": first_line([str(opsdb), "--version"]), "pgbackrest": first_line(["pgbackrest", "version"]),
-            "postgres": first_line([str(BIN / "postgres"), "--version"]), "haproxy": first_line(["haproxy", "-v"]),
-            "moto": moto.__version__, "kernel": platform.release(), "cpus": str(os.cpu_count())}  # fmt: skip
+    return {
+        "opsdb": first_line([str(opsdb), "--version"]),
+        "pgbackrest": first_line(["pgbackrest", "version"]),
+        "postgres": first_line([str(BIN / "postgres"), "--version"]),
+        "haproxy": first_line(["haproxy", "-v"]),
+        "moto": moto.__version__,
+        "kernel": platform.release(),
+        "cpus": str(os.cpu_count()),
+    }
 
 
 def main() -> None:
@@ -186,18 +255,33 @@ def main() -> None:
     chown(work)
     endpoint, server = Endpoint(work), None
     samples: list[dict[str, Any]] = []
-    facts: dict[str, Any] = {"scale": args.scale, "database_bytes": None, "burst_segments": None, "rounds": args.rounds,
-                             "prefetch": args.prefetch, "compression": "zstd level 1 (both)",
-                             "encryption": "opsdb AES-256-GCM, pgBackRest aes-256-cbc", "pgbackrest": "process-max=2",
-                             "opsdb": "its defaults ([wal] push_workers etc.)"}  # fmt: skip
+    facts: dict[str, Any] = {
+        "scale": args.scale,
+        "database_bytes": None,
+        "burst_segments": None,
+        "rounds": args.rounds,
+        "prefetch": args.prefetch,
+        "compression": "zstd level 1 (both)",
+        "encryption": "opsdb AES-256-GCM, pgBackRest aes-256-cbc",
+        "pgbackrest": "process-max=2",
+        "opsdb": "its defaults ([wal] push_workers etc.)",
+    }
 
     def save(complete: bool) -> None:
         """After every phase, so a run stopped early keeps what it measured ("complete": false)."""
-        doc = {"command": " ".join(["bench/peers.py", *sys.argv[1:]]), "complete": complete,
-               "started": started.isoformat(timespec="seconds"), "seconds": round((datetime.now(UTC) - started).total_seconds()),
-               "load_average_before": load_before, "load_average_now": os.getloadavg(), "versions": tool_versions,
-               "tls": "s3 rows: HTTPS to haproxy (self-signed certificate, verified by both tools) in front of moto",
-               "settings": facts, "summary": summarize(samples), "samples": samples}  # fmt: skip
+        doc = {
+            "command": " ".join(["bench/peers.py", *sys.argv[1:]]),
+            "complete": complete,
+            "started": started.isoformat(timespec="seconds"),
+            "seconds": round((datetime.now(UTC) - started).total_seconds()),
+            "load_average_before": load_before,
+            "load_average_now": os.getloadavg(),
+            "versions": tool_versions,
+            "tls": "s3 rows: HTTPS to haproxy (self-signed certificate, verified by both tools) in front of moto",
+            "settings": facts,
+            "summary": summarize(samples),
+            "samples": samples,
+        }
         out.write_text(json.dumps(doc, indent=1) + "\n")
 
     try:

@@ -194,8 +194,13 @@ def main() -> None:
                 if spy is not None:
                     spy.join()
                 stop_helpers(work)
-                row = {"tool": tool, "round": r, "wall_s": round(seconds, 2), "segments_per_s": round(len(burst) / seconds, 2),
-                       **summarize_calls(calls_log, json_out)}  # fmt: skip
+                row = {
+                    "tool": tool,
+                    "round": r,
+                    "wall_s": round(seconds, 2),
+                    "segments_per_s": round(len(burst) / seconds, 2),
+                    **summarize_calls(calls_log, json_out),
+                }
                 row["postgres_own_s"] = round(seconds - row["calls_wall_s"], 2)
                 if tool == "opsdb":
                     row["helper_cpu_s"] = round(helper_cpu, 2)
@@ -208,8 +213,13 @@ def main() -> None:
         if args.kind == "s3":
             endpoint.stop()
         shutil.rmtree(work, ignore_errors=True)
-    doc = {"command": " ".join(["bench/replay_probe.py", *sys.argv[1:]]), "started": started.isoformat(timespec="seconds"),
-           "load_average_after": os.getloadavg(), "burst_segments": len(burst), "replays": results}  # fmt: skip
+    doc = {
+        "command": " ".join(["bench/replay_probe.py", *sys.argv[1:]]),
+        "started": started.isoformat(timespec="seconds"),
+        "load_average_after": os.getloadavg(),
+        "burst_segments": len(burst),
+        "replays": results,
+    }
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps(doc, indent=1))
 

@@ -238,13 +238,48 @@ def main() -> None:
         )
         server.start()
         base = work / "base"
-        sh(as_pg([str(BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres",
-                  "-D", str(base), "-Fp", "-X", "fetch", "-c", "fast"]))  # fmt: skip
+        sh(
+            as_pg(
+                [
+                    str(BIN / "pg_basebackup"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(server.port),
+                    "-U",
+                    "postgres",
+                    "-D",
+                    str(base),
+                    "-Fp",
+                    "-X",
+                    "fetch",
+                    "-c",
+                    "fast",
+                ]
+            )
+        )
         first = server.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")
         scale = max(1, int(args.segments * SEG / 12_500_000))  # pgbench -i writes ~13 MB of WAL per scale unit
         log(f"pgbench -i -s {scale} (about {args.segments} segments of WAL)")
         t0 = time.monotonic()
-        sh(as_pg([str(BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", "-i", "-s", str(scale), "-q", "postgres"]))  # fmt: skip
+        sh(
+            as_pg(
+                [
+                    str(BIN / "pgbench"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(server.port),
+                    "-U",
+                    "postgres",
+                    "-i",
+                    "-s",
+                    str(scale),
+                    "-q",
+                    "postgres",
+                ]
+            )
+        )
         results["pgbench_init_seconds"] = round(time.monotonic() - t0, 1)
         # a tiny logical message first: with nothing to switch, PostgreSQL 17+ name the still open segment
         last = server.sql(

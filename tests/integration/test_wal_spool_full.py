@@ -134,6 +134,10 @@ def test_a_prefetch_spool_too_small_for_a_segment_falls_back_to_a_direct_fetch(e
     """Room for small files but not for a segment: the call whose segment could not be fetched ahead
     fetches it directly, and its warning names the spool."""
     (env["spool"] / "filler").unlink(missing_ok=True)
+    x(env["primary"], "CREATE TABLE IF NOT EXISTS small_spool (n int)")
+    for _ in range(3):  # segments of this test's own, whether or not the other test ran before it
+        x(env["primary"], "INSERT INTO small_spool VALUES (1)")
+        x(env["primary"], "SELECT pg_switch_wal()")
     wait_archived(env["primary"])
     last = parse_wal_name(v(env["primary"], "SELECT last_archived_wal FROM pg_stat_archiver"))
     assert last.segno is not None and last.segno >= 2
