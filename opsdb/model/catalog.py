@@ -101,7 +101,7 @@ class StoredFile:
     sha256: str  # the object's trailer digest: of what sha256_of says
     role: str = "data"  # base | tablespace | manifest | dump | globals
     # "plaintext" (envelope version 1, and every record written before version 2 existed) or
-    # "compressed" (version 2: backups and dumps, see repo/envelope.py)
+    # "compressed" (version 2: backups and dumps, see repo/envelope_format.py)
     sha256_of: str = "plaintext"
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 The identity is derived from the object's key (layout.object_identity: cluster, kind, logical name)
 plus the cluster's system identifier; the envelope header names it and the trailer carries its
-SHA-256 (repo/envelope.py). A reader derives the identity it expects from the key it reads.
+SHA-256 (repo/envelope_format.py). A reader derives the identity it expects from the key it reads.
 """
 
 from __future__ import annotations
