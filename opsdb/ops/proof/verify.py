@@ -17,6 +17,10 @@ What is checked, per object (in parallel, each read streamed in bounded memory):
   long page header against its name (timeline, segment address, system identifier), each history
   file against its timeline, each catalog entry's id against its file name.
 
+verify.py reads the objects and compares them with the catalog; verify_result holds what was
+found, verify_identity the checks by content and the cluster's identifiers, verify_wal which WAL
+is read and its continuity, verify_progress the progress shown.
+
 Exit 1 names every bad object and what is wrong with it; exit 0 prints a summary.
 """
 
@@ -31,65 +35,21 @@ from typing import Any
 
 from opsdb.errors import IntegrityError, NotFound, OpsdbError, UsageError
 from opsdb.model.chain import broken_links, chain_of
-from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, parse_wal_name, segment_name
-from opsdb.model.target import as_lsn
-from opsdb.model.window import timeline_of_segment, walk
+from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE
 from opsdb.ops.common.backup_manifest import ManifestCheck, check_tar_stream, is_manifest_tar, parse_manifest
 from opsdb.ops.common.estimate import announce_total
 from opsdb.ops.common.phases import phase
+from opsdb.ops.proof.verify_identity import cluster_identities, content_check
 from opsdb.ops.proof.verify_progress import CountingStorage, bytes_to_read, log_checked
-from opsdb.pg import walpage
-from opsdb.repo import envelope, layout, marker
+from opsdb.ops.proof.verify_result import Problem, VerifyResult, field_of, strip_key
+from opsdb.ops.proof.verify_wal import all_wal, check_continuity, wal_needed, wal_sizes
+from opsdb.repo import envelope, layout
 from opsdb.repo import wal as walrepo
 from opsdb.storage.base import Storage
 
+__all__ = ["WORKERS", "Problem", "VerifyResult", "backup_objects", "verify_repository"]
+
 WORKERS = 4  # parallel object reads; each holds about two chunks (a few MiB) at a time
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    key: str
-    what: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"object": self.key, "problem": self.what}
-
-
-@dataclasses.dataclass
-class VerifyResult:
-    cluster: str
-    scope: str  # "repository" or "backup <id>"
-    objects: int = 0
-    plain_bytes: int = 0
-    stored_bytes: int = 0
-    backups: int = 0
-    wal_segments: int = 0
-    manifest_files: int = 0
-    timelines: list[int] = dataclasses.field(default_factory=list)
-    problems: list[Problem] = dataclasses.field(default_factory=list)
-    notes: list[str] = dataclasses.field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "cluster": self.cluster,
-            "scope": self.scope,
-            "result": "pass" if self.ok else "fail",
-            "objects": self.objects,
-            "plain_bytes": self.plain_bytes,
-            "stored_bytes": self.stored_bytes,
-            "backups": self.backups,
-            "wal_segments": self.wal_segments,
-            "manifest_files": self.manifest_files,
-            "timelines": self.timelines,
-            "problems": [p.to_dict() for p in self.problems],
-            "notes": self.notes,
-            "seconds": round(self.seconds, 3),
-        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,21 +61,15 @@ class _Expected:
     sha256_of: str = "plaintext"  # catalog entries written before envelope version 2 have no sha256_of
 
 
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
 def backup_objects(cluster: str, record: Any) -> dict[str, _Expected]:
     """The objects a catalog record lists, keyed by repository key, with their recorded size/digest."""
     out: dict[str, _Expected] = {}
-    for obj in _get(record, "objects", None) or []:
-        name = _get(obj, "name") or _get(obj, "key")
+    for obj in field_of(record, "objects", None) or []:
+        name = field_of(obj, "name") or field_of(obj, "key")
         if not name:
             continue
         key = name if "/" in name and name.startswith("clusters/") else layout.backup_object(cluster, record.id, name)
-        out[key] = _Expected(_get(obj, "size"), _get(obj, "sha256"), _get(obj, "sha256_of") or "plaintext")
+        out[key] = _Expected(field_of(obj, "size"), field_of(obj, "sha256"), field_of(obj, "sha256_of") or "plaintext")
     return out
 
 
@@ -134,7 +88,7 @@ def verify_repository(
     """Verify the whole repository of a cluster, or one backup and the WAL it needs. on_bytes: stored
     bytes as they are read (its `set_total` learns the stored size of everything to read)."""
     started = clock()
-    records = [b for b in backups if _get(b, "kind", "physical") in ("physical", "incremental", "logical")]
+    records = [b for b in backups if field_of(b, "kind", "physical") in ("physical", "incremental", "logical")]
     broken = broken_links(records)
     if backup_id is not None:
         records = chain_of(records, backup_id)  # an incremental is verified with every backup it builds on
@@ -144,7 +98,7 @@ def verify_repository(
                 f"no backup {backup_id!r} in the catalog of cluster {cluster!r}", hint="see `opsdb backups list`"
             )
     result = VerifyResult(cluster, f"backup {backup_id}" if backup_id else "repository", backups=len(records))
-    sysids = _identities(storage, cluster, records, result)
+    sysids = cluster_identities(storage, cluster, records, result)
     scan = walrepo.scan(storage, cluster, keys, segment_size)
     result.timelines = scan.timelines
     phase(
@@ -167,10 +121,10 @@ def verify_repository(
         manifest_key = layout.backup_object(cluster, record.id, "backup_manifest")
         if manifest_key in recorded:
             manifests[record.id] = manifest_key
-        elif _get(record, "kind", "physical") in ("physical", "incremental"):
+        elif field_of(record, "kind", "physical") in ("physical", "incremental"):
             result.notes.append(f"backup {record.id}: no backup_manifest recorded (taken with --no-manifest?)")
 
-    wal_keys = _wal_needed(scan, records, result, segment_size) if backup_id else _all_wal(storage, cluster)
+    wal_keys = wal_needed(scan, records, result, segment_size) if backup_id else all_wal(storage, cluster)
     keys_to_read = dict(expected)
     for key in wal_keys:
         keys_to_read.setdefault(key, _Expected())
@@ -187,7 +141,7 @@ def verify_repository(
             ):
                 keys_to_read.setdefault(info.key, _Expected())
 
-    total = bytes_to_read(storage, keys_to_read, listed, _wal_sizes(cluster, scan, segment_size))
+    total = bytes_to_read(storage, keys_to_read, listed, wal_sizes(cluster, scan, segment_size))
     announce_total(on_bytes, total)  # the progress bar's 100 %
     phase("verify", "read", objects=len(keys_to_read), stored_bytes=total, workers=workers)
     parsed = _read_manifests(storage, manifests, keys, result)
@@ -207,7 +161,7 @@ def verify_repository(
             if key in tar_checks:
                 size, stored, sha, sha_of = check_tar_stream(reading, key, keys, tar_checks[key])
             else:
-                content = _content_check(key, sysids)
+                content = content_check(key, sysids)
                 readback = envelope.Readback()
                 obj = envelope.verify_object(
                     reading,
@@ -226,7 +180,7 @@ def verify_repository(
         except NotFound:
             return key, 0, 0, None, "", "missing: listed in the catalog but not in the repository"
         except IntegrityError as exc:
-            return key, 0, 0, None, "", _strip(key, exc.message)
+            return key, 0, 0, None, "", strip_key(key, exc.message)
         except OpsdbError as exc:
             return key, 0, 0, None, "", f"unreadable: {exc.message}"
 
@@ -261,19 +215,12 @@ def verify_repository(
             "1 or 2): WAL checked by its page headers, history files by their timelines, catalog entries by their ids"
         )
     if backup_id is None:
-        _continuity(scan, records, result, segment_size)
+        check_continuity(scan, records, result, segment_size)
     result.wal_segments = sum(1 for k in keys_to_read if "/wal/" in k and not k.endswith((".history", ".backup")))
     result.problems.sort(key=lambda p: p.key)
     log_checked(cluster, records, keys_to_read, result.problems, segment_size)
     result.seconds = clock() - started
     return result
-
-
-def _wal_sizes(cluster: str, scan: walrepo.ArchiveScan, segment_size: int) -> dict[str, int]:
-    return {
-        layout.wal_object(cluster, segment_name(tli, segno, segment_size)): size
-        for (tli, segno), size in scan.sizes.items()
-    }
 
 
 def _interrupted_deletions(storage: Storage, cluster: str, result: VerifyResult) -> tuple[str, ...]:
@@ -300,69 +247,6 @@ def _interrupted_deletions(storage: Storage, cluster: str, result: VerifyResult)
     return tuple(skip)
 
 
-def _identities(storage: Storage, cluster: str, records: list[Any], result: VerifyResult) -> frozenset[int]:
-    """The system identifiers this cluster's objects may carry: its marker's (current and retired by
-    `opsdb reinit`), or, in a repository written before markers, those its backups recorded."""
-    try:
-        found = marker.read_cluster_marker(storage, cluster)
-    except IntegrityError as exc:
-        result.problems.append(
-            Problem(layout.cluster_marker(cluster), _strip(layout.cluster_marker(cluster), exc.message))
-        )
-        found = None
-    if found is not None:
-        return marker.ArchiveProof(found, "").system_identifiers
-    result.notes.append(
-        f"no cluster marker {layout.cluster_marker(cluster)} yet (written by the next wal-push or backup)"
-    )
-    recorded = (str(_get(r, "system_identifier") or "") for r in records)
-    return frozenset(int(s) for s in recorded if s.isdigit())
-
-
-class _CatalogIdCheck:
-    """A catalog entry's own id must be the id in its file name (one copied under another id is not)."""
-
-    def __init__(self, key: str) -> None:
-        self.key, self.data = key, bytearray()
-
-    def feed(self, chunk: bytes) -> None:
-        self.data += chunk
-
-    def finish(self) -> None:
-        expected = layout.object_identity(self.key)[2]
-        try:
-            found = json.loads(self.data).get("id")
-        except (ValueError, AttributeError):
-            return  # not JSON: the catalog listing names it
-        if found != expected:
-            raise IntegrityError(
-                f"object {self.key} holds the catalog entry of backup {found!r}, not of {expected!r} "
-                "(copied under another id)"
-            )
-
-
-def _content_check(key: str, sysids: frozenset[int]) -> walpage.ContentCheck | _CatalogIdCheck | None:
-    cluster, kind, name = layout.object_identity(key)
-    if kind == "catalog":
-        return _CatalogIdCheck(key)
-    if kind != "wal":
-        return None
-    try:
-        parse_wal_name(name)
-    except UsageError:
-        return None  # a kept-beside .partial variant (NAME.partial.<sha>): its envelope binds it
-    return walpage.ContentCheck(name, key, sysids)
-
-
-def _strip(key: str, message: str) -> str:
-    """IntegrityError messages start with 'object <key> ...': keep just the problem."""
-    return message.removeprefix(f"object {key} ").strip()
-
-
-def _all_wal(storage: Storage, cluster: str) -> list[str]:
-    return [info.key for info in storage.list(layout.wal_prefix(cluster))]
-
-
 def _read_manifests(
     storage: Storage, manifests: Mapping[str, str], keys: Mapping[str, Any], result: VerifyResult
 ) -> dict[str, ManifestCheck]:
@@ -374,59 +258,5 @@ def _read_manifests(
         except NotFound:
             continue  # reported as missing by the object pass
         except (IntegrityError, UsageError) as exc:
-            result.problems.append(Problem(key, _strip(key, exc.message)))
+            result.problems.append(Problem(key, strip_key(key, exc.message)))
     return parsed
-
-
-def _history(scan: walrepo.ArchiveScan, timeline: int) -> list[Any]:
-    return scan.history(timeline)
-
-
-def _continuity(scan: walrepo.ArchiveScan, records: list[Any], result: VerifyResult, segment_size: int) -> None:
-    """Every backup must reach the newest archived segment of the newest timeline on its path."""
-    for record in records:
-        start = as_lsn(_get(record, "start_lsn"))
-        if start is None or _get(record, "kind", "physical") != "physical":
-            continue
-        tli = int(_get(record, "timeline", 1) or 1)
-        # the timelines descending from this backup's timeline (itself included)
-        targets = [t for t in scan.timelines if t == tli or any(h.parent_timeline == tli for h in scan.history(t))]
-        for target in targets or [tli]:
-            newest = max((r.last for r in scan.ranges.get(target, [])), default=None)
-            if newest is None:
-                continue
-            w = walk(start.segment_number(segment_size), target, _history(scan, target), scan.segments, segment_size)
-            if w.last_segno < newest:
-                newest_name = segment_name(target, newest, segment_size)
-                result.problems.append(
-                    Problem(
-                        layout.wal_object(result.cluster, w.first_missing or "?"),
-                        f"missing WAL segment: backup {record.id} cannot replay past it to the newest archived "
-                        f"segment {newest_name} (timeline {target})",
-                    )
-                )
-
-
-def _wal_needed(scan: walrepo.ArchiveScan, records: list[Any], result: VerifyResult, segment_size: int) -> list[str]:
-    """For one backup: the WAL from its start to the newest contiguous segment (and history files)."""
-    keys: list[str] = []
-    for record in records:
-        start = as_lsn(_get(record, "start_lsn"))
-        stop = as_lsn(_get(record, "stop_lsn"))
-        if start is None:
-            continue
-        target = scan.latest_timeline()
-        history = scan.history(target)
-        w = walk(start.segment_number(segment_size), target, history, scan.segments, segment_size)
-        if stop is not None and w.last_segno < stop.segment_number(segment_size):
-            result.problems.append(
-                Problem(
-                    layout.wal_object(result.cluster, w.first_missing or "?"),
-                    f"missing WAL segment: backup {record.id} cannot reach consistency (needs WAL up to {stop})",
-                )
-            )
-        for segno in range(w.first_segno, w.last_segno + 1):
-            tli = timeline_of_segment(segno, target, history, segment_size)
-            keys.append(layout.wal_object(result.cluster, segment_name(tli, segno, segment_size)))
-        keys += [layout.wal_object(result.cluster, f"{t:08X}.history") for t in scan.histories]
-    return keys
