@@ -4,7 +4,8 @@ Phases (their sum is the measured RTO): plan (catalog, WAL archive, target, back
 (read and unpack the backup), wal_replay (start the server until it reaches the target and is
 promoted), checks (pg_verifybackup, recovery point, pg_amcheck, row counts, assertions).
 Whatever happens, the scratch instance is torn down (unless keep) and a report is returned: a
-drill that cannot restore is a failed drill with its reason, not a crash.
+drill that cannot restore is a failed drill with its reason, not a crash. The scratch server's
+recovery settings, start and promotion: drill_server.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from opsdb import __version__
-from opsdb.errors import DatabaseError, OpsdbError, UsageError
+from opsdb.errors import OpsdbError, UsageError
 from opsdb.model.lsn import DEFAULT_SEGMENT_SIZE, Lsn, parse_wal_name
 from opsdb.model.report import (
     FAIL,
@@ -36,22 +37,20 @@ from opsdb.model.report import (
     WalRange,
     new_report_id,
 )
-from opsdb.model.target import RecoveryTarget, as_lsn
+from opsdb.model.target import as_lsn
 from opsdb.ops.common.estimate import announce_total
 from opsdb.ops.common.phases import phase
 from opsdb.ops.proof import drill_checks
 from opsdb.ops.proof.drill_plan import DrillPlan, make_plan
-from opsdb.ops.proof.scratch import SCRATCH_SETTINGS, ScratchProvider, ScratchSpace, chown_to
+from opsdb.ops.proof.drill_server import point_reached, replay_and_promote, write_recovery_settings
+from opsdb.ops.proof.scratch import ScratchProvider, ScratchSpace
 from opsdb.ops.recovery.pitr_reach import end_reader, recovery_end
 from opsdb.ops.recovery.replay_progress import OnReplay, ReplaySpan, reporter, segment_end
 from opsdb.pg import heartbeat as hb
 from opsdb.pg.conn import connect as pg_connect
-from opsdb.pg.recovery import RECOVERY_SIGNAL, write_recovery
 from opsdb.pg.tools import PgTools
 from opsdb.proc import Runner
 from opsdb.storage.base import Storage
-
-POLL = 0.25  # seconds between promotion checks
 
 
 class Restorer(Protocol):
@@ -210,17 +209,24 @@ def _restore_and_prove(
         if verified is not None:
             run.checks.append(verified)
     with run.phase(PHASE_FETCH, clock):
-        _write_recovery(request, plan.target, space, scratch, staged=staged)
+        write_recovery_settings(
+            plan.target,
+            space,
+            scratch,
+            staged=staged,
+            restore_command=request.restore_command,
+            os_user=request.os_user,
+        )
     span = replay_span(plan, request.segment_size)
     phase("drill", "replay", from_lsn=span and span.start, to_lsn=span and span.end, replay_bytes=span and span.total)
     with run.phase(PHASE_REPLAY, clock):
-        promoted = _replay(request, space, scratch, connect, clock, reporter(span, on_replay))
+        promoted = replay_and_promote(space, scratch, connect, clock, request.timeout, reporter(span, on_replay))
     run.checks.append(promoted)
     if not promoted.passed:
         return
     with run.phase(PHASE_CHECKS, clock):
         with connect(scratch.conninfo(space), timeout=10) as conn:
-            run.point = _point_reached(conn)
+            run.point = point_reached(conn)
             log_text = scratch.log_tail(space, 256 * 1024)
             run.checks.append(drill_checks.replay_reached(plan.planned_end, run.point.lsn, plan.target_kind, log_text))
             run.environment["postgresql"] = conn.fetchval("SHOW server_version")
@@ -266,87 +272,12 @@ def _planned_end_from_records(
     return dataclasses.replace(plan, planned_end=end.lsn)
 
 
-def _write_recovery(
-    request: DrillRequest, target: RecoveryTarget, space: ScratchSpace, scratch: ScratchProvider, *, staged: bool
-) -> None:
-    settings: dict[str, object] = dict(SCRATCH_SETTINGS)
-    settings.update(target.recovery_settings())
-    settings["recovery_target_action"] = "promote"
-    if staged and scratch.name == "local":
-        settings["restore_command"] = f"cp '{space.wal_dir}/%f' '%p'"
-    else:
-        settings["restore_command"] = scratch.restore_command(space, request.restore_command)
-    os_user = request.os_user if scratch.name == "local" else None
-    # recovery.signal, never standby.signal: a standby would never promote
-    write_recovery(space.data_dir, settings, RECOVERY_SIGNAL, os_user=os_user)
-    # the scratch server is reachable only from this machine; trust keeps production passwords out of it
-    hba = space.data_dir / "pg_hba.conf"
-    hba.write_text("local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n")
-    chown_to(hba, os_user)
-    # tablespace_map would re-point pg_tblspc/<oid> at the production paths (the restorer's links point
-    # into the scratch directory instead)
-    (space.data_dir / "tablespace_map").unlink(missing_ok=True)
-
-
 def replay_span(plan: DrillPlan, segment_size: int) -> ReplaySpan | None:
     """From the backup's start to the planned end (the end of the last needed segment when the plan has
     no exact end: a time target stops somewhere before it, so the bar ends early)."""
     start = as_lsn(getattr(plan.backup, "start_lsn", None))
     end = plan.planned_end or segment_end(plan.wal_last, segment_size)
     return ReplaySpan(start, end) if start is not None else None
-
-
-def _replay(
-    request: DrillRequest,
-    space: ScratchSpace,
-    scratch: ScratchProvider,
-    connect: Callable[..., Any],
-    clock: Callable[[], float],
-    at: Callable[[Lsn], None] | None = None,
-) -> Check:
-    """Start the server and wait until recovery reached the target and the server was promoted."""
-    name = "target reached and promoted"
-    deadline = clock() + request.timeout
-    try:
-        scratch.start(space, timeout=min(request.timeout, 3600))
-    except OpsdbError as exc:
-        return Check(name, FAIL, f"the scratch server did not start: {_fatal(scratch.log_tail(space)) or exc.message}")
-    while clock() < deadline:  # bounded by the drill timeout
-        if not scratch.is_running(space):
-            return Check(name, FAIL, f"the scratch server stopped during recovery: {_fatal(scratch.log_tail(space))}")
-        try:
-            with connect(scratch.conninfo(space), timeout=5) as conn:
-                if conn.fetchval("SELECT pg_is_in_recovery()"):
-                    replayed = conn.fetchval("SELECT pg_last_wal_replay_lsn()::text")
-                    if at is not None and replayed:
-                        at(Lsn.parse(replayed))
-                else:
-                    tli = conn.fetchval(
-                        "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
-                    )
-                    return Check(
-                        name, PASS, f"recovery stopped at the target and the server was promoted (timeline {tli})"
-                    )
-        except DatabaseError:
-            pass  # still starting up or shutting down after a FATAL: the next loop looks at the process
-        time.sleep(POLL)
-    return Check(name, FAIL, f"not promoted within {request.timeout:g} s: {_fatal(scratch.log_tail(space))}")
-
-
-def _fatal(log: str) -> str:
-    """The server's own reason: its FATAL/PANIC lines, else the last lines of its log."""
-    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
-    bad = [ln for ln in lines if "FATAL:" in ln or "PANIC:" in ln]
-    chosen = bad[-2:] if bad else lines[-2:]
-    return " | ".join(ln.split("]", 1)[-1].strip() if "]" in ln else ln for ln in chosen) or "no log output"
-
-
-def _point_reached(conn: Any) -> RecoveryPoint:
-    row = conn.fetchone(
-        "SELECT pg_last_xact_replay_timestamp() AS replay_time, pg_last_wal_replay_lsn()::text AS lsn, "
-        "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int AS timeline"
-    )
-    return RecoveryPoint(replay_time=row["replay_time"], lsn=row["lsn"], timeline=row["timeline"])
 
 
 def _recovery_point(
