@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,20 +87,30 @@ def test_drill_passes_and_reports_are_kept_and_listed(cli_env: Any) -> None:
     assert opsdb(cli_env, "drill", "--to-time", "2026-01-01 10:00").returncode == 2  # no offset: refused
 
 
-def test_verify_exit_codes_and_named_objects(cli_env: Any) -> None:
+@pytest.fixture(scope="module")
+def damaged_env(cli_env: Any) -> Any:
+    """A copy of the repository whose backup tar has one byte flipped: the tests that need it do not
+    depend on running after (or before) the ones that need the intact repository."""
+    repo = cli_env["base"] / "repo-damaged"
+    shutil.copytree(cli_env["repo"], repo)
+    tar_key = layout.backup_object("main", cli_env["backup"].id, "base.tar")
+    flip_byte(repo / tar_key)
+    config = cli_env["base"] / "opsdb-damaged.toml"
+    config.write_text(cli_env["config"].read_text().replace(f"file://{cli_env['repo']}", f"file://{repo}"))
+    return {**cli_env, "config": config, "repo": repo, "tar_key": tar_key}
+
+
+def test_verify_exit_codes_and_named_objects(cli_env: Any, damaged_env: Any) -> None:
     ok = opsdb(cli_env, "--json", "verify")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert json.loads(ok.stdout)["result"] == "pass"
-    tar_key = layout.backup_object("main", cli_env["backup"].id, "base.tar")
-    flip_byte(cli_env["repo"] / tar_key)
-    bad = opsdb(cli_env, "verify", "--backup", cli_env["backup"].id)
+    bad = opsdb(damaged_env, "verify", "--backup", damaged_env["backup"].id)
     assert bad.returncode == 1
-    assert f"BAD {tar_key}:" in bad.stdout
+    assert f"BAD {damaged_env['tar_key']}:" in bad.stdout
 
 
-def test_drill_fails_with_exit_1_naming_the_check(cli_env: Any) -> None:
-    # runs after the flip above: the backup object no longer authenticates
-    out = opsdb(cli_env, "--json", "drill")
+def test_drill_fails_with_exit_1_naming_the_check(damaged_env: Any) -> None:
+    out = opsdb(damaged_env, "--json", "drill")  # the backup object no longer authenticates
     assert out.returncode == 1
     failed = [c for c in json.loads(out.stdout)["checks"] if c["status"] == "fail"]
     assert failed and failed[0]["name"] == "drill completed" and "base.tar" in failed[0]["detail"]
