@@ -76,24 +76,7 @@ def make_cluster(work: Path, scale: int) -> tuple[Server, int]:
         "checkpoint_timeout = '30min'\nmax_wal_senders = 4"
     )
     server.start()
-    sh(
-        as_pg(
-            [
-                str(BIN / "pgbench"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(server.port),
-                "-U",
-                "postgres",
-                "-i",
-                "-q",
-                "-s",
-                str(scale),
-                "postgres",
-            ]
-        )
-    )
+    server.client("pgbench", "-i", "-q", "-s", str(scale), "postgres")
     size = int(server.sql("SELECT sum(pg_database_size(oid)) FROM pg_database"))
     return server, size
 
@@ -107,47 +90,11 @@ def make_burst(server: Server, work: Path, segments: int) -> tuple[Path, list[st
             break
         time.sleep(0.1)
     base = work / "base"
-    sh(
-        as_pg(
-            [
-                str(BIN / "pg_basebackup"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(server.port),
-                "-U",
-                "postgres",
-                "-D",
-                str(base),
-                "-Fp",
-                "-X",
-                "fetch",
-                "-c",
-                "fast",
-            ]
-        )
-    )
+    server.basebackup(base)
     first = server.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")
     server.sql("CREATE DATABASE burst")
     scale = max(1, int(segments * SEG / 12_500_000))  # pgbench -i writes ~13 MB of WAL per scale unit
-    sh(
-        as_pg(
-            [
-                str(BIN / "pgbench"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(server.port),
-                "-U",
-                "postgres",
-                "-i",
-                "-q",
-                "-s",
-                str(scale),
-                "burst",
-            ]
-        )
-    )
+    server.client("pgbench", "-i", "-q", "-s", str(scale), "burst")
     last = server.sql("SELECT pg_walfile_name(pg_switch_wal())")
     burst = sorted(p.name[:-6] for p in status.glob("*.ready") if len(p.name) == 30 and first <= p.name[:-6] <= last)
     return base, burst

@@ -96,6 +96,14 @@ class Server:
         out = sh(as_pg([str(BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-XAtqc", query]))
         return out.stdout.strip()
 
+    def client(self, tool: str, *args: str) -> str:
+        """A client binary (pgbench, pg_basebackup) against this server, as postgres."""
+        return sh(as_pg([str(BIN / tool), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", *args]))
+
+    def basebackup(self, dest: Path) -> None:
+        """A plain-format base backup with the WAL it needs (the start of a replay)."""
+        self.client("pg_basebackup", "-D", str(dest), "-Fp", "-X", "fetch", "-c", "fast")
+
     def conf(self, text: str) -> None:
         with open(self.data / "postgresql.auto.conf", "a") as fh:
             fh.write(text + "\n")
@@ -238,48 +246,12 @@ def main() -> None:
         )
         server.start()
         base = work / "base"
-        sh(
-            as_pg(
-                [
-                    str(BIN / "pg_basebackup"),
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(server.port),
-                    "-U",
-                    "postgres",
-                    "-D",
-                    str(base),
-                    "-Fp",
-                    "-X",
-                    "fetch",
-                    "-c",
-                    "fast",
-                ]
-            )
-        )
+        server.basebackup(base)
         first = server.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")
         scale = max(1, int(args.segments * SEG / 12_500_000))  # pgbench -i writes ~13 MB of WAL per scale unit
         log(f"pgbench -i -s {scale} (about {args.segments} segments of WAL)")
         t0 = time.monotonic()
-        sh(
-            as_pg(
-                [
-                    str(BIN / "pgbench"),
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(server.port),
-                    "-U",
-                    "postgres",
-                    "-i",
-                    "-s",
-                    str(scale),
-                    "-q",
-                    "postgres",
-                ]
-            )
-        )
+        server.client("pgbench", "-i", "-s", str(scale), "-q", "postgres")
         results["pgbench_init_seconds"] = round(time.monotonic() - t0, 1)
         # a tiny logical message first: with nothing to switch, PostgreSQL 17+ name the still open segment
         last = server.sql(
